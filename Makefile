@@ -1,0 +1,37 @@
+# The two commands of the README:  `make up`  and  `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup up test lint protos check-protos model clean
+
+# A virtualenv with the project and its dev tools; redone when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The segmentation model, fetched from the mediapipe wheel and checked by sha256.
+model: $(STAMP)
+	$(PY) -m services.inference.model
+
+setup: $(STAMP) model
+
+# Brings the embedded mesh up (Triton, inference, gateway), runs a demo removal,
+# serves on 127.0.0.1:50051 until Ctrl-C.
+up: setup
+	$(PY) -m services.mesh
+
+# Lint, generated-code check, then the whole suite against the real mesh.
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m tools.protos --check
+	$(PY) -m pytest
+
+protos: $(STAMP)
+	$(PY) -m tools.protos
+
+clean:
+	rm -rf .data .cache

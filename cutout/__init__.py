@@ -1,0 +1,1 @@
+"""Cutout's public contract (generated under cutout.v1) and its command-line client."""

@@ -1,0 +1,25 @@
+from cutout.v1 import options_pb2 as _options_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RemoveBackgroundRequest(_message.Message):
+    __slots__ = ("image", "options", "idempotency_key")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    options: _options_pb2.RemoveBackgroundOptions
+    idempotency_key: str
+    def __init__(self, image: _Optional[bytes] = ..., options: _Optional[_Union[_options_pb2.RemoveBackgroundOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class RemoveBackgroundResponse(_message.Message):
+    __slots__ = ("result", "timings")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    result: _options_pb2.CutoutImage
+    timings: _options_pb2.StageTimings
+    def __init__(self, result: _Optional[_Union[_options_pb2.CutoutImage, _Mapping]] = ..., timings: _Optional[_Union[_options_pb2.StageTimings, _Mapping]] = ...) -> None: ...

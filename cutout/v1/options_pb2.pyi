@@ -1,0 +1,83 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class OutputFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTPUT_FORMAT_UNSPECIFIED: _ClassVar[OutputFormat]
+    OUTPUT_FORMAT_PNG: _ClassVar[OutputFormat]
+    OUTPUT_FORMAT_WEBP: _ClassVar[OutputFormat]
+    OUTPUT_FORMAT_MASK: _ClassVar[OutputFormat]
+    OUTPUT_FORMAT_JPEG_ON_COLOR: _ClassVar[OutputFormat]
+    OUTPUT_FORMAT_PNG_ON_COLOR: _ClassVar[OutputFormat]
+OUTPUT_FORMAT_UNSPECIFIED: OutputFormat
+OUTPUT_FORMAT_PNG: OutputFormat
+OUTPUT_FORMAT_WEBP: OutputFormat
+OUTPUT_FORMAT_MASK: OutputFormat
+OUTPUT_FORMAT_JPEG_ON_COLOR: OutputFormat
+OUTPUT_FORMAT_PNG_ON_COLOR: OutputFormat
+
+class RemoveBackgroundOptions(_message.Message):
+    __slots__ = ("format", "background_color", "crop_to_subject", "crop_margin_px", "max_width", "max_height", "png_compression_level", "quality", "keep_result", "keep_ttl")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_COLOR_FIELD_NUMBER: _ClassVar[int]
+    CROP_TO_SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    CROP_MARGIN_PX_FIELD_NUMBER: _ClassVar[int]
+    MAX_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PNG_COMPRESSION_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_RESULT_FIELD_NUMBER: _ClassVar[int]
+    KEEP_TTL_FIELD_NUMBER: _ClassVar[int]
+    format: OutputFormat
+    background_color: str
+    crop_to_subject: bool
+    crop_margin_px: int
+    max_width: int
+    max_height: int
+    png_compression_level: int
+    quality: int
+    keep_result: bool
+    keep_ttl: _duration_pb2.Duration
+    def __init__(self, format: _Optional[_Union[OutputFormat, str]] = ..., background_color: _Optional[str] = ..., crop_to_subject: _Optional[bool] = ..., crop_margin_px: _Optional[int] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., png_compression_level: _Optional[int] = ..., quality: _Optional[int] = ..., keep_result: _Optional[bool] = ..., keep_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class StageTimings(_message.Message):
+    __slots__ = ("decode_ms", "preprocess_ms", "batch_wait_ms", "model_ms", "postprocess_ms", "encode_ms", "total_ms", "batch_size")
+    DECODE_MS_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESS_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_MS_FIELD_NUMBER: _ClassVar[int]
+    POSTPROCESS_MS_FIELD_NUMBER: _ClassVar[int]
+    ENCODE_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    decode_ms: float
+    preprocess_ms: float
+    batch_wait_ms: float
+    model_ms: float
+    postprocess_ms: float
+    encode_ms: float
+    total_ms: float
+    batch_size: int
+    def __init__(self, decode_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., batch_wait_ms: _Optional[float] = ..., model_ms: _Optional[float] = ..., postprocess_ms: _Optional[float] = ..., encode_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class CutoutImage(_message.Message):
+    __slots__ = ("image", "media_type", "width", "height", "foreground_fraction")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FOREGROUND_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    media_type: str
+    width: int
+    height: int
+    foreground_fraction: float
+    def __init__(self, image: _Optional[bytes] = ..., media_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., foreground_fraction: _Optional[float] = ...) -> None: ...

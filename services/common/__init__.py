@@ -1,0 +1,1 @@
+"""What every Cutout service shares: settings, the gRPC server runtime, channels, errors."""

@@ -1,0 +1,27 @@
+"""Client channels between services: large messages and quick reconnects."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.common.settings import MAX_MESSAGE_BYTES
+
+# A restarted dependency should be found again within about a second, not after
+# gRPC's default reconnect backoff of up to two minutes.
+RECONNECT_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        *RECONNECT_OPTIONS,
+    ]
+
+
+def insecure_channel(target: str, max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))

@@ -1,0 +1,100 @@
+"""gRPC errors with actionable messages and machine-readable details (google.rpc)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NoReturn
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "cutout.v1"
+
+
+class ServiceError(Exception):
+    """An error a handler raises to end the call with `code` and `message`.
+
+    `reason` becomes a google.rpc.ErrorInfo (UPPER_SNAKE_CASE, stable for
+    programs to match on) and `field` a google.rpc.BadRequest field violation.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        reason: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.field = field
+
+    def to_status(self) -> grpc.Status:
+        details: list[any_pb2.Any] = []
+        if self.reason:
+            details.append(_pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN)))
+        if self.field:
+            violation = error_details_pb2.BadRequest.FieldViolation(field=self.field, description=self.message)
+            details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+        status = status_pb2.Status(code=_proto_code(self.code), message=self.message, details=details)
+        return rpc_status.to_status(status)
+
+
+def invalid_argument(message: str, *, field: str, reason: str = "INVALID_ARGUMENT") -> ServiceError:
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, message, reason=reason, field=field)
+
+
+async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> NoReturn:
+    """Ends the call with the error's status and details (raises, never returns)."""
+    await context.abort_with_status(error.to_status())
+    raise AssertionError("abort_with_status returned")
+
+
+async def relay(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError, unavailable: str) -> NoReturn:
+    """Passes a downstream error on to our caller unchanged, details included.
+
+    Transport-level failures of the downstream (UNAVAILABLE, DEADLINE_EXCEEDED
+    while connecting) are reported as UNAVAILABLE with `unavailable` as the message,
+    since the downstream's own wording would mean nothing to our caller.
+    """
+    if error.code() == grpc.StatusCode.UNAVAILABLE and not _has_details(error):
+        await abort(context, ServiceError(grpc.StatusCode.UNAVAILABLE, unavailable, reason="DEPENDENCY_UNAVAILABLE"))
+    status = rpc_status.from_call(error)
+    if status is None:
+        status = status_pb2.Status(code=_proto_code(error.code()), message=error.details() or "")
+    await context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("abort_with_status returned")
+
+
+def error_details(error: grpc.aio.AioRpcError | grpc.RpcError) -> Iterable[object]:
+    """Unpacks the google.rpc detail messages of a received error (for clients and tests)."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is None:
+        return []
+    unpacked = []
+    for detail in status.details:
+        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.QuotaFailure):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                unpacked.append(message)
+    return unpacked
+
+
+def _has_details(error: grpc.aio.AioRpcError) -> bool:
+    return rpc_status.from_call(error) is not None
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def _proto_code(code: grpc.StatusCode) -> int:
+    return code_pb2.Code.Value(code.name)

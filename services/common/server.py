@@ -1,0 +1,157 @@
+"""One way to run a Cutout service: an asyncio gRPC server with health, reflection,
+settings from the environment and a graceful SIGTERM.
+
+A service describes itself with a `ServiceSpec`, made by a `build(settings)` function
+that runs inside the event loop (gRPC aio channels must be created there), and calls
+`run_service(build, settings)` from its `__main__`. Health stays NOT_SERVING until `spec.ready()` says the service's
+own dependencies answer, and is re-evaluated every `settings.health_interval_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+async def _always_ready() -> bool:
+    return True
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass
+class ServiceSpec:
+    """What `run_service` needs to know about one service."""
+
+    # Full names of the gRPC services offered, e.g. "cutout.v1.Inference".
+    service_names: Sequence[str]
+    # Adds the servicers to the server.
+    register: Callable[[grpc.aio.Server], None]
+    # True once the service's own dependencies answer (Triton's model, a downstream).
+    ready: Callable[[], Awaitable[bool]] = _always_ready
+    # Runs after the server has stopped: close channels, flush, ...
+    close: Callable[[], Awaitable[None]] = _nothing
+    extra_options: list[tuple[str, object]] = field(default_factory=list)
+
+
+def grpc_message_options(settings: ServiceSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+    ]
+
+
+def configure_logging(settings: ServiceSettings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+class RunningService:
+    """A started server; `stop()` drains it the way SIGTERM does."""
+
+    def __init__(self, server: grpc.aio.Server, port: int, spec: ServiceSpec, settings: ServiceSettings):
+        self.server = server
+        self.port = port
+        self.health = health.aio.HealthServicer()
+        self._spec = spec
+        self._settings = settings
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def _watch_health(self) -> None:
+        names = ["", *self._spec.service_names]
+        last: int | None = None
+        while True:
+            try:
+                ok = await self._spec.ready()
+            except Exception:  # a failing probe means "not ready", never a dead watcher
+                log.exception("readiness probe failed")
+                ok = False
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            if status != last:
+                for name in names:
+                    await self.health.set(name, status)
+                log.info("health: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+                last = status
+            await asyncio.sleep(self._settings.health_interval_s)
+
+    async def stop(self) -> None:
+        """Stop accepting calls, let in-flight ones finish (up to the grace), close."""
+        log.info("draining: in-flight calls have %.0fs to finish", self._settings.shutdown_grace_s)
+        if self._health_task:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self._settings.shutdown_grace_s)
+        await self._spec.close()
+        log.info("stopped")
+
+
+async def start_service(spec: ServiceSpec, settings: ServiceSettings) -> RunningService:
+    server = grpc.aio.server(
+        options=[*grpc_message_options(settings), *spec.extra_options],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    spec.register(server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise RuntimeError(f"could not listen on {settings.host}:{settings.port}")
+    running = RunningService(server, port, spec, settings)
+    for name in ["", *spec.service_names]:
+        await running.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(running.health, server)
+    reflection.enable_server_reflection(
+        [*spec.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
+        server,
+    )
+    await server.start()
+    running._health_task = asyncio.create_task(running._watch_health())
+    if settings.port_file:
+        _write_atomically(settings.port_file, str(port))
+    log.info("listening on %s:%d", settings.host, port)
+    return running
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+async def serve(build: Callable[[S], ServiceSpec], settings: S) -> None:
+    """Runs until SIGTERM or SIGINT, then drains and returns (the process exits 0)."""
+    running = await start_service(build(settings), settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await running.stop()
+
+
+def run_service(build: Callable[[S], ServiceSpec], settings: S) -> None:
+    configure_logging(settings)
+    asyncio.run(serve(build, settings))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

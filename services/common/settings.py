@@ -1,0 +1,37 @@
+"""Settings shared by every service; each service subclasses ServiceSettings with its own prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+# Inputs up to 50 MiB are served and a 25 MP RGBA PNG can come back larger than
+# that, so every hop (servers and channels) allows messages well past gRPC's 4 MiB.
+MAX_MESSAGE_BYTES = 256 * MIB
+
+# The metadata entry that carries a caller's API key (reserved now, checked once
+# accounts exist) and the one that carries the caller's idempotency key.
+API_KEY_METADATA = "x-api-key"
+
+
+class ServiceSettings(BaseSettings):
+    """Read from environment variables `<prefix>HOST`, `<prefix>PORT`, ..."""
+
+    model_config = SettingsConfigDict(env_prefix="CUTOUT_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 picks a free port; see port_file
+    # If set, the bound port is written here once the server listens (the mesh
+    # launcher and tests read it, which lets every service start on port 0).
+    port_file: Path | None = None
+    # On SIGTERM: how long in-flight calls may take to finish before they are cancelled.
+    shutdown_grace_s: float = 30.0
+    # Calls beyond this many at once get RESOURCE_EXHAUSTED from gRPC itself.
+    max_concurrent_rpcs: int = 256
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    # How often health is re-evaluated from the service's own dependencies.
+    health_interval_s: float = 1.0
+    log_level: str = "INFO"

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    """Environment variables CUTOUT_GATEWAY_*."""
+
+    model_config = SettingsConfigDict(env_prefix="CUTOUT_GATEWAY_", extra="ignore")
+
+    port: int = 50051
+    inference_target: str = "127.0.0.1:50052"
+    # Upper bound for one inference call; a caller's shorter deadline wins.
+    inference_timeout_s: float = 120.0
+    health_check_timeout_s: float = 2.0

@@ -1,0 +1,1 @@
+"""The inference service: pixels in, cut-outs out, model calls batched across requests into Triton."""

@@ -1,0 +1,114 @@
+"""The inference servicer: decode, batch into Triton, refine, composite, encode."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import grpc
+
+from cutout.v1 import inference_pb2, inference_pb2_grpc, options_pb2
+from services.common.errors import ServiceError, abort
+from services.common.server import ServiceSpec
+from services.inference import imaging
+from services.inference.batcher import Batcher
+from services.inference.settings import InferenceSettings
+from services.inference.triton import TritonModel
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    def __init__(self, settings: InferenceSettings, model: TritonModel) -> None:
+        self.settings = settings
+        self.model = model
+        self.batcher = Batcher(
+            model.infer,
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_batch_wait_ms / 1000,
+            max_queue=settings.max_queue,
+        )
+        self.limits = imaging.DecodeLimits(settings.max_image_bytes, settings.max_pixels)
+        self.encoders = imaging.EncoderDefaults(
+            png_compression_level=settings.png_compression_level,
+            jpeg_quality=settings.jpeg_quality,
+            webp_quality=settings.webp_quality,
+        )
+        self.pool = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="pixels")
+
+    async def _cpu(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def Segment(
+        self, request: inference_pb2.SegmentRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.SegmentResponse:
+        try:
+            return await self._segment(request)
+        except ServiceError as error:
+            log.info("Segment refused: %s (%s)", error.code.name, error.reason or "")
+            await abort(context, error)
+
+    async def _segment(self, request: inference_pb2.SegmentRequest) -> inference_pb2.SegmentResponse:
+        started = time.perf_counter()
+        timings = options_pb2.StageTimings()
+        # Options first: a wrong option costs no decoding and no model time.
+        spec = imaging.OutputSpec.from_proto(request.options, self.encoders)
+
+        mark = time.perf_counter()
+        image = await self._cpu(imaging.decode, request.image, self.limits)
+        timings.decode_ms = _ms_since(mark)
+
+        mark = time.perf_counter()
+        side = self.settings.model_input_size
+        tensor = await self._cpu(imaging.model_input, image, (side, side))
+        timings.preprocess_ms = _ms_since(mark)
+
+        batched = await self.batcher.submit(tensor)
+        timings.batch_wait_ms = batched.wait_s * 1000
+        timings.model_ms = batched.model_s * 1000
+        timings.batch_size = batched.batch_size
+
+        mark = time.perf_counter()
+        alpha = await self._cpu(imaging.refine_mask, image, batched.output)
+        fraction = await self._cpu(imaging.foreground_fraction, alpha)
+        timings.postprocess_ms = _ms_since(mark)
+
+        mark = time.perf_counter()
+        rendered = await self._cpu(imaging.render, image, alpha, spec)
+        timings.encode_ms = _ms_since(mark)
+        timings.total_ms = _ms_since(started)
+        return inference_pb2.SegmentResponse(
+            result=options_pb2.CutoutImage(
+                image=rendered.data,
+                media_type=rendered.media_type,
+                width=rendered.width,
+                height=rendered.height,
+                foreground_fraction=fraction,
+            ),
+            timings=timings,
+        )
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        await self.model.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _ms_since(mark: float) -> float:
+    return (time.perf_counter() - mark) * 1000
+
+
+def build(settings: InferenceSettings) -> ServiceSpec:
+    model = TritonModel(settings.triton_url, settings.model_name, settings.triton_timeout_s)
+    servicer = InferenceServicer(settings, model)
+    return ServiceSpec(
+        service_names=[inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name],
+        register=lambda server: inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server),
+        ready=model.ready,
+        close=servicer.close,
+    )

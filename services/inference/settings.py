@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import os
+
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import MIB, ServiceSettings
+
+
+class InferenceSettings(ServiceSettings):
+    """Environment variables CUTOUT_INFERENCE_*."""
+
+    model_config = SettingsConfigDict(env_prefix="CUTOUT_INFERENCE_", extra="ignore")
+
+    port: int = 50052
+    # Triton's gRPC address: the embedded one on loopback, or a GPU server elsewhere.
+    triton_url: str = "127.0.0.1:8001"
+    model_name: str = "selfie_segmentation"
+    model_input_size: int = 256
+    triton_timeout_s: float = 30.0
+    # The batcher: images per Triton call, how long the first image waits for
+    # company, and how many may wait in all before callers are turned away.
+    max_batch_size: int = 16
+    max_batch_wait_ms: float = 5.0
+    max_queue: int = 128
+    # Decode limits: 25 MP and 50 MiB are served; more is refused before decoding.
+    max_image_bytes: int = 50 * MIB
+    max_pixels: int = 25_000_000
+    # Threads for decode, refinement and encoding (Pillow and numpy release the GIL).
+    cpu_workers: int = os.cpu_count() or 2
+    png_compression_level: int = 1
+    jpeg_quality: int = 90
+    webp_quality: int = 90

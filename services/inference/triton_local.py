@@ -1,0 +1,105 @@
+"""The embedded Triton: the `tritonserver` binary shipped in the nvidia-pytriton wheel,
+run on loopback with the model repository of this folder.
+
+The inference service never depends on this module: it only knows Triton's address,
+so a remote GPU Triton is a settings change. The mesh launcher and tests use it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytriton
+import tritonclient.grpc as triton_grpc
+
+from services.inference.model import MODEL_REPOSITORY
+
+_PYTRITON = Path(pytriton.__file__).resolve().parent
+_TRITON_HOME = _PYTRITON / "tritonserver"
+_TRITON_LIBS = _PYTRITON.parent / "nvidia_pytriton.libs"
+
+
+def _python_backend_dir(work_dir: Path) -> Path:
+    """A backend folder holding the Python backend and the stub for this Python."""
+    backends = work_dir / "backends"
+    python_backend = backends / "python"
+    python_backend.mkdir(parents=True, exist_ok=True)
+    stub = _TRITON_HOME / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
+    sources = [*(_TRITON_HOME / "backends" / "python").glob("*.*"), stub / "triton_python_backend_stub"]
+    for source in sources:
+        target = python_backend / source.name
+        if not target.exists() or target.stat().st_size != source.stat().st_size:
+            shutil.copy2(source, target)
+    return backends
+
+
+@dataclass
+class LocalTriton:
+    grpc_port: int
+    work_dir: Path
+    model_repository: Path = MODEL_REPOSITORY
+    host: str = "127.0.0.1"
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / "tritonserver.log"
+
+    def start(self) -> None:
+        backends = _python_backend_dir(self.work_dir)
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(_TRITON_LIBS), env.get("LD_LIBRARY_PATH")]))
+        # The Python backend's stub imports the model's packages (numpy, ai-edge-litert)
+        # from the first python on PATH: make that this virtualenv's.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        command = [
+            str(_TRITON_HOME / "bin" / "tritonserver"),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={backends}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            "--allow-http=false",
+            "--allow-metrics=false",
+            "--exit-timeout-secs=10",
+            "--log-verbose=0",
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, model_name: str, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        client = triton_grpc.InferenceServerClient(self.url)
+        try:
+            while time.monotonic() < deadline:
+                if self.process and self.process.poll() is not None:
+                    raise RuntimeError(f"tritonserver exited with {self.process.returncode}; see {self.log_path}")
+                try:
+                    if client.is_model_ready(model_name):
+                        return
+                except Exception:  # not listening yet
+                    pass
+                time.sleep(0.2)
+        finally:
+            client.close()
+        raise TimeoutError(f"model {model_name} not ready after {timeout_s:.0f}s; see {self.log_path}")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

@@ -1,0 +1,219 @@
+"""The embedded mesh on one machine: Triton, then inference, then the gateway.
+
+    python -m services.mesh      # `make up`: start, run a demo removal, serve until Ctrl-C
+
+Each service runs as its own process (`python -m services.<name>`), configured only
+through its environment variables, exactly as on Kubernetes. Tests use `Mesh` too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.assets import ASTRONAUT
+from services.inference.model import DEFAULT_MODEL_NAME, fetch_default_model
+from services.inference.triton_local import LocalTriton
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = ROOT / ".data"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now (for Triton, which cannot listen on port 0 and report it)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    """One service as a child process, started on port 0 unless told otherwise."""
+
+    name: str  # the module under services/, e.g. "inference"
+    env: dict[str, str]
+    run_dir: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def prefix(self) -> str:
+        return f"CUTOUT_{self.name.upper()}_"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / f"{self.name}.log"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        port_file = self.run_dir / f"{self.name}.port"
+        port_file.unlink(missing_ok=True)
+        env = {**os.environ, **self.env, f"{self.prefix}PORT": str(self.port), f"{self.prefix}PORT_FILE": str(port_file)}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", f"services.{self.name}"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.port = int(_wait_for_file(port_file, self.process, self.log_path))
+
+    def wait_serving(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                self._check_alive()
+                try:
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == (
+                        health_pb2.HealthCheckResponse.SERVING
+                    ):
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not SERVING after {timeout_s:.0f}s; see {self.log_path}")
+
+    def stop(self, timeout_s: float = 40.0) -> int | None:
+        """SIGTERM, then wait for the drain; returns the exit status."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def _check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
+
+
+def _wait_for_file(path: Path, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            return path.read_text()
+        if process.poll() is not None:
+            raise RuntimeError(f"{path.stem} exited with {process.returncode} before listening; see {log_path}")
+        time.sleep(0.05)
+    raise TimeoutError(f"{path.stem} did not start listening within {timeout_s:.0f}s; see {log_path}")
+
+
+@dataclass
+class Mesh:
+    """Triton, inference and gateway on loopback; `start()` returns once all are SERVING."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    gateway_port: int = 0
+    # Extra environment for the services (e.g. batcher settings in tests).
+    env: dict[str, str] = field(default_factory=dict)
+    triton: LocalTriton | None = None
+    services: list[ServiceProcess] = field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def gateway(self) -> ServiceProcess:
+        return self.services[-1]
+
+    @property
+    def inference(self) -> ServiceProcess:
+        return self.services[0]
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.triton = LocalTriton(grpc_port=free_port(), work_dir=self.data_dir / "triton")
+            self.triton.work_dir.mkdir(parents=True, exist_ok=True)
+            self.triton.start()
+            self.triton.wait_ready(DEFAULT_MODEL_NAME)
+            inference = ServiceProcess(
+                "inference", {**self.env, "CUTOUT_INFERENCE_TRITON_URL": self.triton.url}, self.run_dir
+            )
+            self.services.append(inference)
+            inference.start()
+            inference.wait_serving()
+            gateway = ServiceProcess(
+                "gateway",
+                {**self.env, "CUTOUT_GATEWAY_INFERENCE_TARGET": inference.address},
+                self.run_dir,
+                port=self.gateway_port,
+            )
+            self.services.append(gateway)
+            gateway.start()
+            gateway.wait_serving()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> dict[str, int | None]:
+        """Stops in reverse order of start; returns each service's exit status."""
+        statuses = {service.name: service.stop() for service in reversed(self.services)}
+        if self.triton:
+            self.triton.stop()
+        return statuses
+
+
+def run_demo(gateway: str, data_dir: Path) -> Path:
+    """The main job: remove the background of a real photo through the running mesh."""
+    from cutout.client import CutoutClient
+
+    photo = ASTRONAUT.fetch(data_dir / "samples" / "astronaut.png")
+    output = data_dir / "demo" / "astronaut-cutout.png"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with CutoutClient(gateway) as client:
+        response = client.remove_background(photo.read_bytes())
+    output.write_bytes(response.result.image)
+    print(
+        f"demo: {photo.name} -> {output} ({response.result.width}x{response.result.height}, "
+        f"{response.result.foreground_fraction:.0%} kept, {response.timings.total_ms:.0f} ms)"
+    )
+    return output
+
+
+def main() -> int:
+    fetch_default_model()
+    port = int(os.environ.get("CUTOUT_GATEWAY_PORT", "50051"))
+    mesh = Mesh(gateway_port=port)
+    print("starting Triton, inference and gateway ...", flush=True)
+    mesh.start()
+    stop = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        run_demo(mesh.gateway.address, mesh.data_dir)
+        print(f"gateway listening on {mesh.gateway.address}  (try: cutout remove photo.jpg -o photo.png)")
+        print(f"logs in {mesh.run_dir}; Ctrl-C stops everything", flush=True)
+        while not stop:
+            for service in mesh.services:
+                service._check_alive()
+            time.sleep(0.5)
+    finally:
+        print("stopping ...", flush=True)
+        statuses = mesh.stop()
+        print("stopped: " + ", ".join(f"{name} exit {code}" for name, code in statuses.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
