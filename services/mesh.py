@@ -60,7 +60,12 @@ class ServiceProcess:
     def start(self) -> None:
         port_file = self.run_dir / f"{self.name}.port"
         port_file.unlink(missing_ok=True)
-        env = {**os.environ, **self.env, f"{self.prefix}PORT": str(self.port), f"{self.prefix}PORT_FILE": str(port_file)}
+        env = {
+            **os.environ,
+            **self.env,
+            f"{self.prefix}PORT": str(self.port),
+            f"{self.prefix}PORT_FILE": str(port_file),
+        }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", f"services.{self.name}"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT

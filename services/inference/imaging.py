@@ -16,6 +16,9 @@ from services.common.errors import ServiceError, invalid_argument
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 OutputFormat = options_pb2.OutputFormat
 _SRGB = ImageCms.createProfile("sRGB")
+# decode() checks DecodeLimits.max_pixels itself right after reading the header, and
+# says the size it saw; Pillow's own global bomb check would refuse without saying it.
+Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,6 @@ def decode(data: bytes, limits: DecodeLimits) -> Image.Image:
     try:
         # Reads only the header: dimensions are known before any pixel is decoded.
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-    except Image.DecompressionBombError:
-        raise _too_many_pixels(None, limits) from None
     except UnidentifiedImageError:
         raise invalid_argument(
             "image is not a JPEG, PNG or WebP file (its first bytes match none of them)", field="image"
@@ -124,16 +125,17 @@ def decode(data: bytes, limits: DecodeLimits) -> Image.Image:
         image.load()
         image = ImageOps.exif_transpose(image) or image
         return _to_srgb(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         raise invalid_argument(
             f"image data is corrupt or truncated ({exc}); send the complete file", field="image"
         ) from None
 
 
-def _too_many_pixels(size: tuple[int, int] | None, limits: DecodeLimits) -> ServiceError:
-    said = f"{size[0]}x{size[1]} = {size[0] * size[1] / 1e6:.1f} megapixels" if size else "too many pixels"
+def _too_many_pixels(size: tuple[int, int], limits: DecodeLimits) -> ServiceError:
+    width, height = size
     return invalid_argument(
-        f"image is {said}; the limit is {limits.max_pixels / 1e6:.0f} megapixels. Scale it down and send it again.",
+        f"image is {width}x{height} = {width * height / 1e6:.1f} megapixels; "
+        f"the limit is {limits.max_pixels / 1e6:.0f} megapixels. Scale it down and send it again.",
         field="image",
         reason="IMAGE_TOO_LARGE",
     )
@@ -150,7 +152,7 @@ def _to_srgb(image: Image.Image) -> Image.Image:
             converted = ImageCms.profileToProfile(image, source, _SRGB, outputMode=mode)
             if converted is not None:
                 image = converted
-        except ImageCms.PyCMSError:
+        except (ImageCms.PyCMSError, OSError):
             pass  # an unusable profile: take the pixels as sRGB
     return image if image.mode == "RGB" else image.convert("RGB")
 

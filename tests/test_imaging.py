@@ -1,0 +1,119 @@
+"""Pixels in memory: decoding, refinement, rendering (unit tests, no model server)."""
+
+from __future__ import annotations
+
+import io
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from cutout.v1 import options_pb2
+from services.common.errors import ServiceError
+from services.inference import imaging
+from tests.conftest import decode, encode
+
+LIMITS = imaging.DecodeLimits(max_bytes=50 * 2**20, max_pixels=25_000_000)
+
+
+def test_exif_orientation_is_applied():
+    # Stored 40 wide and 20 high, left half red; "rotate 90 CW to display" (orientation 6).
+    stored = Image.new("RGB", (40, 20), "blue")
+    stored.paste((255, 0, 0), (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright = imaging.decode(encode(stored, "JPEG", exif=exif, quality=95), LIMITS)
+    assert upright.size == (20, 40)
+    red, blue = upright.getpixel((10, 5)), upright.getpixel((10, 35))
+    assert red[0] > 200 and red[2] < 60, "the stored left half is on top after the rotation"
+    assert blue[2] > 200 and blue[0] < 60
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("CMYK", "JPEG"), ("L", "JPEG"), ("P", "PNG"), ("LA", "PNG"), ("I;16", "PNG"), ("RGBA", "WEBP"), ("1", "PNG")],
+)
+def test_any_mode_becomes_rgb(mode, fmt):
+    image = Image.new("RGB", (16, 12), (200, 120, 40)).convert(mode)
+    decoded = imaging.decode(encode(image, fmt), LIMITS)
+    assert decoded.mode == "RGB" and decoded.size == (16, 12)
+
+
+def test_embedded_colour_profiles_are_applied_and_broken_ones_ignored():
+    # No RGB profile other than sRGB can be made offline, so this checks that the
+    # conversion path runs and keeps sRGB pixels, and that a broken profile is harmless.
+    pixel = (200, 120, 40)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    tagged = imaging.decode(encode(Image.new("RGB", (8, 8), pixel), "PNG", icc_profile=srgb), LIMITS)
+    assert np.abs(np.subtract(tagged.getpixel((0, 0)), pixel)).max() <= 1
+    broken = imaging.decode(encode(Image.new("RGB", (8, 8), pixel), "PNG", icc_profile=b"not a profile"), LIMITS)
+    assert broken.getpixel((0, 0)) == pixel
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    small_limits = imaging.DecodeLimits(max_bytes=2**20, max_pixels=100 * 100)
+    with pytest.raises(ServiceError) as caught:
+        imaging.decode(encode(Image.new("RGB", (101, 100)), "PNG"), small_limits)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "101x100" in caught.value.message
+    assert imaging.decode(encode(Image.new("RGB", (100, 100)), "PNG"), small_limits).size == (100, 100)
+
+
+def test_refinement_follows_the_image_edge_not_the_coarse_mask():
+    # A bright square on black at 512 px; the "model" saw it on a 32-pixel grid.
+    image = Image.new("RGB", (512, 512))
+    image.paste((230, 230, 230), (128, 128, 384, 384))
+    coarse = np.zeros((32, 32), np.float32)
+    coarse[8:24, 8:24] = 1
+    alpha = np.asarray(imaging.refine_mask(image, coarse), np.float32) / 255
+    plain = np.asarray(Image.fromarray(coarse, "F").resize((512, 512), Image.Resampling.BILINEAR))
+    inside, outside = alpha[140:372, 140:372], np.concatenate([alpha[:100].ravel(), alpha[412:].ravel()])
+    assert inside.min() > 0.9 and outside.max() < 0.1
+    # Across the edge, the refined matte jumps where the picture's edge is (between
+    # columns 127 and 128); plain upsampling only ramps over the model's grid.
+    refined_steps, plain_steps = np.diff(alpha[256, :256]), np.diff(plain[256, :256])
+    assert int(np.argmax(refined_steps)) == 127 and refined_steps.max() > 0.3
+    assert plain_steps.max() < 0.1
+
+
+def spec(**options) -> imaging.OutputSpec:
+    return imaging.OutputSpec.from_proto(options_pb2.RemoveBackgroundOptions(**options), imaging.EncoderDefaults())
+
+
+def test_transparent_png_zeroes_colour_under_full_transparency():
+    image = Image.new("RGB", (10, 10), (90, 80, 70))
+    alpha = Image.new("L", (10, 10), 0)
+    alpha.paste(255, (0, 0, 5, 10))
+    out = decode(imaging.render(image, alpha, spec()).data)
+    assert out.getpixel((2, 2)) == (90, 80, 70, 255)
+    assert out.getpixel((8, 2)) == (0, 0, 0, 0)
+
+
+def test_defaults_and_validation_of_options():
+    default = spec()
+    assert default.format == options_pb2.OUTPUT_FORMAT_PNG and default.png_compression_level == 1
+    assert spec(background_color="rgb(1, 2, 3)", format=options_pb2.OUTPUT_FORMAT_JPEG_ON_COLOR).background == (1, 2, 3)
+    with pytest.raises(ServiceError) as caught:
+        spec(background_color="not a colour")
+    assert caught.value.field == "options.background_color"
+
+
+def test_no_subject_means_no_crop():
+    image, alpha = Image.new("RGB", (30, 20)), Image.new("L", (30, 20), 0)
+    rendered = imaging.render(image, alpha, spec(crop_to_subject=True, crop_margin_px=4))
+    assert (rendered.width, rendered.height) == (30, 20)
+
+
+def test_subject_box_is_widened_and_clipped():
+    alpha = Image.new("L", (100, 50), 0)
+    alpha.paste(255, (10, 5, 40, 45))
+    assert imaging.subject_box(alpha, 8) == (2, 0, 48, 50)
+
+
+def test_decoded_images_are_not_kept_open_on_their_buffer():
+    # decode() loads the pixels, so the caller's bytes can be dropped at once.
+    data = io.BytesIO(encode(Image.new("RGB", (8, 8)), "PNG")).getvalue()
+    image = imaging.decode(data, LIMITS)
+    del data
+    assert image.getpixel((0, 0)) == (0, 0, 0)

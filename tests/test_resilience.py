@@ -1,0 +1,146 @@
+"""Dead dependencies give UNAVAILABLE and are found again; SIGTERM drains in-flight work.
+
+These tests start their own processes (on free ports) so that what they stop and
+kill is theirs, not the session mesh that other tests use.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from cutout.v1 import cutout_pb2, cutout_pb2_grpc, inference_pb2, inference_pb2_grpc, options_pb2
+from services.common.channels import channel_options
+from services.common.errors import error_details
+from services.common.settings import MIB
+from services.inference.model import DEFAULT_MODEL_NAME
+from services.inference.triton_local import LocalTriton
+from services.mesh import ServiceProcess, free_port
+from tests.conftest import encode
+
+
+def health_status(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
+
+
+def wait_until(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not {what} after {timeout_s:.0f}s")
+
+
+@pytest.fixture
+def own_triton(tmp_path, model_path) -> Iterator[LocalTriton]:
+    triton = LocalTriton(grpc_port=free_port(), work_dir=tmp_path / "triton")
+    triton.work_dir.mkdir()
+    triton.start()
+    triton.wait_ready(DEFAULT_MODEL_NAME)
+    yield triton
+    triton.stop()
+
+
+def test_triton_down_gives_unavailable_and_inference_recovers_when_it_is_back(tmp_path, own_triton, astronaut_png):
+    inference = ServiceProcess("inference", {"CUTOUT_INFERENCE_TRITON_URL": own_triton.url}, tmp_path)
+    inference.start()
+    try:
+        inference.wait_serving()
+        with grpc.insecure_channel(inference.address, options=channel_options()) as channel:
+            segment = inference_pb2_grpc.InferenceStub(channel).Segment
+            request = inference_pb2.SegmentRequest(image=astronaut_png)
+            assert segment(request, timeout=60).result.width == 512
+
+            own_triton.stop()
+            with pytest.raises(grpc.RpcError) as caught:
+                segment(request, timeout=60)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "Triton" in caught.value.details() and "retry" in caught.value.details()
+            assert [d.reason for d in error_details(caught.value)] == ["MODEL_UNAVAILABLE"]
+            wait_until(lambda: health_status(inference.address) == health_pb2.HealthCheckResponse.NOT_SERVING,
+                       10, "NOT_SERVING")
+
+            own_triton.start()  # same port, as a restarted pod would be
+            own_triton.wait_ready(DEFAULT_MODEL_NAME)
+            wait_until(lambda: health_status(inference.address) == health_pb2.HealthCheckResponse.SERVING,
+                       30, "SERVING again")
+            assert segment(request, timeout=60).result.width == 512
+    finally:
+        assert inference.stop() == 0
+
+
+def test_gateway_reports_a_dead_inference_service_as_unavailable(tmp_path, astronaut_png):
+    gateway = ServiceProcess("gateway", {"CUTOUT_GATEWAY_INFERENCE_TARGET": f"127.0.0.1:{free_port()}"}, tmp_path)
+    gateway.start()
+    try:
+        with grpc.insecure_channel(gateway.address, options=channel_options()) as channel:
+            assert health_status(gateway.address) == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.RpcError) as caught:
+                cutout_pb2_grpc.CutoutStub(channel).RemoveBackground(
+                    cutout_pb2.RemoveBackgroundRequest(image=astronaut_png), timeout=30
+                )
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert caught.value.details() == "the inference service is unavailable; retry shortly"
+    finally:
+        assert gateway.stop() == 0
+
+
+def test_sigterm_during_a_request_lets_it_finish_then_exits_zero(tmp_path, mesh, astronaut):
+    """Gateway and inference both get SIGTERM while a slow request is inside them."""
+    inference = ServiceProcess("inference", {"CUTOUT_INFERENCE_TRITON_URL": mesh.triton.url}, tmp_path)
+    inference.start()
+    inference.wait_serving()
+    gateway = ServiceProcess("gateway", {"CUTOUT_GATEWAY_INFERENCE_TARGET": inference.address}, tmp_path)
+    gateway.start()
+    gateway.wait_serving()
+    # 12 MP encoded at zlib level 6: seconds of work on two cores.
+    big = encode(astronaut.resize((4000, 3000)), "JPEG", quality=90)
+    options = options_pb2.RemoveBackgroundOptions(png_compression_level=6)
+    with grpc.insecure_channel(gateway.address, options=channel_options()) as channel:
+        call = cutout_pb2_grpc.CutoutStub(channel).RemoveBackground.future(
+            cutout_pb2.RemoveBackgroundRequest(image=big, options=options), timeout=120
+        )
+        time.sleep(0.5)
+        assert not call.done(), "the request must still be in flight when SIGTERM arrives"
+        gateway.process.send_signal(signal.SIGTERM)
+        inference.process.send_signal(signal.SIGTERM)
+        response = call.result()
+    assert (response.result.width, response.result.height) == (4000, 3000)
+    assert gateway.process.wait(30) == 0
+    assert inference.process.wait(30) == 0
+
+
+def test_a_file_of_almost_50_mib_is_served(gateway):
+    noise = np.random.default_rng(7).integers(0, 256, (4300, 4000, 3), dtype=np.uint8)
+    photo = encode(Image.fromarray(noise), "PNG", compress_level=0)
+    assert 49 * MIB < len(photo) < 50 * MIB
+    response = gateway.RemoveBackground(
+        cutout_pb2.RemoveBackgroundRequest(
+            image=photo, options=options_pb2.RemoveBackgroundOptions(format=options_pb2.OUTPUT_FORMAT_MASK)
+        ),
+        timeout=120,
+    )
+    assert (response.result.width, response.result.height) == (4000, 4300)
+
+
+def test_large_photos_go_through(gateway, astronaut):
+    """12 MP and 25 MP photos end to end (inputs past gRPC's default 4 MiB message limit)."""
+    for size in [(4000, 3000), (6000, 4166)]:
+        photo = encode(astronaut.resize(size, Image.Resampling.BILINEAR), "JPEG", quality=95)
+        response = gateway.RemoveBackground(
+            cutout_pb2.RemoveBackgroundRequest(
+                image=photo, options=options_pb2.RemoveBackgroundOptions(format=options_pb2.OUTPUT_FORMAT_PNG)
+            ),
+            timeout=120,
+        )
+        assert (response.result.width, response.result.height) == size
+        assert 0.3 < response.result.foreground_fraction < 0.8
