@@ -27,6 +27,7 @@ up: setup
 # Lint, generated-code check, then the whole suite against the real mesh.
 test: setup
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m tools.protos --check
 	$(PY) -m pytest
 

@@ -1,6 +1,6 @@
 """The `cutout` command line.
 
-    cutout remove photo.jpg -o photo.png [--format webp] [--background '#1e90ff'] [--crop --margin 24]
+cutout remove photo.jpg -o photo.png [--format webp] [--background '#1e90ff'] [--crop --margin 24]
 """
 
 from __future__ import annotations
@@ -32,9 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     remove = commands.add_parser("remove", help="remove the background of one image")
     remove.add_argument("input", type=Path, help="a JPEG, PNG or WebP file")
     remove.add_argument("-o", "--output", type=Path, help="where to write the result (default: <input>-cutout.<ext>)")
-    remove.add_argument("--format", choices=sorted(FORMATS), default="png",
-                        help="png/webp: transparent background; mask: the alpha matte; "
-                        "jpeg/png-on-color: subject on --background")
+    remove.add_argument(
+        "--format",
+        choices=sorted(FORMATS),
+        default="png",
+        help="png/webp: transparent background; mask: the alpha matte; jpeg/png-on-color: subject on --background",
+    )
     remove.add_argument("--background", default="", help="CSS colour for jpeg and png-on-color (default white)")
     remove.add_argument("--crop", action="store_true", help="crop to the subject")
     remove.add_argument("--margin", type=int, default=0, help="pixels kept around the subject with --crop")

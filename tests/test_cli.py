@@ -20,8 +20,22 @@ def run_cli(mesh, *args: str) -> subprocess.CompletedProcess[str]:
 def test_remove_writes_the_cutout_with_the_chosen_options(mesh, tmp_path, astronaut_png):
     photo = tmp_path / "astronaut.png"
     photo.write_bytes(astronaut_png)
-    done = run_cli(mesh, "remove", str(photo), "-o", str(tmp_path / "out.jpg"), "--format", "jpeg",
-                   "--background", "#1e90ff", "--crop", "--margin", "8", "--max-width", "300")
+    done = run_cli(
+        mesh,
+        "remove",
+        str(photo),
+        "-o",
+        str(tmp_path / "out.jpg"),
+        "--format",
+        "jpeg",
+        "--background",
+        "#1e90ff",
+        "--crop",
+        "--margin",
+        "8",
+        "--max-width",
+        "300",
+    )
     assert done.returncode == 0, done.stderr
     out = decode((tmp_path / "out.jpg").read_bytes())
     assert out.format == "JPEG" and out.width <= 300

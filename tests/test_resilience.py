@@ -66,13 +66,17 @@ def test_triton_down_gives_unavailable_and_inference_recovers_when_it_is_back(tm
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "Triton" in caught.value.details() and "retry" in caught.value.details()
             assert [d.reason for d in error_details(caught.value)] == ["MODEL_UNAVAILABLE"]
-            wait_until(lambda: health_status(inference.address) == health_pb2.HealthCheckResponse.NOT_SERVING,
-                       10, "NOT_SERVING")
+            wait_until(
+                lambda: health_status(inference.address) == health_pb2.HealthCheckResponse.NOT_SERVING,
+                10,
+                "NOT_SERVING",
+            )
 
             own_triton.start()  # same port, as a restarted pod would be
             own_triton.wait_ready(DEFAULT_MODEL_NAME)
-            wait_until(lambda: health_status(inference.address) == health_pb2.HealthCheckResponse.SERVING,
-                       30, "SERVING again")
+            wait_until(
+                lambda: health_status(inference.address) == health_pb2.HealthCheckResponse.SERVING, 30, "SERVING again"
+            )
             assert segment(request, timeout=60).result.width == 512
     finally:
         assert inference.stop() == 0

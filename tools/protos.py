@@ -1,7 +1,7 @@
 """Compile protos/ into the importable package cutout/v1 (the one contract source).
 
-    python -m tools.protos          # regenerate cutout/v1/*_pb2*.py
-    python -m tools.protos --check  # exit 1 if the committed code differs from the protos
+python -m tools.protos          # regenerate cutout/v1/*_pb2*.py
+python -m tools.protos --check  # exit 1 if the committed code differs from the protos
 """
 
 from __future__ import annotations
@@ -44,9 +44,7 @@ def stale_files() -> list[str]:
     """Names of generated files that are missing, extra or different from a fresh build."""
     with tempfile.TemporaryDirectory() as tmp:
         fresh = {p.name: p for p in generate(Path(tmp))}
-        committed = {
-            p.name: p for pattern in GENERATED_PATTERNS for p in (ROOT / PACKAGE_DIR).glob(pattern)
-        }
+        committed = {p.name: p for pattern in GENERATED_PATTERNS for p in (ROOT / PACKAGE_DIR).glob(pattern)}
         names = sorted(fresh.keys() | committed.keys())
         return [
             name

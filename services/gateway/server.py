@@ -31,11 +31,14 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
     ) -> cutout_pb2.RemoveBackgroundResponse:
         started = time.perf_counter()
         if request.options.keep_result:
-            await abort(context, ServiceError(
-                grpc.StatusCode.UNIMPLEMENTED,
-                "keeping results is not available on this deployment yet; leave options.keep_result unset",
-                reason="KEEP_NOT_AVAILABLE",
-            ))
+            await abort(
+                context,
+                ServiceError(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    "keeping results is not available on this deployment yet; leave options.keep_result unset",
+                    reason="KEEP_NOT_AVAILABLE",
+                ),
+            )
         try:
             segmented = await self.inference.Segment(
                 inference_pb2.SegmentRequest(image=request.image, options=request.options),

@@ -38,8 +38,15 @@ class _Pending:
 
 
 class Batcher:
-    def __init__(self, run_batch: RunBatch, *, max_batch_size: int, max_wait_s: float, max_queue: int,
-                 max_concurrent_batches: int = 2) -> None:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue: int,
+        max_concurrent_batches: int = 2,
+    ) -> None:
         if max_batch_size < 1 or max_queue < max_batch_size:
             raise ValueError("need 1 <= max_batch_size <= max_queue")
         self._run_batch = run_batch
@@ -128,7 +135,6 @@ class Batcher:
             model_s = time.perf_counter() - started
             for index, item in enumerate(batch):
                 if not item.future.done():
-                    item.future.set_result(BatchedResult(outputs[index], len(batch), started - item.submitted,
-                                                         model_s))
+                    item.future.set_result(BatchedResult(outputs[index], len(batch), started - item.submitted, model_s))
         finally:
             self._slots.release()

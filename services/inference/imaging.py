@@ -53,9 +53,7 @@ class OutputSpec:
         fmt = options.format or OutputFormat.OUTPUT_FORMAT_PNG
         if fmt not in OutputFormat.values():
             known = ", ".join(n for n in OutputFormat.keys() if n != "OUTPUT_FORMAT_UNSPECIFIED")
-            raise invalid_argument(
-                f"unknown output format {fmt}; use one of {known}", field="options.format"
-            )
+            raise invalid_argument(f"unknown output format {fmt}; use one of {known}", field="options.format")
         try:
             background = ImageColor.getcolor(options.background_color or "white", "RGB")
         except ValueError:
@@ -75,8 +73,8 @@ class OutputSpec:
                 f"quality {options.quality} is out of range; use 1 to 100, or 0 for the server's default",
                 field="options.quality",
             )
-        default_quality = defaults.jpeg_quality if fmt == OutputFormat.OUTPUT_FORMAT_JPEG_ON_COLOR else (
-            defaults.webp_quality
+        default_quality = (
+            defaults.jpeg_quality if fmt == OutputFormat.OUTPUT_FORMAT_JPEG_ON_COLOR else (defaults.webp_quality)
         )
         return cls(
             format=fmt,
@@ -162,8 +160,9 @@ def model_input(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0))
 
 
-def refine_mask(image: Image.Image, mask: np.ndarray, *, guide_side: int = 1024, radius: int = 6,
-                eps: float = 1e-3) -> Image.Image:
+def refine_mask(
+    image: Image.Image, mask: np.ndarray, *, guide_side: int = 1024, radius: int = 6, eps: float = 1e-3
+) -> Image.Image:
     """Upsamples the model's low-resolution mask to the image with a fast guided filter.
 
     The filter (He & Sun, "Fast Guided Filter", 2015) fits the mask locally as a

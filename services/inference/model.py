@@ -1,6 +1,6 @@
 """The default segmentation model and the command that fetches it into the model repository.
 
-    python -m services.inference.model    # idempotent; verifies the sha256
+python -m services.inference.model    # idempotent; verifies the sha256
 """
 
 from __future__ import annotations

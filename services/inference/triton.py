@@ -17,8 +17,9 @@ _TRITON_MESSAGE_BYTES = 2**31 - 1
 class TritonModel:
     """One model on one Triton server: readiness and batched inference."""
 
-    def __init__(self, url: str, model_name: str, timeout_s: float,
-                 input_name: str = "IMAGE", output_name: str = "MASK") -> None:
+    def __init__(
+        self, url: str, model_name: str, timeout_s: float, input_name: str = "IMAGE", output_name: str = "MASK"
+    ) -> None:
         self.url = url
         self.model_name = model_name
         self.timeout_s = timeout_s
