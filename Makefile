@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup up test lint protos check-protos model clean
+.PHONY: setup up test bench protos model clean
 
 # A virtualenv with the project and its dev tools; redone when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -30,6 +30,10 @@ test: setup
 	$(PY) -m ruff format --check .
 	$(PY) -m tools.protos --check
 	$(PY) -m pytest
+
+# The mesh under load against the floor; writes bench/results/ and the README's table.
+bench: setup
+	$(PY) -m bench.run
 
 protos: $(STAMP)
 	$(PY) -m tools.protos

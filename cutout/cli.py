@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--max-width", type=int, default=0, help="scale down to at most this width")
     remove.add_argument("--max-height", type=int, default=0, help="scale down to at most this height")
     remove.add_argument("--quality", type=int, default=0, help="JPEG/WebP quality 1-100 (0: server default)")
-    remove.add_argument("--png-level", type=int, default=0, help="PNG zlib level 1-9 (0: server default, fast)")
+    remove.add_argument("--effort", type=int, default=0, help="compression effort 1 (fast) to 9 (small); 0: default")
     return parser
 
 
@@ -58,7 +58,7 @@ def remove(args: argparse.Namespace) -> int:
         max_width=args.max_width,
         max_height=args.max_height,
         quality=args.quality,
-        png_compression_level=args.png_level,
+        compression_effort=args.effort,
     )
     output = args.output or args.input.with_name(f"{args.input.stem}-cutout{extension}")
     with CutoutClient(args.gateway) as client:

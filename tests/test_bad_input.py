@@ -89,7 +89,7 @@ def test_background_colour_that_does_not_parse(gateway, astronaut_jpeg):
 
 @pytest.mark.parametrize(
     ("options", "field"),
-    [({"png_compression_level": 10}, "options.png_compression_level"), ({"quality": 101}, "options.quality")],
+    [({"compression_effort": 10}, "options.compression_effort"), ({"quality": 101}, "options.quality")],
 )
 def test_encoder_settings_out_of_range(gateway, astronaut_jpeg, options, field):
     error = call(gateway, astronaut_jpeg, **options)

@@ -46,15 +46,38 @@ def test_concurrent_requests_share_batches_and_get_their_own_outputs():
     assert all(r.batch_size in model.batch_sizes for r in results)
 
 
-def test_a_lone_request_leaves_after_the_maximum_wait():
+def test_a_lone_request_is_not_held_back():
     async def scenario():
-        batcher = Batcher(FakeModel(), max_batch_size=8, max_wait_s=0.01, max_queue=8)
-        result = await asyncio.wait_for(batcher.submit(np.ones(1)), timeout=5)
+        batcher = Batcher(FakeModel(), max_batch_size=8, max_wait_s=60, max_queue=8)
+        result = await asyncio.wait_for(batcher.submit(np.ones(1)), timeout=5)  # not the 60 s maximum wait
         await batcher.close()
         return result
 
     result = run(scenario())
     assert result.batch_size == 1 and result.output[0] == 2
+
+
+def test_a_batch_waits_for_requests_still_decoding_up_to_the_maximum_wait():
+    async def scenario():
+        model = FakeModel()
+        batcher = Batcher(model, max_batch_size=8, max_wait_s=5, max_queue=8)
+
+        async def decoding_then_submit(decode_s: float):
+            with batcher.arriving():
+                await asyncio.sleep(decode_s)
+            return await batcher.submit(np.ones(1))
+
+        results = await asyncio.gather(batcher.submit(np.ones(1)), decoding_then_submit(0.05))
+        short_wait = Batcher(model, max_batch_size=8, max_wait_s=0.05, max_queue=8)
+        with short_wait.arriving():  # never submits: the batch leaves after the maximum wait
+            lone = await asyncio.wait_for(short_wait.submit(np.ones(1)), timeout=5)
+        await batcher.close()
+        await short_wait.close()
+        return model, results, lone
+
+    model, results, lone = run(scenario())
+    assert model.batch_sizes == [2, 1]
+    assert [r.batch_size for r in results] == [2, 2] and lone.batch_size == 1
 
 
 def test_a_full_queue_refuses_at_once_with_resource_exhausted():
@@ -91,11 +114,13 @@ def test_a_model_error_reaches_every_request_of_its_batch_and_the_batcher_goes_o
 def test_a_cancelled_request_is_left_out_of_its_batch():
     async def scenario():
         model = FakeModel()
-        batcher = Batcher(model, max_batch_size=8, max_wait_s=0.1, max_queue=8)
-        gone = asyncio.create_task(batcher.submit(np.ones(1)))
-        stays = asyncio.create_task(batcher.submit(np.ones(1)))
-        await asyncio.sleep(0.01)
-        gone.cancel()
+        batcher = Batcher(model, max_batch_size=8, max_wait_s=5, max_queue=8)
+        with batcher.arriving():  # holds the batch open while one caller gives up
+            gone = asyncio.create_task(batcher.submit(np.ones(1)))
+            stays = asyncio.create_task(batcher.submit(np.ones(1)))
+            await asyncio.sleep(0.01)
+            gone.cancel()
+            await asyncio.sleep(0.01)
         result = await stays
         await batcher.close()
         return model, result

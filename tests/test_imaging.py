@@ -92,7 +92,7 @@ def test_transparent_png_zeroes_colour_under_full_transparency():
 
 def test_defaults_and_validation_of_options():
     default = spec()
-    assert default.format == options_pb2.OUTPUT_FORMAT_PNG and default.png_compression_level == 1
+    assert default.format == options_pb2.OUTPUT_FORMAT_PNG and default.compression_effort == 1
     assert spec(background_color="rgb(1, 2, 3)", format=options_pb2.OUTPUT_FORMAT_JPEG_ON_COLOR).background == (1, 2, 3)
     with pytest.raises(ServiceError) as caught:
         spec(background_color="not a colour")

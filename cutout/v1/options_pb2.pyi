@@ -25,14 +25,14 @@ OUTPUT_FORMAT_JPEG_ON_COLOR: OutputFormat
 OUTPUT_FORMAT_PNG_ON_COLOR: OutputFormat
 
 class RemoveBackgroundOptions(_message.Message):
-    __slots__ = ("format", "background_color", "crop_to_subject", "crop_margin_px", "max_width", "max_height", "png_compression_level", "quality", "keep_result", "keep_ttl")
+    __slots__ = ("format", "background_color", "crop_to_subject", "crop_margin_px", "max_width", "max_height", "compression_effort", "quality", "keep_result", "keep_ttl")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     BACKGROUND_COLOR_FIELD_NUMBER: _ClassVar[int]
     CROP_TO_SUBJECT_FIELD_NUMBER: _ClassVar[int]
     CROP_MARGIN_PX_FIELD_NUMBER: _ClassVar[int]
     MAX_WIDTH_FIELD_NUMBER: _ClassVar[int]
     MAX_HEIGHT_FIELD_NUMBER: _ClassVar[int]
-    PNG_COMPRESSION_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_EFFORT_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     KEEP_RESULT_FIELD_NUMBER: _ClassVar[int]
     KEEP_TTL_FIELD_NUMBER: _ClassVar[int]
@@ -42,11 +42,11 @@ class RemoveBackgroundOptions(_message.Message):
     crop_margin_px: int
     max_width: int
     max_height: int
-    png_compression_level: int
+    compression_effort: int
     quality: int
     keep_result: bool
     keep_ttl: _duration_pb2.Duration
-    def __init__(self, format: _Optional[_Union[OutputFormat, str]] = ..., background_color: _Optional[str] = ..., crop_to_subject: _Optional[bool] = ..., crop_margin_px: _Optional[int] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., png_compression_level: _Optional[int] = ..., quality: _Optional[int] = ..., keep_result: _Optional[bool] = ..., keep_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    def __init__(self, format: _Optional[_Union[OutputFormat, str]] = ..., background_color: _Optional[str] = ..., crop_to_subject: _Optional[bool] = ..., crop_margin_px: _Optional[int] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., compression_effort: _Optional[int] = ..., quality: _Optional[int] = ..., keep_result: _Optional[bool] = ..., keep_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class StageTimings(_message.Message):
     __slots__ = ("decode_ms", "preprocess_ms", "batch_wait_ms", "model_ms", "postprocess_ms", "encode_ms", "total_ms", "batch_size")

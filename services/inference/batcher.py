@@ -1,8 +1,10 @@
 """Collects the model inputs of concurrent requests into one batched model call.
 
-The first request of a batch waits at most `max_wait_s` for company; a batch never
-holds more than `max_batch_size` images; at most `max_queue` images wait in all,
-past which callers get RESOURCE_EXHAUSTED at once instead of an unbounded wait.
+The first request of a batch waits at most `max_wait_s` for company, and only while
+company is on its way: callers announce themselves with `arriving()` while they
+decode, so a lone request is never held back. A batch never holds more than
+`max_batch_size` images; at most `max_queue` images wait in all, past which callers
+get RESOURCE_EXHAUSTED at once instead of an unbounded wait.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -59,10 +61,21 @@ class Batcher:
         self._slots = asyncio.Semaphore(max_concurrent_batches)
         self._loop_task: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[None]] = set()
+        self._arriving = 0
 
     @property
     def queued(self) -> int:
         return len(self._pending)
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Marks a request that will submit soon (it is decoding), so batches wait for it."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+            self._arrived.set()  # a batch waiting for this one re-checks
 
     async def submit(self, tensor: np.ndarray) -> BatchedResult:
         if len(self._pending) >= self.max_queue:
@@ -103,7 +116,7 @@ class Batcher:
             self._arrived.clear()
             await self._arrived.wait()
         deadline = self._pending[0].submitted + self.max_wait_s
-        while self._live_count() < self.max_batch_size:
+        while self._live_count() < self.max_batch_size and self._arriving:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break

@@ -27,12 +27,22 @@ class DecodeLimits:
     max_pixels: int
 
 
+# zlib's run-length strategy: on 1 MP cut-outs and photos it was both faster and
+# smaller than the default strategy at every level (57 ms vs 68 ms at level 1,
+# 66 ms vs 311 ms at level 6; see the README's benchmark notes).
+_Z_RLE = 3
+
+
 @dataclass(frozen=True)
 class EncoderDefaults:
-    png_compression_level: int = 1  # zlib 1 is ~5x faster than Pillow's 6 for ~10% more bytes
+    compression_effort: int = 1
     jpeg_quality: int = 90
     webp_quality: int = 90
-    webp_method: int = 3  # 0 fastest .. 6 smallest
+
+
+def _webp_method(effort: int) -> int:
+    """Effort 1-9 onto WebP's methods 0-6 (method 0 took 75 ms on 1 MP, method 4 180 ms)."""
+    return min(6, (effort - 1) * 6 // 8)
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,7 @@ class OutputSpec:
     crop_margin_px: int
     max_width: int
     max_height: int
-    png_compression_level: int
+    compression_effort: int
     quality: int
 
     @classmethod
@@ -62,11 +72,11 @@ class OutputSpec:
                 "use a CSS colour such as '#1e90ff', 'rgb(30,144,255)' or 'white'",
                 field="options.background_color",
             ) from None
-        if options.png_compression_level > 9:
+        if options.compression_effort > 9:
             raise invalid_argument(
-                f"png_compression_level {options.png_compression_level} is out of range; use 1 (fastest) "
+                f"compression_effort {options.compression_effort} is out of range; use 1 (fastest) "
                 "to 9 (smallest), or 0 for the server's default",
-                field="options.png_compression_level",
+                field="options.compression_effort",
             )
         if options.quality > 100:
             raise invalid_argument(
@@ -83,7 +93,7 @@ class OutputSpec:
             crop_margin_px=options.crop_margin_px,
             max_width=options.max_width,
             max_height=options.max_height,
-            png_compression_level=options.png_compression_level or defaults.png_compression_level,
+            compression_effort=options.compression_effort or defaults.compression_effort,
             quality=options.quality or default_quality,
         )
 
@@ -161,7 +171,7 @@ def model_input(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
 
 
 def refine_mask(
-    image: Image.Image, mask: np.ndarray, *, guide_side: int = 1024, radius: int = 6, eps: float = 1e-3
+    image: Image.Image, mask: np.ndarray, *, guide_side: int = 512, radius: int = 4, eps: float = 1e-3
 ) -> Image.Image:
     """Upsamples the model's low-resolution mask to the image with a fast guided filter.
 
@@ -184,13 +194,15 @@ def refine_mask(
     var_i = uniform_filter(guide * guide, size) - mean_i * mean_i
     a = cov_ip / (var_i + eps)
     b = mean_p - a * mean_i
-    mean_a = Image.fromarray(uniform_filter(a, size), "F").resize((width, height), Image.Resampling.BILINEAR)
-    mean_b = Image.fromarray(uniform_filter(b, size), "F").resize((width, height), Image.Resampling.BILINEAR)
-    alpha = np.asarray(mean_a) * (np.asarray(guide_full, np.float32) / 255)
+    # On 255-scaled luminance g, alpha * 255 = mean_a * g + 255 * mean_b: scaling the
+    # low-resolution coefficients saves two passes over the full-resolution pixels.
+    full = (width, height)
+    mean_a = Image.fromarray(uniform_filter(a, size), "F").resize(full, Image.Resampling.BILINEAR)
+    mean_b = Image.fromarray(uniform_filter(b, size) * 255 + 0.5, "F").resize(full, Image.Resampling.BILINEAR)
+    alpha = np.multiply(np.asarray(mean_a), np.asarray(guide_full), dtype=np.float32)
     alpha += np.asarray(mean_b)
-    np.clip(alpha, 0.0, 1.0, out=alpha)
-    alpha *= 255
-    return Image.fromarray(np.rint(alpha).astype(np.uint8), "L")
+    np.clip(alpha, 0.0, 255.0, out=alpha)
+    return Image.fromarray(alpha.astype(np.uint8), "L")  # +0.5 above makes this truncation round
 
 
 def foreground_fraction(alpha: Image.Image) -> float:
@@ -211,7 +223,7 @@ def render(image: Image.Image, alpha: Image.Image, spec: OutputSpec) -> Rendered
     out = io.BytesIO()
     fmt = spec.format
     if fmt == OutputFormat.OUTPUT_FORMAT_MASK:
-        alpha.save(out, "PNG", compress_level=spec.png_compression_level)
+        _save_png(alpha, out, spec)
         media_type = "image/png"
     elif fmt in (OutputFormat.OUTPUT_FORMAT_JPEG_ON_COLOR, OutputFormat.OUTPUT_FORMAT_PNG_ON_COLOR):
         flat = Image.composite(image, Image.new("RGB", image.size, spec.background), alpha)
@@ -219,7 +231,7 @@ def render(image: Image.Image, alpha: Image.Image, spec: OutputSpec) -> Rendered
             flat.save(out, "JPEG", quality=spec.quality)
             media_type = "image/jpeg"
         else:
-            flat.save(out, "PNG", compress_level=spec.png_compression_level)
+            _save_png(flat, out, spec)
             media_type = "image/png"
     else:
         # Colour under fully transparent pixels is invisible; zeroing it makes the
@@ -228,12 +240,16 @@ def render(image: Image.Image, alpha: Image.Image, spec: OutputSpec) -> Rendered
         rgba = Image.composite(image, Image.new("RGB", image.size), visible)
         rgba.putalpha(alpha)
         if fmt == OutputFormat.OUTPUT_FORMAT_WEBP:
-            rgba.save(out, "WEBP", quality=spec.quality, method=EncoderDefaults.webp_method)
+            rgba.save(out, "WEBP", quality=spec.quality, method=_webp_method(spec.compression_effort))
             media_type = "image/webp"
         else:
-            rgba.save(out, "PNG", compress_level=spec.png_compression_level)
+            _save_png(rgba, out, spec)
             media_type = "image/png"
     return Rendered(out.getvalue(), media_type, image.width, image.height)
+
+
+def _save_png(image: Image.Image, out: io.BytesIO, spec: OutputSpec) -> None:
+    image.save(out, "PNG", compress_level=spec.compression_effort, compress_type=_Z_RLE)
 
 
 def subject_box(alpha: Image.Image, margin: int) -> tuple[int, int, int, int] | None:

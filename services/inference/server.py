@@ -35,7 +35,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         )
         self.limits = imaging.DecodeLimits(settings.max_image_bytes, settings.max_pixels)
         self.encoders = imaging.EncoderDefaults(
-            png_compression_level=settings.png_compression_level,
+            compression_effort=settings.compression_effort,
             jpeg_quality=settings.jpeg_quality,
             webp_quality=settings.webp_quality,
         )
@@ -59,14 +59,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         # Options first: a wrong option costs no decoding and no model time.
         spec = imaging.OutputSpec.from_proto(request.options, self.encoders)
 
-        mark = time.perf_counter()
-        image = await self._cpu(imaging.decode, request.image, self.limits)
-        timings.decode_ms = _ms_since(mark)
+        with self.batcher.arriving():
+            mark = time.perf_counter()
+            image = await self._cpu(imaging.decode, request.image, self.limits)
+            timings.decode_ms = _ms_since(mark)
 
-        mark = time.perf_counter()
-        side = self.settings.model_input_size
-        tensor = await self._cpu(imaging.model_input, image, (side, side))
-        timings.preprocess_ms = _ms_since(mark)
+            mark = time.perf_counter()
+            side = self.settings.model_input_size
+            tensor = await self._cpu(imaging.model_input, image, (side, side))
+            timings.preprocess_ms = _ms_since(mark)
 
         batched = await self.batcher.submit(tensor)
         timings.batch_wait_ms = batched.wait_s * 1000

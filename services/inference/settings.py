@@ -28,6 +28,6 @@ class InferenceSettings(ServiceSettings):
     max_pixels: int = 25_000_000
     # Threads for decode, refinement and encoding (Pillow and numpy release the GIL).
     cpu_workers: int = os.cpu_count() or 2
-    png_compression_level: int = 1
+    compression_effort: int = 1
     jpeg_quality: int = 90
     webp_quality: int = 90

@@ -1,0 +1,323 @@
+"""`make bench`: the embedded mesh under load, against the floor, in one run.
+
+    python -m bench.run [--quick]
+
+For each case (photo size x output format x concurrency) a grpc.aio load generator
+drives the gateway and reports images/s, p50/p95/p99 latency, the mean Triton batch
+size, CPU seconds per image of every process and their peak resident memory. The
+floor (bench/floor.py) is measured in the same run; every mesh figure is also given
+as a ratio to it. Results go to bench/results/ (JSON and Markdown) and the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import io
+import json
+import os
+import platform
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+import grpc
+import psutil
+import tritonclient.grpc as triton_grpc
+from PIL import Image
+
+from bench.floor import FloorResult, measure_floor
+from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
+from services.common.assets import ASTRONAUT
+from services.common.channels import channel_options
+from services.inference.model import DEFAULT_MODEL_NAME, fetch_default_model
+from services.mesh import ROOT, Mesh
+
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+SIZES = {"1MP": (1024, 1024), "12MP": (3464, 3464)}
+FORMATS = {
+    "png": options_pb2.OUTPUT_FORMAT_PNG,
+    "webp": options_pb2.OUTPUT_FORMAT_WEBP,
+    "mask": options_pb2.OUTPUT_FORMAT_MASK,
+}
+CONCURRENCY = (1, 4, 16)
+
+
+def photos(data_dir: Path) -> dict[str, bytes]:
+    """The astronaut photo, resampled to each size and saved as a camera would (JPEG q90)."""
+    astronaut = Image.open(ASTRONAUT.fetch(data_dir / "samples" / "astronaut.png")).convert("RGB")
+    encoded = {}
+    for name, size in SIZES.items():
+        out = io.BytesIO()
+        astronaut.resize(size, Image.Resampling.BICUBIC).save(out, "JPEG", quality=90)
+        encoded[name] = out.getvalue()
+    return encoded
+
+
+class ProcessWatch:
+    """CPU seconds and peak RSS of the mesh's processes over one case."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        assert mesh.triton and mesh.triton.process
+        self.roles = {service.name: psutil.Process(service.process.pid) for service in mesh.services}
+        self.triton = psutil.Process(mesh.triton.process.pid)
+
+    def _processes(self) -> dict[str, list[psutil.Process]]:
+        # Triton runs the Python-backend model in a stub process of its own: count it as Triton.
+        return {
+            **{name: [p] for name, p in self.roles.items()},
+            "triton": [self.triton, *self.triton.children(recursive=True)],
+        }
+
+    def start(self) -> None:
+        self._cpu = {}
+        for role, processes in self._processes().items():
+            self._cpu[role] = sum(_cpu_s(p) for p in processes)
+            for process in processes:  # resets VmHWM, the kernel's peak RSS
+                Path(f"/proc/{process.pid}/clear_refs").write_text("5")
+
+    def stop(self) -> tuple[dict[str, float], dict[str, float]]:
+        cpu, peak = {}, {}
+        for role, processes in self._processes().items():
+            cpu[role] = sum(_cpu_s(p) for p in processes) - self._cpu[role]
+            peak[role] = sum(_peak_rss_mib(p) for p in processes)
+        return cpu, peak
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def _peak_rss_mib(process: psutil.Process) -> float:
+    status = Path(f"/proc/{process.pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def triton_counts(url: str) -> tuple[int, int]:
+    client = triton_grpc.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(DEFAULT_MODEL_NAME, as_json=True)["model_stats"][0]
+    finally:
+        client.close()
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+@dataclass
+class CaseResult:
+    size: str
+    output: str
+    concurrency: int
+    requests: int
+    images_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_batch: float
+    cpu_s_per_image: dict[str, float]
+    peak_rss_mib: dict[str, float]
+    floor_images_per_s: float
+    floor_p50_ms: float
+    throughput_vs_floor: float
+    p50_minus_floor_ms: float
+
+
+async def drive(target: str, photo: bytes, output_format: int, concurrency: int, requests: int) -> list[float]:
+    """`requests` calls, `concurrency` at a time; returns each latency in ms."""
+    request = cutout_pb2.RemoveBackgroundRequest(
+        image=photo, options=options_pb2.RemoveBackgroundOptions(format=output_format)
+    )
+    latencies: list[float] = []
+    remaining = requests
+    async with grpc.aio.insecure_channel(target, options=channel_options()) as channel:
+        stub = cutout_pb2_grpc.CutoutStub(channel)
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                await stub.RemoveBackground(request, timeout=300)
+                latencies.append((time.perf_counter() - started) * 1000)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def run_case(
+    mesh: Mesh,
+    watch: ProcessWatch,
+    size: str,
+    output: str,
+    concurrency: int,
+    photo: bytes,
+    requests: int,
+    floor: FloorResult,
+) -> CaseResult:
+    asyncio.run(drive(mesh.gateway.address, photo, FORMATS[output], concurrency, min(concurrency, 4)))  # warm-up
+    inferences_before, executions_before = triton_counts(mesh.triton.url)  # type: ignore[union-attr]
+    watch.start()
+    started = time.perf_counter()
+    latencies = asyncio.run(drive(mesh.gateway.address, photo, FORMATS[output], concurrency, requests))
+    elapsed = time.perf_counter() - started
+    cpu, peak = watch.stop()
+    inferences_after, executions_after = triton_counts(mesh.triton.url)  # type: ignore[union-attr]
+    images_per_s = requests / elapsed
+    p50 = percentile(latencies, 50)
+    floor_p50 = percentile(floor.latencies_ms, 50)
+    return CaseResult(
+        size=size,
+        output=output,
+        concurrency=concurrency,
+        requests=requests,
+        images_per_s=images_per_s,
+        p50_ms=p50,
+        p95_ms=percentile(latencies, 95),
+        p99_ms=percentile(latencies, 99),
+        mean_batch=(inferences_after - inferences_before) / max(1, executions_after - executions_before),
+        cpu_s_per_image={role: seconds / requests for role, seconds in cpu.items()},
+        peak_rss_mib=peak,
+        floor_images_per_s=floor.images_per_s,
+        floor_p50_ms=floor_p50,
+        throughput_vs_floor=images_per_s / floor.images_per_s,
+        p50_minus_floor_ms=p50 - floor_p50,
+    )
+
+
+def machine() -> dict[str, object]:
+    versions = {
+        name: metadata.version(name)
+        for name in (
+            "grpcio",
+            "protobuf",
+            "numpy",
+            "pillow",
+            "scipy",
+            "tritonclient",
+            "nvidia-pytriton",
+            "ai-edge-litert",
+        )
+    }
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "triton": "2.51 (nvidia-pytriton wheel, CPU, Python backend)",
+        "versions": versions,
+    }
+
+
+def markdown(results: list[CaseResult], info: dict[str, object]) -> str:
+    lines = [
+        f"Measured {info['date']} on {info['cores']} cores, {info['memory_gib']} GiB, Python {info['python']}, "
+        f"Triton {info['triton']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".",  # type: ignore[union-attr]
+        "",
+        "| photo | output | conc. | img/s | x floor | p50 ms | p50 - floor | p95 ms | p99 ms | batch "
+        "| CPU s/img gateway / inference / triton | peak RSS MiB gateway / inference / triton |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for r in results:
+        cpu, rss = r.cpu_s_per_image, r.peak_rss_mib
+        lines.append(
+            f"| {r.size} | {r.output} | {r.concurrency} | {r.images_per_s:.1f} | {r.throughput_vs_floor:.2f} "
+            f"| {r.p50_ms:.0f} | {r.p50_minus_floor_ms:+.0f} | {r.p95_ms:.0f} | {r.p99_ms:.0f} | {r.mean_batch:.1f} "
+            f"| {cpu['gateway']:.3f} / {cpu['inference']:.3f} / {cpu['triton']:.3f} "
+            f"| {rss['gateway']:.0f} / {rss['inference']:.0f} / {rss['triton']:.0f} |"
+        )
+    floors = {(r.size, r.output): (r.floor_images_per_s, r.floor_p50_ms) for r in results}
+    lines += [
+        "",
+        "Floor (same photos and encoders, no gRPC, no Triton, one process per core; p50 of one worker alone):",
+        "",
+        "| photo | output | img/s | p50 ms |",
+        "| --- | --- | ---: | ---: |",
+    ]
+    lines += [f"| {size} | {output} | {ips:.1f} | {p50:.0f} |" for (size, output), (ips, p50) in floors.items()]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(table: str) -> None:
+    text = README.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1]
+        README.write_text(f"{before}{start}\n{table}{end}{after}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1MP PNG only, fewer requests (a smoke run)")
+    args = parser.parse_args()
+    fetch_default_model()
+    data_dir = ROOT / ".data" / "bench"
+    sources = photos(data_dir)
+    sizes = ["1MP"] if args.quick else list(SIZES)
+    outputs = ["png"] if args.quick else list(FORMATS)
+
+    floors: dict[tuple[str, str], FloorResult] = {}
+    for size in sizes:
+        for output in outputs:
+            items = 24 if size == "1MP" else 6
+            floors[size, output] = measure_floor(sources[size], FORMATS[output], items * 2, items)
+            floor = floors[size, output]
+            print(
+                f"floor {size} {output}: {floor.images_per_s:.1f} img/s, "
+                f"p50 {percentile(floor.latencies_ms, 50):.0f} ms",
+                flush=True,
+            )
+
+    mesh = Mesh(data_dir=data_dir)
+    mesh.start()
+    results = []
+    try:
+        watch = ProcessWatch(mesh)
+        for size in sizes:
+            for output in outputs:
+                for concurrency in CONCURRENCY:
+                    requests = (
+                        (48 if size == "1MP" else 12) * (1 if args.quick else 2)
+                        if concurrency > 1
+                        else (24 if size == "1MP" else 6)
+                    )
+                    result = run_case(
+                        mesh, watch, size, output, concurrency, sources[size], requests, floors[size, output]
+                    )
+                    results.append(result)
+                    print(
+                        f"mesh {size} {output} c={concurrency}: {result.images_per_s:.1f} img/s "
+                        f"({result.throughput_vs_floor:.2f}x floor), p50 {result.p50_ms:.0f} ms "
+                        f"({result.p50_minus_floor_ms:+.0f} vs floor), batch {result.mean_batch:.1f}",
+                        flush=True,
+                    )
+    finally:
+        mesh.stop()
+
+    info = machine()
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": info, "quick": args.quick, "cases": [asdict(r) for r in results]}
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    table = markdown(results, info)
+    (RESULTS / f"{stamp}.md").write_text(table)
+    if not args.quick:
+        (RESULTS / "latest.md").write_text(table)
+        update_readme(table)
+    print("\n" + table)
+    print(f"saved bench/results/{stamp}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
