@@ -306,16 +306,18 @@ def main() -> int:
 
     info = machine()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": info, "quick": args.quick, "cases": [asdict(r) for r in results]}
-    (RESULTS / f"{stamp}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    # Smoke runs are kept out of the published results.
+    results_dir = data_dir / "quick" if args.quick else RESULTS
+    results_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": info, "cases": [asdict(r) for r in results]}
+    (results_dir / f"{stamp}.json").write_text(json.dumps(payload, indent=2) + "\n")
     table = markdown(results, info)
-    (RESULTS / f"{stamp}.md").write_text(table)
+    (results_dir / f"{stamp}.md").write_text(table)
     if not args.quick:
         (RESULTS / "latest.md").write_text(table)
         update_readme(table)
     print("\n" + table)
-    print(f"saved bench/results/{stamp}.json and .md")
+    print(f"saved {results_dir / stamp}.json and .md")
     return 0
 
 

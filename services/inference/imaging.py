@@ -106,8 +106,8 @@ class Rendered:
     height: int
 
 
-def decode(data: bytes, limits: DecodeLimits) -> Image.Image:
-    """Bytes to an upright sRGB RGB image, refusing what is empty, corrupt or too big."""
+def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
+    """Reads only the header, so size limits are enforced before any pixel is decoded."""
     if not data:
         raise invalid_argument("image is empty; send the bytes of a JPEG, PNG or WebP file", field="image")
     if len(data) > limits.max_bytes:
@@ -118,7 +118,6 @@ def decode(data: bytes, limits: DecodeLimits) -> Image.Image:
             reason="IMAGE_TOO_LARGE",
         )
     try:
-        # Reads only the header: dimensions are known before any pixel is decoded.
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
         raise invalid_argument(
@@ -129,6 +128,11 @@ def decode(data: bytes, limits: DecodeLimits) -> Image.Image:
     width, height = image.size
     if width * height > limits.max_pixels:
         raise _too_many_pixels((width, height), limits)
+    return image
+
+
+def decode_pixels(image: Image.Image) -> Image.Image:
+    """An opened image to upright sRGB RGB pixels, refusing corrupt or truncated data."""
     try:
         image.load()
         image = ImageOps.exif_transpose(image) or image
@@ -137,6 +141,11 @@ def decode(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise invalid_argument(
             f"image data is corrupt or truncated ({exc}); send the complete file", field="image"
         ) from None
+
+
+def decode(data: bytes, limits: DecodeLimits) -> Image.Image:
+    """Bytes to an upright sRGB RGB image, refusing what is empty, corrupt or too big."""
+    return decode_pixels(open_image(data, limits))
 
 
 def _too_many_pixels(size: tuple[int, int], limits: DecodeLimits) -> ServiceError:

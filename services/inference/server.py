@@ -10,12 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import grpc
+from PIL import Image
 
 from cutout.v1 import inference_pb2, inference_pb2_grpc, options_pb2
 from services.common.errors import ServiceError, abort
 from services.common.server import ServiceSpec
 from services.inference import imaging
 from services.inference.batcher import Batcher
+from services.inference.budget import PixelBudget
 from services.inference.settings import InferenceSettings
 from services.inference.triton import TritonModel
 
@@ -40,6 +42,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             webp_quality=settings.webp_quality,
         )
         self.pool = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="pixels")
+        self.pixel_budget = PixelBudget(settings.max_pixels_in_flight)
 
     async def _cpu(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -58,10 +61,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         timings = options_pb2.StageTimings()
         # Options first: a wrong option costs no decoding and no model time.
         spec = imaging.OutputSpec.from_proto(request.options, self.encoders)
+        header = await self._cpu(imaging.open_image, request.image, self.limits)
+        width, height = header.size
+        async with self.pixel_budget.hold(width * height):
+            return await self._process(header, spec, timings, started)
 
+    async def _process(
+        self, header: Image.Image, spec: imaging.OutputSpec, timings: options_pb2.StageTimings, started: float
+    ) -> inference_pb2.SegmentResponse:
         with self.batcher.arriving():
             mark = time.perf_counter()
-            image = await self._cpu(imaging.decode, request.image, self.limits)
+            image = await self._cpu(imaging.decode_pixels, header)
             timings.decode_ms = _ms_since(mark)
 
             mark = time.perf_counter()

@@ -26,6 +26,9 @@ class InferenceSettings(ServiceSettings):
     # Decode limits: 25 MP and 50 MiB are served; more is refused before decoding.
     max_image_bytes: int = 50 * MIB
     max_pixels: int = 25_000_000
+    # Decoded pixels held at once by this process (each costs about 3 bytes while it
+    # waits and up to ~25 bytes while refined and encoded); callers beyond it wait.
+    max_pixels_in_flight: int = 50_000_000
     # Threads for decode, refinement and encoding (Pillow and numpy release the GIL).
     cpu_workers: int = os.cpu_count() or 2
     compression_effort: int = 1
