@@ -117,3 +117,12 @@ def test_decoded_images_are_not_kept_open_on_their_buffer():
     image = imaging.decode(data, LIMITS)
     del data
     assert image.getpixel((0, 0)) == (0, 0, 0)
+
+
+def test_refinement_in_bands_matches_refinement_in_one_piece(monkeypatch, astronaut):
+    picture = astronaut.resize((1500, 1100))
+    mask = np.random.default_rng(1).random((256, 256)).astype(np.float32)
+    banded = np.asarray(imaging.refine_mask(picture, mask), np.int16)
+    monkeypatch.setattr(imaging, "_BAND_ROWS", 10_000)
+    whole = np.asarray(imaging.refine_mask(picture, mask), np.int16)
+    assert np.abs(banded - whole).max() <= 1

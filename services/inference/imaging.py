@@ -179,6 +179,9 @@ def model_input(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0))
 
 
+_BAND_ROWS = 256
+
+
 def refine_mask(
     image: Image.Image, mask: np.ndarray, *, guide_side: int = 512, radius: int = 4, eps: float = 1e-3
 ) -> Image.Image:
@@ -203,15 +206,27 @@ def refine_mask(
     var_i = uniform_filter(guide * guide, size) - mean_i * mean_i
     a = cov_ip / (var_i + eps)
     b = mean_p - a * mean_i
-    # On 255-scaled luminance g, alpha * 255 = mean_a * g + 255 * mean_b: scaling the
-    # low-resolution coefficients saves two passes over the full-resolution pixels.
-    full = (width, height)
-    mean_a = Image.fromarray(uniform_filter(a, size), "F").resize(full, Image.Resampling.BILINEAR)
-    mean_b = Image.fromarray(uniform_filter(b, size) * 255 + 0.5, "F").resize(full, Image.Resampling.BILINEAR)
-    alpha = np.multiply(np.asarray(mean_a), np.asarray(guide_full), dtype=np.float32)
-    alpha += np.asarray(mean_b)
-    np.clip(alpha, 0.0, 255.0, out=alpha)
-    return Image.fromarray(alpha.astype(np.uint8), "L")  # +0.5 above makes this truncation round
+    # On 255-scaled luminance g, alpha * 255 = mean_a * g + 255 * mean_b. The
+    # coefficients are upsampled and applied one band of rows at a time, so no
+    # full-resolution float array ever exists (a 12 MP picture would need ~48 MB each).
+    coeff_a = Image.fromarray(uniform_filter(a, size), "F")
+    coeff_b = Image.fromarray(uniform_filter(b, size) * 255 + 0.5, "F")
+    luminance = np.asarray(guide_full)
+    alpha = np.empty((height, width), np.uint8)
+    rows_per_low_row = height / low[1]
+    for top in range(0, height, _BAND_ROWS):
+        bottom = min(height, top + _BAND_ROWS)
+        box = (0.0, top / rows_per_low_row, float(low[0]), bottom / rows_per_low_row)
+        band_size = (width, bottom - top)
+        band = np.multiply(
+            np.asarray(coeff_a.resize(band_size, Image.Resampling.BILINEAR, box=box)),
+            luminance[top:bottom],
+            dtype=np.float32,
+        )
+        band += np.asarray(coeff_b.resize(band_size, Image.Resampling.BILINEAR, box=box))
+        np.clip(band, 0.0, 255.0, out=band)
+        alpha[top:bottom] = band  # +0.5 above makes this truncation round
+    return Image.fromarray(alpha, "L")
 
 
 def foreground_fraction(alpha: Image.Image) -> float:
@@ -219,7 +234,11 @@ def foreground_fraction(alpha: Image.Image) -> float:
 
 
 def render(image: Image.Image, alpha: Image.Image, spec: OutputSpec) -> Rendered:
-    """Crops, scales, composites and encodes as `spec` asks."""
+    """Crops, scales, composites and encodes as `spec` asks.
+
+    Takes ownership of `image`: it is changed in place where that saves a
+    full-resolution copy, so callers must not use it afterwards.
+    """
     if spec.crop_to_subject:
         box = subject_box(alpha, spec.crop_margin_px)
         if box is not None:
@@ -235,7 +254,8 @@ def render(image: Image.Image, alpha: Image.Image, spec: OutputSpec) -> Rendered
         _save_png(alpha, out, spec)
         media_type = "image/png"
     elif fmt in (OutputFormat.OUTPUT_FORMAT_JPEG_ON_COLOR, OutputFormat.OUTPUT_FORMAT_PNG_ON_COLOR):
-        flat = Image.composite(image, Image.new("RGB", image.size, spec.background), alpha)
+        flat = Image.new("RGB", image.size, spec.background)
+        flat.paste(image, mask=alpha)  # blends in place: no third full-size image
         if fmt == OutputFormat.OUTPUT_FORMAT_JPEG_ON_COLOR:
             flat.save(out, "JPEG", quality=spec.quality)
             media_type = "image/jpeg"
@@ -245,9 +265,9 @@ def render(image: Image.Image, alpha: Image.Image, spec: OutputSpec) -> Rendered
     else:
         # Colour under fully transparent pixels is invisible; zeroing it makes the
         # file smaller and faster to compress.
-        visible = alpha.point(lambda v: 255 if v else 0)
-        rgba = Image.composite(image, Image.new("RGB", image.size), visible)
-        rgba.putalpha(alpha)
+        image.paste(0, mask=alpha.point(lambda v: 0 if v else 255))
+        image.putalpha(alpha)  # becomes RGBA in place
+        rgba = image
         if fmt == OutputFormat.OUTPUT_FORMAT_WEBP:
             rgba.save(out, "WEBP", quality=spec.quality, method=_webp_method(spec.compression_effort))
             media_type = "image/webp"
