@@ -41,6 +41,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator
     yield mesh
     statuses = mesh.stop()
     assert all(code == 0 for code in statuses.values()), statuses
+    for service in mesh.services:
+        assert "--- Logging error ---" not in service.log_path.read_text(), f"see {service.log_path}"
 
 
 @pytest.fixture(scope="session")

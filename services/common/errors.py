@@ -10,6 +10,8 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from services.common.telemetry import mark_error
+
 ERROR_DOMAIN = "cutout.v1"
 
 
@@ -51,6 +53,7 @@ def invalid_argument(message: str, *, field: str, reason: str = "INVALID_ARGUMEN
 
 async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> NoReturn:
     """Ends the call with the error's status and details (raises, never returns)."""
+    mark_error(error.code)
     await context.abort_with_status(error.to_status())
     raise AssertionError("abort_with_status returned")
 
@@ -67,6 +70,7 @@ async def relay(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError, 
     status = rpc_status.from_call(error)
     if status is None:
         status = status_pb2.Status(code=_proto_code(error.code()), message=error.details() or "")
+    mark_error(error.code())
     await context.abort_with_status(rpc_status.to_status(status))
     raise AssertionError("abort_with_status returned")
 

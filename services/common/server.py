@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.settings import ServiceSettings
+from services.common.telemetry import LOG_FORMAT, logging_format_ready, setup_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,8 @@ def grpc_message_options(settings: ServiceSettings) -> list[tuple[str, int]]:
 
 
 def configure_logging(settings: ServiceSettings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging_format_ready()
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
 
 
 class RunningService:
@@ -106,8 +105,11 @@ class RunningService:
         log.info("stopped")
 
 
-async def start_service(spec: ServiceSpec, settings: ServiceSettings) -> RunningService:
+async def start_service(
+    spec: ServiceSpec, settings: ServiceSettings, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+) -> RunningService:
     server = grpc.aio.server(
+        interceptors=list(interceptors),
         options=[*grpc_message_options(settings), *spec.extra_options],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
@@ -134,20 +136,24 @@ async def start_service(spec: ServiceSpec, settings: ServiceSettings) -> Running
 S = TypeVar("S", bound=ServiceSettings)
 
 
-async def serve(build: Callable[[S], ServiceSpec], settings: S) -> None:
+async def serve(name: str, build: Callable[[S], ServiceSpec], settings: S) -> None:
     """Runs until SIGTERM or SIGINT, then drains and returns (the process exits 0)."""
-    running = await start_service(build(settings), settings)
+    # Telemetry first: its instrumentation must be in place before any channel exists.
+    telemetry = setup_telemetry(name, settings.region)
+    running = await start_service(build(settings), settings, telemetry.server_interceptors())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await running.stop()
+    telemetry.shutdown()  # flushes what the drained calls recorded
 
 
-def run_service(build: Callable[[S], ServiceSpec], settings: S) -> None:
+def run_service(name: str, build: Callable[[S], ServiceSpec], settings: S) -> None:
+    """The whole life of service `name` (e.g. "inference"): what its `__main__` calls."""
     configure_logging(settings)
-    asyncio.run(serve(build, settings))
+    asyncio.run(serve(name, build, settings))
 
 
 def _write_atomically(path: Path, text: str) -> None:

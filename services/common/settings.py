@@ -35,3 +35,5 @@ class ServiceSettings(BaseSettings):
     # How often health is re-evaluated from the service's own dependencies.
     health_interval_s: float = 1.0
     log_level: str = "INFO"
+    # The region this cell serves (resource attribute of its telemetry).
+    region: str = "local"

@@ -4,4 +4,4 @@ from services.gateway.settings import GatewaySettings
 
 if __name__ == "__main__":
     settings = GatewaySettings()
-    run_service(build, settings)
+    run_service("gateway", build, settings)

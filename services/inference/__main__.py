@@ -4,4 +4,4 @@ from services.inference.settings import InferenceSettings
 
 if __name__ == "__main__":
     settings = InferenceSettings()
-    run_service(build, settings)
+    run_service("inference", build, settings)

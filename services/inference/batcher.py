@@ -18,8 +18,15 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
+from opentelemetry import trace
 
 from services.common.errors import ServiceError
+from services.common.telemetry import meter, tracer
+
+_batch_size = meter.create_histogram("cutout.inference.batch_size", description="Images per model call")
+_batch_wait = meter.create_histogram(
+    "cutout.inference.batch_wait", unit="ms", description="Time an image waited in the batcher for its batch"
+)
 
 RunBatch = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
@@ -37,6 +44,7 @@ class _Pending:
     tensor: np.ndarray
     future: asyncio.Future[BatchedResult]
     submitted: float
+    span_context: trace.SpanContext  # of the request, for the batch span's links
 
 
 class Batcher:
@@ -48,6 +56,7 @@ class Batcher:
         max_wait_s: float,
         max_queue: int,
         max_concurrent_batches: int = 2,
+        span_attributes: dict[str, str] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < max_batch_size:
             raise ValueError("need 1 <= max_batch_size <= max_queue")
@@ -62,6 +71,7 @@ class Batcher:
         self._loop_task: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[None]] = set()
         self._arriving = 0
+        self._span_attributes = span_attributes or {}
 
     @property
     def queued(self) -> int:
@@ -87,7 +97,8 @@ class Batcher:
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._run())
         future: asyncio.Future[BatchedResult] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(tensor, future, time.perf_counter()))
+        span_context = trace.get_current_span().get_span_context()
+        self._pending.append(_Pending(tensor, future, time.perf_counter(), span_context))
         self._arrived.set()
         # A cancelled caller (deadline, disconnect) cancels its future; the batch
         # loop then drops its image instead of running it.
@@ -136,18 +147,33 @@ class Batcher:
         return sum(not item.future.done() for item in self._pending)
 
     async def _dispatch(self, batch: list[_Pending]) -> None:
-        try:
-            started = time.perf_counter()
+        # One model call serves many requests, so its span has no parent of its own:
+        # it starts a trace and links to the span of every request it carries.
+        links = [trace.Link(item.span_context) for item in batch if item.span_context.is_valid]
+        with tracer.start_as_current_span(
+            "inference.batch",
+            context=trace.set_span_in_context(trace.INVALID_SPAN),
+            links=links,
+            attributes={**self._span_attributes, "cutout.batch_size": len(batch)},
+        ) as span:
             try:
-                outputs = await self._run_batch(np.stack([item.tensor for item in batch]))
-            except Exception as exc:  # every waiter of this batch gets the same error
+                started = time.perf_counter()
+                _batch_size.record(len(batch))
                 for item in batch:
+                    _batch_wait.record((started - item.submitted) * 1000)
+                try:
+                    outputs = await self._run_batch(np.stack([item.tensor for item in batch]))
+                except Exception as exc:  # every waiter of this batch gets the same error
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
+                    return
+                model_s = time.perf_counter() - started
+                for index, item in enumerate(batch):
                     if not item.future.done():
-                        item.future.set_exception(exc)
-                return
-            model_s = time.perf_counter() - started
-            for index, item in enumerate(batch):
-                if not item.future.done():
-                    item.future.set_result(BatchedResult(outputs[index], len(batch), started - item.submitted, model_s))
-        finally:
-            self._slots.release()
+                        item.future.set_result(
+                            BatchedResult(outputs[index], len(batch), started - item.submitted, model_s)
+                        )
+            finally:
+                self._slots.release()

@@ -15,6 +15,7 @@ from PIL import Image
 from cutout.v1 import inference_pb2, inference_pb2_grpc, options_pb2
 from services.common.errors import ServiceError, abort
 from services.common.server import ServiceSpec
+from services.common.telemetry import meter, stage
 from services.inference import imaging
 from services.inference.batcher import Batcher
 from services.inference.budget import PixelBudget
@@ -23,6 +24,9 @@ from services.inference.triton import TritonModel
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# Its rate is the images per second served.
+_images = meter.create_counter("cutout.inference.images", description="Cut-outs produced")
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
@@ -34,6 +38,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_batch_wait_ms / 1000,
             max_queue=settings.max_queue,
+            span_attributes={"cutout.model": settings.model_name},
         )
         self.limits = imaging.DecodeLimits(settings.max_image_bytes, settings.max_pixels)
         self.encoders = imaging.EncoderDefaults(
@@ -71,28 +76,36 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     ) -> inference_pb2.SegmentResponse:
         with self.batcher.arriving():
             mark = time.perf_counter()
-            image = await self._cpu(imaging.decode_pixels, header)
+            with stage("decode"):
+                image = await self._cpu(imaging.decode_pixels, header)
             timings.decode_ms = _ms_since(mark)
 
             mark = time.perf_counter()
             side = self.settings.model_input_size
-            tensor = await self._cpu(imaging.model_input, image, (side, side))
+            with stage("preprocess"):
+                tensor = await self._cpu(imaging.model_input, image, (side, side))
             timings.preprocess_ms = _ms_since(mark)
 
-        batched = await self.batcher.submit(tensor)
+        with stage("batch") as span:
+            batched = await self.batcher.submit(tensor)
+            span.set_attribute("cutout.batch_size", batched.batch_size)
         timings.batch_wait_ms = batched.wait_s * 1000
         timings.model_ms = batched.model_s * 1000
         timings.batch_size = batched.batch_size
 
         mark = time.perf_counter()
-        alpha = await self._cpu(imaging.refine_mask, image, batched.output)
-        fraction = await self._cpu(imaging.foreground_fraction, alpha)
+        with stage("postprocess"):
+            alpha = await self._cpu(imaging.refine_mask, image, batched.output)
+            fraction = await self._cpu(imaging.foreground_fraction, alpha)
         timings.postprocess_ms = _ms_since(mark)
 
         mark = time.perf_counter()
-        rendered = await self._cpu(imaging.render, image, alpha, spec)
+        with stage("encode") as span:
+            span.set_attribute("cutout.output_format", options_pb2.OutputFormat.Name(spec.format))
+            rendered = await self._cpu(imaging.render, image, alpha, spec)
         timings.encode_ms = _ms_since(mark)
         timings.total_ms = _ms_since(started)
+        _images.add(1, {"cutout.output_format": options_pb2.OutputFormat.Name(spec.format)})
         return inference_pb2.SegmentResponse(
             result=options_pb2.CutoutImage(
                 image=rendered.data,
