@@ -1,0 +1,1 @@
+"""The retention service: results kept on request, encrypted at rest, expiring, owner-bound, erasable."""
