@@ -37,6 +37,15 @@ async def _nothing() -> None:
     return None
 
 
+@dataclass(frozen=True)
+class PeriodicJob:
+    """Blocking work the service repeats (sweeps); runs in a thread, every `interval_s`."""
+
+    name: str
+    interval_s: float
+    run: Callable[[], object]
+
+
 @dataclass
 class ServiceSpec:
     """What `run_service` needs to know about one service."""
@@ -49,6 +58,7 @@ class ServiceSpec:
     ready: Callable[[], Awaitable[bool]] = _always_ready
     # Runs after the server has stopped: close channels, flush, ...
     close: Callable[[], Awaitable[None]] = _nothing
+    jobs: Sequence[PeriodicJob] = ()
     extra_options: list[tuple[str, object]] = field(default_factory=list)
 
 
@@ -74,6 +84,7 @@ class RunningService:
         self._spec = spec
         self._settings = settings
         self._health_task: asyncio.Task[None] | None = None
+        self._jobs: list[asyncio.Task[None]] = []
 
     async def _watch_health(self) -> None:
         names = ["", *self._spec.service_names]
@@ -92,13 +103,24 @@ class RunningService:
                 last = status
             await asyncio.sleep(self._settings.health_interval_s)
 
+    async def _repeat(self, job: PeriodicJob) -> None:
+        while True:
+            await asyncio.sleep(job.interval_s)
+            try:
+                outcome = await asyncio.to_thread(job.run)
+            except Exception as error:  # the next round may succeed (a database back up)
+                log.error("%s failed: %s", job.name, type(error).__name__)
+                continue
+            log.info("%s: %s", job.name, outcome)
+
     async def stop(self) -> None:
         """Stop accepting calls, let in-flight ones finish (up to the grace), close."""
         log.info("draining: in-flight calls have %.0fs to finish", self._settings.shutdown_grace_s)
-        if self._health_task:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+        for task in [*self._jobs, self._health_task]:
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self._settings.shutdown_grace_s)
         await self._spec.close()
@@ -127,6 +149,7 @@ async def start_service(
     )
     await server.start()
     running._health_task = asyncio.create_task(running._watch_health())
+    running._jobs = [asyncio.create_task(running._repeat(job)) for job in spec.jobs]
     if settings.port_file:
         _write_atomically(settings.port_file, str(port))
     log.info("listening on %s:%d", settings.host, port)

@@ -1,0 +1,110 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from cutout.v1 import options_pb2 as _options_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class StoreHeader(_message.Message):
+    __slots__ = ("account_id", "plan", "media_type", "width", "height", "ttl")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    plan: str
+    media_type: str
+    width: int
+    height: int
+    ttl: _duration_pb2.Duration
+    def __init__(self, account_id: _Optional[str] = ..., plan: _Optional[str] = ..., media_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class StoreChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: StoreHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[StoreHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class StoreResponse(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: _options_pb2.KeptResult
+    def __init__(self, result: _Optional[_Union[_options_pb2.KeptResult, _Mapping]] = ...) -> None: ...
+
+class FetchByTokenRequest(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    def __init__(self, token: _Optional[str] = ...) -> None: ...
+
+class OwnedResultRequest(_message.Message):
+    __slots__ = ("account_id", "result_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    result_id: str
+    def __init__(self, account_id: _Optional[str] = ..., result_id: _Optional[str] = ...) -> None: ...
+
+class ListOwnedRequest(_message.Message):
+    __slots__ = ("account_id", "limit")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    limit: int
+    def __init__(self, account_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListOwnedResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[_options_pb2.KeptResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[_options_pb2.KeptResult, _Mapping]]] = ...) -> None: ...
+
+class DeleteOwnedResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EraseAccountRequest(_message.Message):
+    __slots__ = ("account_id",)
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+
+class EraseAccountResponse(_message.Message):
+    __slots__ = ("results_erased",)
+    RESULTS_ERASED_FIELD_NUMBER: _ClassVar[int]
+    results_erased: int
+    def __init__(self, results_erased: _Optional[int] = ...) -> None: ...
+
+class ListAccessLogRequest(_message.Message):
+    __slots__ = ("account_id",)
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+
+class AccessLogEntry(_message.Message):
+    __slots__ = ("at", "actor", "action", "result_id")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    RESULT_ID_FIELD_NUMBER: _ClassVar[int]
+    at: _timestamp_pb2.Timestamp
+    actor: str
+    action: str
+    result_id: str
+    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., result_id: _Optional[str] = ...) -> None: ...
+
+class ListAccessLogResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AccessLogEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AccessLogEntry, _Mapping]]] = ...) -> None: ...

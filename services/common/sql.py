@@ -1,0 +1,74 @@
+"""SQL engines and migrations for the services that keep state (accounts, retention).
+
+SQLite for the embedded default, PostgreSQL when given a postgresql+psycopg:// URL;
+each service's schema is managed by its own Alembic migrations (no alembic.ini).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import create_engine
+
+
+def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": busy_timeout_s, "check_same_thread": False})
+
+    # SQLAlchemy's "serializable pysqlite" recipe: pysqlite's own deferred BEGIN would
+    # let two transactions read the same row and both act on it, so it is switched
+    # off and every transaction takes the write lock up front with BEGIN IMMEDIATE.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: object) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def migrate(engine: Engine, migrations: Path, *, version_table: str, revision: str = "head") -> None:
+    """Brings the schema to `revision` with the Alembic scripts in `migrations`."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations))
+    config.attributes["engine"] = engine
+    config.attributes["version_table"] = version_table
+    command.upgrade(config, revision)
+
+
+def aware(moment: datetime) -> datetime:
+    """SQLite hands datetimes back without their zone; everything stored here is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+async def database_ready(engine: Engine) -> bool:
+    """True while the database answers a trivial query (health)."""
+
+    def ping() -> None:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    try:
+        await asyncio.to_thread(ping)
+    except SQLAlchemyError:
+        return False
+    return True

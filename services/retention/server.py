@@ -1,0 +1,200 @@
+"""The retention servicer: store, fetch, list, delete, erase; a periodic sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import boto3
+import grpc
+from google.protobuf import timestamp_pb2
+
+from cutout.v1 import options_pb2, retention_pb2, retention_pb2_grpc
+from services.common.errors import ServiceError, abort, invalid_argument
+from services.common.server import PeriodicJob, ServiceSpec
+from services.common.sql import aware, database_ready, make_engine, migrate
+from services.retention import crypto
+from services.retention.blobstore import BlobStore, LocalBlobStore, S3BlobStore
+from services.retention.models import KeptResult
+from services.retention.settings import RetentionSettings
+from services.retention.store import Fetched, ResultStore
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = "alembic_version_retention"
+
+
+def _timestamp(moment) -> timestamp_pb2.Timestamp:  # type: ignore[no-untyped-def]
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(aware(moment))
+    return stamp
+
+
+def _described(row: KeptResult, token: str = "") -> options_pb2.KeptResult:
+    return options_pb2.KeptResult(
+        result_id=row.id,
+        token=token,
+        created_at=_timestamp(row.created_at),
+        expires_at=_timestamp(row.expires_at),
+        media_type=row.media_type,
+        width=row.width,
+        height=row.height,
+        size=row.size,
+    )
+
+
+class RetentionServicer(retention_pb2_grpc.RetentionServicer):
+    def __init__(self, settings: RetentionSettings, store: ResultStore) -> None:
+        self.settings = settings
+        self.store = store
+
+    def _ttl(self, header: retention_pb2.StoreHeader) -> timedelta:
+        maximum = timedelta(days=self.settings.plan_max_ttl_days.get(header.plan, self.settings.default_ttl_days))
+        if not header.HasField("ttl"):
+            return min(timedelta(days=self.settings.default_ttl_days), maximum)
+        asked = header.ttl.ToTimedelta()
+        if asked <= timedelta(0):
+            raise invalid_argument(
+                "keep_ttl must be positive; leave it unset for the default", field="options.keep_ttl"
+            )
+        if asked > maximum:
+            raise invalid_argument(
+                f"keep_ttl may be at most {maximum.days} days on the {header.plan or 'default'} plan",
+                field="options.keep_ttl",
+                reason="TTL_OVER_PLAN_MAXIMUM",
+            )
+        return asked
+
+    async def Store(
+        self, request_iterator: AsyncIterator[retention_pb2.StoreChunk], context: grpc.aio.ServicerContext
+    ) -> retention_pb2.StoreResponse:
+        try:
+            header: retention_pb2.StoreHeader | None = None
+            parts: list[bytes] = []
+            size = 0
+            async for chunk in request_iterator:
+                if header is None:
+                    if not chunk.HasField("header"):
+                        raise invalid_argument("the first chunk must carry the header", field="header")
+                    header = chunk.header
+                size += len(chunk.data)
+                if size > self.settings.max_result_bytes:
+                    raise invalid_argument(
+                        f"results up to {self.settings.max_result_bytes // 2**20} MiB can be kept", field="data"
+                    )
+                parts.append(chunk.data)
+            if header is None or not header.account_id:
+                raise invalid_argument("a store needs a header with the account id", field="header")
+            stored = await asyncio.to_thread(
+                self.store.store,
+                header.account_id,
+                b"".join(parts),
+                media_type=header.media_type,
+                width=header.width,
+                height=header.height,
+                ttl=self._ttl(header),
+            )
+        except ServiceError as error:
+            await abort(context, error)
+        return retention_pb2.StoreResponse(result=_described(stored.result, stored.token))
+
+    async def FetchByToken(
+        self, request: retention_pb2.FetchByTokenRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[options_pb2.ResultChunk]:
+        try:
+            fetched = await asyncio.to_thread(self.store.fetch_by_token, request.token)
+        except ServiceError as error:
+            await abort(context, error)
+        for chunk in self._chunks(fetched):
+            yield chunk
+
+    async def FetchOwned(
+        self, request: retention_pb2.OwnedResultRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[options_pb2.ResultChunk]:
+        try:
+            fetched = await asyncio.to_thread(self.store.fetch_owned, request.account_id, request.result_id)
+        except ServiceError as error:
+            await abort(context, error)
+        for chunk in self._chunks(fetched):
+            yield chunk
+
+    def _chunks(self, fetched: Fetched) -> list[options_pb2.ResultChunk]:
+        size = self.settings.chunk_bytes
+        data = memoryview(fetched.data)
+        chunks = [options_pb2.ResultChunk(result=_described(fetched.result), data=bytes(data[:size]))]
+        chunks += [options_pb2.ResultChunk(data=bytes(data[i : i + size])) for i in range(size, len(data), size)]
+        return chunks
+
+    async def ListOwned(
+        self, request: retention_pb2.ListOwnedRequest, context: grpc.aio.ServicerContext
+    ) -> retention_pb2.ListOwnedResponse:
+        rows = await asyncio.to_thread(self.store.list, request.account_id, min(request.limit or 100, 1000))
+        return retention_pb2.ListOwnedResponse(results=[_described(row) for row in rows])
+
+    async def DeleteOwned(
+        self, request: retention_pb2.OwnedResultRequest, context: grpc.aio.ServicerContext
+    ) -> retention_pb2.DeleteOwnedResponse:
+        try:
+            await asyncio.to_thread(self.store.delete, request.account_id, request.result_id)
+        except ServiceError as error:
+            await abort(context, error)
+        return retention_pb2.DeleteOwnedResponse()
+
+    async def EraseAccount(
+        self, request: retention_pb2.EraseAccountRequest, context: grpc.aio.ServicerContext
+    ) -> retention_pb2.EraseAccountResponse:
+        if not request.account_id:
+            await abort(context, invalid_argument("which account? account_id is empty", field="account_id"))
+        erased = await asyncio.to_thread(self.store.erase_account, request.account_id)
+        return retention_pb2.EraseAccountResponse(results_erased=erased)
+
+    async def ListAccessLog(
+        self, request: retention_pb2.ListAccessLogRequest, context: grpc.aio.ServicerContext
+    ) -> retention_pb2.ListAccessLogResponse:
+        entries = await asyncio.to_thread(self.store.access_log, request.account_id)
+        return retention_pb2.ListAccessLogResponse(
+            entries=[
+                retention_pb2.AccessLogEntry(at=_timestamp(e.at), actor=e.actor, action=e.action, result_id=e.result_id)
+                for e in entries
+            ]
+        )
+
+
+def open_blob_store(settings: RetentionSettings) -> BlobStore:
+    if settings.blob_store == "local":
+        store = LocalBlobStore(settings.blob_dir)
+        store.remove_partials()  # what a crash interrupted mid-write
+        return store
+    if settings.blob_store == "s3":
+        if not settings.s3_bucket:
+            raise ValueError("CUTOUT_RETENTION_S3_BUCKET is required with CUTOUT_RETENTION_BLOB_STORE=s3")
+        client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region)
+        return S3BlobStore(client, settings.s3_bucket, settings.s3_prefix)
+    raise ValueError(f"CUTOUT_RETENTION_BLOB_STORE must be local or s3, not {settings.blob_store!r}")
+
+
+def build(settings: RetentionSettings) -> ServiceSpec:
+    engine = make_engine(settings.database_url)
+    migrate(engine, MIGRATIONS, version_table=VERSION_TABLE)
+    store = ResultStore(
+        engine,
+        open_blob_store(settings),
+        crypto.MasterKeys.parse(settings.master_key_spec()),
+        pending_timeout=timedelta(seconds=settings.pending_timeout_s),
+    )
+    servicer = RetentionServicer(settings, store)
+
+    async def close() -> None:
+        engine.dispose()
+
+    return ServiceSpec(
+        service_names=[retention_pb2.DESCRIPTOR.services_by_name["Retention"].full_name],
+        register=lambda server: retention_pb2_grpc.add_RetentionServicer_to_server(servicer, server),
+        ready=lambda: database_ready(engine),
+        close=close,
+        jobs=[PeriodicJob("sweep", settings.sweep_interval_s, store.sweep)],
+    )

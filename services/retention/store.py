@@ -1,0 +1,250 @@
+"""Kept results: sealed into the blob store, described in SQL, readable until they expire.
+
+Every operation takes the time from an injected clock, so expiry is testable, and
+every store, read, delete, erase and expiry is written to the access log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import grpc
+from sqlalchemy import Engine, delete
+from sqlmodel import Session, select
+
+from services.common.errors import ServiceError
+from services.common.sql import aware
+from services.retention import crypto
+from services.retention.blobstore import BlobNotFound, BlobStore
+from services.retention.models import AccessLogEntry, AccountKey, KeptResult
+
+Clock = Callable[[], datetime]
+PENDING, READY = "pending", "ready"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def token_hash(token: str) -> str:
+    # Tokens carry 192 random bits, so a fast hash is enough to make the table useless to a thief.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+NOT_FOUND = ServiceError(
+    grpc.StatusCode.NOT_FOUND,
+    "no such result: it never existed, has expired, or was deleted",
+    reason="RESULT_NOT_FOUND",
+)
+
+
+@dataclass(frozen=True)
+class Stored:
+    result: KeptResult
+    token: str  # shown once; only its hash is kept
+
+    @property
+    def result_id(self) -> str:
+        return self.result.id
+
+    @property
+    def expires_at(self) -> datetime:
+        return aware(self.result.expires_at)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    result: KeptResult
+    data: bytes
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    expired: int
+    abandoned: int
+
+
+class ResultStore:
+    def __init__(
+        self,
+        engine: Engine,
+        blobs: BlobStore,
+        master_keys: crypto.MasterKeys,
+        *,
+        clock: Clock = utc_now,
+        pending_timeout: timedelta = timedelta(minutes=10),
+    ) -> None:
+        self.engine = engine
+        self.blobs = blobs
+        self.master_keys = master_keys
+        self.clock = clock
+        self.pending_timeout = pending_timeout
+
+    # -- keys -------------------------------------------------------------------------
+
+    def _account_key(self, session: Session, account_id: str, *, create: bool) -> bytes | None:
+        row = session.get(AccountKey, account_id)
+        if row is None:
+            if not create:
+                return None
+            key = crypto.new_key()
+            master_key_id, wrapped = self.master_keys.wrap(key, account_id)
+            session.add(
+                AccountKey(
+                    account_id=account_id, master_key_id=master_key_id, wrapped_key=wrapped, created_at=self.clock()
+                )
+            )
+            return key
+        return self.master_keys.unwrap(row.master_key_id, row.wrapped_key, account_id)
+
+    def _log(self, session: Session, account_id: str, actor: str, action: str, result_id: str = "") -> None:
+        session.add(
+            AccessLogEntry(at=self.clock(), account_id=account_id, actor=actor, action=action, result_id=result_id)
+        )
+
+    # -- store ------------------------------------------------------------------------
+
+    def store(
+        self, account_id: str, data: bytes, *, media_type: str, width: int, height: int, ttl: timedelta
+    ) -> Stored:
+        """Seals and writes the bytes; the result becomes visible only once they are all written."""
+        now = self.clock()
+        result_id, token = secrets.token_hex(16), secrets.token_urlsafe(24)
+        object_key = crypto.new_key()
+        context = crypto.object_context(account_id, result_id)
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            account_key = self._account_key(session, account_id, create=True)
+            assert account_key is not None
+            result = KeptResult(
+                id=result_id,
+                account_id=account_id,
+                token_hash=token_hash(token),
+                state=PENDING,
+                media_type=media_type,
+                width=width,
+                height=height,
+                size=len(data),
+                wrapped_object_key=crypto.seal(account_key, object_key, context),
+                created_at=now,
+                expires_at=now + ttl,
+            )
+            session.add(result)
+        # A crash from here on leaves a pending row (never listed, never readable) and
+        # perhaps a blob; the sweep removes both.
+        self.blobs.put(result_id, crypto.seal(object_key, data, context))
+        with Session(self.engine) as session, session.begin():
+            row = session.get(KeptResult, result_id)
+            assert row is not None
+            row.state = result.state = READY
+            self._log(session, account_id, "owner", "store", result_id)
+        return Stored(result, token)
+
+    # -- read -------------------------------------------------------------------------
+
+    def fetch_by_token(self, token: str) -> Fetched:
+        with Session(self.engine) as session, session.begin():
+            row = session.exec(select(KeptResult).where(KeptResult.token_hash == token_hash(token))).first()
+            return self._open(session, row, actor="token")
+
+    def fetch_owned(self, account_id: str, result_id: str) -> Fetched:
+        with Session(self.engine) as session, session.begin():
+            row = session.get(KeptResult, result_id)
+            if row is not None and row.account_id != account_id:
+                row = None  # another account's result does not exist for this caller
+            return self._open(session, row, actor="owner")
+
+    def _open(self, session: Session, row: KeptResult | None, *, actor: str) -> Fetched:
+        if row is None or row.state != READY or aware(row.expires_at) <= self.clock():
+            raise NOT_FOUND
+        account_key = self._account_key(session, row.account_id, create=False)
+        if account_key is None:  # the account was erased
+            raise NOT_FOUND
+        context = crypto.object_context(row.account_id, row.id)
+        try:
+            object_key = crypto.unseal(account_key, row.wrapped_object_key, context)
+            data = crypto.unseal(object_key, self.blobs.get(row.id), context)
+        except BlobNotFound:
+            raise NOT_FOUND from None
+        except crypto.TamperedError:
+            raise ServiceError(
+                grpc.StatusCode.DATA_LOSS,
+                "the stored result failed its integrity check and will not be returned; store it again",
+                reason="RESULT_CORRUPT",
+            ) from None
+        self._log(session, row.account_id, actor, "read", row.id)
+        session.expunge(row)
+        return Fetched(row, data)
+
+    def list(self, account_id: str, limit: int = 100) -> list[KeptResult]:
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(KeptResult)
+                .where(
+                    KeptResult.account_id == account_id, KeptResult.state == READY, KeptResult.expires_at > self.clock()
+                )
+                .order_by(KeptResult.created_at.desc())  # type: ignore[attr-defined]
+                .limit(limit)
+            ).all()
+            return list(rows)
+
+    def access_log(self, account_id: str, limit: int = 1000) -> list[AccessLogEntry]:
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(AccessLogEntry)
+                .where(AccessLogEntry.account_id == account_id)
+                .order_by(AccessLogEntry.id)
+                .limit(limit)  # type: ignore[arg-type]
+            ).all()
+            return list(rows)
+
+    # -- delete -----------------------------------------------------------------------
+
+    def delete(self, account_id: str, result_id: str) -> None:
+        with Session(self.engine) as session, session.begin():
+            row = session.get(KeptResult, result_id)
+            if row is None or row.account_id != account_id or row.state != READY:
+                raise NOT_FOUND
+            session.delete(row)
+            self._log(session, account_id, "owner", "delete", result_id)
+        self.blobs.delete(result_id)
+
+    def erase_account(self, account_id: str) -> int:
+        """Destroys the account's key first: from then on no copy of its blobs can be opened."""
+        with Session(self.engine) as session, session.begin():
+            session.execute(delete(AccountKey).where(AccountKey.account_id == account_id))
+            result_ids = list(session.exec(select(KeptResult.id).where(KeptResult.account_id == account_id)).all())
+            self._log(session, account_id, "owner", "erase")
+        for result_id in result_ids:
+            self.blobs.delete(result_id)
+        with Session(self.engine) as session, session.begin():
+            session.execute(delete(KeptResult).where(KeptResult.account_id == account_id))
+        return len(result_ids)
+
+    def sweep(self) -> SweepReport:
+        """Removes expired results and what interrupted stores left behind."""
+        now = self.clock()
+        with Session(self.engine) as session:
+            expired = session.exec(
+                select(KeptResult.id, KeptResult.account_id).where(
+                    KeptResult.state == READY, KeptResult.expires_at <= now
+                )
+            ).all()
+            abandoned = session.exec(
+                select(KeptResult.id).where(
+                    KeptResult.state == PENDING, KeptResult.created_at <= now - self.pending_timeout
+                )
+            ).all()
+        for result_id, account_id in expired:
+            self.blobs.delete(result_id)
+            with Session(self.engine) as session, session.begin():
+                session.execute(delete(KeptResult).where(KeptResult.id == result_id))
+                self._log(session, account_id, "system", "expire", result_id)
+        for result_id in abandoned:
+            self.blobs.delete(result_id)
+            with Session(self.engine) as session, session.begin():
+                session.execute(delete(KeptResult).where(KeptResult.id == result_id))
+        return SweepReport(len(expired), len(abandoned))
