@@ -16,7 +16,7 @@ from cutout.v1 import cutout_pb2_grpc
 from services.common.assets import ASTRONAUT
 from services.common.channels import channel_options
 from services.inference.model import fetch_default_model
-from services.mesh import ROOT, Mesh
+from services.mesh import ROOT, Mesh, free_port
 
 CACHE = ROOT / ".cache"
 
@@ -101,3 +101,15 @@ def postgres_url() -> Iterator[str]:
             yield base.set(database=name).render_as_string(hide_password=False)
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible server (moto) on loopback, for the blob store tests."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Iterator
 
 import boto3
 import pytest
 
-from services.mesh import free_port
 from services.retention import crypto
 from services.retention.blobstore import BlobNotFound, BlobStore, LocalBlobStore, S3BlobStore
 
@@ -53,17 +51,6 @@ def test_account_keys_wrap_under_the_current_master_and_unwrap_after_rotation():
 def test_bad_master_key_settings_are_refused(spec):
     with pytest.raises(ValueError):
         crypto.MasterKeys.parse(spec)
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 def s3_client(endpoint: str):  # type: ignore[no-untyped-def]
