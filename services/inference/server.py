@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import grpc
+from opentelemetry import trace
 from PIL import Image
 
 from cutout.v1 import inference_pb2, inference_pb2_grpc, options_pb2
@@ -75,16 +77,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self, header: Image.Image, spec: imaging.OutputSpec, timings: options_pb2.StageTimings, started: float
     ) -> inference_pb2.SegmentResponse:
         with self.batcher.arriving():
-            mark = time.perf_counter()
-            with stage("decode"):
+            with _stage(timings, "decode"):
                 image = await self._cpu(imaging.decode_pixels, header)
-            timings.decode_ms = _ms_since(mark)
-
-            mark = time.perf_counter()
             side = self.settings.model_input_size
-            with stage("preprocess"):
+            with _stage(timings, "preprocess"):
                 tensor = await self._cpu(imaging.model_input, image, (side, side))
-            timings.preprocess_ms = _ms_since(mark)
 
         with stage("batch") as span:
             batched = await self.batcher.submit(tensor)
@@ -93,19 +90,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         timings.model_ms = batched.model_s * 1000
         timings.batch_size = batched.batch_size
 
-        mark = time.perf_counter()
-        with stage("postprocess"):
+        with _stage(timings, "postprocess"):
             alpha = await self._cpu(imaging.refine_mask, image, batched.output)
             fraction = await self._cpu(imaging.foreground_fraction, alpha)
-        timings.postprocess_ms = _ms_since(mark)
 
-        mark = time.perf_counter()
-        with stage("encode") as span:
-            span.set_attribute("cutout.output_format", options_pb2.OutputFormat.Name(spec.format))
+        format_name = options_pb2.OutputFormat.Name(spec.format)
+        with _stage(timings, "encode") as span:
+            span.set_attribute("cutout.output_format", format_name)
             rendered = await self._cpu(imaging.render, image, alpha, spec)
-        timings.encode_ms = _ms_since(mark)
         timings.total_ms = _ms_since(started)
-        _images.add(1, {"cutout.output_format": options_pb2.OutputFormat.Name(spec.format)})
+        _images.add(1, {"cutout.output_format": format_name})
         return inference_pb2.SegmentResponse(
             result=options_pb2.CutoutImage(
                 image=rendered.data,
@@ -125,6 +119,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
 def _ms_since(mark: float) -> float:
     return (time.perf_counter() - mark) * 1000
+
+
+@contextlib.contextmanager
+def _stage(timings: options_pb2.StageTimings, name: str) -> Iterator[trace.Span]:
+    """One stage of the work: a child span, and its time in `timings.<name>_ms`."""
+    mark = time.perf_counter()
+    with stage(name) as span:
+        yield span
+    setattr(timings, f"{name}_ms", _ms_since(mark))
 
 
 def build(settings: InferenceSettings) -> ServiceSpec:
