@@ -16,13 +16,17 @@ from cutout.v1 import options_pb2, retention_pb2, retention_pb2_grpc
 from services.common.errors import ServiceError, abort, invalid_argument
 from services.common.server import PeriodicJob, ServiceSpec
 from services.common.sql import aware, database_ready, make_engine, migrate
+from services.common.telemetry import meter
 from services.retention import crypto
 from services.retention.blobstore import BlobStore, LocalBlobStore, S3BlobStore
 from services.retention.models import KeptResult
 from services.retention.settings import RetentionSettings
-from services.retention.store import Fetched, ResultStore
+from services.retention.store import Fetched, ResultStore, SweepReport
 
 log = logging.getLogger(__name__)
+
+_stored = meter.create_counter("cutout.retention.stored", description="Results kept")
+_swept = meter.create_counter("cutout.retention.swept", description="Results removed by the sweep, by reason")
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version_retention"
@@ -100,6 +104,7 @@ class RetentionServicer(retention_pb2_grpc.RetentionServicer):
             )
         except ServiceError as error:
             await abort(context, error)
+        _stored.add(1)
         return retention_pb2.StoreResponse(result=_described(stored.result, stored.token))
 
     async def FetchByToken(
@@ -188,6 +193,12 @@ def build(settings: RetentionSettings) -> ServiceSpec:
     )
     servicer = RetentionServicer(settings, store)
 
+    def sweep() -> SweepReport:
+        report = store.sweep()
+        _swept.add(report.expired, {"reason": "expired"})
+        _swept.add(report.abandoned, {"reason": "abandoned"})
+        return report
+
     async def close() -> None:
         engine.dispose()
 
@@ -196,5 +207,5 @@ def build(settings: RetentionSettings) -> ServiceSpec:
         register=lambda server: retention_pb2_grpc.add_RetentionServicer_to_server(servicer, server),
         ready=lambda: database_ready(engine),
         close=close,
-        jobs=[PeriodicJob("sweep", settings.sweep_interval_s, store.sweep)],
+        jobs=[PeriodicJob("sweep", settings.sweep_interval_s, sweep)],
     )
