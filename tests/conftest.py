@@ -22,6 +22,7 @@ from services.inference.model import fetch_default_model
 from services.mesh import ROOT, Mesh
 
 CACHE = ROOT / ".cache"
+SIGNUP_CREDITS = 3
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +42,8 @@ def model_path() -> Path:
 
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Mesh]:
-    mesh = Mesh(data_dir=tmp_path_factory.mktemp("mesh"))
+    # Few free credits at sign-up, so that tests can top accounts up to small exact balances.
+    mesh = Mesh(data_dir=tmp_path_factory.mktemp("mesh"), env={"CUTOUT_ACCOUNTS_SIGNUP_CREDITS": str(SIGNUP_CREDITS)})
     mesh.start()
     yield mesh
     statuses = mesh.stop()
