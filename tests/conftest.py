@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import io
+import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -151,3 +152,31 @@ def decode(data: bytes) -> Image.Image:
 @pytest.fixture(scope="session")
 def astronaut_jpeg(astronaut: Image.Image) -> bytes:
     return encode(astronaut, "JPEG", quality=92)
+
+
+# PostgreSQL: the server on this machine (trust auth), or CUTOUT_TEST_POSTGRES_URL. Each
+# session creates its own database and drops it at the end, so runs never collide.
+POSTGRES_URL = os.environ.get("CUTOUT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(POSTGRES_URL)
+    dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        admin = psycopg.connect(dsn, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as error:
+        pytest.skip(
+            f"PostgreSQL not reachable at {base.host}:{base.port} ({type(error).__name__}); "
+            "set CUTOUT_TEST_POSTGRES_URL to run these tests against another server"
+        )
+    name = f"cutout_test_{secrets.token_hex(6)}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield base.set(database=name).render_as_string(hide_password=False)
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
