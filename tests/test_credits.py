@@ -4,6 +4,7 @@ PostgreSQL (a second accounts + gateway pair on a fresh database, same inference
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc
+from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.channels import channel_options
 from services.common.errors import error_details
 from services.mesh import Mesh, accounts_process, gateway_process, write_secret
@@ -164,3 +165,26 @@ def test_a_failed_removal_is_not_charged_and_a_retry_after_it_is(backend, small_
     remove(channel, account, small_jpeg, "good-one")
     assert balance(channel, account).available == 4
     assert_ledger_adds_up(channel, account, granted=5, spent=1)
+
+
+def test_a_cancelled_removal_is_released_not_charged(mesh, raw_channel, astronaut):
+    account = new_account(raw_channel, mesh.admin_token, credits=5)
+    # 12 MP at zlib level 6: seconds of work, so the call is still inside when cancelled.
+    big = encode(astronaut.resize((4000, 3000)), "JPEG", quality=90)
+    request = cutout_pb2.RemoveBackgroundRequest(
+        image=big, options=options_pb2.RemoveBackgroundOptions(png_compression_level=6)
+    )
+    call = cutout_pb2_grpc.CutoutStub(raw_channel).RemoveBackground.future(
+        request, metadata=account.metadata, timeout=120
+    )
+    deadline = time.monotonic() + 10
+    while balance(raw_channel, account).held == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert balance(raw_channel, account).held == 1, "the credit is held while the call runs"
+    call.cancel()
+    deadline = time.monotonic() + 15
+    while balance(raw_channel, account).held and time.monotonic() < deadline:
+        time.sleep(0.1)
+    shown = balance(raw_channel, account)
+    assert (shown.available, shown.held) == (5, 0)
+    assert_ledger_adds_up(raw_channel, account, granted=5, spent=0)

@@ -369,3 +369,20 @@ def test_a_hold_nobody_commits_is_released_by_the_sweep(template_db, tmp_path) -
     assert ledger.balance("acc").available == 2
     assert ledger.reserve("acc", "r1", 2, "h").outcome == Outcome.DUPLICATE_RELEASED
     engine.dispose()
+
+
+def test_migrate_command_creates_the_schema_and_is_idempotent(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    env = {"CUTOUT_ACCOUNTS_DATABASE_URL": url, "PATH": ""}
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-m", "services.accounts", "migrate"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+    engine.dispose()
