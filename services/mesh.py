@@ -300,7 +300,7 @@ def main() -> int:
         api_key = demo_account(mesh.gateway.address, mesh.admin_token, mesh.data_dir)
         run_demo(mesh.gateway.address, mesh.data_dir, api_key)
         print(f"gateway listening on {mesh.gateway.address}")
-        print(f"a demo account with {DEMO_CREDITS} credits; its API key (shown once, not stored in clear):")
+        print(f"a demo account (topped up to {DEMO_CREDITS} credits before the demo); its new API key, shown once:")
         print(f"  export CUTOUT_API_KEY={api_key}")
         print("  cutout balance; cutout remove photo.jpg -o photo.png")
         print(f"logs in {mesh.run_dir}; Ctrl-C stops everything", flush=True)
