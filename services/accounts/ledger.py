@@ -87,6 +87,11 @@ class Ledger:
     # -- writes ---------------------------------------------------------------------
 
     def grant(self, account_id: str, amount: int, source: str, expires_at: datetime) -> str:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            return self.grant_in(session, account_id, amount, source, expires_at)
+
+    def grant_in(self, session: Session, account_id: str, amount: int, source: str, expires_at: datetime) -> str:
+        """A grant inside the caller's transaction (sign-up writes the account and its credits at once)."""
         if amount <= 0:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT, "amount must be a positive number of credits", field="amount"
@@ -95,19 +100,18 @@ class Ledger:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"source must be one of {', '.join(GRANT_SOURCES)}", field="source"
             )
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            now = self._lock_and_settle(session, account_id)
-            if expires_at <= now:
-                raise ServiceError(
-                    grpc.StatusCode.INVALID_ARGUMENT, "the grant would already be expired", field="expires_in_days"
-                )
-            grant = CreditGrant(
-                id=_new_id(), account_id=account_id, amount=amount, source=source, expires_at=expires_at, created_at=now
+        now = self._lock_and_settle(session, account_id)
+        if expires_at <= now:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT, "the grant would already be expired", field="expires_in_days"
             )
-            session.add(grant)
-            session.flush()
-            self._entry(session, account_id, "grant", amount, 0, now, grant_id=grant.id)
-            return grant.id
+        grant = CreditGrant(
+            id=_new_id(), account_id=account_id, amount=amount, source=source, expires_at=expires_at, created_at=now
+        )
+        session.add(grant)
+        session.flush()
+        self._entry(session, account_id, "grant", amount, 0, now, grant_id=grant.id)
+        return grant.id
 
     def reserve(self, account_id: str, idempotency_key: str, amount: int, request_hash: str) -> Reserved:
         if amount <= 0:

@@ -113,6 +113,11 @@ class AccountStore:
         try:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
                 session.add(account)
+                session.flush()
+                if signup_credits > 0:
+                    self.ledger.grant_in(
+                        session, account.id, signup_credits, "signup", now + timedelta(days=credit_days)
+                    )
         except IntegrityError:
             raise ServiceError(
                 grpc.StatusCode.ALREADY_EXISTS,
@@ -120,8 +125,6 @@ class AccountStore:
                 reason="ACCOUNT_EXISTS",
                 field="email",
             ) from None
-        if signup_credits > 0:
-            self.ledger.grant(account.id, signup_credits, "signup", now + timedelta(days=credit_days))
         return account
 
     def login(self, email: str, password: str) -> Account:
