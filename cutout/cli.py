@@ -1,17 +1,25 @@
 """The `cutout` command line.
 
+cutout signup --email me@example.com [--region eu] [--save]   # account + first API key
+cutout keys create|list|revoke ID
+cutout balance [--ledger 20]
 cutout remove photo.jpg -o photo.png [--format webp] [--background '#1e90ff'] [--crop --margin 24]
+
+The API key comes from CUTOUT_API_KEY or the config file (~/.config/cutout/config.toml).
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
+from datetime import UTC
 from pathlib import Path
 
 import grpc
+from google.protobuf import timestamp_pb2
 
-from cutout.client import DEFAULT_GATEWAY, CutoutClient
+from cutout.client import DEFAULT_GATEWAY, CutoutClient, config_path, save_config
 from cutout.v1 import options_pb2
 
 FORMATS = {
@@ -45,7 +53,119 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--max-height", type=int, default=0, help="scale down to at most this height")
     remove.add_argument("--quality", type=int, default=0, help="JPEG/WebP quality 1-100 (0: server default)")
     remove.add_argument("--effort", type=int, default=0, help="compression effort 1 (fast) to 9 (small); 0: default")
+
+    signup = commands.add_parser("signup", help="create an account and its first API key")
+    signup.add_argument("--email", required=True)
+    signup.add_argument("--name", default="", help="display name")
+    signup.add_argument("--region", default="eu", help="where your data is processed and kept: eu or us (fixed)")
+    signup.add_argument("--confirm-age", action="store_true", help="confirm that you are at least 13 years old")
+    signup.add_argument("--marketing", action="store_true", help="receive marketing e-mails (off by default)")
+    _password_and_save(signup)
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create a key (with your key, or with --email and your password)")
+    create.add_argument("--name", default="", help="a label, e.g. production")
+    create.add_argument("--email", default="", help="log in with e-mail and password instead of a key")
+    _password_and_save(create)
+    keys.add_parser("list", help="list your keys")
+    revoke = keys.add_parser("revoke", help="revoke a key at once")
+    revoke.add_argument("id", help="the key's id from `cutout keys list`")
+
+    balance = commands.add_parser("balance", help="show your credits")
+    balance.add_argument("--ledger", type=int, default=0, metavar="N", help="also show the last N ledger entries")
     return parser
+
+
+def _password_and_save(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    parser.add_argument("--save", action="store_true", help=f"save the new key in {config_path()}")
+
+
+def _password(args: argparse.Namespace, confirm: bool) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    password = getpass.getpass("password: ")
+    if confirm and getpass.getpass("again: ") != password:
+        raise SystemExit("cutout: the passwords differ")
+    return password
+
+
+def _yes(question: str, default: bool) -> bool:
+    if not sys.stdin.isatty():
+        return default
+    answer = input(f"{question} [{'Y/n' if default else 'y/N'}] ").strip().lower()
+    return default if not answer else answer.startswith("y")
+
+
+def _when(stamp: timestamp_pb2.Timestamp, unset: str = "-") -> str:
+    if not stamp.seconds and not stamp.nanos:
+        return unset
+    return stamp.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _show_new_key(args: argparse.Namespace, api_key: str, key_id: str) -> None:
+    print(f"API key (shown once; id {key_id}):\n  {api_key}")
+    if args.save or _yes(f"save it in {config_path()}?", default=False):
+        print(f"saved in {save_config(api_key=api_key)}")
+    else:
+        print("use it with: export CUTOUT_API_KEY=<the key>")
+
+
+def signup(args: argparse.Namespace) -> int:
+    if not args.confirm_age and not _yes("are you at least 13 years old?", default=False):
+        print("cutout: you must be at least 13 years old to sign up (--confirm-age)", file=sys.stderr)
+        return 1
+    password = _password(args, confirm=True)
+    with CutoutClient(args.gateway, api_key="") as client:
+        created = client.sign_up(
+            args.email,
+            password,
+            display_name=args.name,
+            region=args.region,
+            age_confirmed=True,
+            marketing_opt_in=args.marketing,
+        )
+        print(f"account {created.profile.account_id} ({created.profile.region}): {created.balance.available} credits")
+        key = client.create_api_key("cli", email=args.email, password=password)
+    _show_new_key(args, key.api_key, key.key.id)
+    return 0
+
+
+def keys(args: argparse.Namespace) -> int:
+    with CutoutClient(args.gateway) as client:
+        if args.keys_command == "create":
+            if args.email:
+                created = client.create_api_key(args.name, email=args.email, password=_password(args, confirm=False))
+            else:
+                created = client.create_api_key(args.name)
+            _show_new_key(args, created.api_key, created.key.id)
+        elif args.keys_command == "list":
+            print(f"{'id':36}  {'prefix':12}  {'name':16}  {'created':20}  {'last used':20}  revoked")
+            for key in client.list_api_keys().keys:
+                print(
+                    f"{key.id:36}  {key.prefix + '…':12}  {key.name:16}  {_when(key.created_at):20}  "
+                    f"{_when(key.last_used_at, 'never'):20}  {_when(key.revoked_at, 'no')}"
+                )
+        else:
+            revoked = client.revoke_api_key(args.id)
+            print(f"revoked {revoked.key.id} ({revoked.key.prefix}…) at {_when(revoked.key.revoked_at)}")
+    return 0
+
+
+def balance(args: argparse.Namespace) -> int:
+    with CutoutClient(args.gateway) as client:
+        shown = client.balance()
+        line = f"{shown.available} credits available, {shown.held} held"
+        if shown.expiring_next:
+            line += f"; {shown.expiring_next} expire {_when(shown.next_expiry)}"
+        print(line)
+        if args.ledger:
+            for entry in client.ledger(args.ledger).entries:
+                print(
+                    f"{_when(entry.created_at)}  {entry.kind:8} {entry.amount:+6d} available {entry.held:+6d} held"
+                    f"  {entry.idempotency_key}"
+                )
+    return 0
 
 
 def remove(args: argparse.Namespace) -> int:
@@ -77,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "remove":
             return remove(args)
+        if args.command == "signup":
+            return signup(args)
+        if args.command == "keys":
+            return keys(args)
+        if args.command == "balance":
+            return balance(args)
     except grpc.RpcError as error:
         print(f"cutout: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
         return 1

@@ -1,24 +1,63 @@
-"""A small synchronous client for cutout.v1.Cutout (used by the command line)."""
+"""A small synchronous client for cutout.v1.Cutout (used by the command line).
+
+The API key comes from the argument, else CUTOUT_API_KEY, else the config file
+(~/.config/cutout/config.toml, or $CUTOUT_CONFIG), which holds `api_key = "..."`
+and optionally `gateway = "host:port"`.
+"""
 
 from __future__ import annotations
 
 import os
+import tomllib
+from pathlib import Path
 
 import grpc
 
-from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
+from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.channels import channel_options
 from services.common.settings import API_KEY_METADATA
 
 DEFAULT_GATEWAY = "127.0.0.1:50051"
 
 
+def config_path() -> Path:
+    if os.environ.get("CUTOUT_CONFIG"):
+        return Path(os.environ["CUTOUT_CONFIG"])
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "cutout" / "config.toml"
+
+
+def read_config() -> dict[str, str]:
+    path = config_path()
+    if not path.exists():
+        return {}
+    with path.open("rb") as config:
+        data = tomllib.load(config)
+    return {key: str(value) for key, value in data.items() if key in ("api_key", "gateway")}
+
+
+def save_config(**values: str) -> Path:
+    """Merges `values` into the config file, readable by its owner only (it holds a key)."""
+    path = config_path()
+    data = {**read_config(), **values}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("".join(f'{key} = "{value}"\n' for key, value in sorted(data.items())))
+    os.replace(tmp, path)
+    return path
+
+
 class CutoutClient:
     def __init__(self, target: str | None = None, api_key: str | None = None) -> None:
-        self.target = target or os.environ.get("CUTOUT_GATEWAY", DEFAULT_GATEWAY)
-        self.api_key = api_key if api_key is not None else os.environ.get("CUTOUT_API_KEY", "")
-        self._channel = grpc.insecure_channel(self.target, options=channel_options())
-        self._stub = cutout_pb2_grpc.CutoutStub(self._channel)
+        config = read_config()
+        self.target = target or os.environ.get("CUTOUT_GATEWAY") or config.get("gateway") or DEFAULT_GATEWAY
+        if api_key is None:
+            api_key = os.environ.get("CUTOUT_API_KEY") or config.get("api_key", "")
+        self.api_key = api_key
+        self.channel = grpc.insecure_channel(self.target, options=channel_options())
+        self._stub = cutout_pb2_grpc.CutoutStub(self.channel)
 
     def remove_background(
         self,
@@ -31,11 +70,53 @@ class CutoutClient:
         request = cutout_pb2.RemoveBackgroundRequest(image=image, options=options, idempotency_key=idempotency_key)
         return self._stub.RemoveBackground(request, timeout=timeout_s, metadata=self._metadata())
 
+    def sign_up(
+        self,
+        email: str,
+        password: str,
+        *,
+        display_name: str = "",
+        region: str = "eu",
+        age_confirmed: bool,
+        marketing_opt_in: bool = False,
+    ) -> account_pb2.SignUpResponse:
+        request = account_pb2.SignUpRequest(
+            email=email,
+            password=password,
+            display_name=display_name,
+            region=region,
+            age_confirmed=age_confirmed,
+            marketing_opt_in=marketing_opt_in,
+        )
+        return self._stub.SignUp(request, timeout=30)
+
+    def create_api_key(
+        self, name: str = "", *, email: str = "", password: str = ""
+    ) -> account_pb2.CreateApiKeyResponse:
+        """With email and password (the first key), else with this client's key."""
+        request = account_pb2.CreateApiKeyRequest(email=email, password=password, name=name)
+        metadata = [] if email else self._metadata()
+        return self._stub.CreateApiKey(request, timeout=30, metadata=metadata)
+
+    def list_api_keys(self) -> account_pb2.ListApiKeysResponse:
+        return self._stub.ListApiKeys(account_pb2.ListApiKeysRequest(), timeout=30, metadata=self._metadata())
+
+    def revoke_api_key(self, key_id: str) -> account_pb2.RevokeApiKeyResponse:
+        return self._stub.RevokeApiKey(
+            account_pb2.RevokeApiKeyRequest(id=key_id), timeout=30, metadata=self._metadata()
+        )
+
+    def balance(self) -> account_pb2.Balance:
+        return self._stub.GetBalance(account_pb2.GetBalanceRequest(), timeout=30, metadata=self._metadata())
+
+    def ledger(self, limit: int = 0) -> account_pb2.ListLedgerResponse:
+        return self._stub.ListLedger(account_pb2.ListLedgerRequest(limit=limit), timeout=30, metadata=self._metadata())
+
     def _metadata(self) -> list[tuple[str, str]]:
         return [(API_KEY_METADATA, self.api_key)] if self.api_key else []
 
     def close(self) -> None:
-        self._channel.close()
+        self.channel.close()
 
     def __enter__(self) -> CutoutClient:
         return self

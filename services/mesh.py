@@ -1,4 +1,4 @@
-"""The embedded mesh on one machine: Triton, then inference, then the gateway.
+"""The embedded mesh on one machine: Triton, then inference, accounts, then the gateway.
 
     python -m services.mesh      # `make up`: start, run a demo removal, serve until Ctrl-C
 
@@ -8,7 +8,9 @@ through its environment variables, exactly as on Kubernetes. Tests use `Mesh` to
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -117,14 +119,49 @@ def _wait_for_file(path: Path, process: subprocess.Popen[bytes], log_path: Path,
     raise TimeoutError(f"{path.stem} did not start listening within {timeout_s:.0f}s; see {log_path}")
 
 
+def write_secret(path: Path, text: str) -> Path:
+    """A file only its owner can read (the admin token, the demo credentials)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return path
+
+
+def accounts_process(run_dir: Path, database_url: str, admin_token_file: Path, env: dict[str, str]) -> ServiceProcess:
+    return ServiceProcess(
+        "accounts",
+        {
+            **env,
+            "CUTOUT_ACCOUNTS_DATABASE_URL": database_url,
+            "CUTOUT_ACCOUNTS_ADMIN_TOKEN_FILE": str(admin_token_file),
+        },
+        run_dir,
+    )
+
+
+def gateway_process(run_dir: Path, inference: str, accounts: str, env: dict[str, str], port: int = 0) -> ServiceProcess:
+    return ServiceProcess(
+        "gateway",
+        {**env, "CUTOUT_GATEWAY_INFERENCE_TARGET": inference, "CUTOUT_GATEWAY_ACCOUNTS_TARGET": accounts},
+        run_dir,
+        port=port,
+    )
+
+
 @dataclass
 class Mesh:
-    """Triton, inference and gateway on loopback; `start()` returns once all are SERVING."""
+    """Triton, inference, accounts and gateway on loopback; `start()` returns once all are SERVING."""
 
     data_dir: Path = DEFAULT_DATA_DIR
     gateway_port: int = 0
     # Extra environment for the services (e.g. batcher settings in tests).
     env: dict[str, str] = field(default_factory=dict)
+    # Accounts' database: a SQLite file under data_dir unless given (e.g. PostgreSQL).
+    database_url: str | None = None
+    # The credential for cutout.v1.Admin, new for every start; passed to accounts as a secret file.
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     triton: LocalTriton | None = None
     services: list[ServiceProcess] = field(default_factory=list)
 
@@ -140,6 +177,14 @@ class Mesh:
     def inference(self) -> ServiceProcess:
         return self.services[0]
 
+    @property
+    def accounts(self) -> ServiceProcess:
+        return next(service for service in self.services if service.name == "accounts")
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "accounts" / "accounts.db"
+
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -153,12 +198,16 @@ class Mesh:
             self.services.append(inference)
             inference.start()
             inference.wait_serving()
-            gateway = ServiceProcess(
-                "gateway",
-                {**self.env, "CUTOUT_GATEWAY_INFERENCE_TARGET": inference.address},
+            accounts = accounts_process(
                 self.run_dir,
-                port=self.gateway_port,
+                self.database_url or f"sqlite:///{self.sqlite_path}",
+                write_secret(self.run_dir / "admin-token", self.admin_token),
+                self.env,
             )
+            self.services.append(accounts)
+            accounts.start()
+            accounts.wait_serving()
+            gateway = gateway_process(self.run_dir, inference.address, accounts.address, self.env, self.gateway_port)
             self.services.append(gateway)
             gateway.start()
             gateway.wait_serving()
@@ -174,14 +223,56 @@ class Mesh:
         return statuses
 
 
-def run_demo(gateway: str, data_dir: Path) -> Path:
+DEMO_CREDITS = 100
+
+
+def demo_account(gateway: str, admin_token: str, data_dir: Path) -> str:
+    """A demo account topped up to DEMO_CREDITS; returns a new API key for it.
+
+    Its e-mail and password are kept in a private file under data_dir, so later runs
+    log in to the same account; the previous demo keys are revoked.
+    """
+    from cutout.client import CutoutClient
+    from cutout.v1 import account_pb2, cutout_pb2_grpc
+    from services.common.settings import ADMIN_TOKEN_METADATA
+
+    credentials_file = data_dir / "demo" / "account.json"
+    if credentials_file.exists():
+        login = json.loads(credentials_file.read_text())
+    else:
+        login = {"email": f"demo-{secrets.token_hex(4)}@example.com", "password": secrets.token_urlsafe(18)}
+        write_secret(credentials_file, json.dumps(login))
+    with CutoutClient(gateway, api_key="") as client:
+        try:
+            client.sign_up(login["email"], login["password"], display_name="Demo", region="eu", age_confirmed=True)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.ALREADY_EXISTS:  # type: ignore[attr-defined]
+                raise
+        created = client.create_api_key(name="demo", email=login["email"], password=login["password"])
+        client.api_key = created.api_key
+        for key in client.list_api_keys().keys:
+            if key.name == "demo" and key.id != created.key.id and not key.HasField("revoked_at"):
+                client.revoke_api_key(key.id)
+        admin = cutout_pb2_grpc.AdminStub(client.channel)
+        metadata = [(ADMIN_TOKEN_METADATA, admin_token)]
+        looked_up = admin.LookupAccount(account_pb2.LookupAccountRequest(email=login["email"]), metadata=metadata)
+        missing = DEMO_CREDITS - looked_up.balance.available
+        if missing > 0:
+            admin.GrantCredits(
+                account_pb2.GrantCreditsRequest(account_id=looked_up.profile.account_id, amount=missing),
+                metadata=metadata,
+            )
+    return created.api_key
+
+
+def run_demo(gateway: str, data_dir: Path, api_key: str) -> Path:
     """The main job: remove the background of a real photo through the running mesh."""
     from cutout.client import CutoutClient
 
     photo = ASTRONAUT.fetch(data_dir / "samples" / "astronaut.png")
     output = data_dir / "demo" / "astronaut-cutout.png"
     output.parent.mkdir(parents=True, exist_ok=True)
-    with CutoutClient(gateway) as client:
+    with CutoutClient(gateway, api_key=api_key) as client:
         response = client.remove_background(photo.read_bytes())
     output.write_bytes(response.result.image)
     print(
@@ -195,7 +286,7 @@ def main() -> int:
     fetch_default_model()
     port = int(os.environ.get("CUTOUT_GATEWAY_PORT", "50051"))
     mesh = Mesh(gateway_port=port)
-    print("starting Triton, inference and gateway ...", flush=True)
+    print("starting Triton, inference, accounts and gateway ...", flush=True)
     mesh.start()
     stop = False
 
@@ -206,8 +297,12 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        run_demo(mesh.gateway.address, mesh.data_dir)
-        print(f"gateway listening on {mesh.gateway.address}  (try: cutout remove photo.jpg -o photo.png)")
+        api_key = demo_account(mesh.gateway.address, mesh.admin_token, mesh.data_dir)
+        run_demo(mesh.gateway.address, mesh.data_dir, api_key)
+        print(f"gateway listening on {mesh.gateway.address}")
+        print(f"a demo account (topped up to {DEMO_CREDITS} credits before the demo); its new API key, shown once:")
+        print(f"  export CUTOUT_API_KEY={api_key}")
+        print("  cutout balance; cutout remove photo.jpg -o photo.png")
         print(f"logs in {mesh.run_dir}; Ctrl-C stops everything", flush=True)
         while not stop:
             for service in mesh.services:

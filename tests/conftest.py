@@ -1,24 +1,29 @@
-"""Session-wide real parts: the astronaut photo, and one mesh (Triton + inference + gateway)."""
+"""Session-wide real parts: the astronaut photo, one mesh (Triton + inference + accounts +
+gateway) and a funded account whose API key the `gateway` stub sends on every call."""
 
 from __future__ import annotations
 
+import collections
 import io
 import os
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 from PIL import Image
 
-from cutout.v1 import cutout_pb2_grpc
+from cutout.v1 import account_pb2, cutout_pb2_grpc
 from services.common.assets import ASTRONAUT
 from services.common.channels import channel_options
+from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
 from services.inference.model import fetch_default_model
 from services.mesh import ROOT, Mesh, free_port
 
 CACHE = ROOT / ".cache"
+SIGNUP_CREDITS = 3
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +43,8 @@ def model_path() -> Path:
 
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Mesh]:
-    mesh = Mesh(data_dir=tmp_path_factory.mktemp("mesh"))
+    # Few free credits at sign-up, so that tests can top accounts up to small exact balances.
+    mesh = Mesh(data_dir=tmp_path_factory.mktemp("mesh"), env={"CUTOUT_ACCOUNTS_SIGNUP_CREDITS": str(SIGNUP_CREDITS)})
     mesh.start()
     yield mesh
     statuses = mesh.stop()
@@ -47,15 +53,90 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator
         assert "--- Logging error ---" not in service.log_path.read_text(), f"see {service.log_path}"
 
 
+@dataclass(frozen=True)
+class Customer:
+    account_id: str
+    email: str
+    password: str
+    api_key: str
+
+    @property
+    def metadata(self) -> list[tuple[str, str]]:
+        return [(API_KEY_METADATA, self.api_key)]
+
+
+def new_account(channel: grpc.Channel, admin_token: str, credits: int | None = None) -> Customer:
+    """Signs up a fresh account, tops its balance up to exactly `credits` if given, makes a key."""
+    cutout = cutout_pb2_grpc.CutoutStub(channel)
+    email, password = f"test-{secrets.token_hex(6)}@example.com", secrets.token_urlsafe(15)
+    signed_up = cutout.SignUp(
+        account_pb2.SignUpRequest(email=email, password=password, region="eu", age_confirmed=True), timeout=30
+    )
+    account_id = signed_up.profile.account_id
+    if credits is not None:
+        assert credits >= signed_up.balance.available, "cannot grant a negative amount"
+        if credits > signed_up.balance.available:
+            cutout_pb2_grpc.AdminStub(channel).GrantCredits(
+                account_pb2.GrantCreditsRequest(account_id=account_id, amount=credits - signed_up.balance.available),
+                metadata=[(ADMIN_TOKEN_METADATA, admin_token)],
+                timeout=30,
+            )
+    created = cutout.CreateApiKey(account_pb2.CreateApiKeyRequest(email=email, password=password), timeout=30)
+    return Customer(account_id, email, password, created.api_key)
+
+
 @pytest.fixture(scope="session")
-def gateway_channel(mesh: Mesh) -> Iterator[grpc.Channel]:
+def raw_channel(mesh: Mesh) -> Iterator[grpc.Channel]:
+    """To the gateway, with no credentials."""
     with grpc.insecure_channel(mesh.gateway.address, options=channel_options()) as channel:
         yield channel
 
 
 @pytest.fixture(scope="session")
+def funded_account(mesh: Mesh, raw_channel: grpc.Channel) -> Customer:
+    """The account the image tests run under: more credits than the session can spend."""
+    return new_account(raw_channel, mesh.admin_token, credits=1_000_000)
+
+
+_Details = collections.namedtuple(
+    "_Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+)
+
+
+class _CallDetails(_Details, grpc.ClientCallDetails):
+    pass
+
+
+class WithApiKey(grpc.UnaryUnaryClientInterceptor):
+    """Adds an API key to every call that does not carry one."""
+
+    def __init__(self, api_key: str) -> None:
+        self.api_key = api_key
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        metadata = list(details.metadata or [])
+        if not any(key == API_KEY_METADATA for key, _ in metadata):
+            metadata.append((API_KEY_METADATA, self.api_key))
+        details = _CallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready, details.compression
+        )
+        return continuation(details, request)
+
+
+@pytest.fixture(scope="session")
+def gateway_channel(raw_channel: grpc.Channel, funded_account: Customer) -> grpc.Channel:
+    """To the gateway, sending the funded account's key."""
+    return grpc.intercept_channel(raw_channel, WithApiKey(funded_account.api_key))
+
+
+@pytest.fixture(scope="session")
 def gateway(gateway_channel: grpc.Channel) -> cutout_pb2_grpc.CutoutStub:
     return cutout_pb2_grpc.CutoutStub(gateway_channel)
+
+
+@pytest.fixture(scope="session")
+def admin(raw_channel: grpc.Channel) -> cutout_pb2_grpc.AdminStub:
+    return cutout_pb2_grpc.AdminStub(raw_channel)
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:

@@ -1,4 +1,4 @@
-"""`cutout remove` against the running mesh."""
+"""`cutout remove` against the running mesh (the key from CUTOUT_API_KEY)."""
 
 from __future__ import annotations
 
@@ -7,21 +7,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import decode
 
 CUTOUT = Path(sys.executable).parent / "cutout"
 
 
-def run_cli(mesh, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CUTOUT_GATEWAY": mesh.gateway.address}
-    return subprocess.run([str(CUTOUT), *args], env=env, capture_output=True, text=True, timeout=120)
+def run_cli(mesh, *args: str, api_key: str = "", config: Path | None = None, stdin: str = ""):
+    env = {**os.environ, "CUTOUT_GATEWAY": mesh.gateway.address, "CUTOUT_API_KEY": api_key}
+    env["CUTOUT_CONFIG"] = str(config or Path(os.devnull))
+    return subprocess.run([str(CUTOUT), *args], env=env, capture_output=True, text=True, timeout=120, input=stdin)
 
 
-def test_remove_writes_the_cutout_with_the_chosen_options(mesh, tmp_path, astronaut_png):
+@pytest.fixture
+def cli(mesh, funded_account):
+    return lambda *args: run_cli(mesh, *args, api_key=funded_account.api_key)
+
+
+def test_remove_writes_the_cutout_with_the_chosen_options(cli, tmp_path, astronaut_png):
     photo = tmp_path / "astronaut.png"
     photo.write_bytes(astronaut_png)
-    done = run_cli(
-        mesh,
+    done = cli(
         "remove",
         str(photo),
         "-o",
@@ -42,19 +49,59 @@ def test_remove_writes_the_cutout_with_the_chosen_options(mesh, tmp_path, astron
     assert "kept" in done.stdout
 
 
-def test_remove_with_the_default_output_name(mesh, tmp_path, astronaut_png):
+def test_remove_with_the_default_output_name(cli, tmp_path, astronaut_png):
     photo = tmp_path / "me.png"
     photo.write_bytes(astronaut_png)
-    assert run_cli(mesh, "remove", str(photo)).returncode == 0
+    assert cli("remove", str(photo)).returncode == 0
     assert decode((tmp_path / "me-cutout.png").read_bytes()).mode == "RGBA"
 
 
-def test_errors_are_reported_with_the_status_and_exit_1(mesh, tmp_path):
+def test_errors_are_reported_with_the_status_and_exit_1(cli, tmp_path):
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("hello")
-    done = run_cli(mesh, "remove", str(not_an_image), "-o", str(tmp_path / "x.png"))
+    done = cli("remove", str(not_an_image), "-o", str(tmp_path / "x.png"))
     assert done.returncode == 1
     assert "INVALID_ARGUMENT" in done.stderr and "not a JPEG, PNG or WebP" in done.stderr
     assert not (tmp_path / "x.png").exists()
-    missing = run_cli(mesh, "remove", str(tmp_path / "missing.jpg"))
+    missing = cli("remove", str(tmp_path / "missing.jpg"))
     assert missing.returncode == 1 and "missing.jpg" in missing.stderr
+
+
+def test_signup_save_balance_keys_and_remove_with_the_key_from_the_config_file(mesh, tmp_path, astronaut_png):
+    config = tmp_path / "config.toml"
+    email, password = "cli-user@example.com", "a long enough password"
+
+    def cutout(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return run_cli(mesh, *args, config=config, stdin=stdin)
+
+    refused = cutout("signup", "--email", email, "--password-stdin", stdin=password + "\n")
+    assert refused.returncode == 1 and "13" in refused.stderr
+    done = cutout("signup", "--email", email, "--confirm-age", "--password-stdin", "--save", stdin=password + "\n")
+    assert done.returncode == 0, done.stderr
+    assert "credits" in done.stdout and str(config) in done.stdout
+    assert config.stat().st_mode & 0o077 == 0, "the config file holds a key: owner only"
+    first_key = config.read_text().split('"')[1]
+    assert first_key.startswith("ck_") and first_key in done.stdout
+
+    balance = cutout("balance")
+    assert balance.returncode == 0 and "credits available" in balance.stdout
+    photo = tmp_path / "me.png"
+    photo.write_bytes(astronaut_png)
+    assert cutout("remove", str(photo)).returncode == 0
+    ledger = cutout("balance", "--ledger", "5")
+    assert "commit" in ledger.stdout and "reserve" in ledger.stdout
+
+    second = cutout("keys", "create", "--name", "ci")
+    assert second.returncode == 0 and "API key" in second.stdout
+    listed = cutout("keys", "list")
+    assert listed.returncode == 0 and "ci" in listed.stdout and "cli" in listed.stdout
+    first_id = next(line.split()[0] for line in listed.stdout.splitlines() if first_key[:11] in line)
+    revoked = cutout("keys", "revoke", first_id)
+    assert revoked.returncode == 0, revoked.stderr
+    after = cutout("balance")
+    assert after.returncode == 1 and "UNAUTHENTICATED" in after.stderr and "revoked" in after.stderr
+
+    # Logging in again with e-mail and password.
+    again = cutout("keys", "create", "--email", email, "--password-stdin", "--save", stdin=password + "\n")
+    assert again.returncode == 0, again.stderr
+    assert cutout("balance").returncode == 0

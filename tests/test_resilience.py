@@ -16,14 +16,21 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from cutout.v1 import cutout_pb2, cutout_pb2_grpc, inference_pb2, inference_pb2_grpc, options_pb2
+from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, inference_pb2, inference_pb2_grpc, options_pb2
 from services.common.channels import channel_options
 from services.common.errors import error_details
 from services.common.settings import MIB
 from services.inference.model import DEFAULT_MODEL_NAME
 from services.inference.triton_local import LocalTriton
-from services.mesh import ServiceProcess, free_port
-from tests.conftest import encode
+from services.mesh import ServiceProcess, free_port, gateway_process
+from tests.conftest import encode, new_account
+
+
+def balance_of(channel: grpc.Channel, account) -> tuple[int, int]:
+    shown = cutout_pb2_grpc.CutoutStub(channel).GetBalance(
+        account_pb2.GetBalanceRequest(), metadata=account.metadata, timeout=10
+    )
+    return shown.available, shown.held
 
 
 def health_status(address: str) -> int:
@@ -50,12 +57,20 @@ def own_triton(tmp_path, model_path) -> Iterator[LocalTriton]:
     triton.stop()
 
 
-def test_triton_down_gives_unavailable_and_inference_recovers_when_it_is_back(tmp_path, own_triton, astronaut_png):
+def test_triton_down_gives_unavailable_and_inference_recovers_when_it_is_back(
+    tmp_path, own_triton, astronaut_png, mesh, raw_channel
+):
     inference = ServiceProcess("inference", {"CUTOUT_INFERENCE_TRITON_URL": own_triton.url}, tmp_path)
     inference.start()
+    gateway = gateway_process(tmp_path, inference.address, mesh.accounts.address, {})
+    account = new_account(raw_channel, mesh.admin_token, credits=5)
     try:
         inference.wait_serving()
-        with grpc.insecure_channel(inference.address, options=channel_options()) as channel:
+        gateway.start()
+        with (
+            grpc.insecure_channel(inference.address, options=channel_options()) as channel,
+            grpc.insecure_channel(gateway.address, options=channel_options()) as public,
+        ):
             segment = inference_pb2_grpc.InferenceStub(channel).Segment
             request = inference_pb2.SegmentRequest(image=astronaut_png)
             assert segment(request, timeout=60).result.width == 512
@@ -66,6 +81,14 @@ def test_triton_down_gives_unavailable_and_inference_recovers_when_it_is_back(tm
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "Triton" in caught.value.details() and "retry" in caught.value.details()
             assert [d.reason for d in error_details(caught.value)] == ["MODEL_UNAVAILABLE"]
+            # Through the gateway: the same error, and the failed removal is not charged.
+            with pytest.raises(grpc.RpcError) as caught:
+                cutout_pb2_grpc.CutoutStub(public).RemoveBackground(
+                    cutout_pb2.RemoveBackgroundRequest(image=astronaut_png), metadata=account.metadata, timeout=60
+                )
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert [d.reason for d in error_details(caught.value)] == ["MODEL_UNAVAILABLE"]
+            assert balance_of(public, account) == (5, 0)
             wait_until(
                 lambda: health_status(inference.address) == health_pb2.HealthCheckResponse.NOT_SERVING,
                 10,
@@ -79,31 +102,61 @@ def test_triton_down_gives_unavailable_and_inference_recovers_when_it_is_back(tm
             )
             assert segment(request, timeout=60).result.width == 512
     finally:
+        assert gateway.stop() in (0, None)
         assert inference.stop() == 0
 
 
-def test_gateway_reports_a_dead_inference_service_as_unavailable(tmp_path, astronaut_png):
-    gateway = ServiceProcess("gateway", {"CUTOUT_GATEWAY_INFERENCE_TARGET": f"127.0.0.1:{free_port()}"}, tmp_path)
+def test_gateway_reports_a_dead_inference_service_as_unavailable_and_charges_nothing(
+    tmp_path, astronaut_png, mesh, raw_channel
+):
+    gateway = gateway_process(tmp_path, f"127.0.0.1:{free_port()}", mesh.accounts.address, {})
     gateway.start()
+    account = new_account(raw_channel, mesh.admin_token, credits=5)
     try:
         with grpc.insecure_channel(gateway.address, options=channel_options()) as channel:
             assert health_status(gateway.address) == health_pb2.HealthCheckResponse.NOT_SERVING
             with pytest.raises(grpc.RpcError) as caught:
                 cutout_pb2_grpc.CutoutStub(channel).RemoveBackground(
-                    cutout_pb2.RemoveBackgroundRequest(image=astronaut_png), timeout=30
+                    cutout_pb2.RemoveBackgroundRequest(image=astronaut_png, idempotency_key="retry-me"),
+                    metadata=account.metadata,
+                    timeout=30,
                 )
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert caught.value.details() == "the inference service is unavailable; retry shortly"
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert caught.value.details() == "the inference service is unavailable; retry shortly"
+            assert balance_of(channel, account) == (5, 0)
+            ledger = cutout_pb2_grpc.CutoutStub(channel).ListLedger(
+                account_pb2.ListLedgerRequest(), metadata=account.metadata, timeout=10
+            )
+            assert [(e.kind, e.amount) for e in ledger.entries][:2] == [("release", 1), ("reserve", -1)]
     finally:
         assert gateway.stop() == 0
 
 
-def test_sigterm_during_a_request_lets_it_finish_then_exits_zero(tmp_path, mesh, astronaut):
+def test_gateway_is_not_serving_without_accounts(tmp_path, mesh, astronaut_png, funded_account):
+    gateway = gateway_process(tmp_path, mesh.inference.address, f"127.0.0.1:{free_port()}", {})
+    gateway.start()
+    try:
+        time.sleep(1.5)
+        assert health_status(gateway.address) == health_pb2.HealthCheckResponse.NOT_SERVING
+        with grpc.insecure_channel(gateway.address, options=channel_options()) as channel:
+            with pytest.raises(grpc.RpcError) as caught:
+                cutout_pb2_grpc.CutoutStub(channel).RemoveBackground(
+                    cutout_pb2.RemoveBackgroundRequest(image=astronaut_png),
+                    metadata=funded_account.metadata,
+                    timeout=30,
+                )
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert caught.value.details() == "the accounts service is unavailable; retry shortly"
+    finally:
+        assert gateway.stop() == 0
+
+
+def test_sigterm_during_a_request_lets_it_finish_then_exits_zero(tmp_path, mesh, astronaut, funded_account):
     """Gateway and inference both get SIGTERM while a slow request is inside them."""
     inference = ServiceProcess("inference", {"CUTOUT_INFERENCE_TRITON_URL": mesh.triton.url}, tmp_path)
     inference.start()
     inference.wait_serving()
-    gateway = ServiceProcess("gateway", {"CUTOUT_GATEWAY_INFERENCE_TARGET": inference.address}, tmp_path)
+    gateway = gateway_process(tmp_path, inference.address, mesh.accounts.address, {})
     gateway.start()
     gateway.wait_serving()
     # 12 MP encoded with the most compression effort: seconds of work on two cores.
@@ -111,7 +164,9 @@ def test_sigterm_during_a_request_lets_it_finish_then_exits_zero(tmp_path, mesh,
     options = options_pb2.RemoveBackgroundOptions(compression_effort=9)
     with grpc.insecure_channel(gateway.address, options=channel_options()) as channel:
         call = cutout_pb2_grpc.CutoutStub(channel).RemoveBackground.future(
-            cutout_pb2.RemoveBackgroundRequest(image=big, options=options), timeout=120
+            cutout_pb2.RemoveBackgroundRequest(image=big, options=options),
+            metadata=funded_account.metadata,
+            timeout=120,
         )
         time.sleep(0.5)
         assert not call.done(), "the request must still be in flight when SIGTERM arrives"

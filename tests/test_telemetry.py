@@ -13,7 +13,7 @@ from PIL import PngImagePlugin
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.channels import channel_options
 from services.mesh import Mesh, ServiceProcess, free_port
-from tests.conftest import encode
+from tests.conftest import Customer, encode, new_account
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 MARKER = "cutout-telemetry-private-marker-51c2"
@@ -45,17 +45,26 @@ def traced_mesh(tmp_path_factory, receiver, model_path) -> Iterator[Mesh]:
 
 
 @pytest.fixture(scope="module")
-def one_removal(traced_mesh, receiver, astronaut) -> cutout_pb2.RemoveBackgroundResponse:
+def customer(traced_mesh) -> Customer:
+    with grpc.insecure_channel(traced_mesh.gateway.address, options=channel_options()) as channel:
+        return new_account(channel, traced_mesh.admin_token)
+
+
+@pytest.fixture(scope="module")
+def one_removal(traced_mesh, receiver, astronaut, customer) -> cutout_pb2.RemoveBackgroundResponse:
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", MARKER)
     photo = encode(astronaut, "PNG", pnginfo=info)
     with grpc.insecure_channel(traced_mesh.gateway.address, options=channel_options()) as channel:
         response = cutout_pb2_grpc.CutoutStub(channel).RemoveBackground(
             cutout_pb2.RemoveBackgroundRequest(image=photo, options=options_pb2.RemoveBackgroundOptions()),
+            metadata=customer.metadata,
             timeout=60,
         )
     receiver.wait_for(lambda: any(s.span.name == "inference.batch" for s in receiver.spans()))
-    receiver.wait_for(lambda: {"rpc.server.duration", "cutout.inference.images"} <= receiver.metric_names())
+    receiver.wait_for(
+        lambda: {"rpc.server.duration", "cutout.inference.images", "cutout.credits"} <= receiver.metric_names()
+    )
     return response
 
 
@@ -75,6 +84,13 @@ def test_one_removal_is_one_trace_across_the_services(receiver, one_removal):
     assert gateway_client.span.parent_span_id == gateway_server.span.span_id
     assert inference_server.span.parent_span_id == gateway_client.span.span_id
     assert {gateway_client.span.trace_id, inference_server.span.trace_id} == {trace_id}
+
+    for method in ("Authenticate", "Reserve", "Commit"):
+        client = only(spans, "cutout-gateway", f"/cutout.v1.Accounts/{method}")
+        server = only(spans, "cutout-accounts", f"/cutout.v1.Accounts/{method}")
+        assert client.span.parent_span_id == gateway_server.span.span_id, method
+        assert server.span.parent_span_id == client.span.span_id, method
+        assert {client.span.trace_id, server.span.trace_id} == {trace_id}
 
     stages = {s.span.name: s for s in spans if s.service == "cutout-inference" and s.span.trace_id == trace_id}
     for name in ("decode", "preprocess", "batch", "postprocess", "encode"):
@@ -105,22 +121,32 @@ def test_metrics_are_exported(receiver, one_removal):
         "cutout.inference.batch_size",
         "cutout.inference.batch_wait",
         "cutout.inference.images",
+        "cutout.credits",
     } <= names
 
 
-def test_nothing_private_is_exported(receiver, one_removal):
+def test_nothing_private_is_exported(receiver, one_removal, customer):
     exported = list(receiver.all_strings())
     assert exported, "the receiver got telemetry"
-    for secret in (MARKER, "127.0.0.1", "grpc-python"):  # image bytes, the caller's address, its user agent
+    private = (
+        MARKER,  # bytes of the image
+        customer.api_key,
+        customer.email,
+        customer.password,
+        customer.account_id,  # operators may see account ids in logs; telemetry never needs them
+        "127.0.0.1",  # the caller's address
+        "grpc-python",  # the caller's user agent
+    )
+    for secret in private:
         leaks = [text for text in exported if secret in text]
         assert not leaks, f"{secret!r} was exported: {leaks[:3]}"
 
 
-def test_errors_mark_spans_with_the_code_only(traced_mesh, receiver):
+def test_errors_mark_spans_with_the_code_only(traced_mesh, receiver, customer):
     with grpc.insecure_channel(traced_mesh.gateway.address, options=channel_options()) as channel:
         with pytest.raises(grpc.RpcError):
             cutout_pb2_grpc.CutoutStub(channel).RemoveBackground(
-                cutout_pb2.RemoveBackgroundRequest(image=MARKER.encode()), timeout=30
+                cutout_pb2.RemoveBackgroundRequest(image=MARKER.encode()), metadata=customer.metadata, timeout=30
             )
 
     def failed_spans() -> list[ReceivedSpan]:

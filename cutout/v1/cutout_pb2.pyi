@@ -1,3 +1,4 @@
+from cutout.v1 import account_pb2 as _account_pb2
 from cutout.v1 import options_pb2 as _options_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message

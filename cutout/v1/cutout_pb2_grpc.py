@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from cutout.v1 import account_pb2 as cutout_dot_v1_dot_account__pb2
 from cutout.v1 import cutout_pb2 as cutout_dot_v1_dot_cutout__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
@@ -27,7 +28,7 @@ if _version_not_supported:
 
 class CutoutStub:
     """The public API. Callers authenticate with an API key in the `x-api-key`
-    metadata entry (enforced once accounts exist).
+    metadata entry; only SignUp and CreateApiKey (with email and password) work without one.
     """
 
     def __init__(self, channel):
@@ -41,16 +42,115 @@ class CutoutStub:
                 request_serializer=cutout_dot_v1_dot_cutout__pb2.RemoveBackgroundRequest.SerializeToString,
                 response_deserializer=cutout_dot_v1_dot_cutout__pb2.RemoveBackgroundResponse.FromString,
                 _registered_method=True)
+        self.SignUp = channel.unary_unary(
+                '/cutout.v1.Cutout/SignUp',
+                request_serializer=cutout_dot_v1_dot_account__pb2.SignUpRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_account__pb2.SignUpResponse.FromString,
+                _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/cutout.v1.Cutout/CreateApiKey',
+                request_serializer=cutout_dot_v1_dot_account__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_account__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/cutout.v1.Cutout/ListApiKeys',
+                request_serializer=cutout_dot_v1_dot_account__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_account__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/cutout.v1.Cutout/RevokeApiKey',
+                request_serializer=cutout_dot_v1_dot_account__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_account__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
+        self.GetBalance = channel.unary_unary(
+                '/cutout.v1.Cutout/GetBalance',
+                request_serializer=cutout_dot_v1_dot_account__pb2.GetBalanceRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_account__pb2.Balance.FromString,
+                _registered_method=True)
+        self.ListLedger = channel.unary_unary(
+                '/cutout.v1.Cutout/ListLedger',
+                request_serializer=cutout_dot_v1_dot_account__pb2.ListLedgerRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_account__pb2.ListLedgerResponse.FromString,
+                _registered_method=True)
+        self.GetProfile = channel.unary_unary(
+                '/cutout.v1.Cutout/GetProfile',
+                request_serializer=cutout_dot_v1_dot_account__pb2.GetProfileRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_account__pb2.Profile.FromString,
+                _registered_method=True)
+        self.UpdateProfile = channel.unary_unary(
+                '/cutout.v1.Cutout/UpdateProfile',
+                request_serializer=cutout_dot_v1_dot_account__pb2.UpdateProfileRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_account__pb2.Profile.FromString,
+                _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/cutout.v1.Cutout/ChangePassword',
+                request_serializer=cutout_dot_v1_dot_account__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_account__pb2.ChangePasswordResponse.FromString,
+                _registered_method=True)
 
 
 class CutoutServicer:
     """The public API. Callers authenticate with an API key in the `x-api-key`
-    metadata entry (enforced once accounts exist).
+    metadata entry; only SignUp and CreateApiKey (with email and password) work without one.
     """
 
     def RemoveBackground(self, request, context):
-        """Removes the background of one image.
+        """Removes the background of one image; costs credits (reserved first, charged on success only).
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignUp(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBalance(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLedger(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProfile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateProfile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePassword(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -63,6 +163,51 @@ def add_CutoutServicer_to_server(servicer, server):
                     request_deserializer=cutout_dot_v1_dot_cutout__pb2.RemoveBackgroundRequest.FromString,
                     response_serializer=cutout_dot_v1_dot_cutout__pb2.RemoveBackgroundResponse.SerializeToString,
             ),
+            'SignUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignUp,
+                    request_deserializer=cutout_dot_v1_dot_account__pb2.SignUpRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_account__pb2.SignUpResponse.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=cutout_dot_v1_dot_account__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_account__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=cutout_dot_v1_dot_account__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_account__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=cutout_dot_v1_dot_account__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_account__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'GetBalance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBalance,
+                    request_deserializer=cutout_dot_v1_dot_account__pb2.GetBalanceRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_account__pb2.Balance.SerializeToString,
+            ),
+            'ListLedger': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLedger,
+                    request_deserializer=cutout_dot_v1_dot_account__pb2.ListLedgerRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_account__pb2.ListLedgerResponse.SerializeToString,
+            ),
+            'GetProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProfile,
+                    request_deserializer=cutout_dot_v1_dot_account__pb2.GetProfileRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_account__pb2.Profile.SerializeToString,
+            ),
+            'UpdateProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateProfile,
+                    request_deserializer=cutout_dot_v1_dot_account__pb2.UpdateProfileRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_account__pb2.Profile.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=cutout_dot_v1_dot_account__pb2.ChangePasswordRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_account__pb2.ChangePasswordResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'cutout.v1.Cutout', rpc_method_handlers)
@@ -73,7 +218,7 @@ def add_CutoutServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Cutout:
     """The public API. Callers authenticate with an API key in the `x-api-key`
-    metadata entry (enforced once accounts exist).
+    metadata entry; only SignUp and CreateApiKey (with email and password) work without one.
     """
 
     @staticmethod
@@ -93,6 +238,370 @@ class Cutout:
             '/cutout.v1.Cutout/RemoveBackground',
             cutout_dot_v1_dot_cutout__pb2.RemoveBackgroundRequest.SerializeToString,
             cutout_dot_v1_dot_cutout__pb2.RemoveBackgroundResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignUp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Cutout/SignUp',
+            cutout_dot_v1_dot_account__pb2.SignUpRequest.SerializeToString,
+            cutout_dot_v1_dot_account__pb2.SignUpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Cutout/CreateApiKey',
+            cutout_dot_v1_dot_account__pb2.CreateApiKeyRequest.SerializeToString,
+            cutout_dot_v1_dot_account__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Cutout/ListApiKeys',
+            cutout_dot_v1_dot_account__pb2.ListApiKeysRequest.SerializeToString,
+            cutout_dot_v1_dot_account__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Cutout/RevokeApiKey',
+            cutout_dot_v1_dot_account__pb2.RevokeApiKeyRequest.SerializeToString,
+            cutout_dot_v1_dot_account__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Cutout/GetBalance',
+            cutout_dot_v1_dot_account__pb2.GetBalanceRequest.SerializeToString,
+            cutout_dot_v1_dot_account__pb2.Balance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLedger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Cutout/ListLedger',
+            cutout_dot_v1_dot_account__pb2.ListLedgerRequest.SerializeToString,
+            cutout_dot_v1_dot_account__pb2.ListLedgerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Cutout/GetProfile',
+            cutout_dot_v1_dot_account__pb2.GetProfileRequest.SerializeToString,
+            cutout_dot_v1_dot_account__pb2.Profile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Cutout/UpdateProfile',
+            cutout_dot_v1_dot_account__pb2.UpdateProfileRequest.SerializeToString,
+            cutout_dot_v1_dot_account__pb2.Profile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Cutout/ChangePassword',
+            cutout_dot_v1_dot_account__pb2.ChangePasswordRequest.SerializeToString,
+            cutout_dot_v1_dot_account__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AdminStub:
+    """Administration, authorised by an admin token in the `x-admin-token` metadata
+    (an API key never works here). Served by the gateway, decided by accounts.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GrantCredits = channel.unary_unary(
+                '/cutout.v1.Admin/GrantCredits',
+                request_serializer=cutout_dot_v1_dot_account__pb2.GrantCreditsRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_account__pb2.GrantCreditsResponse.FromString,
+                _registered_method=True)
+        self.LookupAccount = channel.unary_unary(
+                '/cutout.v1.Admin/LookupAccount',
+                request_serializer=cutout_dot_v1_dot_account__pb2.LookupAccountRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_account__pb2.LookupAccountResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """Administration, authorised by an admin token in the `x-admin-token` metadata
+    (an API key never works here). Served by the gateway, decided by accounts.
+    """
+
+    def GrantCredits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LookupAccount(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GrantCredits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantCredits,
+                    request_deserializer=cutout_dot_v1_dot_account__pb2.GrantCreditsRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_account__pb2.GrantCreditsResponse.SerializeToString,
+            ),
+            'LookupAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupAccount,
+                    request_deserializer=cutout_dot_v1_dot_account__pb2.LookupAccountRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_account__pb2.LookupAccountResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cutout.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cutout.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """Administration, authorised by an admin token in the `x-admin-token` metadata
+    (an API key never works here). Served by the gateway, decided by accounts.
+    """
+
+    @staticmethod
+    def GrantCredits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Admin/GrantCredits',
+            cutout_dot_v1_dot_account__pb2.GrantCreditsRequest.SerializeToString,
+            cutout_dot_v1_dot_account__pb2.GrantCreditsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Admin/LookupAccount',
+            cutout_dot_v1_dot_account__pb2.LookupAccountRequest.SerializeToString,
+            cutout_dot_v1_dot_account__pb2.LookupAccountResponse.FromString,
             options,
             channel_credentials,
             insecure,

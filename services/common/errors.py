@@ -19,7 +19,8 @@ class ServiceError(Exception):
     """An error a handler raises to end the call with `code` and `message`.
 
     `reason` becomes a google.rpc.ErrorInfo (UPPER_SNAKE_CASE, stable for
-    programs to match on) and `field` a google.rpc.BadRequest field violation.
+    programs to match on), `field` a google.rpc.BadRequest field violation and
+    `quota_subject` a google.rpc.QuotaFailure violation (what ran out).
     """
 
     def __init__(
@@ -29,20 +30,28 @@ class ServiceError(Exception):
         *,
         reason: str | None = None,
         field: str | None = None,
+        quota_subject: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.reason = reason
         self.field = field
+        self.quota_subject = quota_subject
+        self.metadata = metadata or {}
 
     def to_status(self) -> grpc.Status:
         details: list[any_pb2.Any] = []
         if self.reason:
-            details.append(_pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN)))
+            info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata)
+            details.append(_pack(info))
         if self.field:
             violation = error_details_pb2.BadRequest.FieldViolation(field=self.field, description=self.message)
             details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+        if self.quota_subject:
+            quota = error_details_pb2.QuotaFailure.Violation(subject=self.quota_subject, description=self.message)
+            details.append(_pack(error_details_pb2.QuotaFailure(violations=[quota])))
         status = status_pb2.Status(code=_proto_code(self.code), message=self.message, details=details)
         return rpc_status.to_status(status)
 

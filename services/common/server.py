@@ -39,7 +39,10 @@ async def _nothing() -> None:
 
 @dataclass(frozen=True)
 class PeriodicJob:
-    """Blocking work the service repeats (sweeps); runs in a thread, every `interval_s`."""
+    """Blocking work the service repeats (sweeps); runs in a thread, every `interval_s`.
+
+    What `run` returns is logged when it is truthy (say, a report of what was swept).
+    """
 
     name: str
     interval_s: float
@@ -111,7 +114,8 @@ class RunningService:
             except Exception as error:  # the next round may succeed (a database back up)
                 log.error("%s failed: %s", job.name, type(error).__name__)
                 continue
-            log.info("%s: %s", job.name, outcome)
+            if outcome:  # quiet when there was nothing to do
+                log.info("%s: %s", job.name, outcome)
 
     async def stop(self) -> None:
         """Stop accepting calls, let in-flight ones finish (up to the grace), close."""

@@ -12,9 +12,10 @@ MIB = 1024 * 1024
 # that, so every hop (servers and channels) allows messages well past gRPC's 4 MiB.
 MAX_MESSAGE_BYTES = 256 * MIB
 
-# The metadata entry that carries a caller's API key (reserved now, checked once
-# accounts exist) and the one that carries the caller's idempotency key.
+# The metadata entry that carries a caller's API key, and the one that carries the
+# admin token for cutout.v1.Admin (never an API key).
 API_KEY_METADATA = "x-api-key"
+ADMIN_TOKEN_METADATA = "x-admin-token"
 
 
 class ServiceSettings(BaseSettings):

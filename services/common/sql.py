@@ -13,7 +13,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import create_engine
@@ -64,8 +64,14 @@ async def database_ready(engine: Engine) -> bool:
     """True while the database answers a trivial query (health)."""
 
     def ping() -> None:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        # A raw DB-API connection: no BEGIN, so no SQLite write lock for a health probe.
+        connection = engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+        finally:
+            connection.close()
 
     try:
         await asyncio.to_thread(ping)

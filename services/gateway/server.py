@@ -1,35 +1,131 @@
-"""The public servicer cutout.v1.Cutout: checks what it owns, forwards the pixels to inference."""
+"""The public servicers cutout.v1.Cutout and cutout.v1.Admin.
+
+The gateway is thin: it authenticates the caller (accounts looks the key up on every
+call), charges RemoveBackground through the credit ledger (reserve, then commit on
+success or release on any failure) and forwards the pixels to inference. The account
+calls are forwarded to accounts unchanged, with the caller's credentials.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
+import secrets
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cutout.v1 import cutout_pb2, cutout_pb2_grpc, inference_pb2, inference_pb2_grpc
+from cutout.v1 import accounts_pb2, accounts_pb2_grpc, cutout_pb2, cutout_pb2_grpc, inference_pb2, inference_pb2_grpc
 from services.common.channels import insecure_channel
 from services.common.errors import ServiceError, abort, relay
 from services.common.server import ServiceSpec
+from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
+from services.common.telemetry import meter
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
+_credits = meter.create_counter(
+    "cutout.credits", description="Credits reserved, committed and released for removals, by operation"
+)
+
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+ACCOUNTS_SERVICE = accounts_pb2.DESCRIPTOR.services_by_name["Accounts"].full_name
+ACCOUNTS_UNAVAILABLE = "the accounts service is unavailable; retry shortly"
+# Outcomes under which this call holds the credits and must commit or release them.
+OWNED = (accounts_pb2.RESERVE_OUTCOME_NEW, accounts_pb2.RESERVE_OUTCOME_DUPLICATE_RELEASED)
 
 
-class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
+def request_hash(request: cutout_pb2.RemoveBackgroundRequest) -> str:
+    """sha256 of what the request asks (image and options): only this is stored, never the image."""
+    digest = hashlib.sha256(request.image)
+    digest.update(request.options.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
+class Downstreams:
+    """Channels to inference and accounts, shared by both public servicers."""
+
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.inference_channel = insecure_channel(settings.inference_target, settings.max_message_bytes)
         self.inference = inference_pb2_grpc.InferenceStub(self.inference_channel)
-        self.inference_health = health_pb2_grpc.HealthStub(self.inference_channel)
+        self.accounts_channel = insecure_channel(settings.accounts_target)
+        self.accounts = accounts_pb2_grpc.AccountsStub(self.accounts_channel)
+        self.admin = cutout_pb2_grpc.AdminStub(self.accounts_channel)
+
+    def deadline(self, context: grpc.aio.ServicerContext, bound: float) -> float:
+        """An outgoing call's timeout: our bound, or less if the caller has less left."""
+        remaining = context.time_remaining()
+        return bound if remaining is None else max(0.0, min(bound, remaining))
+
+    async def accounts_call(
+        self,
+        context: grpc.aio.ServicerContext,
+        method: Callable[..., Awaitable[Any]],
+        request: object,
+        forward: tuple[str, ...] = (),
+    ) -> Any:
+        """Calls accounts, forwarding the named metadata entries; its errors become ours."""
+        metadata = [(key, value) for key, value in context.invocation_metadata() or () if key in forward]
+        try:
+            return await method(
+                request, metadata=metadata, timeout=self.deadline(context, self.settings.accounts_timeout_s)
+            )
+        except grpc.aio.AioRpcError as error:
+            await relay(context, error, ACCOUNTS_UNAVAILABLE)
+
+    async def ready(self) -> bool:
+        """SERVING only while inference and accounts both are."""
+        checks = await asyncio.gather(
+            self._serving(self.inference_channel, INFERENCE_SERVICE),
+            self._serving(self.accounts_channel, ACCOUNTS_SERVICE),
+        )
+        return all(checks)
+
+    async def _serving(self, channel: grpc.aio.Channel, service: str) -> bool:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=self.settings.health_check_timeout_s
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def close(self) -> None:
+        await self.inference_channel.close()
+        await self.accounts_channel.close()
+
+
+def _forwarded(name: str, forward: tuple[str, ...], stub: str = "accounts") -> Callable[..., Awaitable[Any]]:
+    """A handler that passes the request and the caller's credentials on to accounts."""
+
+    async def handler(self: Any, request: object, context: grpc.aio.ServicerContext) -> Any:
+        method = getattr(getattr(self.down, stub), name)
+        return await self.down.accounts_call(context, method, request, forward)
+
+    handler.__name__ = name
+    return handler
+
+
+class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
+    def __init__(self, settings: GatewaySettings, down: Downstreams) -> None:
+        self.settings = settings
+        self.down = down
+        self._releases: set[asyncio.Task[None]] = set()
 
     async def RemoveBackground(
         self, request: cutout_pb2.RemoveBackgroundRequest, context: grpc.aio.ServicerContext
     ) -> cutout_pb2.RemoveBackgroundResponse:
         started = time.perf_counter()
+        api_key = dict(context.invocation_metadata() or ()).get(API_KEY_METADATA, "")
+        caller = await self.down.accounts_call(
+            context, self.down.accounts.Authenticate, accounts_pb2.AuthenticateRequest(api_key=api_key)
+        )
         if request.options.keep_result:
             await abort(
                 context,
@@ -39,43 +135,101 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
                     reason="KEEP_NOT_AVAILABLE",
                 ),
             )
+        reserve = accounts_pb2.ReserveRequest(
+            account_id=caller.account_id,
+            # Without a key from the caller the request cannot be retried safely, so it gets its own.
+            idempotency_key=request.idempotency_key or secrets.token_urlsafe(18),
+            amount=self.settings.price_per_image,
+            request_hash=await asyncio.to_thread(request_hash, request),
+        )
+        reserved = await self.down.accounts_call(context, self.down.accounts.Reserve, reserve)
+        settle = accounts_pb2.SettleRequest(account_id=caller.account_id, reservation_id=reserved.reservation_id)
+        # DUPLICATE_HELD/COMMITTED: the key is charged by another call; serve again, charge nothing.
+        owned = reserved.outcome in OWNED
+        if owned:
+            _credits.add(reserve.amount, {"operation": "reserve"})
+        committed = False
         try:
-            segmented = await self.inference.Segment(
-                inference_pb2.SegmentRequest(image=request.image, options=request.options),
-                timeout=self._deadline(context),
-            )
-        except grpc.aio.AioRpcError as error:
-            log.info("RemoveBackground failed downstream: %s", error.code().name)
-            await relay(context, error, "the inference service is unavailable; retry shortly")
+            try:
+                segmented = await self.down.inference.Segment(
+                    inference_pb2.SegmentRequest(image=request.image, options=request.options),
+                    timeout=self.down.deadline(context, self.settings.inference_timeout_s),
+                )
+            except grpc.aio.AioRpcError as error:
+                log.info("RemoveBackground failed downstream: %s (not charged)", error.code().name)
+                await relay(context, error, "the inference service is unavailable; retry shortly")
+            if owned:
+                committed = await self._commit(settle)
+        finally:
+            # Any failure, cancellation included, gives the credits back.
+            if owned and not committed:
+                await self._release(settle)
         timings = segmented.timings
         timings.total_ms = (time.perf_counter() - started) * 1000
         return cutout_pb2.RemoveBackgroundResponse(result=segmented.result, timings=timings)
 
-    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
-        """The outgoing call's timeout: our bound, or less if the caller has less left."""
-        remaining = context.time_remaining()
-        bound = self.settings.inference_timeout_s
-        return bound if remaining is None else max(0.0, min(bound, remaining))
-
-    async def inference_ready(self) -> bool:
+    async def _commit(self, settle: accounts_pb2.SettleRequest) -> bool:
         try:
-            reply = await self.inference_health.Check(
-                health_pb2.HealthCheckRequest(service=INFERENCE_SERVICE),
-                timeout=self.settings.health_check_timeout_s,
-            )
-        except grpc.aio.AioRpcError:
+            await self.down.accounts.Commit(settle, timeout=self.settings.accounts_timeout_s)
+        except grpc.aio.AioRpcError as error:
+            # The result exists; the caller gets it and the hold is released, not charged.
+            log.warning("commit failed (%s); serving the result uncharged", error.code().name)
             return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+        _credits.add(self.settings.price_per_image, {"operation": "commit"})
+        return True
 
-    async def close(self) -> None:
-        await self.inference_channel.close()
+    async def _release(self, settle: accounts_pb2.SettleRequest) -> None:
+        async def release() -> None:
+            try:
+                await self.down.accounts.Release(settle, timeout=self.settings.accounts_timeout_s)
+                _credits.add(self.settings.price_per_image, {"operation": "release"})
+            except grpc.aio.AioRpcError as error:
+                # The hold lapses by itself after the accounts service's hold timeout.
+                log.warning("release failed (%s); the hold will lapse", error.code().name)
+
+        # Shielded so that a cancelled call still releases; the set keeps the task alive.
+        task = asyncio.create_task(release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+        await asyncio.shield(task)
+
+    KEY = (API_KEY_METADATA,)
+    SignUp = _forwarded("SignUp", ())
+    CreateApiKey = _forwarded("CreateApiKey", KEY)
+    ListApiKeys = _forwarded("ListApiKeys", KEY)
+    RevokeApiKey = _forwarded("RevokeApiKey", KEY)
+    GetBalance = _forwarded("GetBalance", KEY)
+    ListLedger = _forwarded("ListLedger", KEY)
+    GetProfile = _forwarded("GetProfile", KEY)
+    UpdateProfile = _forwarded("UpdateProfile", KEY)
+    ChangePassword = _forwarded("ChangePassword", KEY)
+
+
+class AdminServicer(cutout_pb2_grpc.AdminServicer):
+    """Forwards the admin token only (never an API key); accounts decides."""
+
+    def __init__(self, down: Downstreams) -> None:
+        self.down = down
+
+    GrantCredits = _forwarded("GrantCredits", (ADMIN_TOKEN_METADATA,), stub="admin")
+    LookupAccount = _forwarded("LookupAccount", (ADMIN_TOKEN_METADATA,), stub="admin")
 
 
 def build(settings: GatewaySettings) -> ServiceSpec:
-    servicer = CutoutServicer(settings)
+    down = Downstreams(settings)
+    cutout = CutoutServicer(settings, down)
+    admin = AdminServicer(down)
+
+    def register(server: grpc.aio.Server) -> None:
+        cutout_pb2_grpc.add_CutoutServicer_to_server(cutout, server)
+        cutout_pb2_grpc.add_AdminServicer_to_server(admin, server)
+
     return ServiceSpec(
-        service_names=[cutout_pb2.DESCRIPTOR.services_by_name["Cutout"].full_name],
-        register=lambda server: cutout_pb2_grpc.add_CutoutServicer_to_server(servicer, server),
-        ready=servicer.inference_ready,
-        close=servicer.close,
+        service_names=[
+            cutout_pb2.DESCRIPTOR.services_by_name["Cutout"].full_name,
+            cutout_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+        ],
+        register=register,
+        ready=down.ready,
+        close=down.close,
     )

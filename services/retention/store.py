@@ -65,7 +65,10 @@ class Fetched:
 @dataclass(frozen=True)
 class SweepReport:
     expired: int
-    abandoned: int
+    abandoned: int  # stores a crash interrupted
+
+    def __bool__(self) -> bool:
+        return bool(self.expired or self.abandoned)
 
 
 class ResultStore:

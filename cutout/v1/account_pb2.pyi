@@ -1,0 +1,222 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SignUpRequest(_message.Message):
+    __slots__ = ("email", "password", "display_name", "region", "age_confirmed", "marketing_opt_in")
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    AGE_CONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    MARKETING_OPT_IN_FIELD_NUMBER: _ClassVar[int]
+    email: str
+    password: str
+    display_name: str
+    region: str
+    age_confirmed: bool
+    marketing_opt_in: bool
+    def __init__(self, email: _Optional[str] = ..., password: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., age_confirmed: _Optional[bool] = ..., marketing_opt_in: _Optional[bool] = ...) -> None: ...
+
+class SignUpResponse(_message.Message):
+    __slots__ = ("profile", "balance")
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    profile: Profile
+    balance: Balance
+    def __init__(self, profile: _Optional[_Union[Profile, _Mapping]] = ..., balance: _Optional[_Union[Balance, _Mapping]] = ...) -> None: ...
+
+class CreateApiKeyRequest(_message.Message):
+    __slots__ = ("email", "password", "name")
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    email: str
+    password: str
+    name: str
+    def __init__(self, email: _Optional[str] = ..., password: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class CreateApiKeyResponse(_message.Message):
+    __slots__ = ("api_key", "key")
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    api_key: str
+    key: ApiKey
+    def __init__(self, api_key: _Optional[str] = ..., key: _Optional[_Union[ApiKey, _Mapping]] = ...) -> None: ...
+
+class ApiKey(_message.Message):
+    __slots__ = ("id", "name", "prefix", "created_at", "last_used_at", "revoked_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    prefix: str
+    created_at: _timestamp_pb2.Timestamp
+    last_used_at: _timestamp_pb2.Timestamp
+    revoked_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., prefix: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListApiKeysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListApiKeysResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[ApiKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ...) -> None: ...
+
+class RevokeApiKeyRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class RevokeApiKeyResponse(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: ApiKey
+    def __init__(self, key: _Optional[_Union[ApiKey, _Mapping]] = ...) -> None: ...
+
+class GetBalanceRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Balance(_message.Message):
+    __slots__ = ("available", "held", "next_expiry", "expiring_next")
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    NEXT_EXPIRY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRING_NEXT_FIELD_NUMBER: _ClassVar[int]
+    available: int
+    held: int
+    next_expiry: _timestamp_pb2.Timestamp
+    expiring_next: int
+    def __init__(self, available: _Optional[int] = ..., held: _Optional[int] = ..., next_expiry: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expiring_next: _Optional[int] = ...) -> None: ...
+
+class ListLedgerRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class LedgerEntry(_message.Message):
+    __slots__ = ("id", "kind", "amount", "held", "reservation_id", "grant_id", "idempotency_key", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    amount: int
+    held: int
+    reservation_id: str
+    grant_id: str
+    idempotency_key: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., amount: _Optional[int] = ..., held: _Optional[int] = ..., reservation_id: _Optional[str] = ..., grant_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListLedgerResponse(_message.Message):
+    __slots__ = ("entries", "balance")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[LedgerEntry]
+    balance: Balance
+    def __init__(self, entries: _Optional[_Iterable[_Union[LedgerEntry, _Mapping]]] = ..., balance: _Optional[_Union[Balance, _Mapping]] = ...) -> None: ...
+
+class GetProfileRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Profile(_message.Message):
+    __slots__ = ("account_id", "email", "display_name", "region", "plan", "marketing_opt_in", "created_at")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    MARKETING_OPT_IN_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    email: str
+    display_name: str
+    region: str
+    plan: str
+    marketing_opt_in: bool
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class UpdateProfileRequest(_message.Message):
+    __slots__ = ("display_name", "marketing_opt_in", "update_fields")
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    MARKETING_OPT_IN_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    display_name: str
+    marketing_opt_in: bool
+    update_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, display_name: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., update_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ChangePasswordRequest(_message.Message):
+    __slots__ = ("current_password", "new_password")
+    CURRENT_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    NEW_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    current_password: str
+    new_password: str
+    def __init__(self, current_password: _Optional[str] = ..., new_password: _Optional[str] = ...) -> None: ...
+
+class ChangePasswordResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GrantCreditsRequest(_message.Message):
+    __slots__ = ("account_id", "amount", "source", "expires_in_days")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_DAYS_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    amount: int
+    source: str
+    expires_in_days: int
+    def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[int] = ..., source: _Optional[str] = ..., expires_in_days: _Optional[int] = ...) -> None: ...
+
+class GrantCreditsResponse(_message.Message):
+    __slots__ = ("grant_id", "balance")
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    grant_id: str
+    balance: Balance
+    def __init__(self, grant_id: _Optional[str] = ..., balance: _Optional[_Union[Balance, _Mapping]] = ...) -> None: ...
+
+class LookupAccountRequest(_message.Message):
+    __slots__ = ("account_id", "email")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    email: str
+    def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ...) -> None: ...
+
+class LookupAccountResponse(_message.Message):
+    __slots__ = ("profile", "balance", "active_api_keys")
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_API_KEYS_FIELD_NUMBER: _ClassVar[int]
+    profile: Profile
+    balance: Balance
+    active_api_keys: int
+    def __init__(self, profile: _Optional[_Union[Profile, _Mapping]] = ..., balance: _Optional[_Union[Balance, _Mapping]] = ..., active_api_keys: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,72 @@
+from cutout.v1 import account_pb2 as _account_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ReserveOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESERVE_OUTCOME_UNSPECIFIED: _ClassVar[ReserveOutcome]
+    RESERVE_OUTCOME_NEW: _ClassVar[ReserveOutcome]
+    RESERVE_OUTCOME_DUPLICATE_HELD: _ClassVar[ReserveOutcome]
+    RESERVE_OUTCOME_DUPLICATE_COMMITTED: _ClassVar[ReserveOutcome]
+    RESERVE_OUTCOME_DUPLICATE_RELEASED: _ClassVar[ReserveOutcome]
+RESERVE_OUTCOME_UNSPECIFIED: ReserveOutcome
+RESERVE_OUTCOME_NEW: ReserveOutcome
+RESERVE_OUTCOME_DUPLICATE_HELD: ReserveOutcome
+RESERVE_OUTCOME_DUPLICATE_COMMITTED: ReserveOutcome
+RESERVE_OUTCOME_DUPLICATE_RELEASED: ReserveOutcome
+
+class AuthenticateRequest(_message.Message):
+    __slots__ = ("api_key",)
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    api_key: str
+    def __init__(self, api_key: _Optional[str] = ...) -> None: ...
+
+class AuthenticateResponse(_message.Message):
+    __slots__ = ("account_id", "region", "plan", "key_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    region: str
+    plan: str
+    key_id: str
+    def __init__(self, account_id: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class ReserveRequest(_message.Message):
+    __slots__ = ("account_id", "idempotency_key", "amount", "request_hash")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_HASH_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    idempotency_key: str
+    amount: int
+    request_hash: str
+    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., amount: _Optional[int] = ..., request_hash: _Optional[str] = ...) -> None: ...
+
+class ReserveResponse(_message.Message):
+    __slots__ = ("reservation_id", "outcome")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    outcome: ReserveOutcome
+    def __init__(self, reservation_id: _Optional[str] = ..., outcome: _Optional[_Union[ReserveOutcome, str]] = ...) -> None: ...
+
+class SettleRequest(_message.Message):
+    __slots__ = ("account_id", "reservation_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    reservation_id: str
+    def __init__(self, account_id: _Optional[str] = ..., reservation_id: _Optional[str] = ...) -> None: ...
+
+class SettleResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    def __init__(self, state: _Optional[str] = ...) -> None: ...

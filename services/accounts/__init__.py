@@ -1,0 +1,1 @@
+"""Accounts, API keys and the credit ledger: the internal service cutout.v1.Accounts."""

@@ -1,0 +1,69 @@
+"""Passwords (slow salted scrypt) and API keys (256-bit random, stored as sha256)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import unicodedata
+
+KEY_PREFIX = "ck_"
+# Characters of a key shown in listings: "ck_" plus 8 of its random characters.
+SHOWN_PREFIX_LENGTH = 11
+
+
+def normalise_email(email: str) -> str:
+    return unicodedata.normalize("NFKC", email).strip().lower()
+
+
+def hash_password(password: str, *, n: int = 2**14, r: int = 8, p: int = 1) -> str:
+    """scrypt with a random salt; the string carries its parameters: scrypt$n$r$p$salt$hash."""
+    salt = secrets.token_bytes(16)
+    digest = _scrypt(password, salt, n, r, p)
+    return f"scrypt${n}${r}${p}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    computed = _scrypt(password, _unb64(salt), int(n), int(r), int(p))
+    return hmac.compare_digest(computed, _unb64(digest))
+
+
+def new_api_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)  # 256 bits from the OS's CSPRNG
+
+
+def hash_api_key(api_key: str) -> str:
+    # A fast hash is safe here, unlike for passwords: the key is 256 random bits, so
+    # nothing can be guessed from the hash, and a deterministic hash lets a key be
+    # found by an indexed lookup of its hash.
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def shown_prefix(api_key: str) -> str:
+    return api_key[:SHOWN_PREFIX_LENGTH]
+
+
+def dummy_password_hash(n: int) -> str:
+    """Verified when the e-mail is unknown, so a wrong e-mail costs as long as a wrong password."""
+    return hash_password(secrets.token_hex(16), n=n)
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(
+        unicodedata.normalize("NFKC", password).encode(), salt=salt, n=n, r=r, p=p, maxmem=256 * n * r + 2**20, dklen=32
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

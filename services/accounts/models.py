@@ -1,0 +1,93 @@
+"""The tables. Times are timezone-aware UTC. Changes go through a migration in migrations/versions/."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class Account(SQLModel, table=True):
+    __tablename__ = "accounts"
+
+    id: str = Field(primary_key=True, max_length=36)
+    email: str = Field(max_length=320, unique=True)  # normalised: NFKC, stripped, lower-case
+    display_name: str = Field(default="", max_length=200)
+    password_hash: str = Field(max_length=200)  # scrypt$n$r$p$salt$hash, never the password
+    region: str = Field(max_length=16)  # fixed at creation
+    plan: str = Field(max_length=32)
+    age_confirmed: bool
+    marketing_opt_in: bool = False
+    created_at: datetime
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=36)
+    account_id: str = Field(foreign_key="accounts.id", index=True, max_length=36)
+    name: str = Field(default="", max_length=200)
+    prefix: str = Field(max_length=16)
+    key_hash: str = Field(max_length=64, unique=True)  # sha256 hex of the key
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class CreditGrant(SQLModel, table=True):
+    """Immutable once written; what is left of it follows from allocations and the ledger."""
+
+    __tablename__ = "credit_grants"
+    __table_args__ = (Index("ix_credit_grants_account_expiry", "account_id", "expires_at"),)
+
+    id: str = Field(primary_key=True, max_length=36)
+    account_id: str = Field(foreign_key="accounts.id", max_length=36)
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    source: str = Field(max_length=16)  # signup, purchase, admin
+    expires_at: datetime
+    created_at: datetime
+
+
+class Reservation(SQLModel, table=True):
+    __tablename__ = "reservations"
+    __table_args__ = (
+        UniqueConstraint("account_id", "idempotency_key", name="uq_reservations_account_key"),
+        Index("ix_reservations_state_hold", "state", "hold_expires_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=36)
+    account_id: str = Field(foreign_key="accounts.id", max_length=36)
+    idempotency_key: str = Field(max_length=200)
+    request_hash: str = Field(max_length=64)  # sha256 of the request; never the request itself
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    state: str = Field(max_length=16)  # held, committed, released
+    created_at: datetime
+    hold_expires_at: datetime
+
+
+class ReservationAllocation(SQLModel, table=True):
+    """Which grants a live reservation takes its credits from (earliest expiry first)."""
+
+    __tablename__ = "reservation_allocations"
+
+    reservation_id: str = Field(foreign_key="reservations.id", primary_key=True, max_length=36)
+    grant_id: str = Field(foreign_key="credit_grants.id", primary_key=True, index=True, max_length=36)
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class LedgerEntry(SQLModel, table=True):
+    """Append-only history. `amount` is the change of the available balance and `held`
+    the change of the held credits, so that the entries of an account add up to its balance."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (Index("ix_ledger_entries_account_seq", "account_id", "seq"),)
+
+    seq: int | None = Field(default=None, primary_key=True)
+    account_id: str = Field(foreign_key="accounts.id", max_length=36)
+    kind: str = Field(max_length=16)  # grant, reserve, commit, release, expire
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    held: int = Field(sa_column=Column(BigInteger, nullable=False))
+    reservation_id: str | None = Field(default=None, max_length=36)
+    grant_id: str | None = Field(default=None, index=True, max_length=36)
+    created_at: datetime

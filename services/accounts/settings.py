@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+DEFAULT_DATABASE = Path(__file__).resolve().parent.parent.parent / ".data" / "accounts" / "accounts.db"
+
+
+class AccountsSettings(ServiceSettings):
+    """Environment variables CUTOUT_ACCOUNTS_*."""
+
+    model_config = SettingsConfigDict(env_prefix="CUTOUT_ACCOUNTS_", extra="ignore")
+
+    port: int = 50053
+    # SQLite file by default; "postgresql+psycopg://user@host/db" for PostgreSQL.
+    database_url: str = f"sqlite:///{DEFAULT_DATABASE}"
+    # SQLite: how long a writer waits for the lock before giving up.
+    sqlite_busy_timeout_s: float = 30.0
+    # The admin credential: the token itself, or a file holding it (a mounted secret).
+    # Neither set: administration is refused.
+    admin_token: str = ""
+    admin_token_file: Path | None = None
+    # Free credits at sign-up, and how long credits last.
+    signup_credits: int = 25
+    signup_credit_days: int = 30
+    grant_credit_days: int = 365
+    # A reservation not committed within this time is released (the request died).
+    hold_timeout_s: float = 300.0
+    # How often the sweep releases lapsed holds and writes off expired grants.
+    sweep_interval_s: float = 30.0
+    regions: tuple[str, ...] = ("eu", "us")
+    default_plan: str = "free"
+    # scrypt cost (N); the parameters are stored in each hash, so raising it later
+    # keeps old passwords valid.
+    scrypt_n: int = 2**14

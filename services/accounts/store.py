@@ -1,0 +1,294 @@
+"""Accounts, API keys and profiles (synchronous; the servicer calls it in a thread).
+
+Errors never say which of e-mail or password was wrong, and nothing here logs an
+e-mail, a password or a key.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import grpc
+from sqlalchemy import Engine, func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from services.accounts import credentials
+from services.accounts.ledger import Clock, Ledger, utc_now
+from services.accounts.models import Account, ApiKey
+from services.common.errors import ServiceError
+
+MIN_PASSWORD_LENGTH = 10
+MAX_PASSWORD_LENGTH = 1024
+MAX_KEYS_PER_ACCOUNT = 50
+# last_used_at is written at most this often per key (one write per request would
+# serialise every request on the account's database lock).
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+NO_KEY_MESSAGE = (
+    "this call needs an API key in the `x-api-key` metadata; create one with `cutout keys create` "
+    "(or CreateApiKey with your e-mail and password)"
+)
+WRONG_LOGIN_MESSAGE = "e-mail or password is wrong"
+
+
+@dataclass(frozen=True)
+class Caller:
+    account_id: str
+    key_id: str
+    region: str
+    plan: str
+
+
+def unauthenticated(message: str, reason: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.UNAUTHENTICATED, message, reason=reason)
+
+
+class AccountStore:
+    def __init__(
+        self,
+        engine: Engine,
+        ledger: Ledger,
+        *,
+        regions: tuple[str, ...],
+        plan: str,
+        scrypt_n: int,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.engine = engine
+        self.ledger = ledger
+        self.regions = regions
+        self.plan = plan
+        self.scrypt_n = scrypt_n
+        self.clock = clock
+        self._dummy_hash = credentials.dummy_password_hash(scrypt_n)
+
+    # -- sign-up and login ----------------------------------------------------------
+
+    def sign_up(
+        self,
+        *,
+        email: str,
+        password: str,
+        display_name: str,
+        region: str,
+        age_confirmed: bool,
+        marketing_opt_in: bool,
+        signup_credits: int,
+        credit_days: int,
+    ) -> Account:
+        email = _check_email(email)
+        _check_password(password, "password")
+        if region not in self.regions:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"region must be one of {', '.join(self.regions)}; it is fixed once the account exists",
+                field="region",
+            )
+        if not age_confirmed:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "you must be at least 13 years old to sign up; confirm it with age_confirmed",
+                field="age_confirmed",
+                reason="AGE_NOT_CONFIRMED",
+            )
+        if len(display_name) > 200:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT, "display_name is at most 200 characters", field="display_name"
+            )
+        now = self.clock()
+        account = Account(
+            id=str(uuid.uuid4()),
+            email=email,
+            display_name=display_name.strip(),
+            password_hash=credentials.hash_password(password, n=self.scrypt_n),
+            region=region,
+            plan=self.plan,
+            age_confirmed=True,
+            marketing_opt_in=marketing_opt_in,
+            created_at=now,
+        )
+        try:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                session.add(account)
+                session.flush()
+                if signup_credits > 0:
+                    self.ledger.grant_in(
+                        session, account.id, signup_credits, "signup", now + timedelta(days=credit_days)
+                    )
+        except IntegrityError:
+            raise ServiceError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                "an account with this e-mail already exists; create a key with your password instead",
+                reason="ACCOUNT_EXISTS",
+                field="email",
+            ) from None
+        return account
+
+    def login(self, email: str, password: str) -> Account:
+        """The account for an e-mail and password, or UNAUTHENTICATED (same answer for either mistake)."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            account = session.exec(select(Account).where(Account.email == credentials.normalise_email(email))).first()
+        stored = account.password_hash if account else self._dummy_hash
+        if not credentials.verify_password(password[:MAX_PASSWORD_LENGTH], stored) or account is None:
+            raise unauthenticated(WRONG_LOGIN_MESSAGE, "WRONG_CREDENTIALS")
+        return account
+
+    # -- API keys -------------------------------------------------------------------
+
+    def authenticate(self, api_key: str) -> Caller:
+        """Every call looks the key up (nothing is cached), so a revoked key fails at once."""
+        if not api_key:
+            raise unauthenticated(NO_KEY_MESSAGE, "API_KEY_MISSING")
+        now = self.clock()
+        with Session(self.engine, expire_on_commit=False) as session:
+            row = session.exec(
+                select(ApiKey, Account)
+                .join(Account, col(Account.id) == col(ApiKey.account_id))
+                .where(ApiKey.key_hash == credentials.hash_api_key(api_key))
+            ).first()
+            if row is None:
+                raise unauthenticated(
+                    "the API key is not valid; check CUTOUT_API_KEY (or your config file) or create a new key",
+                    "API_KEY_INVALID",
+                )
+            key, account = row
+            if key.revoked_at is not None:
+                raise unauthenticated(
+                    "this API key was revoked; create a new one with `cutout keys create`", "API_KEY_REVOKED"
+                )
+            caller = Caller(account_id=account.id, key_id=key.id, region=account.region, plan=account.plan)
+            stale = key.last_used_at is None or key.last_used_at <= now - LAST_USED_RESOLUTION
+        if stale:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                fresh = session.get(ApiKey, key.id)
+                if fresh is not None:
+                    fresh.last_used_at = now
+                    session.add(fresh)
+        return caller
+
+    def create_key(self, account_id: str, name: str) -> tuple[str, ApiKey]:
+        if len(name) > 200:
+            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "name is at most 200 characters", field="name")
+        api_key = credentials.new_api_key()
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            active = session.exec(
+                select(func.count())
+                .select_from(ApiKey)
+                .where(ApiKey.account_id == account_id, col(ApiKey.revoked_at).is_(None))
+            ).one()
+            if active >= MAX_KEYS_PER_ACCOUNT:
+                raise ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"an account has at most {MAX_KEYS_PER_ACCOUNT} active keys; revoke one first",
+                    reason="TOO_MANY_KEYS",
+                )
+            key = ApiKey(
+                id=str(uuid.uuid4()),
+                account_id=account_id,
+                name=name.strip(),
+                prefix=credentials.shown_prefix(api_key),
+                key_hash=credentials.hash_api_key(api_key),
+                created_at=self.clock(),
+            )
+            session.add(key)
+            session.flush()
+        return api_key, key
+
+    def list_keys(self, account_id: str) -> list[ApiKey]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            keys = session.exec(
+                select(ApiKey).where(ApiKey.account_id == account_id).order_by(col(ApiKey.created_at))
+            ).all()
+            return list(keys)
+
+    def revoke_key(self, account_id: str, key_id: str) -> ApiKey:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            key = session.exec(select(ApiKey).where(ApiKey.id == key_id, ApiKey.account_id == account_id)).first()
+            if key is None:
+                raise ServiceError(
+                    grpc.StatusCode.NOT_FOUND,
+                    "no key with this id on your account; list them with `cutout keys list`",
+                    reason="API_KEY_NOT_FOUND",
+                    field="id",
+                )
+            if key.revoked_at is None:
+                key.revoked_at = self.clock()
+                session.add(key)
+            session.flush()
+            return key
+
+    # -- profile --------------------------------------------------------------------
+
+    def get(self, account_id: str) -> Account:
+        with Session(self.engine, expire_on_commit=False) as session:
+            account = session.get(Account, account_id)
+            if account is None:
+                raise ServiceError(grpc.StatusCode.NOT_FOUND, "no such account", reason="ACCOUNT_NOT_FOUND")
+            return account
+
+    def find_by_email(self, email: str) -> Account:
+        with Session(self.engine, expire_on_commit=False) as session:
+            account = session.exec(select(Account).where(Account.email == credentials.normalise_email(email))).first()
+            if account is None:
+                raise ServiceError(grpc.StatusCode.NOT_FOUND, "no such account", reason="ACCOUNT_NOT_FOUND")
+            return account
+
+    def count_active_keys(self, account_id: str) -> int:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.exec(
+                select(func.count())
+                .select_from(ApiKey)
+                .where(ApiKey.account_id == account_id, col(ApiKey.revoked_at).is_(None))
+            ).one()
+
+    def update_profile(
+        self, account_id: str, *, display_name: str | None = None, marketing_opt_in: bool | None = None
+    ) -> Account:
+        if display_name is not None and len(display_name) > 200:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT, "display_name is at most 200 characters", field="display_name"
+            )
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            account = session.get(Account, account_id)
+            if account is None:
+                raise ServiceError(grpc.StatusCode.NOT_FOUND, "no such account", reason="ACCOUNT_NOT_FOUND")
+            if display_name is not None:
+                account.display_name = display_name.strip()
+            if marketing_opt_in is not None:
+                account.marketing_opt_in = marketing_opt_in
+            session.add(account)
+            session.flush()
+            return account
+
+    def change_password(self, account_id: str, current: str, new: str) -> None:
+        _check_password(new, "new_password")
+        account = self.get(account_id)
+        if not credentials.verify_password(current[:MAX_PASSWORD_LENGTH], account.password_hash):
+            raise unauthenticated("the current password is wrong", "WRONG_CREDENTIALS")
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            fresh = session.get(Account, account_id)
+            assert fresh is not None
+            fresh.password_hash = credentials.hash_password(new, n=self.scrypt_n)
+            session.add(fresh)
+
+
+def _check_email(email: str) -> str:
+    normalised = credentials.normalise_email(email)
+    local, at, domain = normalised.rpartition("@")
+    if not at or not local or "." not in domain or any(c.isspace() for c in normalised) or len(normalised) > 254:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT, "email must be an e-mail address like name@example.com", field="email"
+        )
+    return normalised
+
+
+def _check_password(password: str, field: str) -> None:
+    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the password must be {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters long",
+            field=field,
+        )
