@@ -28,6 +28,12 @@ from services.common.telemetry import LOG_FORMAT, logging_format_ready, setup_te
 
 log = logging.getLogger(__name__)
 
+# A health name that is SERVING while the process answers at all, whatever its
+# dependencies say: what a liveness probe asks (restarting a service because its
+# database is down would not bring the database back). Readiness asks "" or the
+# service's own name, which follow the dependencies.
+LIVENESS = "liveness"
+
 
 async def _always_ready() -> bool:
     return True
@@ -142,6 +148,7 @@ async def start_service(
     running = RunningService(server, port, spec, settings)
     for name in ["", *spec.service_names]:
         await running.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await running.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(running.health, server)
     reflection.enable_server_reflection(
         [*spec.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
