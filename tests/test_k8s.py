@@ -23,6 +23,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common import channels
 from services.common.server import LIVENESS, ServiceSpec, start_service
 from services.common.settings import ServiceSettings
 
@@ -258,6 +259,41 @@ def test_environment_names_are_settings_the_services_read(cells):
                     assert var.startswith(prefix) and var[len(prefix) :].lower() in fields, f"{name}: {var}"
 
 
+def test_callers_balance_over_every_pod_of_a_headless_service(cells):
+    """A ClusterIP would pin each caller's one HTTP/2 connection to one pod, so new
+    replicas of an autoscaled service would get no calls; a headless Service and a
+    dns:/// target give round_robin (services/common/channels.py) every ready pod."""
+    calls = {
+        ("gateway", "CUTOUT_GATEWAY_INFERENCE_TARGET"): ("inference", 50052),
+        ("gateway", "CUTOUT_GATEWAY_ACCOUNTS_TARGET"): ("accounts", 50053),
+        ("gateway", "CUTOUT_GATEWAY_RETENTION_TARGET"): ("retention", 50054),
+        ("inference", "CUTOUT_INFERENCE_TRITON_URL"): ("triton", 8001),
+    }
+    for region, objects in cells.items():
+        services = _of(objects, "Service")
+        for (caller, var), (callee, port) in calls.items():
+            assert _env(objects, _container(objects, caller))[var] == f"dns:///{callee}:{port}", region
+            assert services[callee]["spec"].get("clusterIP") == "None", f"{region}/{callee}"
+            assert port in {p["port"] for p in services[callee]["spec"]["ports"]}
+
+
+def test_round_robin_channels_reach_a_service_through_dns():
+    async def scenario() -> int:
+        spec = ServiceSpec(service_names=["cutout.v1.Example"], register=lambda server: None)
+        running = await start_service(spec, ServiceSettings(port=0, health_interval_s=0.02))
+        try:
+            # "localhost" resolves to ::1 too, where nothing listens: round_robin skips it.
+            async with channels.insecure_channel(f"dns:///localhost:{running.port}") as channel:
+                check = health_pb2_grpc.HealthStub(channel).Check
+                reply = await check(health_pb2.HealthCheckRequest(service=LIVENESS), timeout=10)
+        finally:
+            await running.stop()
+        return reply.status
+
+    assert asyncio.run(scenario()) == health_pb2.HealthCheckResponse.SERVING
+    assert ("grpc.lb_policy_name", "round_robin") in channels.channel_options()
+
+
 # --- images ---
 
 
@@ -404,7 +440,7 @@ def test_triton_asks_for_a_gpu_on_a_gpu_node(cells):
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
-        assert _env(objects, _container(objects, "inference"))["CUTOUT_INFERENCE_TRITON_URL"] == "triton:8001"
+        assert _env(objects, _container(objects, "inference"))["CUTOUT_INFERENCE_TRITON_URL"] == "dns:///triton:8001"
 
 
 def test_every_workload_has_a_disruption_budget(cells):

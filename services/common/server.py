@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 # service's own name, which follow the dependencies.
 LIVENESS = "liveness"
 
+# Clients are asked to reconnect every few minutes (calls in flight finish first), so
+# that their DNS re-resolution finds replicas added since and load spreads onto them.
+CONNECTION_AGE_OPTIONS: list[tuple[str, int]] = [("grpc.max_connection_age_ms", 300_000)]
+
 
 async def _always_ready() -> bool:
     return True
@@ -138,7 +142,7 @@ async def start_service(
 ) -> RunningService:
     server = grpc.aio.server(
         interceptors=list(interceptors),
-        options=[*grpc_message_options(settings), *spec.extra_options],
+        options=[*grpc_message_options(settings), *CONNECTION_AGE_OPTIONS, *spec.extra_options],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     spec.register(server)
