@@ -488,6 +488,14 @@ def test_regions_share_no_namespace_service_database_bucket_or_secret(cells):
         for env in (retention, accounts):
             assert not [v for v in env.values() if "$(" in v], "every $(VAR) is defined before use"
         assert retention["CUTOUT_RETENTION_BLOB_STORE"] == "s3"
+        for name in ("accounts", "retention"):
+            database_rules = [
+                rule
+                for rule in _of(objects, "NetworkPolicy")[name]["spec"]["egress"]
+                if {"port": 5432, "protocol": "TCP"} in rule["ports"]
+            ]
+            cidrs = {peer["ipBlock"]["cidr"] for rule in database_rules for peer in rule["to"]}
+            assert cidrs and not cidrs & {"0.0.0.0/0", "192.0.2.0/24"}, f"{region}/{name}: database egress {cidrs}"
         for env, name in ((retention, "retention"), (accounts, "accounts")):
             assert env[f"CUTOUT_{name.upper()}_DATABASE_URL"].startswith("postgresql+psycopg://")
             assert env[f"CUTOUT_{name.upper()}_REGION"] == region
@@ -503,6 +511,13 @@ def test_regions_share_no_namespace_service_database_bucket_or_secret(cells):
             "buckets": {retention["CUTOUT_RETENTION_S3_BUCKET"]},
             # The generator's suffix is a hash of the content: one name in both regions
             # would be one secret (the same password, token or master key) in both.
+            "database address ranges": {
+                peer["ipBlock"]["cidr"]
+                for name in ("accounts", "retention")
+                for rule in _of(objects, "NetworkPolicy")[name]["spec"]["egress"]
+                if {"port": 5432, "protocol": "TCP"} in rule["ports"]
+                for peer in rule["to"]
+            },
             "secret names": set(_of(objects, "Secret")),
             "secret values": {
                 base64.b64decode(v).decode() for s in _of(objects, "Secret").values() for v in s["data"].values()
