@@ -152,10 +152,21 @@ def test_every_cell_is_whole_and_in_its_own_namespace(cells):
         for obj in objects:
             if obj["kind"] != "Namespace":
                 assert obj["metadata"].get("namespace") == namespace, f"{obj['kind']}/{obj['metadata']['name']}"
-        # Every Service selects pods of the cell.
-        pods = [_pod_labels(w) for w in _workloads(objects)]
+        # Every Service selects pods of the cell, on ports their containers declare.
         for name, service in _of(objects, "Service").items():
-            assert any(_matches({"matchLabels": service["spec"]["selector"]}, p) for p in pods), name
+            selected = [
+                w for w in _workloads(objects) if _matches({"matchLabels": service["spec"]["selector"]}, _pod_labels(w))
+            ]
+            assert selected, name
+            declared = {
+                key
+                for w in selected
+                for c in _pod_spec(w)["containers"]
+                for port in c.get("ports", [])
+                for key in (port["name"], port["containerPort"])
+            }
+            for port in service["spec"]["ports"]:
+                assert port["targetPort"] in declared, f"{region}: Service {name} -> {port['targetPort']}"
 
 
 # --- every workload, every container ---
@@ -192,6 +203,11 @@ def test_pods_get_no_service_account_token_and_outlive_their_drain(cells):
             pre_stop = container.get("lifecycle", {}).get("preStop", {})
             sleep = float(pre_stop["exec"]["command"][1]) if "exec" in pre_stop else 0.0
             grace = pod.get("terminationGracePeriodSeconds", 30)
+            exit_timeout = [
+                float(a.split("=", 1)[1]) for a in container.get("args", []) if a.startswith("--exit-timeout-secs=")
+            ]
+            if exit_timeout:  # Triton waits this long for in-flight inferences
+                assert grace > sleep + exit_timeout[0], f"{where}: grace {grace} <= {sleep} + {exit_timeout[0]}"
             if workload["metadata"]["name"] in CUTOUT_SERVICES:
                 # The service's drain (default 30 s) must finish before the kubelet's SIGKILL.
                 assert drain, f"{where}: no SHUTDOWN_GRACE_S"
