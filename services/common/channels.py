@@ -15,11 +15,14 @@ RECONNECT_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
-def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int | str]]:
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         *RECONNECT_OPTIONS,
+        # A "dns:///name:port" target that resolves to several pods (a headless
+        # Kubernetes Service) spreads calls over all of them, not one connection's pod.
+        ("grpc.lb_policy_name", "round_robin"),
     ]
 
 

