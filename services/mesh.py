@@ -1,4 +1,4 @@
-"""The embedded mesh on one machine: Triton, then inference, accounts, then the gateway.
+"""The embedded mesh on one machine: Triton, then inference, accounts, retention, then the gateway.
 
     python -m services.mesh      # `make up`: start, run a demo removal, serve until Ctrl-C
 
@@ -8,6 +8,7 @@ through its environment variables, exactly as on Kubernetes. Tests use `Mesh` to
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -141,10 +142,38 @@ def accounts_process(run_dir: Path, database_url: str, admin_token_file: Path, e
     )
 
 
-def gateway_process(run_dir: Path, inference: str, accounts: str, env: dict[str, str], port: int = 0) -> ServiceProcess:
+def retention_process(run_dir: Path, data_dir: Path, env: dict[str, str]) -> ServiceProcess:
+    """Retention on a SQLite file and a blob folder under data_dir, with its master key there.
+
+    The key is made once and kept (owner-only), so results kept by one `make up` can
+    still be read by the next; a new data_dir gets a new key.
+    """
+    master_keys = data_dir / "master-keys"
+    if not master_keys.exists():
+        write_secret(master_keys, f"local1:{base64.b64encode(os.urandom(32)).decode()}")
+    return ServiceProcess(
+        "retention",
+        {
+            **env,
+            "CUTOUT_RETENTION_DATABASE_URL": f"sqlite:///{data_dir / 'retention.db'}",
+            "CUTOUT_RETENTION_BLOB_DIR": str(data_dir / "blobs"),
+            "CUTOUT_RETENTION_MASTER_KEYS_FILE": str(master_keys),
+        },
+        run_dir,
+    )
+
+
+def gateway_process(
+    run_dir: Path, env: dict[str, str], *, inference: str, accounts: str, retention: str, port: int = 0
+) -> ServiceProcess:
     return ServiceProcess(
         "gateway",
-        {**env, "CUTOUT_GATEWAY_INFERENCE_TARGET": inference, "CUTOUT_GATEWAY_ACCOUNTS_TARGET": accounts},
+        {
+            **env,
+            "CUTOUT_GATEWAY_INFERENCE_TARGET": inference,
+            "CUTOUT_GATEWAY_ACCOUNTS_TARGET": accounts,
+            "CUTOUT_GATEWAY_RETENTION_TARGET": retention,
+        },
         run_dir,
         port=port,
     )
@@ -152,7 +181,7 @@ def gateway_process(run_dir: Path, inference: str, accounts: str, env: dict[str,
 
 @dataclass
 class Mesh:
-    """Triton, inference, accounts and gateway on loopback; `start()` returns once all are SERVING."""
+    """Triton, inference, accounts, retention and gateway on loopback; `start()` returns once all are SERVING."""
 
     data_dir: Path = DEFAULT_DATA_DIR
     gateway_port: int = 0
@@ -182,6 +211,10 @@ class Mesh:
         return next(service for service in self.services if service.name == "accounts")
 
     @property
+    def retention(self) -> ServiceProcess:
+        return next(service for service in self.services if service.name == "retention")
+
+    @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "accounts" / "accounts.db"
 
@@ -207,7 +240,18 @@ class Mesh:
             self.services.append(accounts)
             accounts.start()
             accounts.wait_serving()
-            gateway = gateway_process(self.run_dir, inference.address, accounts.address, self.env, self.gateway_port)
+            retention = retention_process(self.run_dir, self.data_dir / "retention", self.env)
+            self.services.append(retention)
+            retention.start()
+            retention.wait_serving()
+            gateway = gateway_process(
+                self.run_dir,
+                self.env,
+                inference=inference.address,
+                accounts=accounts.address,
+                retention=retention.address,
+                port=self.gateway_port,
+            )
             self.services.append(gateway)
             gateway.start()
             gateway.wait_serving()

@@ -7,6 +7,7 @@ import zlib
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
 from cutout.v1 import cutout_pb2, options_pb2
@@ -97,7 +98,8 @@ def test_encoder_settings_out_of_range(gateway, astronaut_jpeg, options, field):
     assert field_violations(error) == [field]
 
 
-def test_keeping_results_is_refused_until_retention_exists(gateway, astronaut_jpeg):
-    error = call(gateway, astronaut_jpeg, keep_result=True)
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "keep_result" in error.details()
+def test_a_time_to_live_that_is_not_positive(gateway, astronaut_jpeg):
+    error = call(gateway, astronaut_jpeg, keep_result=True, keep_ttl=duration_pb2.Duration(seconds=-60))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "keep_ttl must be positive" in error.details()
+    assert field_violations(error) == ["options.keep_ttl"]

@@ -32,7 +32,9 @@ def postgres_gateway(mesh: Mesh, postgres_url: str, tmp_path_factory) -> Iterato
     accounts = accounts_process(
         run_dir, postgres_url, write_secret(run_dir / "admin-token", mesh.admin_token), mesh.env
     )
-    gateway = gateway_process(run_dir, mesh.inference.address, "", mesh.env)
+    gateway = gateway_process(
+        run_dir, mesh.env, inference=mesh.inference.address, accounts="", retention=mesh.retention.address
+    )
     try:
         accounts.start()
         accounts.wait_serving()

@@ -62,7 +62,9 @@ def test_triton_down_gives_unavailable_and_inference_recovers_when_it_is_back(
 ):
     inference = ServiceProcess("inference", {"CUTOUT_INFERENCE_TRITON_URL": own_triton.url}, tmp_path)
     inference.start()
-    gateway = gateway_process(tmp_path, inference.address, mesh.accounts.address, {})
+    gateway = gateway_process(
+        tmp_path, {}, inference=inference.address, accounts=mesh.accounts.address, retention=mesh.retention.address
+    )
     account = new_account(raw_channel, mesh.admin_token, credits=5)
     try:
         inference.wait_serving()
@@ -109,7 +111,13 @@ def test_triton_down_gives_unavailable_and_inference_recovers_when_it_is_back(
 def test_gateway_reports_a_dead_inference_service_as_unavailable_and_charges_nothing(
     tmp_path, astronaut_png, mesh, raw_channel
 ):
-    gateway = gateway_process(tmp_path, f"127.0.0.1:{free_port()}", mesh.accounts.address, {})
+    gateway = gateway_process(
+        tmp_path,
+        {},
+        inference=f"127.0.0.1:{free_port()}",
+        accounts=mesh.accounts.address,
+        retention=mesh.retention.address,
+    )
     gateway.start()
     account = new_account(raw_channel, mesh.admin_token, credits=5)
     try:
@@ -133,7 +141,13 @@ def test_gateway_reports_a_dead_inference_service_as_unavailable_and_charges_not
 
 
 def test_gateway_is_not_serving_without_accounts(tmp_path, mesh, astronaut_png, funded_account):
-    gateway = gateway_process(tmp_path, mesh.inference.address, f"127.0.0.1:{free_port()}", {})
+    gateway = gateway_process(
+        tmp_path,
+        {},
+        inference=mesh.inference.address,
+        accounts=f"127.0.0.1:{free_port()}",
+        retention=mesh.retention.address,
+    )
     gateway.start()
     try:
         time.sleep(1.5)
@@ -156,7 +170,9 @@ def test_sigterm_during_a_request_lets_it_finish_then_exits_zero(tmp_path, mesh,
     inference = ServiceProcess("inference", {"CUTOUT_INFERENCE_TRITON_URL": mesh.triton.url}, tmp_path)
     inference.start()
     inference.wait_serving()
-    gateway = gateway_process(tmp_path, inference.address, mesh.accounts.address, {})
+    gateway = gateway_process(
+        tmp_path, {}, inference=inference.address, accounts=mesh.accounts.address, retention=mesh.retention.address
+    )
     gateway.start()
     gateway.wait_serving()
     # 12 MP encoded with the most compression effort: seconds of work on two cores.

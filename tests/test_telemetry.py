@@ -57,13 +57,18 @@ def one_removal(traced_mesh, receiver, astronaut, customer) -> cutout_pb2.Remove
     photo = encode(astronaut, "PNG", pnginfo=info)
     with grpc.insecure_channel(traced_mesh.gateway.address, options=channel_options()) as channel:
         response = cutout_pb2_grpc.CutoutStub(channel).RemoveBackground(
-            cutout_pb2.RemoveBackgroundRequest(image=photo, options=options_pb2.RemoveBackgroundOptions()),
+            cutout_pb2.RemoveBackgroundRequest(
+                image=photo, options=options_pb2.RemoveBackgroundOptions(keep_result=True)
+            ),
             metadata=customer.metadata,
             timeout=60,
         )
     receiver.wait_for(lambda: any(s.span.name == "inference.batch" for s in receiver.spans()))
     receiver.wait_for(
-        lambda: {"rpc.server.duration", "cutout.inference.images", "cutout.credits"} <= receiver.metric_names()
+        lambda: (
+            {"rpc.server.duration", "cutout.inference.images", "cutout.credits", "cutout.retention.stored"}
+            <= receiver.metric_names()
+        )
     )
     return response
 
@@ -74,7 +79,8 @@ def only(spans: list[ReceivedSpan], service: str, name: str) -> ReceivedSpan:
     return found[0]
 
 
-def test_one_removal_is_one_trace_across_the_services(receiver, one_removal):
+def test_one_kept_removal_is_one_trace_across_the_four_services(receiver, one_removal):
+    assert one_removal.kept.token
     spans = receiver.spans()
     gateway_server = only(spans, "cutout-gateway", REMOVE)
     gateway_client = only(spans, "cutout-gateway", SEGMENT)
@@ -85,9 +91,10 @@ def test_one_removal_is_one_trace_across_the_services(receiver, one_removal):
     assert inference_server.span.parent_span_id == gateway_client.span.span_id
     assert {gateway_client.span.trace_id, inference_server.span.trace_id} == {trace_id}
 
-    for method in ("Authenticate", "Reserve", "Commit"):
-        client = only(spans, "cutout-gateway", f"/cutout.v1.Accounts/{method}")
-        server = only(spans, "cutout-accounts", f"/cutout.v1.Accounts/{method}")
+    calls = [("accounts", f"/cutout.v1.Accounts/{m}") for m in ("Authenticate", "Reserve", "Commit")]
+    for service, method in [*calls, ("retention", "/cutout.v1.Retention/Store")]:
+        client = only(spans, "cutout-gateway", method)
+        server = only(spans, f"cutout-{service}", method)
         assert client.span.parent_span_id == gateway_server.span.span_id, method
         assert server.span.parent_span_id == client.span.span_id, method
         assert {client.span.trace_id, server.span.trace_id} == {trace_id}
@@ -122,6 +129,7 @@ def test_metrics_are_exported(receiver, one_removal):
         "cutout.inference.batch_wait",
         "cutout.inference.images",
         "cutout.credits",
+        "cutout.retention.stored",
     } <= names
 
 
@@ -134,6 +142,7 @@ def test_nothing_private_is_exported(receiver, one_removal, customer):
         customer.email,
         customer.password,
         customer.account_id,  # operators may see account ids in logs; telemetry never needs them
+        one_removal.kept.token,
         "127.0.0.1",  # the caller's address
         "grpc-python",  # the caller's user agent
     )

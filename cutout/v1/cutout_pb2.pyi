@@ -1,8 +1,9 @@
 from cutout.v1 import account_pb2 as _account_pb2
 from cutout.v1 import options_pb2 as _options_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -18,9 +19,41 @@ class RemoveBackgroundRequest(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., options: _Optional[_Union[_options_pb2.RemoveBackgroundOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class RemoveBackgroundResponse(_message.Message):
-    __slots__ = ("result", "timings")
+    __slots__ = ("result", "timings", "kept")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
     result: _options_pb2.CutoutImage
     timings: _options_pb2.StageTimings
-    def __init__(self, result: _Optional[_Union[_options_pb2.CutoutImage, _Mapping]] = ..., timings: _Optional[_Union[_options_pb2.StageTimings, _Mapping]] = ...) -> None: ...
+    kept: _options_pb2.KeptResult
+    def __init__(self, result: _Optional[_Union[_options_pb2.CutoutImage, _Mapping]] = ..., timings: _Optional[_Union[_options_pb2.StageTimings, _Mapping]] = ..., kept: _Optional[_Union[_options_pb2.KeptResult, _Mapping]] = ...) -> None: ...
+
+class FetchResultRequest(_message.Message):
+    __slots__ = ("token", "result_id")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RESULT_ID_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    result_id: str
+    def __init__(self, token: _Optional[str] = ..., result_id: _Optional[str] = ...) -> None: ...
+
+class ListResultsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListResultsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[_options_pb2.KeptResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[_options_pb2.KeptResult, _Mapping]]] = ...) -> None: ...
+
+class DeleteResultRequest(_message.Message):
+    __slots__ = ("result_id",)
+    RESULT_ID_FIELD_NUMBER: _ClassVar[int]
+    result_id: str
+    def __init__(self, result_id: _Optional[str] = ...) -> None: ...
+
+class DeleteResultResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

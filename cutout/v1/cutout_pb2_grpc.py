@@ -5,6 +5,7 @@ import warnings
 
 from cutout.v1 import account_pb2 as cutout_dot_v1_dot_account__pb2
 from cutout.v1 import cutout_pb2 as cutout_dot_v1_dot_cutout__pb2
+from cutout.v1 import options_pb2 as cutout_dot_v1_dot_options__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -87,6 +88,21 @@ class CutoutStub:
                 request_serializer=cutout_dot_v1_dot_account__pb2.ChangePasswordRequest.SerializeToString,
                 response_deserializer=cutout_dot_v1_dot_account__pb2.ChangePasswordResponse.FromString,
                 _registered_method=True)
+        self.FetchResult = channel.unary_stream(
+                '/cutout.v1.Cutout/FetchResult',
+                request_serializer=cutout_dot_v1_dot_cutout__pb2.FetchResultRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_options__pb2.ResultChunk.FromString,
+                _registered_method=True)
+        self.ListResults = channel.unary_unary(
+                '/cutout.v1.Cutout/ListResults',
+                request_serializer=cutout_dot_v1_dot_cutout__pb2.ListResultsRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_cutout__pb2.ListResultsResponse.FromString,
+                _registered_method=True)
+        self.DeleteResult = channel.unary_unary(
+                '/cutout.v1.Cutout/DeleteResult',
+                request_serializer=cutout_dot_v1_dot_cutout__pb2.DeleteResultRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_cutout__pb2.DeleteResultResponse.FromString,
+                _registered_method=True)
 
 
 class CutoutServicer:
@@ -155,6 +171,26 @@ class CutoutServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchResult(self, request, context):
+        """Kept results (RemoveBackground with options.keep_result). With a token, anyone
+        holding it may fetch, no API key needed; with a result id, only its owner.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListResults(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteResult(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CutoutServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +243,21 @@ def add_CutoutServicer_to_server(servicer, server):
                     servicer.ChangePassword,
                     request_deserializer=cutout_dot_v1_dot_account__pb2.ChangePasswordRequest.FromString,
                     response_serializer=cutout_dot_v1_dot_account__pb2.ChangePasswordResponse.SerializeToString,
+            ),
+            'FetchResult': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchResult,
+                    request_deserializer=cutout_dot_v1_dot_cutout__pb2.FetchResultRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_options__pb2.ResultChunk.SerializeToString,
+            ),
+            'ListResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListResults,
+                    request_deserializer=cutout_dot_v1_dot_cutout__pb2.ListResultsRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_cutout__pb2.ListResultsResponse.SerializeToString,
+            ),
+            'DeleteResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteResult,
+                    request_deserializer=cutout_dot_v1_dot_cutout__pb2.DeleteResultRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_cutout__pb2.DeleteResultResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -481,6 +532,87 @@ class Cutout:
             '/cutout.v1.Cutout/ChangePassword',
             cutout_dot_v1_dot_account__pb2.ChangePasswordRequest.SerializeToString,
             cutout_dot_v1_dot_account__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cutout.v1.Cutout/FetchResult',
+            cutout_dot_v1_dot_cutout__pb2.FetchResultRequest.SerializeToString,
+            cutout_dot_v1_dot_options__pb2.ResultChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Cutout/ListResults',
+            cutout_dot_v1_dot_cutout__pb2.ListResultsRequest.SerializeToString,
+            cutout_dot_v1_dot_cutout__pb2.ListResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Cutout/DeleteResult',
+            cutout_dot_v1_dot_cutout__pb2.DeleteResultRequest.SerializeToString,
+            cutout_dot_v1_dot_cutout__pb2.DeleteResultResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,15 +13,25 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cutout.v1 import accounts_pb2, accounts_pb2_grpc, cutout_pb2, cutout_pb2_grpc, inference_pb2, inference_pb2_grpc
+from cutout.v1 import (
+    accounts_pb2,
+    accounts_pb2_grpc,
+    cutout_pb2,
+    cutout_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    options_pb2,
+    retention_pb2,
+    retention_pb2_grpc,
+)
 from services.common.channels import insecure_channel
-from services.common.errors import ServiceError, abort, relay
+from services.common.errors import relay
 from services.common.server import ServiceSpec
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
 from services.common.telemetry import meter
@@ -36,6 +46,8 @@ _credits = meter.create_counter(
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 ACCOUNTS_SERVICE = accounts_pb2.DESCRIPTOR.services_by_name["Accounts"].full_name
 ACCOUNTS_UNAVAILABLE = "the accounts service is unavailable; retry shortly"
+RETENTION_SERVICE = retention_pb2.DESCRIPTOR.services_by_name["Retention"].full_name
+RETENTION_UNAVAILABLE = "the retention service is unavailable; retry shortly"
 # Outcomes under which this call holds the credits and must commit or release them.
 OWNED = (accounts_pb2.RESERVE_OUTCOME_NEW, accounts_pb2.RESERVE_OUTCOME_DUPLICATE_RELEASED)
 
@@ -57,6 +69,8 @@ class Downstreams:
         self.accounts_channel = insecure_channel(settings.accounts_target)
         self.accounts = accounts_pb2_grpc.AccountsStub(self.accounts_channel)
         self.admin = cutout_pb2_grpc.AdminStub(self.accounts_channel)
+        self.retention_channel = insecure_channel(settings.retention_target, settings.max_message_bytes)
+        self.retention = retention_pb2_grpc.RetentionStub(self.retention_channel)
 
     def deadline(self, context: grpc.aio.ServicerContext, bound: float) -> float:
         """An outgoing call's timeout: our bound, or less if the caller has less left."""
@@ -79,11 +93,21 @@ class Downstreams:
         except grpc.aio.AioRpcError as error:
             await relay(context, error, ACCOUNTS_UNAVAILABLE)
 
+    async def retention_call(
+        self, context: grpc.aio.ServicerContext, method: Callable[..., Awaitable[Any]], request: object
+    ) -> Any:
+        """Calls retention; its errors become ours."""
+        try:
+            return await method(request, timeout=self.deadline(context, self.settings.retention_timeout_s))
+        except grpc.aio.AioRpcError as error:
+            await relay(context, error, RETENTION_UNAVAILABLE)
+
     async def ready(self) -> bool:
-        """SERVING only while inference and accounts both are."""
+        """SERVING only while inference, accounts and retention all are."""
         checks = await asyncio.gather(
             self._serving(self.inference_channel, INFERENCE_SERVICE),
             self._serving(self.accounts_channel, ACCOUNTS_SERVICE),
+            self._serving(self.retention_channel, RETENTION_SERVICE),
         )
         return all(checks)
 
@@ -99,6 +123,7 @@ class Downstreams:
     async def close(self) -> None:
         await self.inference_channel.close()
         await self.accounts_channel.close()
+        await self.retention_channel.close()
 
 
 def _forwarded(name: str, forward: tuple[str, ...], stub: str = "accounts") -> Callable[..., Awaitable[Any]]:
@@ -122,19 +147,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         self, request: cutout_pb2.RemoveBackgroundRequest, context: grpc.aio.ServicerContext
     ) -> cutout_pb2.RemoveBackgroundResponse:
         started = time.perf_counter()
-        api_key = dict(context.invocation_metadata() or ()).get(API_KEY_METADATA, "")
-        caller = await self.down.accounts_call(
-            context, self.down.accounts.Authenticate, accounts_pb2.AuthenticateRequest(api_key=api_key)
-        )
-        if request.options.keep_result:
-            await abort(
-                context,
-                ServiceError(
-                    grpc.StatusCode.UNIMPLEMENTED,
-                    "keeping results is not available on this deployment yet; leave options.keep_result unset",
-                    reason="KEEP_NOT_AVAILABLE",
-                ),
-            )
+        caller = await self._authenticate(context)
         reserve = accounts_pb2.ReserveRequest(
             account_id=caller.account_id,
             # Without a key from the caller the request cannot be retried safely, so it gets its own.
@@ -158,6 +171,10 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             except grpc.aio.AioRpcError as error:
                 log.info("RemoveBackground failed downstream: %s (not charged)", error.code().name)
                 await relay(context, error, "the inference service is unavailable; retry shortly")
+            # Keeping is part of what is charged: if it fails, the request fails uncharged.
+            kept = None
+            if request.options.keep_result:
+                kept = await self._keep(context, caller, segmented.result, request.options)
             if owned:
                 committed = await self._commit(settle)
         finally:
@@ -166,7 +183,90 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
                 await self._release(settle)
         timings = segmented.timings
         timings.total_ms = (time.perf_counter() - started) * 1000
-        return cutout_pb2.RemoveBackgroundResponse(result=segmented.result, timings=timings)
+        return cutout_pb2.RemoveBackgroundResponse(result=segmented.result, timings=timings, kept=kept)
+
+    async def _keep(
+        self,
+        context: grpc.aio.ServicerContext,
+        caller: accounts_pb2.AuthenticateResponse,
+        result: options_pb2.CutoutImage,
+        options: options_pb2.RemoveBackgroundOptions,
+    ) -> options_pb2.KeptResult:
+        header = retention_pb2.StoreHeader(
+            account_id=caller.account_id,
+            plan=caller.plan,
+            media_type=result.media_type,
+            width=result.width,
+            height=result.height,
+            ttl=options.keep_ttl if options.HasField("keep_ttl") else None,
+        )
+        size = self.settings.retention_chunk_bytes
+        data = memoryview(result.image)
+
+        def chunks() -> Iterator[retention_pb2.StoreChunk]:
+            yield retention_pb2.StoreChunk(header=header, data=bytes(data[:size]))
+            for start in range(size, len(data), size):
+                yield retention_pb2.StoreChunk(data=bytes(data[start : start + size]))
+
+        try:
+            stored = await self.down.retention.Store(
+                chunks(), timeout=self.down.deadline(context, self.settings.retention_timeout_s)
+            )
+        except grpc.aio.AioRpcError as error:
+            log.info("keeping a result failed: %s (not charged)", error.code().name)
+            await relay(
+                context, error, "the result could not be kept (retention unavailable); nothing was charged, retry"
+            )
+        return stored.result
+
+    async def FetchResult(
+        self, request: cutout_pb2.FetchResultRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[options_pb2.ResultChunk]:
+        if request.WhichOneof("result") == "token":
+            # The token is the capability: no API key needed, none looked at.
+            call = self.down.retention.FetchByToken(
+                retention_pb2.FetchByTokenRequest(token=request.token),
+                timeout=self.down.deadline(context, self.settings.retention_timeout_s),
+            )
+        else:
+            caller = await self._authenticate(context)
+            call = self.down.retention.FetchOwned(
+                retention_pb2.OwnedResultRequest(account_id=caller.account_id, result_id=request.result_id),
+                timeout=self.down.deadline(context, self.settings.retention_timeout_s),
+            )
+        try:
+            async for chunk in call:
+                yield chunk
+        except grpc.aio.AioRpcError as error:
+            await relay(context, error, RETENTION_UNAVAILABLE)
+
+    async def ListResults(
+        self, request: cutout_pb2.ListResultsRequest, context: grpc.aio.ServicerContext
+    ) -> cutout_pb2.ListResultsResponse:
+        caller = await self._authenticate(context)
+        listed = await self.down.retention_call(
+            context,
+            self.down.retention.ListOwned,
+            retention_pb2.ListOwnedRequest(account_id=caller.account_id, limit=request.limit),
+        )
+        return cutout_pb2.ListResultsResponse(results=listed.results)
+
+    async def DeleteResult(
+        self, request: cutout_pb2.DeleteResultRequest, context: grpc.aio.ServicerContext
+    ) -> cutout_pb2.DeleteResultResponse:
+        caller = await self._authenticate(context)
+        await self.down.retention_call(
+            context,
+            self.down.retention.DeleteOwned,
+            retention_pb2.OwnedResultRequest(account_id=caller.account_id, result_id=request.result_id),
+        )
+        return cutout_pb2.DeleteResultResponse()
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> accounts_pb2.AuthenticateResponse:
+        api_key = dict(context.invocation_metadata() or ()).get(API_KEY_METADATA, "")
+        return await self.down.accounts_call(
+            context, self.down.accounts.Authenticate, accounts_pb2.AuthenticateRequest(api_key=api_key)
+        )
 
     async def _commit(self, settle: accounts_pb2.SettleRequest) -> bool:
         try:

@@ -13,10 +13,14 @@ class GatewaySettings(ServiceSettings):
     port: int = 50051
     inference_target: str = "127.0.0.1:50052"
     accounts_target: str = "127.0.0.1:50053"
+    retention_target: str = "127.0.0.1:50054"
     # Upper bound for one inference call; a caller's shorter deadline wins.
     inference_timeout_s: float = 120.0
     # Upper bound for one call to accounts (authenticate, reserve, commit, ...).
     accounts_timeout_s: float = 10.0
+    # Upper bound for storing or fetching one kept result.
+    retention_timeout_s: float = 60.0
+    retention_chunk_bytes: int = 1024 * 1024
     health_check_timeout_s: float = 2.0
     # Credits one RemoveBackground costs.
     price_per_image: int = 1
