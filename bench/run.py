@@ -34,8 +34,9 @@ from bench.floor import FloorResult, measure_floor
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.assets import ASTRONAUT
 from services.common.channels import channel_options
+from services.common.settings import API_KEY_METADATA
 from services.inference.model import DEFAULT_MODEL_NAME, fetch_default_model
-from services.mesh import ROOT, Mesh
+from services.mesh import ROOT, Mesh, demo_account
 
 RESULTS = ROOT / "bench" / "results"
 README = ROOT / "README.md"
@@ -46,6 +47,8 @@ FORMATS = {
     "mask": options_pb2.OUTPUT_FORMAT_MASK,
 }
 CONCURRENCY = (1, 4, 16)
+ROLES = ("gateway", "accounts", "inference", "triton", "retention")
+BENCH_CREDITS = 5000  # more than a full run spends (warm-ups included)
 
 
 def photos(data_dir: Path) -> dict[str, bytes]:
@@ -127,7 +130,9 @@ class CaseResult:
     p50_minus_floor_ms: float
 
 
-async def drive(target: str, photo: bytes, output_format: int, concurrency: int, requests: int) -> list[float]:
+async def drive(
+    target: str, api_key: str, photo: bytes, output_format: int, concurrency: int, requests: int
+) -> list[float]:
     """`requests` calls, `concurrency` at a time; returns each latency in ms."""
     request = cutout_pb2.RemoveBackgroundRequest(
         image=photo, options=options_pb2.RemoveBackgroundOptions(format=output_format)
@@ -142,7 +147,7 @@ async def drive(target: str, photo: bytes, output_format: int, concurrency: int,
             while remaining > 0:
                 remaining -= 1
                 started = time.perf_counter()
-                await stub.RemoveBackground(request, timeout=300)
+                await stub.RemoveBackground(request, metadata=[(API_KEY_METADATA, api_key)], timeout=300)
                 latencies.append((time.perf_counter() - started) * 1000)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -155,6 +160,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def run_case(
     mesh: Mesh,
+    api_key: str,
     watch: ProcessWatch,
     size: str,
     output: str,
@@ -163,11 +169,11 @@ def run_case(
     requests: int,
     floor: FloorResult,
 ) -> CaseResult:
-    asyncio.run(drive(mesh.gateway.address, photo, FORMATS[output], concurrency, min(concurrency, 4)))  # warm-up
+    asyncio.run(drive(mesh.gateway.address, api_key, photo, FORMATS[output], concurrency, min(concurrency, 4)))
     inferences_before, executions_before = triton_counts(mesh.triton.url)  # type: ignore[union-attr]
     watch.start()
     started = time.perf_counter()
-    latencies = asyncio.run(drive(mesh.gateway.address, photo, FORMATS[output], concurrency, requests))
+    latencies = asyncio.run(drive(mesh.gateway.address, api_key, photo, FORMATS[output], concurrency, requests))
     elapsed = time.perf_counter() - started
     cpu, peak = watch.stop()
     inferences_after, executions_after = triton_counts(mesh.triton.url)  # type: ignore[union-attr]
@@ -224,7 +230,7 @@ def markdown(results: list[CaseResult], info: dict[str, object]) -> str:
         f"Triton {info['triton']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".",  # type: ignore[union-attr]
         "",
         "| photo | output | conc. | img/s | x floor | p50 ms | p50 - floor | p95 ms | p99 ms | batch "
-        "| CPU s/img gateway / inference / triton | peak RSS MiB gateway / inference / triton |",
+        f"| CPU s/img {' / '.join(ROLES)} | peak RSS MiB {' / '.join(ROLES)} |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in results:
@@ -232,8 +238,8 @@ def markdown(results: list[CaseResult], info: dict[str, object]) -> str:
         lines.append(
             f"| {r.size} | {r.output} | {r.concurrency} | {r.images_per_s:.1f} | {r.throughput_vs_floor:.2f} "
             f"| {r.p50_ms:.0f} | {r.p50_minus_floor_ms:+.0f} | {r.p95_ms:.0f} | {r.p99_ms:.0f} | {r.mean_batch:.1f} "
-            f"| {cpu['gateway']:.3f} / {cpu['inference']:.3f} / {cpu['triton']:.3f} "
-            f"| {rss['gateway']:.0f} / {rss['inference']:.0f} / {rss['triton']:.0f} |"
+            f"| {' / '.join(f'{cpu[role]:.3f}' for role in ROLES)} "
+            f"| {' / '.join(f'{rss[role]:.0f}' for role in ROLES)} |"
         )
     floors = {(r.size, r.output): (r.floor_images_per_s, r.floor_p50_ms) for r in results}
     lines += [
@@ -282,6 +288,7 @@ def main() -> int:
     mesh.start()
     results = []
     try:
+        api_key = demo_account(mesh.gateway.address, mesh.admin_token, data_dir, credits=BENCH_CREDITS)
         watch = ProcessWatch(mesh)
         for size in sizes:
             for output in outputs:
@@ -292,7 +299,7 @@ def main() -> int:
                         else (24 if size == "1MP" else 6)
                     )
                     result = run_case(
-                        mesh, watch, size, output, concurrency, sources[size], requests, floors[size, output]
+                        mesh, api_key, watch, size, output, concurrency, sources[size], requests, floors[size, output]
                     )
                     results.append(result)
                     print(

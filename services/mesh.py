@@ -270,8 +270,8 @@ class Mesh:
 DEMO_CREDITS = 100
 
 
-def demo_account(gateway: str, admin_token: str, data_dir: Path) -> str:
-    """A demo account topped up to DEMO_CREDITS; returns a new API key for it.
+def demo_account(gateway: str, admin_token: str, data_dir: Path, credits: int = DEMO_CREDITS) -> str:
+    """A demo account topped up to `credits`; returns a new API key for it.
 
     Its e-mail and password are kept in a private file under data_dir, so later runs
     log in to the same account; the previous demo keys are revoked.
@@ -300,7 +300,7 @@ def demo_account(gateway: str, admin_token: str, data_dir: Path) -> str:
         admin = cutout_pb2_grpc.AdminStub(client.channel)
         metadata = [(ADMIN_TOKEN_METADATA, admin_token)]
         looked_up = admin.LookupAccount(account_pb2.LookupAccountRequest(email=login["email"]), metadata=metadata)
-        missing = DEMO_CREDITS - looked_up.balance.available
+        missing = credits - looked_up.balance.available
         if missing > 0:
             admin.GrantCredits(
                 account_pb2.GrantCreditsRequest(account_id=looked_up.profile.account_id, amount=missing),

@@ -148,14 +148,27 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
     ) -> cutout_pb2.RemoveBackgroundResponse:
         started = time.perf_counter()
         caller = await self._authenticate(context)
-        reserve = accounts_pb2.ReserveRequest(
-            account_id=caller.account_id,
-            # Without a key from the caller the request cannot be retried safely, so it gets its own.
-            idempotency_key=request.idempotency_key or secrets.token_urlsafe(18),
-            amount=self.settings.price_per_image,
-            request_hash=await asyncio.to_thread(request_hash, request),
+        # The image goes to inference while the credits are reserved: the reservation's
+        # round trip stays off the latency. If reserving fails (no credits), the
+        # inference is cancelled; nothing is returned or charged without a reservation.
+        segmenting = asyncio.ensure_future(
+            self.down.inference.Segment(
+                inference_pb2.SegmentRequest(image=request.image, options=request.options),
+                timeout=self.down.deadline(context, self.settings.inference_timeout_s),
+            )
         )
-        reserved = await self.down.accounts_call(context, self.down.accounts.Reserve, reserve)
+        try:
+            reserve = accounts_pb2.ReserveRequest(
+                account_id=caller.account_id,
+                # Without a key from the caller the request cannot be retried safely, so it gets its own.
+                idempotency_key=request.idempotency_key or secrets.token_urlsafe(18),
+                amount=self.settings.price_per_image,
+                request_hash=await asyncio.to_thread(request_hash, request),
+            )
+            reserved = await self.down.accounts_call(context, self.down.accounts.Reserve, reserve)
+        except BaseException:
+            segmenting.cancel()
+            raise
         settle = accounts_pb2.SettleRequest(account_id=caller.account_id, reservation_id=reserved.reservation_id)
         # DUPLICATE_HELD/COMMITTED: the key is charged by another call; serve again, charge nothing.
         owned = reserved.outcome in OWNED
@@ -164,10 +177,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         committed = False
         try:
             try:
-                segmented = await self.down.inference.Segment(
-                    inference_pb2.SegmentRequest(image=request.image, options=request.options),
-                    timeout=self.down.deadline(context, self.settings.inference_timeout_s),
-                )
+                segmented = await segmenting
             except grpc.aio.AioRpcError as error:
                 log.info("RemoveBackground failed downstream: %s (not charged)", error.code().name)
                 await relay(context, error, "the inference service is unavailable; retry shortly")
