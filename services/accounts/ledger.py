@@ -31,6 +31,7 @@ from sqlmodel import Session, col, select
 
 from services.accounts.models import Account, CreditGrant, LedgerEntry, Reservation, ReservationAllocation
 from services.common.errors import ServiceError
+from services.common.sql import aware
 
 HELD, COMMITTED, RELEASED = "held", "committed", "released"
 GRANT_SOURCES = ("signup", "purchase", "admin")
@@ -185,9 +186,15 @@ class Ledger:
             return Reserved(reservation.id, outcome)
 
     def commit(self, account_id: str, reservation_id: str) -> str:
+        # On the latency path of every removal, so it settles only what it touches:
+        # its own hold, if that lapsed (committing never changes what grants hold).
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            now = self._lock_and_settle(session, account_id)
+            self._lock(session, account_id)
+            now = self.clock()
             reservation = self._reservation(session, account_id, reservation_id)
+            if reservation.state == HELD and aware(reservation.hold_expires_at) <= now:
+                self._release(session, reservation, now)
+                self._expire_grants(session, account_id, now)
             if reservation.state == RELEASED:
                 raise ServiceError(
                     grpc.StatusCode.FAILED_PRECONDITION,
@@ -257,10 +264,14 @@ class Ledger:
 
     # -- inside a transaction -------------------------------------------------------
 
-    def _lock_and_settle(self, session: Session, account_id: str) -> datetime:
+    def _lock(self, session: Session, account_id: str) -> None:
+        """Serialises this account's ledger transactions (row lock on PostgreSQL; SQLite locks at BEGIN)."""
         account = session.exec(select(Account).where(Account.id == account_id).with_for_update()).first()
         if account is None:
             raise ServiceError(grpc.StatusCode.NOT_FOUND, "no such account", reason="ACCOUNT_NOT_FOUND")
+
+    def _lock_and_settle(self, session: Session, account_id: str) -> datetime:
+        self._lock(session, account_id)
         now = self.clock()
         for reservation in session.exec(
             select(Reservation).where(
