@@ -27,7 +27,6 @@ from pathlib import Path
 
 import grpc
 import psutil
-import tritonclient.grpc as triton_grpc
 from PIL import Image
 
 from bench.floor import FloorResult, measure_floor
@@ -36,6 +35,7 @@ from services.common.assets import ASTRONAUT
 from services.common.channels import channel_options
 from services.common.settings import API_KEY_METADATA
 from services.inference.model import DEFAULT_MODEL_NAME, fetch_default_model
+from services.inference.triton_local import model_counts
 from services.mesh import ROOT, Mesh, demo_account
 
 RESULTS = ROOT / "bench" / "results"
@@ -102,15 +102,6 @@ def _peak_rss_mib(process: psutil.Process) -> float:
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
 
 
-def triton_counts(url: str) -> tuple[int, int]:
-    client = triton_grpc.InferenceServerClient(url)
-    try:
-        stats = client.get_inference_statistics(DEFAULT_MODEL_NAME, as_json=True)["model_stats"][0]
-    finally:
-        client.close()
-    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
-
-
 @dataclass
 class CaseResult:
     size: str
@@ -170,13 +161,13 @@ def run_case(
     floor: FloorResult,
 ) -> CaseResult:
     asyncio.run(drive(mesh.gateway.address, api_key, photo, FORMATS[output], concurrency, min(concurrency, 4)))
-    inferences_before, executions_before = triton_counts(mesh.triton.url)  # type: ignore[union-attr]
+    inferences_before, executions_before = model_counts(mesh.triton.url, DEFAULT_MODEL_NAME)  # type: ignore[union-attr]
     watch.start()
     started = time.perf_counter()
     latencies = asyncio.run(drive(mesh.gateway.address, api_key, photo, FORMATS[output], concurrency, requests))
     elapsed = time.perf_counter() - started
     cpu, peak = watch.stop()
-    inferences_after, executions_after = triton_counts(mesh.triton.url)  # type: ignore[union-attr]
+    inferences_after, executions_after = model_counts(mesh.triton.url, DEFAULT_MODEL_NAME)  # type: ignore[union-attr]
     images_per_s = requests / elapsed
     p50 = percentile(latencies, 50)
     floor_p50 = percentile(floor.latencies_ms, 50)

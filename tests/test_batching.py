@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import tritonclient.grpc as triton_grpc
-
 from cutout.v1 import cutout_pb2
 from services.inference.model import DEFAULT_MODEL_NAME
-
-
-def model_counts(url: str) -> tuple[int, int]:
-    client = triton_grpc.InferenceServerClient(url)
-    try:
-        stats = client.get_inference_statistics(DEFAULT_MODEL_NAME, as_json=True)["model_stats"][0]
-    finally:
-        client.close()
-    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+from services.inference.triton_local import model_counts
 
 
 def test_sixteen_requests_at_once_take_fewer_than_sixteen_model_executions(mesh, gateway, astronaut_png):
-    inferences_before, executions_before = model_counts(mesh.triton.url)
+    inferences_before, executions_before = model_counts(mesh.triton.url, DEFAULT_MODEL_NAME)
     request = cutout_pb2.RemoveBackgroundRequest(image=astronaut_png)
     calls = [gateway.RemoveBackground.future(request, timeout=120) for _ in range(16)]
     responses = [call.result() for call in calls]
-    inferences_after, executions_after = model_counts(mesh.triton.url)
+    inferences_after, executions_after = model_counts(mesh.triton.url, DEFAULT_MODEL_NAME)
 
     assert inferences_after - inferences_before == 16
     executions = executions_after - executions_before

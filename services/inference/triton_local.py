@@ -40,6 +40,16 @@ def _python_backend_dir(work_dir: Path) -> Path:
     return backends
 
 
+def model_counts(url: str, model_name: str) -> tuple[int, int]:
+    """(inferences, executions) of a model from Triton's own statistics: their ratio is the mean batch."""
+    client = triton_grpc.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(model_name, as_json=True)["model_stats"][0]
+    finally:
+        client.close()
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
 @dataclass
 class LocalTriton:
     grpc_port: int

@@ -1,19 +1,6 @@
-"""Alembic environment: the engine comes from services.common.sql.migrate (no alembic.ini)."""
+"""Alembic environment of retention: the shared one, with its tables registered."""
 
-from __future__ import annotations
-
-from alembic import context
-from sqlmodel import SQLModel
-
+from services.common.migrations_env import run_migrations
 from services.retention import models  # noqa: F401  (registers the tables on the metadata)
 
-engine = context.config.attributes["engine"]
-with engine.connect() as connection:
-    context.configure(
-        connection=connection,
-        target_metadata=SQLModel.metadata,
-        version_table=context.config.attributes["version_table"],
-        render_as_batch=True,
-    )
-    with context.begin_transaction():
-        context.run_migrations()
+run_migrations()
