@@ -330,7 +330,7 @@ def main() -> int:
     fetch_default_model()
     port = int(os.environ.get("CUTOUT_GATEWAY_PORT", "50051"))
     mesh = Mesh(gateway_port=port)
-    print("starting Triton, inference, accounts and gateway ...", flush=True)
+    print("starting Triton, inference, accounts, retention and gateway ...", flush=True)
     mesh.start()
     stop = False
 
