@@ -168,6 +168,8 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             reserved = await self.down.accounts_call(context, self.down.accounts.Reserve, reserve)
         except BaseException:
             segmenting.cancel()
+            # Its outcome no longer matters; retrieving it keeps asyncio from logging it.
+            segmenting.add_done_callback(lambda done: done.cancelled() or done.exception())
             raise
         settle = accounts_pb2.SettleRequest(account_id=caller.account_id, reservation_id=reserved.reservation_id)
         # DUPLICATE_HELD/COMMITTED: the key is charged by another call; serve again, charge nothing.
