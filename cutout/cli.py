@@ -3,7 +3,8 @@
 cutout signup --email me@example.com [--region eu] [--save]   # account + first API key
 cutout keys create|list|revoke ID
 cutout balance [--ledger 20]
-cutout remove photo.jpg -o photo.png [--format webp] [--background '#1e90ff'] [--crop --margin 24]
+cutout remove photo.jpg -o photo.png [--format webp] [--background '#1e90ff'] [--crop --margin 24] [--keep]
+cutout results list|fetch (ID | --token TOKEN) -o FILE|delete ID
 
 The API key comes from CUTOUT_API_KEY or the config file (~/.config/cutout/config.toml).
 """
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     remove.add_argument("--background", default="", help="CSS colour for jpeg and png-on-color (default white)")
     remove.add_argument("--crop", action="store_true", help="crop to the subject")
+    remove.add_argument("--keep", action="store_true", help="also keep the result, encrypted, to fetch later")
+    remove.add_argument("--keep-hours", type=float, default=0, help="with --keep: expire sooner than 30 days")
     remove.add_argument("--margin", type=int, default=0, help="pixels kept around the subject with --crop")
     remove.add_argument("--max-width", type=int, default=0, help="scale down to at most this width")
     remove.add_argument("--max-height", type=int, default=0, help="scale down to at most this height")
@@ -73,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     balance = commands.add_parser("balance", help="show your credits")
     balance.add_argument("--ledger", type=int, default=0, metavar="N", help="also show the last N ledger entries")
+    results = commands.add_parser("results", help="results kept with --keep").add_subparsers(
+        dest="results_command", required=True
+    )
+    results.add_parser("list", help="your kept results")
+    fetch = results.add_parser("fetch", help="download a kept result")
+    fetch.add_argument("id", nargs="?", default="", help="its id (as the owner)")
+    fetch.add_argument("--token", default="", help="or its token (anyone holding it; no API key needed)")
+    fetch.add_argument("-o", "--output", type=Path, required=True)
+    delete = results.add_parser("delete", help="delete a kept result now")
+    delete.add_argument("id")
     return parser
 
 
@@ -179,7 +192,10 @@ def remove(args: argparse.Namespace) -> int:
         max_height=args.max_height,
         quality=args.quality,
         compression_effort=args.effort,
+        keep_result=args.keep,
     )
+    if args.keep_hours:
+        options.keep_ttl.FromSeconds(round(args.keep_hours * 3600))
     output = args.output or args.input.with_name(f"{args.input.stem}-cutout{extension}")
     with CutoutClient(args.gateway) as client:
         response = client.remove_background(args.input.read_bytes(), options, timeout_s=args.timeout)
@@ -189,6 +205,28 @@ def remove(args: argparse.Namespace) -> int:
         f"{output}: {result.width}x{result.height} {result.media_type}, "
         f"{result.foreground_fraction:.0%} kept, {timings.total_ms:.0f} ms"
     )
+    if response.HasField("kept"):
+        kept = response.kept
+        print(f"kept as {kept.result_id} until {_when(kept.expires_at)}; token (shown once): {kept.token}")
+    return 0
+
+
+def results(args: argparse.Namespace) -> int:
+    with CutoutClient(args.gateway) as client:
+        if args.results_command == "list":
+            for kept in client.list_results().results:
+                size = f"{kept.width}x{kept.height}"
+                print(f"{kept.result_id}  {kept.media_type:10} {size:>11}  expires {_when(kept.expires_at)}")
+        elif args.results_command == "fetch":
+            if not (args.id or args.token):
+                print("cutout: give the result's id or --token", file=sys.stderr)
+                return 2
+            kept, data = client.fetch_result(token=args.token, result_id=args.id)
+            args.output.write_bytes(data)
+            print(f"{args.output}: {kept.width}x{kept.height} {kept.media_type}, expires {_when(kept.expires_at)}")
+        else:
+            client.delete_result(args.id)
+            print(f"deleted {args.id}")
     return 0
 
 
@@ -203,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             return keys(args)
         if args.command == "balance":
             return balance(args)
+        if args.command == "results":
+            return results(args)
     except grpc.RpcError as error:
         print(f"cutout: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
         return 1

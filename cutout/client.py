@@ -70,6 +70,22 @@ class CutoutClient:
         request = cutout_pb2.RemoveBackgroundRequest(image=image, options=options, idempotency_key=idempotency_key)
         return self._stub.RemoveBackground(request, timeout=timeout_s, metadata=self._metadata())
 
+    def fetch_result(self, *, token: str = "", result_id: str = "") -> tuple[options_pb2.KeptResult, bytes]:
+        """A kept result: by token (no API key needed) or by id as its owner."""
+        request = (
+            cutout_pb2.FetchResultRequest(token=token) if token else cutout_pb2.FetchResultRequest(result_id=result_id)
+        )
+        chunks = list(self._stub.FetchResult(request, timeout=120, metadata=self._metadata()))
+        return chunks[0].result, b"".join(chunk.data for chunk in chunks)
+
+    def list_results(self, limit: int = 100) -> cutout_pb2.ListResultsResponse:
+        return self._stub.ListResults(cutout_pb2.ListResultsRequest(limit=limit), timeout=30, metadata=self._metadata())
+
+    def delete_result(self, result_id: str) -> None:
+        self._stub.DeleteResult(
+            cutout_pb2.DeleteResultRequest(result_id=result_id), timeout=30, metadata=self._metadata()
+        )
+
     def sign_up(
         self,
         email: str,

@@ -105,3 +105,25 @@ def test_signup_save_balance_keys_and_remove_with_the_key_from_the_config_file(m
     again = cutout("keys", "create", "--email", email, "--password-stdin", "--save", stdin=password + "\n")
     assert again.returncode == 0, again.stderr
     assert cutout("balance").returncode == 0
+
+
+def test_keep_then_list_fetch_by_id_and_by_token_then_delete(mesh, funded_account, tmp_path, astronaut_png):
+    photo = tmp_path / "me.png"
+    photo.write_bytes(astronaut_png)
+
+    def cli(*args: str, key: str = funded_account.api_key) -> subprocess.CompletedProcess[str]:
+        return run_cli(mesh, *args, api_key=key)
+
+    kept = cli("remove", str(photo), "-o", str(tmp_path / "out.png"), "--keep", "--keep-hours", "2")
+    assert kept.returncode == 0, kept.stderr
+    words = kept.stdout.split()
+    result_id, token = words[words.index("as") + 1], words[-1]
+    assert result_id in cli("results", "list").stdout
+    assert cli("results", "fetch", result_id, "-o", str(tmp_path / "by-id.png")).returncode == 0
+    by_token = cli("results", "fetch", "--token", token, "-o", str(tmp_path / "by-token.png"), key="")
+    assert by_token.returncode == 0, by_token.stderr
+    original = (tmp_path / "out.png").read_bytes()
+    assert (tmp_path / "by-id.png").read_bytes() == original == (tmp_path / "by-token.png").read_bytes()
+    assert cli("results", "delete", result_id).returncode == 0
+    gone = cli("results", "fetch", "--token", token, "-o", str(tmp_path / "x.png"), key="")
+    assert gone.returncode == 1 and "NOT_FOUND" in gone.stderr
