@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -72,7 +72,6 @@ class ServiceSpec:
     # Runs after the server has stopped: close channels, flush, ...
     close: Callable[[], Awaitable[None]] = _nothing
     jobs: Sequence[PeriodicJob] = ()
-    extra_options: list[tuple[str, object]] = field(default_factory=list)
 
 
 def grpc_message_options(settings: ServiceSettings) -> list[tuple[str, int]]:
@@ -146,7 +145,7 @@ async def start_service(
 ) -> RunningService:
     server = grpc.aio.server(
         interceptors=list(interceptors),
-        options=[*grpc_message_options(settings), *CONNECTION_AGE_OPTIONS, *spec.extra_options],
+        options=[*grpc_message_options(settings), *CONNECTION_AGE_OPTIONS],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     spec.register(server)

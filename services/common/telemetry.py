@@ -80,7 +80,6 @@ def _exporter_choice(signal: str) -> str:
 
 def setup_telemetry(service: str, region: str) -> Telemetry:
     """Installs the SDK if any export is configured. Call before any server or channel exists."""
-    logging_format_ready()
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return Telemetry()
     traces, metrics_choice = _exporter_choice("TRACES"), _exporter_choice("METRICS")

@@ -31,6 +31,7 @@ from cutout.v1 import (
     retention_pb2_grpc,
 )
 from services.common.channels import insecure_channel
+from services.common.chunks import pieces
 from services.common.errors import relay
 from services.common.server import ServiceSpec
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
@@ -60,7 +61,7 @@ def request_hash(request: cutout_pb2.RemoveBackgroundRequest) -> str:
 
 
 class Downstreams:
-    """Channels to inference and accounts, shared by both public servicers."""
+    """Channels to inference, accounts and retention, shared by both public servicers."""
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
@@ -86,21 +87,29 @@ class Downstreams:
     ) -> Any:
         """Calls accounts, forwarding the named metadata entries; its errors become ours."""
         metadata = [(key, value) for key, value in context.invocation_metadata() or () if key in forward]
-        try:
-            return await method(
-                request, metadata=metadata, timeout=self.deadline(context, self.settings.accounts_timeout_s)
-            )
-        except grpc.aio.AioRpcError as error:
-            await relay(context, error, ACCOUNTS_UNAVAILABLE)
+        return await self._call(
+            context, method, request, self.settings.accounts_timeout_s, ACCOUNTS_UNAVAILABLE, metadata
+        )
 
     async def retention_call(
         self, context: grpc.aio.ServicerContext, method: Callable[..., Awaitable[Any]], request: object
     ) -> Any:
         """Calls retention; its errors become ours."""
+        return await self._call(context, method, request, self.settings.retention_timeout_s, RETENTION_UNAVAILABLE)
+
+    async def _call(
+        self,
+        context: grpc.aio.ServicerContext,
+        method: Callable[..., Awaitable[Any]],
+        request: object,
+        bound_s: float,
+        unavailable: str,
+        metadata: list[tuple[str, str]] | None = None,
+    ) -> Any:
         try:
-            return await method(request, timeout=self.deadline(context, self.settings.retention_timeout_s))
+            return await method(request, metadata=metadata or [], timeout=self.deadline(context, bound_s))
         except grpc.aio.AioRpcError as error:
-            await relay(context, error, RETENTION_UNAVAILABLE)
+            await relay(context, error, unavailable)
 
     async def ready(self) -> bool:
         """SERVING only while inference, accounts and retention all are."""
@@ -212,13 +221,12 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             height=result.height,
             ttl=options.keep_ttl if options.HasField("keep_ttl") else None,
         )
-        size = self.settings.retention_chunk_bytes
-        data = memoryview(result.image)
 
         def chunks() -> Iterator[retention_pb2.StoreChunk]:
-            yield retention_pb2.StoreChunk(header=header, data=bytes(data[:size]))
-            for start in range(size, len(data), size):
-                yield retention_pb2.StoreChunk(data=bytes(data[start : start + size]))
+            first: retention_pb2.StoreHeader | None = header
+            for piece in pieces(result.image, self.settings.retention_chunk_bytes):
+                yield retention_pb2.StoreChunk(header=first, data=piece)
+                first = None
 
         try:
             stored = await self.down.retention.Store(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from cutout.v1 import options_pb2, retention_pb2, retention_pb2_grpc
+from services.common.chunks import pieces
 from services.common.errors import ServiceError, abort, invalid_argument
 from services.common.server import PeriodicJob, ServiceSpec
 from services.common.sql import aware, database_ready, make_engine, migrate
@@ -110,29 +111,27 @@ class RetentionServicer(retention_pb2_grpc.RetentionServicer):
     async def FetchByToken(
         self, request: retention_pb2.FetchByTokenRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[options_pb2.ResultChunk]:
-        try:
-            fetched = await asyncio.to_thread(self.store.fetch_by_token, request.token)
-        except ServiceError as error:
-            await abort(context, error)
-        for chunk in self._chunks(fetched):
+        async for chunk in self._send(context, self.store.fetch_by_token, request.token):
             yield chunk
 
     async def FetchOwned(
         self, request: retention_pb2.OwnedResultRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[options_pb2.ResultChunk]:
-        try:
-            fetched = await asyncio.to_thread(self.store.fetch_owned, request.account_id, request.result_id)
-        except ServiceError as error:
-            await abort(context, error)
-        for chunk in self._chunks(fetched):
+        async for chunk in self._send(context, self.store.fetch_owned, request.account_id, request.result_id):
             yield chunk
 
-    def _chunks(self, fetched: Fetched) -> list[options_pb2.ResultChunk]:
-        size = self.settings.chunk_bytes
-        data = memoryview(fetched.data)
-        chunks = [options_pb2.ResultChunk(result=_described(fetched.result), data=bytes(data[:size]))]
-        chunks += [options_pb2.ResultChunk(data=bytes(data[i : i + size])) for i in range(size, len(data), size)]
-        return chunks
+    async def _send(
+        self, context: grpc.aio.ServicerContext, fetch: Callable[..., Fetched], *args: str
+    ) -> AsyncIterator[options_pb2.ResultChunk]:
+        """A fetched result as a stream: the first chunk describes it."""
+        try:
+            fetched = await asyncio.to_thread(fetch, *args)
+        except ServiceError as error:
+            await abort(context, error)
+        described: options_pb2.KeptResult | None = _described(fetched.result)
+        for piece in pieces(fetched.data, self.settings.chunk_bytes):
+            yield options_pb2.ResultChunk(result=described, data=piece)
+            described = None
 
     async def ListOwned(
         self, request: retention_pb2.ListOwnedRequest, context: grpc.aio.ServicerContext
