@@ -80,7 +80,7 @@ class ServiceProcess:
         with grpc.insecure_channel(self.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
-                self._check_alive()
+                self.check_alive()
                 try:
                     if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == (
                         health_pb2.HealthCheckResponse.SERVING
@@ -104,7 +104,7 @@ class ServiceProcess:
                 self.process.wait()
         return self.process.returncode
 
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
 
@@ -198,21 +198,24 @@ class Mesh:
     def run_dir(self) -> Path:
         return self.data_dir / "run"
 
+    def service(self, name: str) -> ServiceProcess:
+        return next(service for service in self.services if service.name == name)
+
     @property
     def gateway(self) -> ServiceProcess:
-        return self.services[-1]
+        return self.service("gateway")
 
     @property
     def inference(self) -> ServiceProcess:
-        return self.services[0]
+        return self.service("inference")
 
     @property
     def accounts(self) -> ServiceProcess:
-        return next(service for service in self.services if service.name == "accounts")
+        return self.service("accounts")
 
     @property
     def retention(self) -> ServiceProcess:
-        return next(service for service in self.services if service.name == "retention")
+        return self.service("retention")
 
     @property
     def sqlite_path(self) -> Path:
@@ -350,7 +353,7 @@ def main() -> int:
         print(f"logs in {mesh.run_dir}; Ctrl-C stops everything", flush=True)
         while not stop:
             for service in mesh.services:
-                service._check_alive()
+                service.check_alive()
             time.sleep(0.5)
     finally:
         print("stopping ...", flush=True)

@@ -75,7 +75,7 @@ def test_store_fetch_list_delete_over_grpc(retention, astronaut):
     data = encode(astronaut.convert("RGBA"), "PNG")
     retention_stub = stub(retention)
     kept = retention_stub.Store(chunks("acct-a", data), timeout=30).result
-    assert kept.token and kept.size == len(data)
+    assert kept.token.startswith("crt_") and kept.size == len(data)  # never starts with "-", a CLI flag
     assert (kept.expires_at.ToDatetime() - kept.created_at.ToDatetime()).days == 30
 
     first, body = fetched(retention_stub.FetchByToken(retention_pb2.FetchByTokenRequest(token=kept.token), timeout=30))

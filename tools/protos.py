@@ -13,6 +13,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from google.rpc import status_pb2
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,11 +26,13 @@ def generate(out_root: Path) -> list[Path]:
     """Writes the generated modules under out_root/cutout/v1 and returns their paths."""
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
     well_known = resources.files("grpc_tools") / "_proto"
+    googleapis = Path(status_pb2.__file__).parents[2]  # google/rpc/status.proto, from googleapis-common-protos
     (out_root / PACKAGE_DIR).mkdir(parents=True, exist_ok=True)
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
         f"-I{well_known}",
+        f"-I{googleapis}",
         f"--python_out={out_root}",
         f"--pyi_out={out_root}",
         f"--grpc_python_out={out_root}",

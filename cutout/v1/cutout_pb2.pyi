@@ -1,5 +1,9 @@
+import datetime
+
 from cutout.v1 import account_pb2 as _account_pb2
 from cutout.v1 import options_pb2 as _options_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -57,3 +61,53 @@ class DeleteResultRequest(_message.Message):
 class DeleteResultResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class StreamRequest(_message.Message):
+    __slots__ = ("defaults", "item")
+    DEFAULTS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    defaults: _options_pb2.RemoveBackgroundOptions
+    item: StreamItem
+    def __init__(self, defaults: _Optional[_Union[_options_pb2.RemoveBackgroundOptions, _Mapping]] = ..., item: _Optional[_Union[StreamItem, _Mapping]] = ...) -> None: ...
+
+class StreamItem(_message.Message):
+    __slots__ = ("id", "image", "options", "idempotency_key")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    image: bytes
+    options: _options_pb2.RemoveBackgroundOptions
+    idempotency_key: str
+    def __init__(self, id: _Optional[str] = ..., image: _Optional[bytes] = ..., options: _Optional[_Union[_options_pb2.RemoveBackgroundOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class StreamResponse(_message.Message):
+    __slots__ = ("item", "summary")
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    item: StreamItemResult
+    summary: StreamSummary
+    def __init__(self, item: _Optional[_Union[StreamItemResult, _Mapping]] = ..., summary: _Optional[_Union[StreamSummary, _Mapping]] = ...) -> None: ...
+
+class StreamItemResult(_message.Message):
+    __slots__ = ("id", "response", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    response: RemoveBackgroundResponse
+    error: _status_pb2.Status
+    def __init__(self, id: _Optional[str] = ..., response: _Optional[_Union[RemoveBackgroundResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class StreamSummary(_message.Message):
+    __slots__ = ("items_ok", "items_failed", "credits_charged", "elapsed")
+    ITEMS_OK_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_CHARGED_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_FIELD_NUMBER: _ClassVar[int]
+    items_ok: int
+    items_failed: int
+    credits_charged: int
+    elapsed: _duration_pb2.Duration
+    def __init__(self, items_ok: _Optional[int] = ..., items_failed: _Optional[int] = ..., credits_charged: _Optional[int] = ..., elapsed: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...

@@ -43,6 +43,11 @@ class CutoutStub:
                 request_serializer=cutout_dot_v1_dot_cutout__pb2.RemoveBackgroundRequest.SerializeToString,
                 response_deserializer=cutout_dot_v1_dot_cutout__pb2.RemoveBackgroundResponse.FromString,
                 _registered_method=True)
+        self.RemoveBackgroundStream = channel.stream_stream(
+                '/cutout.v1.Cutout/RemoveBackgroundStream',
+                request_serializer=cutout_dot_v1_dot_cutout__pb2.StreamRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_cutout__pb2.StreamResponse.FromString,
+                _registered_method=True)
         self.SignUp = channel.unary_unary(
                 '/cutout.v1.Cutout/SignUp',
                 request_serializer=cutout_dot_v1_dot_account__pb2.SignUpRequest.SerializeToString,
@@ -112,6 +117,18 @@ class CutoutServicer:
 
     def RemoveBackground(self, request, context):
         """Removes the background of one image; costs credits (reserved first, charged on success only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveBackgroundStream(self, request_iterator, context):
+        """Many images over one stream. Each item is answered as soon as it is done, in any
+        order, tagged with its id: a result, or that item's own error (one bad item never
+        ends the stream). Each item is charged like a RemoveBackground call, once its result
+        has been sent. After the client half-closes and every item is answered, the stream
+        ends with a summary. The server reads a bounded number of items ahead; a client
+        sending faster simply waits. Cancelling stops the items in flight, uncharged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,6 +215,11 @@ def add_CutoutServicer_to_server(servicer, server):
                     servicer.RemoveBackground,
                     request_deserializer=cutout_dot_v1_dot_cutout__pb2.RemoveBackgroundRequest.FromString,
                     response_serializer=cutout_dot_v1_dot_cutout__pb2.RemoveBackgroundResponse.SerializeToString,
+            ),
+            'RemoveBackgroundStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.RemoveBackgroundStream,
+                    request_deserializer=cutout_dot_v1_dot_cutout__pb2.StreamRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_cutout__pb2.StreamResponse.SerializeToString,
             ),
             'SignUp': grpc.unary_unary_rpc_method_handler(
                     servicer.SignUp,
@@ -289,6 +311,33 @@ class Cutout:
             '/cutout.v1.Cutout/RemoveBackground',
             cutout_dot_v1_dot_cutout__pb2.RemoveBackgroundRequest.SerializeToString,
             cutout_dot_v1_dot_cutout__pb2.RemoveBackgroundResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveBackgroundStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cutout.v1.Cutout/RemoveBackgroundStream',
+            cutout_dot_v1_dot_cutout__pb2.StreamRequest.SerializeToString,
+            cutout_dot_v1_dot_cutout__pb2.StreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

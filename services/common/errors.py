@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import NoReturn
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -32,6 +33,7 @@ class ServiceError(Exception):
         field: str | None = None,
         quota_subject: str | None = None,
         metadata: dict[str, str] | None = None,
+        status: status_pb2.Status | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -40,8 +42,30 @@ class ServiceError(Exception):
         self.field = field
         self.quota_subject = quota_subject
         self.metadata = metadata or {}
+        self._status = status  # a downstream's status, passed on as it came
+
+    @classmethod
+    def from_downstream(cls, error: grpc.aio.AioRpcError, unavailable: str) -> ServiceError:
+        """A downstream service's error, to pass on to our caller unchanged, details included.
+
+        Transport-level failures of the downstream (UNAVAILABLE without details) become
+        UNAVAILABLE with `unavailable` as the message, since the downstream's own wording
+        would mean nothing to our caller.
+        """
+        if error.code() == grpc.StatusCode.UNAVAILABLE and rpc_status.from_call(error) is None:
+            return cls(grpc.StatusCode.UNAVAILABLE, unavailable, reason="DEPENDENCY_UNAVAILABLE")
+        status = rpc_status.from_call(error)
+        if status is None:
+            status = status_pb2.Status(code=_proto_code(error.code()), message=error.details() or "")
+        return cls(error.code(), status.message, status=status)
 
     def to_status(self) -> grpc.Status:
+        return rpc_status.to_status(self.to_proto())
+
+    def to_proto(self) -> status_pb2.Status:
+        """As a google.rpc.Status message (what a streamed item's error carries)."""
+        if self._status is not None:
+            return self._status
         details: list[any_pb2.Any] = []
         if self.reason:
             info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata)
@@ -52,8 +76,7 @@ class ServiceError(Exception):
         if self.quota_subject:
             quota = error_details_pb2.QuotaFailure.Violation(subject=self.quota_subject, description=self.message)
             details.append(_pack(error_details_pb2.QuotaFailure(violations=[quota])))
-        status = status_pb2.Status(code=_proto_code(self.code), message=self.message, details=details)
-        return rpc_status.to_status(status)
+        return status_pb2.Status(code=_proto_code(self.code), message=self.message, details=details)
 
 
 def invalid_argument(message: str, *, field: str, reason: str = "INVALID_ARGUMENT") -> ServiceError:
@@ -67,28 +90,35 @@ async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> NoRet
     raise AssertionError("abort_with_status returned")
 
 
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def aborts_on_service_error(handler: Handler) -> Handler:
+    """Decorates a unary servicer method: a ServiceError it raises ends the call with its status."""
+
+    @functools.wraps(handler)
+    async def wrapped(self: object, request: object, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except ServiceError as error:
+            await abort(context, error)
+
+    return wrapped  # type: ignore[return-value]
+
+
 async def relay(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError, unavailable: str) -> NoReturn:
-    """Passes a downstream error on to our caller unchanged, details included.
-
-    Transport-level failures of the downstream (UNAVAILABLE, DEADLINE_EXCEEDED
-    while connecting) are reported as UNAVAILABLE with `unavailable` as the message,
-    since the downstream's own wording would mean nothing to our caller.
-    """
-    if error.code() == grpc.StatusCode.UNAVAILABLE and not _has_details(error):
-        await abort(context, ServiceError(grpc.StatusCode.UNAVAILABLE, unavailable, reason="DEPENDENCY_UNAVAILABLE"))
-    status = rpc_status.from_call(error)
-    if status is None:
-        status = status_pb2.Status(code=_proto_code(error.code()), message=error.details() or "")
-    mark_error(error.code())
-    await context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("abort_with_status returned")
+    """Ends the call with a downstream's error, passed on (see `ServiceError.from_downstream`)."""
+    await abort(context, ServiceError.from_downstream(error, unavailable))
 
 
-def error_details(error: grpc.aio.AioRpcError | grpc.RpcError) -> Iterable[object]:
+def error_details(error: grpc.aio.AioRpcError | grpc.RpcError) -> list[object]:
     """Unpacks the google.rpc detail messages of a received error (for clients and tests)."""
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    if status is None:
-        return []
+    return [] if status is None else status_details(status)
+
+
+def status_details(status: status_pb2.Status) -> list[object]:
+    """Unpacks the google.rpc detail messages of a status (say, a streamed item's error)."""
     unpacked = []
     for detail in status.details:
         for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.QuotaFailure):
@@ -97,10 +127,6 @@ def error_details(error: grpc.aio.AioRpcError | grpc.RpcError) -> Iterable[objec
                 detail.Unpack(message)
                 unpacked.append(message)
     return unpacked
-
-
-def _has_details(error: grpc.aio.AioRpcError) -> bool:
-    return rpc_status.from_call(error) is not None
 
 
 def _pack(message: object) -> any_pb2.Any:

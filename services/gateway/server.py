@@ -13,10 +13,11 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cutout.v1 import (
@@ -32,7 +33,7 @@ from cutout.v1 import (
 )
 from services.common.channels import insecure_channel
 from services.common.chunks import pieces
-from services.common.errors import relay
+from services.common.errors import ServiceError, abort, aborts_on_service_error, invalid_argument, relay
 from services.common.server import ServiceSpec
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
 from services.common.telemetry import meter
@@ -40,11 +41,14 @@ from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 _credits = meter.create_counter(
     "cutout.credits", description="Credits reserved, committed and released for removals, by operation"
 )
 
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+INFERENCE_UNAVAILABLE = "the inference service is unavailable; retry shortly"
 ACCOUNTS_SERVICE = accounts_pb2.DESCRIPTOR.services_by_name["Accounts"].full_name
 ACCOUNTS_UNAVAILABLE = "the accounts service is unavailable; retry shortly"
 RETENTION_SERVICE = retention_pb2.DESCRIPTOR.services_by_name["Retention"].full_name
@@ -85,7 +89,7 @@ class Downstreams:
         request: object,
         forward: tuple[str, ...] = (),
     ) -> Any:
-        """Calls accounts, forwarding the named metadata entries; its errors become ours."""
+        """Calls accounts, forwarding the named metadata entries; its errors are raised as ServiceError."""
         metadata = [(key, value) for key, value in context.invocation_metadata() or () if key in forward]
         return await self._call(
             context, method, request, self.settings.accounts_timeout_s, ACCOUNTS_UNAVAILABLE, metadata
@@ -94,7 +98,7 @@ class Downstreams:
     async def retention_call(
         self, context: grpc.aio.ServicerContext, method: Callable[..., Awaitable[Any]], request: object
     ) -> Any:
-        """Calls retention; its errors become ours."""
+        """Calls retention; its errors are raised as ServiceError."""
         return await self._call(context, method, request, self.settings.retention_timeout_s, RETENTION_UNAVAILABLE)
 
     async def _call(
@@ -109,7 +113,7 @@ class Downstreams:
         try:
             return await method(request, metadata=metadata or [], timeout=self.deadline(context, bound_s))
         except grpc.aio.AioRpcError as error:
-            await relay(context, error, unavailable)
+            raise ServiceError.from_downstream(error, unavailable) from None
 
     async def ready(self) -> bool:
         """SERVING only while inference, accounts and retention all are."""
@@ -135,9 +139,47 @@ class Downstreams:
         await self.retention_channel.close()
 
 
+def _duration(seconds: float) -> duration_pb2.Duration:
+    elapsed = duration_pb2.Duration()
+    elapsed.FromNanoseconds(round(seconds * 1e9))
+    return elapsed
+
+
+class _Stream:
+    """What one RemoveBackgroundStream call keeps: its items in flight, their tally, one writer."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, items_in_flight: int) -> None:
+        self.context = context
+        self.slots = asyncio.Semaphore(items_in_flight)
+        self.ids: set[str] = set()  # ids of the items in flight
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.ok = self.failed = self.credits_charged = 0
+        self._writing = asyncio.Lock()  # gRPC allows one write at a time
+
+    def start(self, item: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(item)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def write(self, result: cutout_pb2.StreamItemResult) -> None:
+        async with self._writing:
+            await self.context.write(cutout_pb2.StreamResponse(item=result))
+
+    async def finish(self) -> None:
+        """Waits for every item in flight to be answered."""
+        while self.tasks:
+            await asyncio.gather(*self.tasks)
+
+    async def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
 def _forwarded(name: str, forward: tuple[str, ...], stub: str = "accounts") -> Callable[..., Awaitable[Any]]:
     """A handler that passes the request and the caller's credentials on to accounts."""
 
+    @aborts_on_service_error
     async def handler(self: Any, request: object, context: grpc.aio.ServicerContext) -> Any:
         method = getattr(getattr(self.down, stub), name)
         return await self.down.accounts_call(context, method, request, forward)
@@ -150,13 +192,125 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
     def __init__(self, settings: GatewaySettings, down: Downstreams) -> None:
         self.settings = settings
         self.down = down
-        self._releases: set[asyncio.Task[None]] = set()
+        # Ledger work that must finish even when the call that started it is cancelled.
+        self._to_finish: set[asyncio.Task[Any]] = set()
+        # Stream items in flight over all streams of this process (flow control).
+        self._stream_slots = asyncio.Semaphore(settings.process_stream_items_in_flight)
 
+    @aborts_on_service_error
     async def RemoveBackground(
         self, request: cutout_pb2.RemoveBackgroundRequest, context: grpc.aio.ServicerContext
     ) -> cutout_pb2.RemoveBackgroundResponse:
         started = time.perf_counter()
         caller = await self._authenticate(context)
+        response, _ = await self._remove(context, caller, request)
+        response.timings.total_ms = (time.perf_counter() - started) * 1000
+        return response
+
+    async def RemoveBackgroundStream(
+        self, request_iterator: AsyncIterator[cutout_pb2.StreamRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            caller = await self._authenticate(context)
+        except ServiceError as error:
+            await abort(context, error)
+        authenticated_at = time.monotonic()
+        stream = _Stream(context, self.settings.stream_items_in_flight)
+        defaults = options_pb2.RemoveBackgroundOptions()
+        try:
+            while True:
+                # Flow control: no read while this stream, or the whole process, has
+                # its fill of items in flight; the sender then waits on gRPC's window.
+                await stream.slots.acquire()
+                request = await context.read()
+                if request is grpc.aio.EOF:
+                    break
+                if request.WhichOneof("kind") == "defaults":
+                    defaults = request.defaults
+                    stream.slots.release()
+                    continue
+                if time.monotonic() - authenticated_at > self.settings.stream_reauthenticate_s:
+                    caller = await self._authenticate(context)  # a revoked key ends the stream here
+                    authenticated_at = time.monotonic()
+                await self._stream_slots.acquire()
+                stream.start(self._stream_item(stream, caller, request.item, defaults))
+            await stream.finish()
+        except ServiceError as error:
+            await stream.cancel()
+            await abort(context, error)
+        finally:
+            # Cancelled or failed: stop every item still in flight (each releases its hold).
+            await stream.cancel()
+        await context.write(
+            cutout_pb2.StreamResponse(
+                summary=cutout_pb2.StreamSummary(
+                    items_ok=stream.ok,
+                    items_failed=stream.failed,
+                    credits_charged=stream.credits_charged,
+                    elapsed=_duration(time.perf_counter() - started),
+                )
+            )
+        )
+
+    async def _stream_item(
+        self,
+        stream: _Stream,
+        caller: accounts_pb2.AuthenticateResponse,
+        item: cutout_pb2.StreamItem,
+        defaults: options_pb2.RemoveBackgroundOptions,
+    ) -> None:
+        """One item of a stream: answered exactly once, with its result or its own error."""
+        started = time.perf_counter()
+        try:
+            if not 1 <= len(item.id) <= 200:
+                raise invalid_argument("every item needs an id of 1 to 200 characters", field="item.id")
+            if item.id in stream.ids:
+                raise invalid_argument(
+                    f"item id {item.id!r} is already in flight on this stream; give every item its own id",
+                    field="item.id",
+                    reason="DUPLICATE_ITEM_ID",
+                )
+            stream.ids.add(item.id)
+            request = cutout_pb2.RemoveBackgroundRequest(
+                image=item.image,
+                options=item.options if item.HasField("options") else defaults,
+                idempotency_key=item.idempotency_key,
+            )
+
+            async def deliver(response: cutout_pb2.RemoveBackgroundResponse) -> None:
+                response.timings.total_ms = (time.perf_counter() - started) * 1000
+                await stream.write(cutout_pb2.StreamItemResult(id=item.id, response=response))
+
+            _, charged = await self._remove(stream.context, caller, request, deliver)
+            stream.ok += 1
+            stream.credits_charged += charged
+        except ServiceError as error:
+            stream.failed += 1
+            await stream.write(cutout_pb2.StreamItemResult(id=item.id, error=error.to_proto()))
+        except Exception:  # a fault of ours: the item still gets its one answer
+            log.exception("a stream item failed")
+            stream.failed += 1
+            internal = ServiceError(grpc.StatusCode.INTERNAL, "the item failed inside Cutout; retry it")
+            await stream.write(cutout_pb2.StreamItemResult(id=item.id, error=internal.to_proto()))
+        finally:
+            stream.ids.discard(item.id)
+            self._stream_slots.release()
+            stream.slots.release()
+
+    async def _remove(
+        self,
+        context: grpc.aio.ServicerContext,
+        caller: accounts_pb2.AuthenticateResponse,
+        request: cutout_pb2.RemoveBackgroundRequest,
+        deliver: Callable[[cutout_pb2.RemoveBackgroundResponse], Awaitable[None]] | None = None,
+    ) -> tuple[cutout_pb2.RemoveBackgroundResponse, int]:
+        """One charged removal: the response and the credits it cost (0 for a served duplicate).
+
+        The credits are reserved, then committed once the result exists (and, with
+        `deliver`, once it has been handed to the caller), else released; any failure,
+        cancellation included, leaves nothing charged. Errors are raised as ServiceError.
+        """
         # The image goes to inference while the credits are reserved: the reservation's
         # round trip stays off the latency. If reserving fails (no credits), the
         # inference is cancelled; nothing is returned or charged without a reservation.
@@ -174,7 +328,14 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
                 amount=self.settings.price_per_image,
                 request_hash=await asyncio.to_thread(request_hash, request),
             )
-            reserved = await self.down.accounts_call(context, self.down.accounts.Reserve, reserve)
+            # Run to its end even if this call is cancelled: a hold made after the cancel
+            # arrived must still be released, not left to lapse.
+            reserving = self._to_the_end(self.down.accounts_call(context, self.down.accounts.Reserve, reserve))
+            try:
+                reserved = await asyncio.shield(reserving)
+            except asyncio.CancelledError:
+                self._to_the_end(self._release_once_reserved(caller, reserving))
+                raise
         except BaseException:
             segmenting.cancel()
             # Its outcome no longer matters; retrieving it keeps asyncio from logging it.
@@ -185,26 +346,28 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         owned = reserved.outcome in OWNED
         if owned:
             _credits.add(reserve.amount, {"operation": "reserve"})
-        committed = False
+        succeeded = committed = False
         try:
             try:
                 segmented = await segmenting
             except grpc.aio.AioRpcError as error:
-                log.info("RemoveBackground failed downstream: %s (not charged)", error.code().name)
-                await relay(context, error, "the inference service is unavailable; retry shortly")
+                log.info("a removal failed downstream: %s (not charged)", error.code().name)
+                raise ServiceError.from_downstream(error, INFERENCE_UNAVAILABLE) from None
             # Keeping is part of what is charged: if it fails, the request fails uncharged.
             kept = None
             if request.options.keep_result:
                 kept = await self._keep(context, caller, segmented.result, request.options)
-            if owned:
-                committed = await self._commit(settle)
+            response = cutout_pb2.RemoveBackgroundResponse(
+                result=segmented.result, timings=segmented.timings, kept=kept
+            )
+            if deliver is not None:
+                await deliver(response)
+            succeeded = True
         finally:
-            # Any failure, cancellation included, gives the credits back.
-            if owned and not committed:
-                await self._release(settle)
-        timings = segmented.timings
-        timings.total_ms = (time.perf_counter() - started) * 1000
-        return cutout_pb2.RemoveBackgroundResponse(result=segmented.result, timings=timings, kept=kept)
+            # Commit what succeeded, release on any failure, cancellation included.
+            if owned:
+                committed = await self._settle(settle, commit=succeeded)
+        return response, reserve.amount if committed else 0
 
     async def _keep(
         self,
@@ -234,9 +397,9 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             )
         except grpc.aio.AioRpcError as error:
             log.info("keeping a result failed: %s (not charged)", error.code().name)
-            await relay(
-                context, error, "the result could not be kept (retention unavailable); nothing was charged, retry"
-            )
+            raise ServiceError.from_downstream(
+                error, "the result could not be kept (retention unavailable); nothing was charged, retry"
+            ) from None
         return stored.result
 
     async def FetchResult(
@@ -249,7 +412,10 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
                 timeout=self.down.deadline(context, self.settings.retention_timeout_s),
             )
         else:
-            caller = await self._authenticate(context)
+            try:
+                caller = await self._authenticate(context)
+            except ServiceError as error:
+                await abort(context, error)
             call = self.down.retention.FetchOwned(
                 retention_pb2.OwnedResultRequest(account_id=caller.account_id, result_id=request.result_id),
                 timeout=self.down.deadline(context, self.settings.retention_timeout_s),
@@ -260,6 +426,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         except grpc.aio.AioRpcError as error:
             await relay(context, error, RETENTION_UNAVAILABLE)
 
+    @aborts_on_service_error
     async def ListResults(
         self, request: cutout_pb2.ListResultsRequest, context: grpc.aio.ServicerContext
     ) -> cutout_pb2.ListResultsResponse:
@@ -271,6 +438,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         )
         return cutout_pb2.ListResultsResponse(results=listed.results)
 
+    @aborts_on_service_error
     async def DeleteResult(
         self, request: cutout_pb2.DeleteResultRequest, context: grpc.aio.ServicerContext
     ) -> cutout_pb2.DeleteResultResponse:
@@ -288,30 +456,48 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             context, self.down.accounts.Authenticate, accounts_pb2.AuthenticateRequest(api_key=api_key)
         )
 
-    async def _commit(self, settle: accounts_pb2.SettleRequest) -> bool:
-        try:
-            await self.down.accounts.Commit(settle, timeout=self.settings.accounts_timeout_s)
-        except grpc.aio.AioRpcError as error:
-            # The result exists; the caller gets it and the hold is released, not charged.
-            log.warning("commit failed (%s); serving the result uncharged", error.code().name)
-            return False
-        _credits.add(self.settings.price_per_image, {"operation": "commit"})
-        return True
+    async def _settle(self, settle: accounts_pb2.SettleRequest, *, commit: bool) -> bool:
+        """Commits or releases a hold; True if committed. Runs to its end even if the call is cancelled."""
 
-    async def _release(self, settle: accounts_pb2.SettleRequest) -> None:
-        async def release() -> None:
+        async def run() -> bool:
+            if commit:
+                try:
+                    await self.down.accounts.Commit(settle, timeout=self.settings.accounts_timeout_s)
+                    _credits.add(self.settings.price_per_image, {"operation": "commit"})
+                    return True
+                except grpc.aio.AioRpcError as error:
+                    # The result exists; the caller gets it and the hold is released, not charged.
+                    log.warning("commit failed (%s); serving the result uncharged", error.code().name)
             try:
                 await self.down.accounts.Release(settle, timeout=self.settings.accounts_timeout_s)
                 _credits.add(self.settings.price_per_image, {"operation": "release"})
             except grpc.aio.AioRpcError as error:
                 # The hold lapses by itself after the accounts service's hold timeout.
                 log.warning("release failed (%s); the hold will lapse", error.code().name)
+            return False
 
-        # Shielded so that a cancelled call still releases; the set keeps the task alive.
-        task = asyncio.create_task(release())
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
-        await asyncio.shield(task)
+        # Shielded, so that a call cancelled at this point still settles (a result already
+        # delivered is charged, anything else released).
+        return await asyncio.shield(self._to_the_end(run()))
+
+    async def _release_once_reserved(
+        self, caller: accounts_pb2.AuthenticateResponse, reserving: asyncio.Task[accounts_pb2.ReserveResponse]
+    ) -> None:
+        """Releases the hold a cancelled call's reservation made, once it is known."""
+        try:
+            reserved = await reserving
+        except ServiceError:
+            return  # nothing was reserved
+        if reserved.outcome in OWNED:
+            settle = accounts_pb2.SettleRequest(account_id=caller.account_id, reservation_id=reserved.reservation_id)
+            await self._settle(settle, commit=False)
+
+    def _to_the_end(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Runs `work` as a task that a caller's cancellation does not stop (await it shielded)."""
+        task = asyncio.create_task(work)
+        self._to_finish.add(task)  # a reference, so the task is not collected before its end
+        task.add_done_callback(self._to_finish.discard)
+        return task
 
     KEY = (API_KEY_METADATA,)
     SignUp = _forwarded("SignUp", ())

@@ -22,5 +22,13 @@ class GatewaySettings(ServiceSettings):
     retention_timeout_s: float = 60.0
     retention_chunk_bytes: int = 1024 * 1024
     health_check_timeout_s: float = 2.0
-    # Credits one RemoveBackground costs.
+    # Credits one RemoveBackground (or one stream item) costs.
     price_per_image: int = 1
+    # Flow control of RemoveBackgroundStream: items read and not yet answered, per
+    # stream and over all streams of this process. Beyond them the gateway stops
+    # reading, so a fast sender waits instead of filling memory. Per stream, enough
+    # to fill a Triton batch (inference's max_batch_size).
+    stream_items_in_flight: int = 16
+    process_stream_items_in_flight: int = 64
+    # A long stream re-checks its API key this often, so a revoked key stops it.
+    stream_reauthenticate_s: float = 30.0

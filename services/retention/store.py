@@ -30,6 +30,9 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+TOKEN_PREFIX = "crt_"  # Cutout result token
+
+
 def token_hash(token: str) -> str:
     # Tokens carry 192 random bits, so a fast hash is enough to make the table useless to a thief.
     return hashlib.sha256(token.encode()).hexdigest()
@@ -116,7 +119,8 @@ class ResultStore:
     ) -> Stored:
         """Seals and writes the bytes; the result becomes visible only once they are all written."""
         now = self.clock()
-        result_id, token = secrets.token_hex(16), secrets.token_urlsafe(24)
+        # The prefix says what the token is and keeps it from starting with "-" (read as a flag).
+        result_id, token = secrets.token_hex(16), TOKEN_PREFIX + secrets.token_urlsafe(24)
         object_key = crypto.new_key()
         context = crypto.object_context(account_id, result_id)
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
