@@ -4,6 +4,7 @@ cutout signup --email me@example.com [--region eu] [--save]   # account + first 
 cutout keys create|list|revoke ID
 cutout balance [--ledger 20]
 cutout remove photo.jpg -o photo.png [--format webp] [--background '#1e90ff'] [--crop --margin 24] [--keep]
+cutout batch photos/ -o cutouts/ [--concurrency 16] [same options as remove]   # resumable
 cutout results list|fetch (ID | --token TOKEN) -o FILE|delete ID
 
 The API key comes from CUTOUT_API_KEY or the config file (~/.config/cutout/config.toml).
@@ -14,12 +15,14 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+import time
 from datetime import UTC
 from pathlib import Path
 
 import grpc
 from google.protobuf import timestamp_pb2
 
+from cutout import batch as batches
 from cutout.client import DEFAULT_GATEWAY, CutoutClient, config_path, save_config
 from cutout.v1 import options_pb2
 
@@ -41,21 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     remove = commands.add_parser("remove", help="remove the background of one image")
     remove.add_argument("input", type=Path, help="a JPEG, PNG or WebP file")
     remove.add_argument("-o", "--output", type=Path, help="where to write the result (default: <input>-cutout.<ext>)")
-    remove.add_argument(
-        "--format",
-        choices=sorted(FORMATS),
-        default="png",
-        help="png/webp: transparent background; mask: the alpha matte; jpeg/png-on-color: subject on --background",
+    _output_options(remove)
+
+    batch = commands.add_parser(
+        "batch", help="remove the backgrounds of a folder of images over one stream (resumes where it stopped)"
     )
-    remove.add_argument("--background", default="", help="CSS colour for jpeg and png-on-color (default white)")
-    remove.add_argument("--crop", action="store_true", help="crop to the subject")
-    remove.add_argument("--keep", action="store_true", help="also keep the result, encrypted, to fetch later")
-    remove.add_argument("--keep-hours", type=float, default=0, help="with --keep: expire sooner than 30 days")
-    remove.add_argument("--margin", type=int, default=0, help="pixels kept around the subject with --crop")
-    remove.add_argument("--max-width", type=int, default=0, help="scale down to at most this width")
-    remove.add_argument("--max-height", type=int, default=0, help="scale down to at most this height")
-    remove.add_argument("--quality", type=int, default=0, help="JPEG/WebP quality 1-100 (0: server default)")
-    remove.add_argument("--effort", type=int, default=0, help="compression effort 1 (fast) to 9 (small); 0: default")
+    batch.add_argument("input", help="a folder (searched recursively), an image, or a quoted glob like 'shop/**/*.jpg'")
+    batch.add_argument("-o", "--output", type=Path, required=True, help="the folder to write the results to")
+    batch.add_argument("--concurrency", type=int, default=16, help="images in flight at once (default 16)")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _output_options(batch)
 
     signup = commands.add_parser("signup", help="create an account and its first API key")
     signup.add_argument("--email", required=True)
@@ -87,6 +85,41 @@ def build_parser() -> argparse.ArgumentParser:
     delete = results.add_parser("delete", help="delete a kept result now")
     delete.add_argument("id")
     return parser
+
+
+def _output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        choices=sorted(FORMATS),
+        default="png",
+        help="png/webp: transparent background; mask: the alpha matte; jpeg/png-on-color: subject on --background",
+    )
+    parser.add_argument("--background", default="", help="CSS colour for jpeg and png-on-color (default white)")
+    parser.add_argument("--crop", action="store_true", help="crop to the subject")
+    parser.add_argument("--keep", action="store_true", help="also keep the result, encrypted, to fetch later")
+    parser.add_argument("--keep-hours", type=float, default=0, help="with --keep: expire sooner than 30 days")
+    parser.add_argument("--margin", type=int, default=0, help="pixels kept around the subject with --crop")
+    parser.add_argument("--max-width", type=int, default=0, help="scale down to at most this width")
+    parser.add_argument("--max-height", type=int, default=0, help="scale down to at most this height")
+    parser.add_argument("--quality", type=int, default=0, help="JPEG/WebP quality 1-100 (0: server default)")
+    parser.add_argument("--effort", type=int, default=0, help="compression effort 1 (fast) to 9 (small); 0: default")
+
+
+def _options(args: argparse.Namespace) -> options_pb2.RemoveBackgroundOptions:
+    options = options_pb2.RemoveBackgroundOptions(
+        format=FORMATS[args.format][0],
+        background_color=args.background,
+        crop_to_subject=args.crop,
+        crop_margin_px=args.margin,
+        max_width=args.max_width,
+        max_height=args.max_height,
+        quality=args.quality,
+        compression_effort=args.effort,
+        keep_result=args.keep,
+    )
+    if args.keep_hours:
+        options.keep_ttl.FromSeconds(round(args.keep_hours * 3600))
+    return options
 
 
 def _password_and_save(parser: argparse.ArgumentParser) -> None:
@@ -182,23 +215,10 @@ def balance(args: argparse.Namespace) -> int:
 
 
 def remove(args: argparse.Namespace) -> int:
-    output_format, extension = FORMATS[args.format]
-    options = options_pb2.RemoveBackgroundOptions(
-        format=output_format,
-        background_color=args.background,
-        crop_to_subject=args.crop,
-        crop_margin_px=args.margin,
-        max_width=args.max_width,
-        max_height=args.max_height,
-        quality=args.quality,
-        compression_effort=args.effort,
-        keep_result=args.keep,
-    )
-    if args.keep_hours:
-        options.keep_ttl.FromSeconds(round(args.keep_hours * 3600))
+    extension = FORMATS[args.format][1]
     output = args.output or args.input.with_name(f"{args.input.stem}-cutout{extension}")
     with CutoutClient(args.gateway) as client:
-        response = client.remove_background(args.input.read_bytes(), options, timeout_s=args.timeout)
+        response = client.remove_background(args.input.read_bytes(), _options(args), timeout_s=args.timeout)
     output.write_bytes(response.result.image)
     result, timings = response.result, response.timings
     print(
@@ -209,6 +229,32 @@ def remove(args: argparse.Namespace) -> int:
         kept = response.kept
         print(f"kept as {kept.result_id} until {_when(kept.expires_at)}; token (shown once): {kept.token}")
     return 0
+
+
+def batch(args: argparse.Namespace) -> int:
+    """Exit status 0 if every image has its output, 1 if any failed, 130 if interrupted."""
+    if args.concurrency < 1:
+        print("cutout: --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    inputs = batches.find_inputs(args.input, args.output)
+    if not inputs:
+        print(f"cutout: no JPEG, PNG or WebP images in {args.input}", file=sys.stderr)
+        return 2
+    try:
+        pending, existing = batches.plan(inputs, args.output, FORMATS[args.format][1])
+    except ValueError as error:
+        print(f"cutout: {error}; rename one of them", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    with CutoutClient(args.gateway) as client:
+        outcome = batches.run_batch(
+            client, pending, args.output, _options(args), concurrency=args.concurrency, progress=not args.no_progress
+        )
+    outcome.skipped = len(existing)
+    print(batches.report(outcome, len(pending), time.perf_counter() - started))
+    if outcome.interrupted:
+        return 130
+    return 1 if outcome.failures else 0
 
 
 def results(args: argparse.Namespace) -> int:
@@ -235,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "remove":
             return remove(args)
+        if args.command == "batch":
+            return batch(args)
         if args.command == "signup":
             return signup(args)
         if args.command == "keys":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -69,6 +70,12 @@ class CutoutClient:
     ) -> cutout_pb2.RemoveBackgroundResponse:
         request = cutout_pb2.RemoveBackgroundRequest(image=image, options=options, idempotency_key=idempotency_key)
         return self._stub.RemoveBackground(request, timeout=timeout_s, metadata=self._metadata())
+
+    def remove_background_stream(
+        self, requests: Iterator[cutout_pb2.StreamRequest], *, timeout_s: float | None = None
+    ) -> grpc.Future:
+        """RemoveBackgroundStream: iterate the call for the answers, `.cancel()` it to stop."""
+        return self._stub.RemoveBackgroundStream(requests, timeout=timeout_s, metadata=self._metadata())
 
     def fetch_result(self, *, token: str = "", result_id: str = "") -> tuple[options_pb2.KeptResult, bytes]:
         """A kept result: by token (no API key needed) or by id as its owner."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import io
 import os
+import random
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cutout.v1 import account_pb2, cutout_pb2_grpc
 from services.common.assets import ASTRONAUT
@@ -194,3 +195,18 @@ def s3_endpoint() -> Iterator[str]:
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+def photo_variants(astronaut: Image.Image, count: int, seed: int = 5) -> list[bytes]:
+    """`count` different real photos: crops, scales, flips and formats of the astronaut."""
+    chooser = random.Random(seed)
+    photos = []
+    for _ in range(count):
+        left, top = chooser.randrange(0, 160), chooser.randrange(0, 120)
+        size = chooser.randrange(200, 512 - max(left, top))
+        image = astronaut.crop((left, top, left + size, top + size)).resize((chooser.randrange(96, 320),) * 2)
+        if chooser.random() < 0.5:
+            image = ImageOps.mirror(image)
+        fmt = chooser.choice(["JPEG", "PNG", "WEBP"])
+        photos.append(encode(image, fmt, **({"quality": 85} if fmt != "PNG" else {})))
+    return photos

@@ -3,7 +3,6 @@ flow control under a fast sender, and cancellation."""
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections import Counter
@@ -13,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2
-from PIL import Image, ImageOps
+from PIL import Image
 
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.channels import channel_options
@@ -21,25 +20,10 @@ from services.common.errors import status_details
 from services.inference.model import DEFAULT_MODEL_NAME
 from services.inference.triton_local import model_counts
 from services.mesh import Mesh, gateway_process
-from tests.conftest import decode, encode, new_account
+from tests.conftest import decode, encode, new_account, photo_variants
 from tests.test_credits import assert_ledger_adds_up, balance
 
 MIB = 1024 * 1024
-
-
-def photo_variants(astronaut: Image.Image, count: int, seed: int = 5) -> list[bytes]:
-    """`count` different real photos: crops, scales, flips and formats of the astronaut."""
-    chooser = random.Random(seed)
-    photos = []
-    for _ in range(count):
-        left, top = chooser.randrange(0, 160), chooser.randrange(0, 120)
-        size = chooser.randrange(200, 512 - max(left, top))
-        image = astronaut.crop((left, top, left + size, top + size)).resize((chooser.randrange(96, 320),) * 2)
-        if chooser.random() < 0.5:
-            image = ImageOps.mirror(image)
-        fmt = chooser.choice(["JPEG", "PNG", "WEBP"])
-        photos.append(encode(image, fmt, **({"quality": 85} if fmt != "PNG" else {})))
-    return photos
 
 
 def bad_inputs(astronaut: Image.Image) -> list[tuple[bytes, options_pb2.RemoveBackgroundOptions | None]]:
