@@ -208,7 +208,7 @@ def test_a_stream_without_a_valid_key_is_refused_before_any_item(raw_channel, as
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, caught.value.details()
 
 
-def test_items_beyond_the_balance_fail_on_their_own_and_duplicate_ids_are_refused(mesh: Mesh, raw_channel, astronaut):
+def test_items_beyond_the_balance_or_without_an_id_fail_on_their_own(mesh: Mesh, raw_channel, astronaut):
     account = new_account(raw_channel, mesh.admin_token, credits=3)
     photos = photo_variants(astronaut, 6, seed=11)
     answers = stream(
@@ -231,6 +231,22 @@ def test_items_beyond_the_balance_fail_on_their_own_and_duplicate_ids_are_refuse
         assert reasons == ["INSUFFICIENT_CREDITS"] and "not enough credits" in error.message
     assert (last.summary.items_ok, last.summary.items_failed, last.summary.credits_charged) == (3, 4, 3)
     assert balance(raw_channel, account).available == 0
+
+
+def test_an_id_already_in_flight_is_refused_and_the_first_item_keeps_it(mesh: Mesh, raw_channel, astronaut):
+    account = new_account(raw_channel, mesh.admin_token, credits=3)
+    slow = encode(astronaut.resize((2000, 2000)), "PNG")  # in flight while the next two are read
+    small = photo_variants(astronaut, 1, seed=2)[0]
+    items = [cutout_pb2.StreamItem(id="same", image=image) for image in (slow, small, small)]
+    *results, last = stream(raw_channel, account.metadata, [cutout_pb2.StreamRequest(item=i) for i in items])
+    assert [a.item.id for a in results] == ["same"] * 3
+    refused = [a.item.error for a in results if a.item.WhichOneof("outcome") == "error"]
+    assert len(refused) == 2 and all(e.code == code_pb2.INVALID_ARGUMENT for e in refused)
+    for error in refused:
+        assert [d.reason for d in status_details(error) if isinstance(d, error_details_pb2.ErrorInfo)] == [
+            "DUPLICATE_ITEM_ID"
+        ]
+    assert (last.summary.items_ok, last.summary.items_failed, last.summary.credits_charged) == (1, 2, 1)
 
 
 def test_a_key_revoked_during_a_stream_ends_it(mesh: Mesh, raw_channel, astronaut, tmp_path):

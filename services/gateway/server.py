@@ -262,6 +262,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
     ) -> None:
         """One item of a stream: answered exactly once, with its result or its own error."""
         started = time.perf_counter()
+        owns_id = False  # a refused duplicate must not free the id of the item it duplicates
         try:
             if not 1 <= len(item.id) <= 200:
                 raise invalid_argument("every item needs an id of 1 to 200 characters", field="item.id")
@@ -272,6 +273,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
                     reason="DUPLICATE_ITEM_ID",
                 )
             stream.ids.add(item.id)
+            owns_id = True
             request = cutout_pb2.RemoveBackgroundRequest(
                 image=item.image,
                 options=item.options if item.HasField("options") else defaults,
@@ -294,7 +296,8 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             internal = ServiceError(grpc.StatusCode.INTERNAL, "the item failed inside Cutout; retry it")
             await stream.write(cutout_pb2.StreamItemResult(id=item.id, error=internal.to_proto()))
         finally:
-            stream.ids.discard(item.id)
+            if owns_id:
+                stream.ids.discard(item.id)
             self._stream_slots.release()
             stream.slots.release()
 
