@@ -21,6 +21,7 @@ import platform
 import re
 import statistics
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -48,6 +49,7 @@ FORMATS = {
 }
 CONCURRENCY = (1, 4, 16)
 ROLES = ("gateway", "accounts", "inference", "triton", "retention")
+STREAM_ITEMS = 200
 BENCH_CREDITS = 5000  # more than a full run spends (warm-ups included)
 
 
@@ -106,6 +108,7 @@ def _peak_rss_mib(process: psutil.Process) -> float:
 class CaseResult:
     size: str
     output: str
+    mode: str  # "unary": `concurrency` calls at a time; "stream": one RemoveBackgroundStream
     concurrency: int
     requests: int
     images_per_s: float
@@ -145,6 +148,33 @@ async def drive(
     return latencies
 
 
+async def drive_stream(
+    target: str, api_key: str, photo: bytes, output_format: int, concurrency: int, requests: int
+) -> list[float]:
+    """One RemoveBackgroundStream of `requests` items, sent as fast as the gateway reads them;
+    returns each item's latency in ms, from the moment gRPC took it to its answer.
+    `concurrency` is unused: the gateway's flow control sets how many items are in flight."""
+    taken: dict[str, float] = {}
+    latencies: list[float] = []
+
+    async def items() -> AsyncIterator[cutout_pb2.StreamRequest]:
+        yield cutout_pb2.StreamRequest(defaults=options_pb2.RemoveBackgroundOptions(format=output_format))
+        for n in range(requests):
+            taken[str(n)] = time.perf_counter()
+            yield cutout_pb2.StreamRequest(item=cutout_pb2.StreamItem(id=str(n), image=photo))
+
+    async with grpc.aio.insecure_channel(target, options=channel_options()) as channel:
+        call = cutout_pb2_grpc.CutoutStub(channel).RemoveBackgroundStream(
+            items(), metadata=[(API_KEY_METADATA, api_key)], timeout=1800
+        )
+        async for answer in call:
+            if answer.HasField("item"):
+                if answer.item.HasField("error"):
+                    raise RuntimeError(f"stream item {answer.item.id} failed: {answer.item.error.message}")
+                latencies.append((time.perf_counter() - taken[answer.item.id]) * 1000)
+    return latencies
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -155,16 +185,19 @@ def run_case(
     watch: ProcessWatch,
     size: str,
     output: str,
+    mode: str,
     concurrency: int,
     photo: bytes,
     requests: int,
     floor: FloorResult,
 ) -> CaseResult:
-    asyncio.run(drive(mesh.gateway.address, api_key, photo, FORMATS[output], concurrency, min(concurrency, 4)))
+    load = drive_stream if mode == "stream" else drive
+    warm_up = max(1, min(concurrency, 4))
+    asyncio.run(load(mesh.gateway.address, api_key, photo, FORMATS[output], concurrency, warm_up))
     inferences_before, executions_before = model_counts(mesh.triton.url, DEFAULT_MODEL_NAME)  # type: ignore[union-attr]
     watch.start()
     started = time.perf_counter()
-    latencies = asyncio.run(drive(mesh.gateway.address, api_key, photo, FORMATS[output], concurrency, requests))
+    latencies = asyncio.run(load(mesh.gateway.address, api_key, photo, FORMATS[output], concurrency, requests))
     elapsed = time.perf_counter() - started
     cpu, peak = watch.stop()
     inferences_after, executions_after = model_counts(mesh.triton.url, DEFAULT_MODEL_NAME)  # type: ignore[union-attr]
@@ -174,6 +207,7 @@ def run_case(
     return CaseResult(
         size=size,
         output=output,
+        mode=mode,
         concurrency=concurrency,
         requests=requests,
         images_per_s=images_per_s,
@@ -220,14 +254,14 @@ def markdown(results: list[CaseResult], info: dict[str, object]) -> str:
         f"Measured {info['date']} on {info['cores']} cores, {info['memory_gib']} GiB, Python {info['python']}, "
         f"Triton {info['triton']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".",  # type: ignore[union-attr]
         "",
-        "| photo | output | conc. | img/s | x floor | p50 ms | p50 - floor | p95 ms | p99 ms | batch "
+        "| photo | output | load | img/s | x floor | p50 ms | p50 - floor | p95 ms | p99 ms | batch "
         f"| CPU s/img {' / '.join(ROLES)} | peak RSS MiB {' / '.join(ROLES)} |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in results:
         cpu, rss = r.cpu_s_per_image, r.peak_rss_mib
         lines.append(
-            f"| {r.size} | {r.output} | {r.concurrency} | {r.images_per_s:.1f} | {r.throughput_vs_floor:.2f} "
+            f"| {r.size} | {r.output} | {_load(r)} | {r.images_per_s:.1f} | {r.throughput_vs_floor:.2f} "
             f"| {r.p50_ms:.0f} | {r.p50_minus_floor_ms:+.0f} | {r.p95_ms:.0f} | {r.p99_ms:.0f} | {r.mean_batch:.1f} "
             f"| {' / '.join(f'{cpu[role]:.3f}' for role in ROLES)} "
             f"| {' / '.join(f'{rss[role]:.0f}' for role in ROLES)} |"
@@ -244,6 +278,10 @@ def markdown(results: list[CaseResult], info: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _load(result: CaseResult) -> str:
+    return f"stream of {result.requests}" if result.mode == "stream" else str(result.concurrency)
+
+
 def update_readme(table: str) -> None:
     text = README.read_text()
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -251,6 +289,12 @@ def update_readme(table: str) -> None:
         before, rest = text.split(start, 1)
         after = rest.split(end, 1)[1]
         README.write_text(f"{before}{start}\n{table}{end}{after}")
+
+
+def _unary_requests(size: str, concurrency: int, quick: bool) -> int:
+    if concurrency == 1:
+        return 24 if size == "1MP" else 6
+    return (48 if size == "1MP" else 12) * (1 if quick else 2)
 
 
 def main() -> int:
@@ -281,24 +325,26 @@ def main() -> int:
     try:
         api_key = demo_account(mesh.gateway.address, mesh.admin_token, data_dir, credits=BENCH_CREDITS)
         watch = ProcessWatch(mesh)
-        for size in sizes:
-            for output in outputs:
-                for concurrency in CONCURRENCY:
-                    requests = (
-                        (48 if size == "1MP" else 12) * (1 if args.quick else 2)
-                        if concurrency > 1
-                        else (24 if size == "1MP" else 6)
-                    )
-                    result = run_case(
-                        mesh, api_key, watch, size, output, concurrency, sources[size], requests, floors[size, output]
-                    )
-                    results.append(result)
-                    print(
-                        f"mesh {size} {output} c={concurrency}: {result.images_per_s:.1f} img/s "
-                        f"({result.throughput_vs_floor:.2f}x floor), p50 {result.p50_ms:.0f} ms "
-                        f"({result.p50_minus_floor_ms:+.0f} vs floor), batch {result.mean_batch:.1f}",
-                        flush=True,
-                    )
+        cases = [
+            (size, output, "unary", concurrency, _unary_requests(size, concurrency, args.quick))
+            for size in sizes
+            for output in outputs
+            for concurrency in CONCURRENCY
+        ]
+        # One stream of 200 PNG cut-outs per size: throughput and memory under the gateway's flow control.
+        cases += [(size, "png", "stream", 0, 40 if args.quick else STREAM_ITEMS) for size in sizes]
+        for size, output, mode, concurrency, requests in cases:
+            result = run_case(
+                mesh, api_key, watch, size, output, mode, concurrency, sources[size], requests, floors[size, output]
+            )
+            results.append(result)
+            rss = ", ".join(f"{role} {mib:.0f}" for role, mib in result.peak_rss_mib.items())
+            print(
+                f"mesh {size} {output} {_load(result)}: {result.images_per_s:.1f} img/s "
+                f"({result.throughput_vs_floor:.2f}x floor), p50 {result.p50_ms:.0f} ms "
+                f"({result.p50_minus_floor_ms:+.0f} vs floor), batch {result.mean_batch:.1f}; peak RSS MiB {rss}",
+                flush=True,
+            )
     finally:
         mesh.stop()
 
