@@ -124,7 +124,10 @@ class Ledger:
                 field="idempotency_key",
             )
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            now = self._lock_and_settle(session, account_id)
+            # On the latency path of every removal: it frees lapsed holds (their credits
+            # may be spent now) but leaves writing off expired grants to the next read or
+            # sweep; it only ever spends unexpired grants, so the write-off cannot change it.
+            now = self._lock_and_release_lapsed(session, account_id)
             reservation = session.exec(
                 select(Reservation).where(
                     Reservation.account_id == account_id, Reservation.idempotency_key == idempotency_key
@@ -271,6 +274,11 @@ class Ledger:
             raise ServiceError(grpc.StatusCode.NOT_FOUND, "no such account", reason="ACCOUNT_NOT_FOUND")
 
     def _lock_and_settle(self, session: Session, account_id: str) -> datetime:
+        now = self._lock_and_release_lapsed(session, account_id)
+        self._expire_grants(session, account_id, now)
+        return now
+
+    def _lock_and_release_lapsed(self, session: Session, account_id: str) -> datetime:
         self._lock(session, account_id)
         now = self.clock()
         for reservation in session.exec(
@@ -279,7 +287,6 @@ class Ledger:
             )
         ):
             self._release(session, reservation, now)
-        self._expire_grants(session, account_id, now)
         return now
 
     def _release(self, session: Session, reservation: Reservation, now: datetime) -> None:
@@ -296,7 +303,7 @@ class Ledger:
 
     def _remaining_by_grant(self, session: Session, account_id: str, now: datetime) -> list[tuple[str, int]]:
         """(grant id, credits left) of the unexpired grants, earliest expiry first."""
-        used = _used_by_grant().subquery()
+        used = _used_by_grant(account_id).subquery()
         rows = session.exec(
             select(CreditGrant.id, CreditGrant.amount - func.coalesce(used.c.used, 0))
             .join(used, used.c.grant_id == CreditGrant.id, isouter=True)
@@ -362,9 +369,10 @@ class Ledger:
         )
 
 
-def _used_by_grant():  # type: ignore[no-untyped-def]
-    """Credits of each grant taken by live (held or committed) reservations."""
-    return (
+def _used_by_grant(account_id: str | None = None):  # type: ignore[no-untyped-def]
+    """Credits of each grant taken by live (held or committed) reservations, of one account
+    if given (then only its reservations are read, not every account's)."""
+    query = (
         select(
             ReservationAllocation.grant_id.label("grant_id"),  # type: ignore[attr-defined]
             func.sum(ReservationAllocation.amount).label("used"),
@@ -373,11 +381,12 @@ def _used_by_grant():  # type: ignore[no-untyped-def]
         .where(col(Reservation.state).in_([HELD, COMMITTED]))
         .group_by(col(ReservationAllocation.grant_id))
     )
+    return query if account_id is None else query.where(Reservation.account_id == account_id)
 
 
 def _expired_leftovers(session: Session, now: datetime, account_id: str | None = None) -> list[tuple[str, str, int]]:
     """(account id, grant id, credits) still unspent, unheld and not yet written off on expired grants."""
-    used = _used_by_grant().subquery()
+    used = _used_by_grant(account_id).subquery()
     written_off = (
         select(
             LedgerEntry.grant_id.label("grant_id"),  # type: ignore[union-attr]
