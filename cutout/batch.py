@@ -92,8 +92,10 @@ def plan(inputs: list[tuple[Path, Path]], out_dir: Path, extension: str) -> tupl
         if output in jobs:
             raise ValueError(f"{jobs[output].source} and {source} would both be written to {output}")
         jobs[output] = Job(source, output)
-    pending = [job for job in jobs.values() if not job.output.exists()]
-    existing = [job for job in jobs.values() if job.output.exists()]
+    pending: list[Job] = []
+    existing: list[Job] = []
+    for job in jobs.values():
+        (existing if job.output.exists() else pending).append(job)
     return pending, existing
 
 

@@ -36,6 +36,7 @@ from services.common.chunks import pieces
 from services.common.errors import ServiceError, abort, aborts_on_service_error, invalid_argument, relay
 from services.common.server import ServiceSpec
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
+from services.common.tasks import start_kept
 from services.common.telemetry import meter
 from services.gateway.settings import GatewaySettings
 
@@ -157,9 +158,7 @@ class _Stream:
         self._writing = asyncio.Lock()  # gRPC allows one write at a time
 
     def start(self, item: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(item)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        start_kept(self.tasks, item)
 
     async def write(self, result: cutout_pb2.StreamItemResult) -> None:
         async with self._writing:
@@ -237,7 +236,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
                 stream.start(self._stream_item(stream, caller, request.item, defaults))
             await stream.finish()
         except ServiceError as error:
-            await stream.cancel()
+            await stream.cancel()  # first, so that no item writes while the stream is aborted
             await abort(context, error)
         finally:
             # Cancelled or failed: stop every item still in flight (each releases its hold).
@@ -497,10 +496,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
 
     def _to_the_end(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Runs `work` as a task that a caller's cancellation does not stop (await it shielded)."""
-        task = asyncio.create_task(work)
-        self._to_finish.add(task)  # a reference, so the task is not collected before its end
-        task.add_done_callback(self._to_finish.discard)
-        return task
+        return start_kept(self._to_finish, work)
 
     KEY = (API_KEY_METADATA,)
     SignUp = _forwarded("SignUp", ())

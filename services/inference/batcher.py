@@ -21,6 +21,7 @@ import numpy as np
 from opentelemetry import trace
 
 from services.common.errors import ServiceError
+from services.common.tasks import start_kept
 from services.common.telemetry import meter, tracer
 
 _batch_size = meter.create_histogram("cutout.inference.batch_size", description="Images per model call")
@@ -118,9 +119,7 @@ class Batcher:
         while True:
             await self._slots.acquire()
             batch = await self._next_batch()
-            task = asyncio.create_task(self._dispatch(batch))
-            self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
+            start_kept(self._batches, self._dispatch(batch))
 
     async def _next_batch(self) -> list[_Pending]:
         while not self._live_count():
