@@ -21,7 +21,7 @@ def snapshot(root: Path) -> dict[Path, tuple[int, int]]:
     return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
-def test_requests_write_nothing_and_log_nothing_of_the_image(mesh, gateway, astronaut):
+def test_requests_write_nothing_and_log_nothing_of_the_image(mesh, gateway, raw_channel, funded_account, astronaut):
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", MARKER.decode())
     marked_png = encode(astronaut, "PNG", pnginfo=info)
@@ -33,6 +33,16 @@ def test_requests_write_nothing_and_log_nothing_of_the_image(mesh, gateway, astr
     with pytest.raises(grpc.RpcError) as caught:
         gateway.RemoveBackground(cutout_pb2.RemoveBackgroundRequest(image=broken), timeout=60)
     assert MARKER.decode() not in caught.value.details()
+    # The same two images as items of a stream: one result, one per-item error that echoes nothing.
+    items = [cutout_pb2.StreamItem(id="marked", image=marked_png), cutout_pb2.StreamItem(id="broken", image=broken)]
+    answers = list(
+        cutout_pb2_grpc.CutoutStub(raw_channel).RemoveBackgroundStream(
+            iter([cutout_pb2.StreamRequest(item=item) for item in items]), metadata=funded_account.metadata, timeout=60
+        )
+    )
+    outcomes = {a.item.id: a.item.WhichOneof("outcome") for a in answers if a.HasField("item")}
+    assert outcomes == {"marked": "response", "broken": "error"}
+    assert all(MARKER.decode() not in a.item.error.message for a in answers)
 
     after = snapshot(mesh.data_dir)
     assert set(after) == set(before), "no file may appear"
