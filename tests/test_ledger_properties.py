@@ -8,7 +8,8 @@ injected clock, next to a small model of what the balance must be:
 - an idempotency key is committed at most once (no double charge);
 - the ledger adds up: entries sum to the balance and held credits, and every credit
   granted is available, held, spent or expired;
-- nothing moves between accounts (entries, allocations and settlements stay in one account).
+- nothing moves between accounts (entries, allocations and settlements stay in one account);
+- each grant's running `used` count equals what its live allocations add up to.
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ from pathlib import Path
 
 import grpc
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 from sqlalchemy import text
+from sqlmodel import SQLModel
 
 from services.accounts.db import make_engine, migrate
 from services.accounts.ledger import Ledger, Outcome
-from services.accounts.models import Account
+from services.accounts.models import Account, ApiKey, CreditGrant, LedgerEntry, Reservation, ReservationAllocation
 from services.common.errors import ServiceError
 
 HOLD = timedelta(seconds=300)
@@ -38,6 +42,9 @@ KEYS = ("k0", "k1", "k2", "k3")
 HASHES = ("h0", "h1")
 TTLS = (30, 301, 3600, 86_400)
 STEPS = (1, 29, 31, 299, 301, 3599, 86_400)
+ACCOUNTS_TABLES = {
+    model.__tablename__ for model in (Account, ApiKey, CreditGrant, Reservation, ReservationAllocation, LedgerEntry)
+}
 
 
 @dataclass
@@ -280,6 +287,24 @@ class LedgerMachine(RuleBasedStateMachine):
             ).scalar_one()
         assert crossing == 0
 
+    @invariant()
+    def each_grant_counts_what_live_reservations_took(self) -> None:
+        if not hasattr(self, "engine"):
+            return
+        with self.engine.connect() as connection:
+            disagreeing = connection.execute(text(f"SELECT count(*) FROM credit_grants g WHERE {USED_DISAGREES}"))
+            assert disagreeing.scalar_one() == 0
+
+
+# A grant whose `used` is not the sum of its allocations to held or committed reservations.
+USED_DISAGREES = """
+    g.used != (
+        SELECT coalesce(sum(a.amount), 0) FROM reservation_allocations a
+        JOIN reservations r ON r.id = a.reservation_id
+        WHERE a.grant_id = g.id AND r.state IN ('held', 'committed')
+    )
+"""
+
 
 def test_ledger_invariants_hold_for_random_sequences(template_db: Path, tmp_path: Path) -> None:
     LedgerMachine.template = template_db
@@ -384,5 +409,61 @@ def test_migrate_command_creates_the_schema_and_is_idempotent(tmp_path) -> None:
         assert done.returncode == 0, done.stderr
     engine = make_engine(url)
     with engine.connect() as connection:
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
     engine.dispose()
+
+
+def test_the_migrations_build_exactly_the_tables_of_the_models(tmp_path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'schema.db'}")
+    migrate(engine)
+    with engine.connect() as connection:
+        # Other services' tables share SQLModel's metadata once their models are imported.
+        context = MigrationContext.configure(connection, opts={"include_object": _of_accounts})
+        drift = compare_metadata(context, SQLModel.metadata)
+    engine.dispose()
+    assert drift == []
+
+
+def _of_accounts(item: object, name: str | None, kind: str, reflected: bool, compare_to: object) -> bool:
+    return kind != "table" or name in ACCOUNTS_TABLES
+
+
+def test_migration_0002_counts_what_existing_reservations_took(tmp_path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    migrate(engine, "0001")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                """
+                INSERT INTO accounts VALUES ('acc', 'e@example.com', '', '-', 'eu', 'free', 1, 0, '2030-01-01');
+                """
+            )
+        )
+        connection.execute(
+            text("INSERT INTO credit_grants VALUES (:id, 'acc', 10, 'admin', '2030-02-01', '2030-01-01')"),
+            [{"id": "g1"}, {"id": "g2"}],
+        )
+        connection.execute(
+            text("INSERT INTO reservations VALUES (:id, 'acc', :id, 'h', :n, :state, '2030-01-01', '2030-01-02')"),
+            [
+                {"id": "held", "n": 1, "state": "held"},
+                {"id": "committed", "n": 2, "state": "committed"},
+                {"id": "released", "n": 4, "state": "released"},
+            ],
+        )
+        connection.execute(
+            text("INSERT INTO reservation_allocations VALUES (:r, :g, :n)"),
+            [
+                {"r": "held", "g": "g1", "n": 1},
+                {"r": "committed", "g": "g1", "n": 1},
+                {"r": "committed", "g": "g2", "n": 1},
+                {"r": "released", "g": "g2", "n": 4},
+            ],
+        )
+    migrate(engine)
+    with engine.connect() as connection:
+        used = dict(connection.execute(text("SELECT id, used FROM credit_grants")).all())
+        disagreeing = connection.execute(text(f"SELECT count(*) FROM credit_grants g WHERE {USED_DISAGREES}"))
+        assert disagreeing.scalar_one() == 0
+    engine.dispose()
+    assert used == {"g1": 2, "g2": 1}

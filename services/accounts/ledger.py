@@ -1,6 +1,8 @@
 """The credit ledger: grants, reservations (hold, commit, release), expiry, balance.
 
-Synchronous (sqlmodel); the gRPC servicer calls it in a thread. Every write locks the
+Synchronous SQLAlchemy Core on the sqlmodel tables (reserve and commit run on every
+removal, and the ORM's unit of work cost several times their SQL; see bench/README);
+the gRPC servicer calls it in a thread. Every write locks the
 account first (`SELECT ... FOR UPDATE` on PostgreSQL; on SQLite every transaction is
 BEGIN IMMEDIATE, see db.py), so concurrent reserves of one account run one at a time
 and can never spend the same credit twice. Every operation is scoped to one account id:
@@ -11,6 +13,10 @@ balance) and `held` (change of the held credits):
 
     grant    +n  0     reserve  -n +n    commit   0 -n
     release  +n -n     expire   -left 0  (what an expired grant still had)
+
+What each grant has left is `amount - used`: `used` counts what live (held or
+committed) reservations took from it, per `reservation_allocations`, and changes with
+them in the same transaction.
 
 Before any write (and before the balance is read) the account is settled: holds past
 their expiry are released and expired grants are written off, so the entries of an
@@ -24,10 +30,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
-from sqlalchemy import Engine, func
-from sqlmodel import Session, col, select
+from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
 
 from services.accounts.models import Account, CreditGrant, LedgerEntry, Reservation, ReservationAllocation
 from services.common.errors import ServiceError
@@ -36,6 +42,12 @@ from services.common.sql import aware
 HELD, COMMITTED, RELEASED = "held", "committed", "released"
 GRANT_SOURCES = ("signup", "purchase", "admin")
 Clock = Callable[[], datetime]
+
+ACCOUNTS = Account.__table__  # type: ignore[attr-defined]
+GRANTS = CreditGrant.__table__  # type: ignore[attr-defined]
+RESERVATIONS = Reservation.__table__  # type: ignore[attr-defined]
+ALLOCATIONS = ReservationAllocation.__table__  # type: ignore[attr-defined]
+ENTRIES = LedgerEntry.__table__  # type: ignore[attr-defined]
 
 
 def utc_now() -> datetime:
@@ -88,10 +100,10 @@ class Ledger:
     # -- writes ---------------------------------------------------------------------
 
     def grant(self, account_id: str, amount: int, source: str, expires_at: datetime) -> str:
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            return self.grant_in(session, account_id, amount, source, expires_at)
+        with self.engine.begin() as db:
+            return self.grant_in(db, account_id, amount, source, expires_at)
 
-    def grant_in(self, session: Session, account_id: str, amount: int, source: str, expires_at: datetime) -> str:
+    def grant_in(self, db: Connection, account_id: str, amount: int, source: str, expires_at: datetime) -> str:
         """A grant inside the caller's transaction (sign-up writes the account and its credits at once)."""
         if amount <= 0:
             raise ServiceError(
@@ -101,18 +113,25 @@ class Ledger:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"source must be one of {', '.join(GRANT_SOURCES)}", field="source"
             )
-        now = self._lock_and_settle(session, account_id)
+        now = self._lock_and_settle(db, account_id)
         if expires_at <= now:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT, "the grant would already be expired", field="expires_in_days"
             )
-        grant = CreditGrant(
-            id=_new_id(), account_id=account_id, amount=amount, source=source, expires_at=expires_at, created_at=now
+        grant_id = _new_id()
+        db.execute(
+            insert(GRANTS).values(
+                id=grant_id,
+                account_id=account_id,
+                amount=amount,
+                source=source,
+                expires_at=expires_at,
+                created_at=now,
+                used=0,
+            )
         )
-        session.add(grant)
-        session.flush()
-        self._entry(session, account_id, "grant", amount, 0, now, grant_id=grant.id)
-        return grant.id
+        self._entry(db, account_id, "grant", amount, 0, now, grant_id=grant_id)
+        return grant_id
 
     def reserve(self, account_id: str, idempotency_key: str, amount: int, request_hash: str) -> Reserved:
         if amount <= 0:
@@ -123,223 +142,216 @@ class Ledger:
                 "idempotency_key must be 1 to 200 characters",
                 field="idempotency_key",
             )
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+        with self.engine.begin() as db:
             # On the latency path of every removal: it frees lapsed holds (their credits
             # may be spent now) but leaves writing off expired grants to the next read or
             # sweep; it only ever spends unexpired grants, so the write-off cannot change it.
-            now = self._lock_and_release_lapsed(session, account_id)
-            reservation = session.exec(
-                select(Reservation).where(
-                    Reservation.account_id == account_id, Reservation.idempotency_key == idempotency_key
+            now = self._lock_and_release_lapsed(db, account_id)
+            earlier = db.execute(
+                select(RESERVATIONS.c.id, RESERVATIONS.c.request_hash, RESERVATIONS.c.state).where(
+                    RESERVATIONS.c.account_id == account_id, RESERVATIONS.c.idempotency_key == idempotency_key
                 )
             ).first()
-            if reservation is not None:
-                if reservation.request_hash != request_hash:
+            if earlier is not None:
+                if earlier.request_hash != request_hash:
                     raise ServiceError(
                         grpc.StatusCode.INVALID_ARGUMENT,
                         "idempotency key reused for a different request; use a new key for a new request",
                         reason="IDEMPOTENCY_KEY_REUSED",
                         field="idempotency_key",
                     )
-                if reservation.state == COMMITTED:
-                    return Reserved(reservation.id, Outcome.DUPLICATE_COMMITTED)
-                if reservation.state == HELD:  # settled above, so this hold is live
-                    return Reserved(reservation.id, Outcome.DUPLICATE_HELD)
-                # Released: the earlier try failed and was not charged; this retry is.
-                for old in session.exec(
-                    select(ReservationAllocation).where(ReservationAllocation.reservation_id == reservation.id)
-                ):
-                    session.delete(old)
-                session.flush()
-                reservation.amount = amount
-                outcome = Outcome.DUPLICATE_RELEASED
-            else:
-                reservation = Reservation(
-                    id=_new_id(),
-                    account_id=account_id,
-                    idempotency_key=idempotency_key,
-                    request_hash=request_hash,
-                    amount=amount,
-                    state=HELD,
-                    created_at=now,
-                    hold_expires_at=now,
-                )
-                outcome = Outcome.NEW
+                if earlier.state == COMMITTED:
+                    return Reserved(earlier.id, Outcome.DUPLICATE_COMMITTED)
+                if earlier.state == HELD:  # settled above, so this hold is live
+                    return Reserved(earlier.id, Outcome.DUPLICATE_HELD)
 
             # Earliest expiry first, from what each unexpired grant has left.
             left = amount
             takes: list[tuple[str, int]] = []
-            for grant_id, remaining in self._remaining_by_grant(session, account_id, now):
+            for grant in self._unexpired_grants(db, account_id, now):
                 if left == 0:
                     break
-                take = min(left, remaining)
+                take = min(left, grant.left)
                 if take > 0:
-                    takes.append((grant_id, take))
+                    takes.append((grant.id, take))
                     left -= take
             if left > 0:
                 raise insufficient_credits(amount - left, amount)  # the transaction rolls back
 
-            reservation.state = HELD
-            reservation.hold_expires_at = now + self.hold_timeout
-            session.add(reservation)
-            session.flush()
+            hold = {"amount": amount, "state": HELD, "hold_expires_at": now + self.hold_timeout}
+            if earlier is None:
+                reservation_id, outcome = _new_id(), Outcome.NEW
+                db.execute(
+                    insert(RESERVATIONS).values(
+                        id=reservation_id,
+                        account_id=account_id,
+                        idempotency_key=idempotency_key,
+                        request_hash=request_hash,
+                        created_at=now,
+                        **hold,
+                    )
+                )
+            else:  # released: the earlier try failed and was not charged; this retry is
+                reservation_id, outcome = earlier.id, Outcome.DUPLICATE_RELEASED
+                db.execute(delete(ALLOCATIONS).where(ALLOCATIONS.c.reservation_id == reservation_id))
+                db.execute(update(RESERVATIONS).where(RESERVATIONS.c.id == reservation_id).values(**hold))
             for grant_id, take in takes:
-                session.add(ReservationAllocation(reservation_id=reservation.id, grant_id=grant_id, amount=take))
-            self._entry(session, account_id, "reserve", -amount, amount, now, reservation_id=reservation.id)
-            return Reserved(reservation.id, outcome)
+                db.execute(insert(ALLOCATIONS).values(reservation_id=reservation_id, grant_id=grant_id, amount=take))
+                db.execute(update(GRANTS).where(GRANTS.c.id == grant_id).values(used=GRANTS.c.used + take))
+            self._entry(db, account_id, "reserve", -amount, amount, now, reservation_id=reservation_id)
+            return Reserved(reservation_id, outcome)
 
     def commit(self, account_id: str, reservation_id: str) -> str:
         # On the latency path of every removal, so it settles only what it touches:
         # its own hold, if that lapsed (committing never changes what grants hold).
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            self._lock(session, account_id)
+        with self.engine.begin() as db:
+            self._lock(db, account_id)
             now = self.clock()
-            reservation = self._reservation(session, account_id, reservation_id)
-            if reservation.state == HELD and aware(reservation.hold_expires_at) <= now:
-                self._release(session, reservation, now)
-                self._expire_grants(session, account_id, now)
-            if reservation.state == RELEASED:
+            reservation = self._reservation(db, account_id, reservation_id)
+            state = reservation.state
+            if state == HELD and aware(reservation.hold_expires_at) <= now:
+                state = self._release(db, account_id, reservation, now)
+                self._expire_grants(db, account_id, now)
+            if state == RELEASED:
                 raise ServiceError(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     "the reservation was released (failed, or not committed in time); reserve again",
                     reason="RESERVATION_RELEASED",
                 )
-            if reservation.state == HELD:
-                reservation.state = COMMITTED
-                session.add(reservation)
-                self._entry(session, account_id, "commit", 0, -reservation.amount, now, reservation_id=reservation.id)
-            return reservation.state
+            if state == HELD:
+                db.execute(update(RESERVATIONS).where(RESERVATIONS.c.id == reservation_id).values(state=COMMITTED))
+                self._entry(db, account_id, "commit", 0, -reservation.amount, now, reservation_id=reservation_id)
+                state = COMMITTED
+            return state
 
     def release(self, account_id: str, reservation_id: str) -> str:
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            now = self._lock_and_settle(session, account_id)
-            reservation = self._reservation(session, account_id, reservation_id)
-            if reservation.state == COMMITTED:
+        with self.engine.begin() as db:
+            now = self._lock_and_settle(db, account_id)
+            reservation = self._reservation(db, account_id, reservation_id)
+            state = reservation.state
+            if state == COMMITTED:
                 raise ServiceError(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     "the reservation is already committed and cannot be released",
                     reason="RESERVATION_COMMITTED",
                 )
-            if reservation.state == HELD:
-                self._release(session, reservation, now)
+            if state == HELD:
+                state = self._release(db, account_id, reservation, now)
                 # Credits that return to a grant which expired meanwhile expire now.
-                self._expire_grants(session, account_id, now)
-            return reservation.state
+                self._expire_grants(db, account_id, now)
+            return state
 
     def settle(self, account_id: str) -> None:
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            self._lock_and_settle(session, account_id)
+        with self.engine.begin() as db:
+            self._lock_and_settle(db, account_id)
 
     def sweep(self) -> int:
         """Settles every account with a lapsed hold or an expired grant left; returns how many."""
         now = self.clock()
-        with Session(self.engine, expire_on_commit=False) as session:
-            lapsed = session.exec(
-                select(Reservation.account_id)
-                .where(Reservation.state == HELD, Reservation.hold_expires_at <= now)
+        with self.engine.begin() as db:
+            lapsed = db.execute(
+                select(RESERVATIONS.c.account_id)
+                .where(RESERVATIONS.c.state == HELD, RESERVATIONS.c.hold_expires_at <= now)
                 .distinct()
-            ).all()
-            expired = {account_id for account_id, _, _ in _expired_leftovers(session, now)}
-        accounts = sorted(set(lapsed) | expired)
-        for account_id in accounts:
+            ).scalars()
+            accounts = set(lapsed) | {account_id for account_id, _, _ in _expired_leftovers(db, now)}
+        for account_id in sorted(accounts):
             self.settle(account_id)
         return len(accounts)
 
     # -- reads ----------------------------------------------------------------------
 
     def balance(self, account_id: str) -> BalanceView:
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            now = self._lock_and_settle(session, account_id)
-            return self._balance(session, account_id, now)
+        with self.engine.begin() as db:
+            now = self._lock_and_settle(db, account_id)
+            return self._balance(db, account_id, now)
 
-    def entries(self, account_id: str, limit: int = 100) -> tuple[list[tuple[LedgerEntry, str]], BalanceView]:
-        """Newest first, each with its reservation's idempotency key (or "")."""
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            now = self._lock_and_settle(session, account_id)
-            rows = session.exec(
-                select(LedgerEntry, Reservation.idempotency_key)
-                .join(Reservation, col(Reservation.id) == col(LedgerEntry.reservation_id), isouter=True)
-                .where(LedgerEntry.account_id == account_id)
-                .order_by(col(LedgerEntry.seq).desc())
+    def entries(self, account_id: str, limit: int = 100) -> tuple[list[tuple[Row[Any], str]], BalanceView]:
+        """Newest first (rows of ledger_entries), each with its reservation's idempotency key (or "")."""
+        with self.engine.begin() as db:
+            now = self._lock_and_settle(db, account_id)
+            rows = db.execute(
+                select(ENTRIES, RESERVATIONS.c.idempotency_key)
+                .join_from(ENTRIES, RESERVATIONS, RESERVATIONS.c.id == ENTRIES.c.reservation_id, isouter=True)
+                .where(ENTRIES.c.account_id == account_id)
+                .order_by(ENTRIES.c.seq.desc())
                 .limit(limit)
             ).all()
-            return [(entry, key or "") for entry, key in rows], self._balance(session, account_id, now)
+            return [(row, row.idempotency_key or "") for row in rows], self._balance(db, account_id, now)
 
     # -- inside a transaction -------------------------------------------------------
 
-    def _lock(self, session: Session, account_id: str) -> None:
+    def _lock(self, db: Connection, account_id: str) -> None:
         """Serialises this account's ledger transactions (row lock on PostgreSQL; SQLite locks at BEGIN)."""
-        account = session.exec(select(Account).where(Account.id == account_id).with_for_update()).first()
-        if account is None:
+        found = db.execute(select(ACCOUNTS.c.id).where(ACCOUNTS.c.id == account_id).with_for_update()).first()
+        if found is None:
             raise ServiceError(grpc.StatusCode.NOT_FOUND, "no such account", reason="ACCOUNT_NOT_FOUND")
 
-    def _lock_and_settle(self, session: Session, account_id: str) -> datetime:
-        now = self._lock_and_release_lapsed(session, account_id)
-        self._expire_grants(session, account_id, now)
+    def _lock_and_settle(self, db: Connection, account_id: str) -> datetime:
+        now = self._lock_and_release_lapsed(db, account_id)
+        self._expire_grants(db, account_id, now)
         return now
 
-    def _lock_and_release_lapsed(self, session: Session, account_id: str) -> datetime:
-        self._lock(session, account_id)
+    def _lock_and_release_lapsed(self, db: Connection, account_id: str) -> datetime:
+        self._lock(db, account_id)
         now = self.clock()
-        for reservation in session.exec(
-            select(Reservation).where(
-                Reservation.account_id == account_id, Reservation.state == HELD, Reservation.hold_expires_at <= now
+        lapsed = db.execute(
+            select(RESERVATIONS.c.id, RESERVATIONS.c.amount).where(
+                RESERVATIONS.c.account_id == account_id,
+                RESERVATIONS.c.state == HELD,
+                RESERVATIONS.c.hold_expires_at <= now,
             )
-        ):
-            self._release(session, reservation, now)
+        ).all()
+        for reservation in lapsed:
+            self._release(db, account_id, reservation, now)
         return now
 
-    def _release(self, session: Session, reservation: Reservation, now: datetime) -> None:
-        reservation.state = RELEASED
-        session.add(reservation)
-        self._entry(
-            session, reservation.account_id, "release", reservation.amount, -reservation.amount, now, reservation.id
+    def _release(self, db: Connection, account_id: str, reservation: Row[Any], now: datetime) -> str:
+        """Releases a held reservation (a row with its id and amount): its credits go back to their grants."""
+        db.execute(update(RESERVATIONS).where(RESERVATIONS.c.id == reservation.id).values(state=RELEASED))
+        allocations = db.execute(
+            select(ALLOCATIONS.c.grant_id, ALLOCATIONS.c.amount).where(ALLOCATIONS.c.reservation_id == reservation.id)
+        ).all()
+        for grant_id, take in allocations:
+            db.execute(update(GRANTS).where(GRANTS.c.id == grant_id).values(used=GRANTS.c.used - take))
+        self._entry(db, account_id, "release", reservation.amount, -reservation.amount, now, reservation.id)
+        return RELEASED
+
+    def _expire_grants(self, db: Connection, account_id: str, now: datetime) -> None:
+        for _, grant_id, leftover in _expired_leftovers(db, now, account_id):
+            self._entry(db, account_id, "expire", -leftover, 0, now, grant_id=grant_id)
+
+    def _unexpired_grants(self, db: Connection, account_id: str, now: datetime) -> list[Row[Any]]:
+        """Rows (id, left, expires_at) of the unexpired grants, earliest expiry first."""
+        return list(
+            db.execute(
+                select(GRANTS.c.id, (GRANTS.c.amount - GRANTS.c.used).label("left"), GRANTS.c.expires_at)
+                .where(GRANTS.c.account_id == account_id, GRANTS.c.expires_at > now)
+                .order_by(GRANTS.c.expires_at, GRANTS.c.created_at, GRANTS.c.id)
+            ).all()
         )
 
-    def _expire_grants(self, session: Session, account_id: str, now: datetime) -> None:
-        session.flush()
-        for _, grant_id, leftover in _expired_leftovers(session, now, account_id):
-            self._entry(session, account_id, "expire", -leftover, 0, now, grant_id=grant_id)
-
-    def _remaining_by_grant(self, session: Session, account_id: str, now: datetime) -> list[tuple[str, int]]:
-        """(grant id, credits left) of the unexpired grants, earliest expiry first."""
-        used = _used_by_grant(account_id).subquery()
-        rows = session.exec(
-            select(CreditGrant.id, CreditGrant.amount - func.coalesce(used.c.used, 0))
-            .join(used, used.c.grant_id == CreditGrant.id, isouter=True)
-            .where(CreditGrant.account_id == account_id, CreditGrant.expires_at > now)
-            .order_by(col(CreditGrant.expires_at), col(CreditGrant.created_at), col(CreditGrant.id))
-        ).all()
-        return [(grant_id, int(remaining)) for grant_id, remaining in rows]
-
-    def _balance(self, session: Session, account_id: str, now: datetime) -> BalanceView:
-        remaining = self._remaining_by_grant(session, account_id, now)
-        held = session.exec(
-            select(func.coalesce(func.sum(Reservation.amount), 0)).where(
-                Reservation.account_id == account_id, Reservation.state == HELD
+    def _balance(self, db: Connection, account_id: str, now: datetime) -> BalanceView:
+        with_credits = [grant for grant in self._unexpired_grants(db, account_id, now) if grant.left > 0]
+        held = db.execute(
+            select(func.coalesce(func.sum(RESERVATIONS.c.amount), 0)).where(
+                RESERVATIONS.c.account_id == account_id, RESERVATIONS.c.state == HELD
             )
-        ).one()
-        next_expiry, expiring = None, 0
-        expiries = session.exec(
-            select(CreditGrant.id, CreditGrant.expires_at).where(
-                CreditGrant.account_id == account_id, CreditGrant.expires_at > now
-            )
-        ).all()
-        left = dict(remaining)
-        for grant_id, expires_at in sorted(expiries, key=lambda row: row[1]):
-            if left.get(grant_id, 0) <= 0:
-                continue
-            if next_expiry is None:
-                next_expiry = expires_at
-            if expires_at == next_expiry:
-                expiring += left[grant_id]
+        ).scalar_one()
+        next_expiry = aware(with_credits[0].expires_at) if with_credits else None
         return BalanceView(
-            available=sum(r for _, r in remaining), held=int(held), next_expiry=next_expiry, expiring_next=expiring
+            available=sum(grant.left for grant in with_credits),
+            held=int(held),
+            next_expiry=next_expiry,
+            expiring_next=sum(grant.left for grant in with_credits if aware(grant.expires_at) == next_expiry),
         )
 
-    def _reservation(self, session: Session, account_id: str, reservation_id: str) -> Reservation:
-        reservation = session.exec(
-            select(Reservation).where(Reservation.id == reservation_id, Reservation.account_id == account_id)
+    def _reservation(self, db: Connection, account_id: str, reservation_id: str) -> Row[Any]:
+        columns = RESERVATIONS.c
+        reservation = db.execute(
+            select(columns.id, columns.amount, columns.state, columns.hold_expires_at).where(
+                columns.id == reservation_id, columns.account_id == account_id
+            )
         ).first()
         if reservation is None:
             raise ServiceError(grpc.StatusCode.NOT_FOUND, "no such reservation", reason="RESERVATION_NOT_FOUND")
@@ -347,7 +359,7 @@ class Ledger:
 
     def _entry(
         self,
-        session: Session,
+        db: Connection,
         account_id: str,
         kind: str,
         amount: int,
@@ -356,8 +368,8 @@ class Ledger:
         reservation_id: str | None = None,
         grant_id: str | None = None,
     ) -> None:
-        session.add(
-            LedgerEntry(
+        db.execute(
+            insert(ENTRIES).values(
                 account_id=account_id,
                 kind=kind,
                 amount=amount,
@@ -369,43 +381,18 @@ class Ledger:
         )
 
 
-def _used_by_grant(account_id: str | None = None):  # type: ignore[no-untyped-def]
-    """Credits of each grant taken by live (held or committed) reservations, of one account
-    if given (then only its reservations are read, not every account's)."""
-    query = (
-        select(
-            ReservationAllocation.grant_id.label("grant_id"),  # type: ignore[attr-defined]
-            func.sum(ReservationAllocation.amount).label("used"),
-        )
-        .join(Reservation, col(Reservation.id) == col(ReservationAllocation.reservation_id))
-        .where(col(Reservation.state).in_([HELD, COMMITTED]))
-        .group_by(col(ReservationAllocation.grant_id))
-    )
-    return query if account_id is None else query.where(Reservation.account_id == account_id)
-
-
-def _expired_leftovers(session: Session, now: datetime, account_id: str | None = None) -> list[tuple[str, str, int]]:
+def _expired_leftovers(db: Connection, now: datetime, account_id: str | None = None) -> list[tuple[str, str, int]]:
     """(account id, grant id, credits) still unspent, unheld and not yet written off on expired grants."""
-    used = _used_by_grant(account_id).subquery()
     written_off = (
-        select(
-            LedgerEntry.grant_id.label("grant_id"),  # type: ignore[union-attr]
-            func.sum(-LedgerEntry.amount).label("gone"),
-        )
-        .where(LedgerEntry.kind == "expire")
-        .group_by(col(LedgerEntry.grant_id))
-        .subquery()
+        select(func.coalesce(func.sum(-ENTRIES.c.amount), 0))
+        .where(ENTRIES.c.kind == "expire", ENTRIES.c.grant_id == GRANTS.c.id)
+        .scalar_subquery()
     )
-    leftover = CreditGrant.amount - func.coalesce(used.c.used, 0) - func.coalesce(written_off.c.gone, 0)
-    query = (
-        select(CreditGrant.account_id, CreditGrant.id, leftover)
-        .join(used, used.c.grant_id == CreditGrant.id, isouter=True)
-        .join(written_off, written_off.c.grant_id == CreditGrant.id, isouter=True)
-        .where(CreditGrant.expires_at <= now, leftover > 0)
-    )
+    leftover = GRANTS.c.amount - GRANTS.c.used - written_off
+    query = select(GRANTS.c.account_id, GRANTS.c.id, leftover).where(GRANTS.c.expires_at <= now, leftover > 0)
     if account_id is not None:
-        query = query.where(CreditGrant.account_id == account_id)
-    return [(a, g, int(n)) for a, g, n in session.exec(query).all()]
+        query = query.where(GRANTS.c.account_id == account_id)
+    return [(a, g, int(n)) for a, g, n in db.execute(query).all()]
 
 
 def _new_id() -> str:

@@ -36,7 +36,8 @@ class ApiKey(SQLModel, table=True):
 
 
 class CreditGrant(SQLModel, table=True):
-    """Immutable once written; what is left of it follows from allocations and the ledger."""
+    """Only `used` ever changes: the credits live (held or committed) reservations take from
+    it, kept by the ledger under the account's lock, so that what is left is one subtraction."""
 
     __tablename__ = "credit_grants"
     __table_args__ = (Index("ix_credit_grants_account_expiry", "account_id", "expires_at"),)
@@ -47,6 +48,7 @@ class CreditGrant(SQLModel, table=True):
     source: str = Field(max_length=16)  # signup, purchase, admin
     expires_at: datetime
     created_at: datetime
+    used: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
 
 
 class Reservation(SQLModel, table=True):
@@ -54,6 +56,7 @@ class Reservation(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("account_id", "idempotency_key", name="uq_reservations_account_key"),
         Index("ix_reservations_state_hold", "state", "hold_expires_at"),
+        Index("ix_reservations_account_state_hold", "account_id", "state", "hold_expires_at"),
     )
 
     id: str = Field(primary_key=True, max_length=36)

@@ -12,17 +12,17 @@ import hmac
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Row
 from sqlalchemy.exc import SQLAlchemyError
 
 from cutout.v1 import account_pb2, accounts_pb2, accounts_pb2_grpc, cutout_pb2, cutout_pb2_grpc
 from services.accounts.db import make_engine, migrate
 from services.accounts.ledger import BalanceView, Ledger, Outcome, utc_now
-from services.accounts.models import Account, ApiKey, LedgerEntry
+from services.accounts.models import Account, ApiKey
 from services.accounts.settings import AccountsSettings
 from services.accounts.store import AccountStore, Caller
 from services.common.errors import ServiceError, abort
@@ -348,7 +348,7 @@ def key_pb(key: ApiKey) -> account_pb2.ApiKey:
     )
 
 
-def entry_pb(entry: LedgerEntry, idempotency_key: str) -> account_pb2.LedgerEntry:
+def entry_pb(entry: Row[Any], idempotency_key: str) -> account_pb2.LedgerEntry:
     return account_pb2.LedgerEntry(
         id=str(entry.seq),
         kind=entry.kind,

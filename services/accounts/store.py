@@ -116,7 +116,7 @@ class AccountStore:
                 session.flush()
                 if signup_credits > 0:
                     self.ledger.grant_in(
-                        session, account.id, signup_credits, "signup", now + timedelta(days=credit_days)
+                        session.connection(), account.id, signup_credits, "signup", now + timedelta(days=credit_days)
                     )
         except IntegrityError:
             raise ServiceError(
