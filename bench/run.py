@@ -4,9 +4,12 @@
 
 For each case (photo size x output format x concurrency) a grpc.aio load generator
 drives the gateway and reports images/s, p50/p95/p99 latency, the mean Triton batch
-size, CPU seconds per image of every process and their peak resident memory. The
-floor (bench/floor.py) is measured in the same run; every mesh figure is also given
-as a ratio to it. Results go to bench/results/ (JSON and Markdown) and the README.
+size, CPU seconds per image of every process (the load generator's own included: it
+shares the cores) and their peak resident memory. The floor (bench/floor.py) is
+measured in the same run, right before and right after the mesh's cases of each photo
+and output, because a shared machine's speed drifts over minutes; every mesh figure is
+also given as a ratio to the mean of the two. Results go to bench/results/ (JSON and
+Markdown) and the README.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ FORMATS = {
 }
 CONCURRENCY = (1, 4, 16)
 ROLES = ("gateway", "accounts", "inference", "triton", "retention")
+CLIENT = "load generator"  # this process, while it drives the mesh
 STREAM_ITEMS = 200
 BENCH_CREDITS = 5000  # more than a full run spends (warm-ups included)
 
@@ -77,6 +81,7 @@ class ProcessWatch:
         return {
             **{name: [p] for name, p in self.roles.items()},
             "triton": [self.triton, *self.triton.children(recursive=True)],
+            CLIENT: [psutil.Process()],
         }
 
     def start(self) -> None:
@@ -118,10 +123,17 @@ class CaseResult:
     mean_batch: float
     cpu_s_per_image: dict[str, float]
     peak_rss_mib: dict[str, float]
-    floor_images_per_s: float
-    floor_p50_ms: float
-    throughput_vs_floor: float
-    p50_minus_floor_ms: float
+    # Set by compare(), once the floor after this photo and output's cases is measured too.
+    floor_images_per_s: float = 0.0
+    floor_p50_ms: float = 0.0
+    throughput_vs_floor: float = 0.0
+    p50_minus_floor_ms: float = 0.0
+
+    def compare(self, floor: FloorResult) -> None:
+        self.floor_images_per_s = floor.images_per_s
+        self.floor_p50_ms = percentile(floor.latencies_ms, 50)
+        self.throughput_vs_floor = self.images_per_s / floor.images_per_s
+        self.p50_minus_floor_ms = self.p50_ms - self.floor_p50_ms
 
 
 async def drive(
@@ -189,7 +201,6 @@ def run_case(
     concurrency: int,
     photo: bytes,
     requests: int,
-    floor: FloorResult,
 ) -> CaseResult:
     load = drive_stream if mode == "stream" else drive
     warm_up = max(1, min(concurrency, 4))
@@ -201,26 +212,19 @@ def run_case(
     elapsed = time.perf_counter() - started
     cpu, peak = watch.stop()
     inferences_after, executions_after = model_counts(mesh.triton.url, DEFAULT_MODEL_NAME)  # type: ignore[union-attr]
-    images_per_s = requests / elapsed
-    p50 = percentile(latencies, 50)
-    floor_p50 = percentile(floor.latencies_ms, 50)
     return CaseResult(
         size=size,
         output=output,
         mode=mode,
         concurrency=concurrency,
         requests=requests,
-        images_per_s=images_per_s,
-        p50_ms=p50,
+        images_per_s=requests / elapsed,
+        p50_ms=percentile(latencies, 50),
         p95_ms=percentile(latencies, 95),
         p99_ms=percentile(latencies, 99),
         mean_batch=(inferences_after - inferences_before) / max(1, executions_after - executions_before),
         cpu_s_per_image={role: seconds / requests for role, seconds in cpu.items()},
-        peak_rss_mib=peak,
-        floor_images_per_s=floor.images_per_s,
-        floor_p50_ms=floor_p50,
-        throughput_vs_floor=images_per_s / floor.images_per_s,
-        p50_minus_floor_ms=p50 - floor_p50,
+        peak_rss_mib={role: mib for role, mib in peak.items() if role != CLIENT},
     )
 
 
@@ -255,7 +259,7 @@ def markdown(results: list[CaseResult], info: dict[str, object]) -> str:
         f"Triton {info['triton']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".",  # type: ignore[union-attr]
         "",
         "| photo | output | load | img/s | x floor | p50 ms | p50 - floor | p95 ms | p99 ms | batch "
-        f"| CPU s/img {' / '.join(ROLES)} | peak RSS MiB {' / '.join(ROLES)} |",
+        f"| CPU s/img {' / '.join((*ROLES, CLIENT))} | peak RSS MiB {' / '.join(ROLES)} |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in results:
@@ -263,13 +267,14 @@ def markdown(results: list[CaseResult], info: dict[str, object]) -> str:
         lines.append(
             f"| {r.size} | {r.output} | {_load(r)} | {r.images_per_s:.1f} | {r.throughput_vs_floor:.2f} "
             f"| {r.p50_ms:.0f} | {r.p50_minus_floor_ms:+.0f} | {r.p95_ms:.0f} | {r.p99_ms:.0f} | {r.mean_batch:.1f} "
-            f"| {' / '.join(f'{cpu[role]:.3f}' for role in ROLES)} "
+            f"| {' / '.join(f'{cpu[role]:.3f}' for role in (*ROLES, CLIENT))} "
             f"| {' / '.join(f'{rss[role]:.0f}' for role in ROLES)} |"
         )
     floors = {(r.size, r.output): (r.floor_images_per_s, r.floor_p50_ms) for r in results}
     lines += [
         "",
-        "Floor (same photos and encoders, no gRPC, no Triton, one process per core; p50 of one worker alone):",
+        "Floor (same photos and encoders, no gRPC, no Triton, one process per core; measured before and after "
+        "the mesh's cases of each row, img/s the mean of the two, p50 of one worker alone):",
         "",
         "| photo | output | img/s | p50 ms |",
         "| --- | --- | ---: | ---: |",
@@ -294,7 +299,27 @@ def update_readme(table: str) -> None:
 def _unary_requests(size: str, concurrency: int, quick: bool) -> int:
     if concurrency == 1:
         return 24 if size == "1MP" else 6
-    return (48 if size == "1MP" else 12) * (1 if quick else 2)
+    return (64 if size == "1MP" else 12) * (1 if quick else 2)
+
+
+def _floor(photo: bytes, size: str, output: str) -> FloorResult:
+    items = 24 if size == "1MP" else 6
+    floor = measure_floor(photo, FORMATS[output], items * 2, items)
+    print(
+        f"floor {size} {output}: {floor.images_per_s:.1f} img/s, p50 {percentile(floor.latencies_ms, 50):.0f} ms",
+        flush=True,
+    )
+    return floor
+
+
+def _print_case(result: CaseResult) -> None:
+    rss = ", ".join(f"{role} {mib:.0f}" for role, mib in result.peak_rss_mib.items())
+    print(
+        f"mesh {result.size} {result.output} {_load(result)}: {result.images_per_s:.1f} img/s "
+        f"({result.throughput_vs_floor:.2f}x floor), p50 {result.p50_ms:.0f} ms "
+        f"({result.p50_minus_floor_ms:+.0f} vs floor), batch {result.mean_batch:.1f}; peak RSS MiB {rss}",
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -307,44 +332,30 @@ def main() -> int:
     sizes = ["1MP"] if args.quick else list(SIZES)
     outputs = ["png"] if args.quick else list(FORMATS)
 
-    floors: dict[tuple[str, str], FloorResult] = {}
-    for size in sizes:
-        for output in outputs:
-            items = 24 if size == "1MP" else 6
-            floors[size, output] = measure_floor(sources[size], FORMATS[output], items * 2, items)
-            floor = floors[size, output]
-            print(
-                f"floor {size} {output}: {floor.images_per_s:.1f} img/s, "
-                f"p50 {percentile(floor.latencies_ms, 50):.0f} ms",
-                flush=True,
-            )
-
     mesh = Mesh(data_dir=data_dir)
     mesh.start()
-    results = []
+    results: list[CaseResult] = []
     try:
         api_key = demo_account(mesh.gateway.address, mesh.admin_token, data_dir, credits=BENCH_CREDITS)
         watch = ProcessWatch(mesh)
-        cases = [
-            (size, output, "unary", concurrency, _unary_requests(size, concurrency, args.quick))
-            for size in sizes
-            for output in outputs
-            for concurrency in CONCURRENCY
-        ]
-        # One stream of 200 PNG cut-outs per size: throughput and memory under the gateway's flow control.
-        cases += [(size, "png", "stream", 0, 40 if args.quick else STREAM_ITEMS) for size in sizes]
-        for size, output, mode, concurrency, requests in cases:
-            result = run_case(
-                mesh, api_key, watch, size, output, mode, concurrency, sources[size], requests, floors[size, output]
-            )
-            results.append(result)
-            rss = ", ".join(f"{role} {mib:.0f}" for role, mib in result.peak_rss_mib.items())
-            print(
-                f"mesh {size} {output} {_load(result)}: {result.images_per_s:.1f} img/s "
-                f"({result.throughput_vs_floor:.2f}x floor), p50 {result.p50_ms:.0f} ms "
-                f"({result.p50_minus_floor_ms:+.0f} vs floor), batch {result.mean_batch:.1f}; peak RSS MiB {rss}",
-                flush=True,
-            )
+        for size in sizes:
+            for output in outputs:
+                cases = [
+                    ("unary", concurrency, _unary_requests(size, concurrency, args.quick))
+                    for concurrency in CONCURRENCY
+                ]
+                if output == "png":  # one stream of PNG cut-outs: throughput and memory under flow control
+                    cases.append(("stream", 0, 40 if args.quick else STREAM_ITEMS))
+                floor_before = _floor(sources[size], size, output)
+                group = [
+                    run_case(mesh, api_key, watch, size, output, mode, concurrency, sources[size], requests)
+                    for mode, concurrency, requests in cases
+                ]
+                floor = floor_before.merged(_floor(sources[size], size, output))
+                for result in group:
+                    result.compare(floor)
+                    _print_case(result)
+                results += group
     finally:
         mesh.stop()
 
