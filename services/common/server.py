@@ -136,6 +136,7 @@ class RunningService:
                     await task
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self._settings.shutdown_grace_s)
+        await asyncio.sleep(self._settings.shutdown_linger_s)  # see the setting
         await self._spec.close()
         log.info("stopped")
 

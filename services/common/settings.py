@@ -30,6 +30,9 @@ class ServiceSettings(BaseSettings):
     port_file: Path | None = None
     # On SIGTERM: how long in-flight calls may take to finish before they are cancelled.
     shutdown_grace_s: float = 30.0
+    # Then how long the process stays up: gRPC counts a call finished once its answer is
+    # handed to the transport, and exiting at once can cut a large answer still being sent.
+    shutdown_linger_s: float = 1.0
     # Calls beyond this many at once get RESOURCE_EXHAUSTED from gRPC itself.
     max_concurrent_rpcs: int = 256
     max_message_bytes: int = MAX_MESSAGE_BYTES
