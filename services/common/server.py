@@ -23,6 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.memory import keep_freed_memory
 from services.common.settings import ServiceSettings
 from services.common.telemetry import LOG_FORMAT, logging_format_ready, setup_telemetry
 
@@ -191,6 +192,8 @@ async def serve(name: str, build: Callable[[S], ServiceSpec], settings: S) -> No
 def run_service(name: str, build: Callable[[S], ServiceSpec], settings: S) -> None:
     """The whole life of service `name` (e.g. "inference"): what its `__main__` calls."""
     configure_logging(settings)
+    if settings.keep_freed_memory:
+        keep_freed_memory()
     asyncio.run(serve(name, build, settings))
 
 

@@ -39,5 +39,8 @@ class ServiceSettings(BaseSettings):
     # How often health is re-evaluated from the service's own dependencies.
     health_interval_s: float = 1.0
     log_level: str = "INFO"
+    # Keep freed memory for the next request instead of faulting it in again (glibc; see
+    # services/common/memory.py). Off returns memory to the system sooner, at a CPU cost.
+    keep_freed_memory: bool = True
     # The region this cell serves (resource attribute of its telemetry).
     region: str = "local"
