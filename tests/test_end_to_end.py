@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
 from cutout.v1 import cutout_pb2, options_pb2
-from tests.conftest import decode
+from tests.conftest import decode, encode
 
 # Regions of the 512x512 astronaut photo: her face, and the empty backdrop top right.
 FACE = (slice(90, 170), slice(180, 260))
@@ -101,3 +103,22 @@ def test_max_output_size_keeps_aspect(gateway, astronaut_png):
     # Never scaled up.
     result = remove(gateway, astronaut_png, max_width=4000).result
     assert (result.width, result.height) == (512, 512)
+
+
+def _minor_faults(pid: int) -> int:
+    # /proc/<pid>/stat: minflt is the 10th field; the 2nd (the command) may hold spaces.
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
+def test_inference_reuses_freed_memory_instead_of_faulting_it_in_per_request(gateway, mesh, astronaut):
+    """services/common/memory.py: measured ~2,600 minor page faults per 1 MP cut-out with
+    glibc's defaults (and 30 % more CPU in the guided filter), about 30 with the setting."""
+    photo = encode(astronaut.resize((1024, 1024)), "JPEG", quality=90)
+    for _ in range(3):  # the first requests grow the heap to its working size
+        remove(gateway, photo)
+    pid = mesh.inference.process.pid
+    before = _minor_faults(pid)
+    for _ in range(5):
+        remove(gateway, photo)
+    per_request = (_minor_faults(pid) - before) / 5
+    assert per_request < 500, f"{per_request:.0f} page faults per 1 MP request"
