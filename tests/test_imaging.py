@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -126,3 +127,12 @@ def test_refinement_in_bands_matches_refinement_in_one_piece(monkeypatch, astron
     monkeypatch.setattr(imaging, "_BAND_ROWS", 10_000)
     whole = np.asarray(imaging.refine_mask(picture, mask), np.int16)
     assert np.abs(banded - whole).max() <= 1
+
+
+def test_refinement_spread_over_helper_threads_is_the_same_refinement(astronaut):
+    picture = astronaut.resize((1500, 1100))
+    mask = np.random.default_rng(2).random((256, 256)).astype(np.float32)
+    alone = np.asarray(imaging.refine_mask(picture, mask))
+    with ThreadPoolExecutor(2) as helpers:
+        spread = np.asarray(imaging.refine_mask(picture, mask, helpers=helpers))
+    assert np.array_equal(alone, spread)

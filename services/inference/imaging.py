@@ -4,6 +4,7 @@ mask refinement, compositing and encoding. Pure functions, no I/O, no gRPC."""
 from __future__ import annotations
 
 import io
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -183,7 +184,13 @@ _BAND_ROWS = 256
 
 
 def refine_mask(
-    image: Image.Image, mask: np.ndarray, *, guide_side: int = 512, radius: int = 4, eps: float = 1e-3
+    image: Image.Image,
+    mask: np.ndarray,
+    *,
+    guide_side: int = 512,
+    radius: int = 4,
+    eps: float = 1e-3,
+    helpers: Executor | None = None,
 ) -> Image.Image:
     """Upsamples the model's low-resolution mask to the image with a fast guided filter.
 
@@ -192,7 +199,13 @@ def refine_mask(
     the upsampled coefficients to the full-resolution luminance, so edges follow
     the picture (hair, sleeves) instead of the model's 256-pixel grid.
     Returns the alpha matte as an "L" image of the picture's size.
+
+    With `helpers`, the independent box filters and the bands of rows run on its
+    threads (scipy and Pillow release the GIL), so one picture uses the cores a quiet
+    machine has spare; the result is the same. Its tasks never wait for each other, so
+    it must not be the executor this function itself runs on.
     """
+    spread = helpers.map if helpers is not None else map
     width, height = image.size
     scale = min(1.0, guide_side / max(width, height))
     low = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -200,32 +213,38 @@ def refine_mask(
     guide = np.asarray(guide_full.resize(low, Image.Resampling.BILINEAR, reducing_gap=3.0), np.float32) / 255
     prior = np.asarray(Image.fromarray(mask.astype(np.float32), "F").resize(low, Image.Resampling.BILINEAR))
     size = 2 * radius + 1
-    mean_i = uniform_filter(guide, size)
-    mean_p = uniform_filter(prior, size)
-    cov_ip = uniform_filter(guide * prior, size) - mean_i * mean_p
-    var_i = uniform_filter(guide * guide, size) - mean_i * mean_i
-    a = cov_ip / (var_i + eps)
+
+    def box(values: np.ndarray) -> np.ndarray:
+        return uniform_filter(values, size)
+
+    mean_i, mean_p, mean_ip, mean_ii = spread(box, [guide, prior, guide * prior, guide * guide])
+    a = (mean_ip - mean_i * mean_p) / (mean_ii - mean_i * mean_i + eps)
     b = mean_p - a * mean_i
+    mean_a, mean_b = spread(box, [a, b])
     # On 255-scaled luminance g, alpha * 255 = mean_a * g + 255 * mean_b. The
     # coefficients are upsampled and applied one band of rows at a time, so no
     # full-resolution float array ever exists (a 12 MP picture would need ~48 MB each).
-    coeff_a = Image.fromarray(uniform_filter(a, size), "F")
-    coeff_b = Image.fromarray(uniform_filter(b, size) * 255 + 0.5, "F")
+    coeff_a = Image.fromarray(mean_a, "F")
+    coeff_b = Image.fromarray(mean_b * 255 + 0.5, "F")
     luminance = np.asarray(guide_full)
     alpha = np.empty((height, width), np.uint8)
     rows_per_low_row = height / low[1]
-    for top in range(0, height, _BAND_ROWS):
+
+    def fill_band(top: int) -> None:
         bottom = min(height, top + _BAND_ROWS)
-        box = (0.0, top / rows_per_low_row, float(low[0]), bottom / rows_per_low_row)
+        region = (0.0, top / rows_per_low_row, float(low[0]), bottom / rows_per_low_row)
         band_size = (width, bottom - top)
         band = np.multiply(
-            np.asarray(coeff_a.resize(band_size, Image.Resampling.BILINEAR, box=box)),
+            np.asarray(coeff_a.resize(band_size, Image.Resampling.BILINEAR, box=region)),
             luminance[top:bottom],
             dtype=np.float32,
         )
-        band += np.asarray(coeff_b.resize(band_size, Image.Resampling.BILINEAR, box=box))
+        band += np.asarray(coeff_b.resize(band_size, Image.Resampling.BILINEAR, box=region))
         np.clip(band, 0.0, 255.0, out=band)
         alpha[top:bottom] = band  # +0.5 above makes this truncation round
+
+    for _ in spread(fill_band, range(0, height, _BAND_ROWS)):  # bands write disjoint rows
+        pass
     return Image.fromarray(alpha, "L")
 
 

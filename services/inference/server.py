@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +50,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             webp_quality=settings.webp_quality,
         )
         self.pool = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="pixels")
+        # Parts of one picture's guided filter, run beside the pool thread that asked for them.
+        self.filter_helpers = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="filter")
         self.pixel_budget = PixelBudget(settings.max_pixels_in_flight)
 
     async def _cpu(self, fn: Callable[..., T], *args: object) -> T:
@@ -91,7 +94,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         timings.batch_size = batched.batch_size
 
         with _stage(timings, "postprocess"):
-            alpha = await self._cpu(imaging.refine_mask, image, batched.output)
+            alpha = await self._cpu(
+                functools.partial(imaging.refine_mask, helpers=self.filter_helpers), image, batched.output
+            )
             fraction = await self._cpu(imaging.foreground_fraction, alpha)
 
         format_name = options_pb2.OutputFormat.Name(spec.format)
@@ -115,6 +120,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         await self.batcher.close()
         await self.model.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.filter_helpers.shutdown(wait=False, cancel_futures=True)
 
 
 def _ms_since(mark: float) -> float:
