@@ -25,7 +25,16 @@ def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": busy_timeout_s, "check_same_thread": False})
+    # One connection per process: every transaction takes SQLite's write lock anyway
+    # (BEGIN IMMEDIATE below), and threads queued on the pool are woken the moment it is
+    # free, where SQLite's busy handler would poll with sleeps of 1 to 100 ms.
+    engine = create_engine(
+        url,
+        connect_args={"timeout": busy_timeout_s, "check_same_thread": False},
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=busy_timeout_s,
+    )
 
     # SQLAlchemy's "serializable pysqlite" recipe: pysqlite's own deferred BEGIN would
     # let two transactions read the same row and both act on it, so it is switched

@@ -50,12 +50,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             webp_quality=settings.webp_quality,
         )
         self.pool = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="pixels")
-        # Parts of one picture's guided filter, run beside the pool thread that asked for them.
+        self._in_pool = 0  # tasks submitted to `pool` and not finished
+        # Parts of one picture's guided filter, run beside the pool thread that asked for
+        # them, but only while nothing else is in the pool: under load the cores are taken
+        # and splitting the work would only add thread switches.
         self.filter_helpers = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="filter")
         self.pixel_budget = PixelBudget(settings.max_pixels_in_flight)
 
     async def _cpu(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        self._in_pool += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        finally:
+            self._in_pool -= 1
 
     async def Segment(
         self, request: inference_pb2.SegmentRequest, context: grpc.aio.ServicerContext
@@ -94,9 +101,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         timings.batch_size = batched.batch_size
 
         with _stage(timings, "postprocess"):
-            alpha = await self._cpu(
-                functools.partial(imaging.refine_mask, helpers=self.filter_helpers), image, batched.output
-            )
+            helpers = self.filter_helpers if self._in_pool == 0 else None
+            alpha = await self._cpu(functools.partial(imaging.refine_mask, helpers=helpers), image, batched.output)
             fraction = await self._cpu(imaging.foreground_fraction, alpha)
 
         format_name = options_pb2.OutputFormat.Name(spec.format)
