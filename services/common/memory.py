@@ -6,7 +6,7 @@ the kernel, and the next request faults the same memory in again page by page. T
 measured in the inference service: about 2,600 minor page faults per 1 MP cut-out, and
 its guided filter took 30 % more CPU than the same call in a single-threaded process,
 which faulted almost never. With blocks up to 32 MiB served from the heap and the heap
-trimmed only past 64 MiB free at its top, it faults about 25 times per image and runs
+trimmed only past 64 MiB free at its top, it faults about 50 times per image and runs
 as fast. Peaks are unchanged; after a burst a process keeps up to that much memory
 free for the next one instead of returning it.
 """
