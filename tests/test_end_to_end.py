@@ -112,7 +112,7 @@ def _minor_faults(pid: int) -> int:
 
 def test_inference_reuses_freed_memory_instead_of_faulting_it_in_per_request(gateway, mesh, astronaut):
     """services/common/memory.py: measured ~2,600 minor page faults per 1 MP cut-out with
-    glibc's defaults (and 30 % more CPU in the guided filter), about 30 with the setting."""
+    glibc's defaults (and 30 % more CPU in the guided filter), about 50 with the setting."""
     photo = encode(astronaut.resize((1024, 1024)), "JPEG", quality=90)
     for _ in range(3):  # the first requests grow the heap to its working size
         remove(gateway, photo)

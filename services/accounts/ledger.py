@@ -1,7 +1,7 @@
 """The credit ledger: grants, reservations (hold, commit, release), expiry, balance.
 
 Synchronous SQLAlchemy Core on the sqlmodel tables (reserve and commit run on every
-removal, and the ORM's unit of work cost several times their SQL; see bench/README);
+removal, and the ORM's unit of work cost several times their SQL; README, "Benchmark");
 the gRPC servicer calls it in a thread. Every write locks the
 account first (`SELECT ... FOR UPDATE` on PostgreSQL; on SQLite every transaction is
 BEGIN IMMEDIATE, see db.py), so concurrent reserves of one account run one at a time
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -197,7 +197,7 @@ class Ledger:
                 db.execute(update(RESERVATIONS).where(RESERVATIONS.c.id == reservation_id).values(**hold))
             for grant_id, take in takes:
                 db.execute(insert(ALLOCATIONS).values(reservation_id=reservation_id, grant_id=grant_id, amount=take))
-                db.execute(update(GRANTS).where(GRANTS.c.id == grant_id).values(used=GRANTS.c.used + take))
+                _count_used(db, grant_id, take)
             self._entry(db, account_id, "reserve", -amount, amount, now, reservation_id=reservation_id)
             return Reserved(reservation_id, outcome)
 
@@ -210,8 +210,9 @@ class Ledger:
             reservation = self._reservation(db, account_id, reservation_id)
             state = reservation.state
             if state == HELD and aware(reservation.hold_expires_at) <= now:
-                state = self._release(db, account_id, reservation, now)
+                self._release(db, account_id, reservation, now)
                 self._expire_grants(db, account_id, now)
+                state = RELEASED
             if state == RELEASED:
                 raise ServiceError(
                     grpc.StatusCode.FAILED_PRECONDITION,
@@ -236,9 +237,10 @@ class Ledger:
                     reason="RESERVATION_COMMITTED",
                 )
             if state == HELD:
-                state = self._release(db, account_id, reservation, now)
+                self._release(db, account_id, reservation, now)
                 # Credits that return to a grant which expired meanwhile expire now.
                 self._expire_grants(db, account_id, now)
+                state = RELEASED
             return state
 
     def settle(self, account_id: str) -> None:
@@ -306,30 +308,27 @@ class Ledger:
             self._release(db, account_id, reservation, now)
         return now
 
-    def _release(self, db: Connection, account_id: str, reservation: Row[Any], now: datetime) -> str:
+    def _release(self, db: Connection, account_id: str, reservation: Row[Any], now: datetime) -> None:
         """Releases a held reservation (a row with its id and amount): its credits go back to their grants."""
         db.execute(update(RESERVATIONS).where(RESERVATIONS.c.id == reservation.id).values(state=RELEASED))
         allocations = db.execute(
             select(ALLOCATIONS.c.grant_id, ALLOCATIONS.c.amount).where(ALLOCATIONS.c.reservation_id == reservation.id)
         ).all()
         for grant_id, take in allocations:
-            db.execute(update(GRANTS).where(GRANTS.c.id == grant_id).values(used=GRANTS.c.used - take))
+            _count_used(db, grant_id, -take)
         self._entry(db, account_id, "release", reservation.amount, -reservation.amount, now, reservation.id)
-        return RELEASED
 
     def _expire_grants(self, db: Connection, account_id: str, now: datetime) -> None:
         for _, grant_id, leftover in _expired_leftovers(db, now, account_id):
             self._entry(db, account_id, "expire", -leftover, 0, now, grant_id=grant_id)
 
-    def _unexpired_grants(self, db: Connection, account_id: str, now: datetime) -> list[Row[Any]]:
+    def _unexpired_grants(self, db: Connection, account_id: str, now: datetime) -> Sequence[Row[Any]]:
         """Rows (id, left, expires_at) of the unexpired grants, earliest expiry first."""
-        return list(
-            db.execute(
-                select(GRANTS.c.id, (GRANTS.c.amount - GRANTS.c.used).label("left"), GRANTS.c.expires_at)
-                .where(GRANTS.c.account_id == account_id, GRANTS.c.expires_at > now)
-                .order_by(GRANTS.c.expires_at, GRANTS.c.created_at, GRANTS.c.id)
-            ).all()
-        )
+        return db.execute(
+            select(GRANTS.c.id, (GRANTS.c.amount - GRANTS.c.used).label("left"), GRANTS.c.expires_at)
+            .where(GRANTS.c.account_id == account_id, GRANTS.c.expires_at > now)
+            .order_by(GRANTS.c.expires_at, GRANTS.c.created_at, GRANTS.c.id)
+        ).all()
 
     def _balance(self, db: Connection, account_id: str, now: datetime) -> BalanceView:
         with_credits = [grant for grant in self._unexpired_grants(db, account_id, now) if grant.left > 0]
@@ -379,6 +378,11 @@ class Ledger:
                 created_at=now,
             )
         )
+
+
+def _count_used(db: Connection, grant_id: str, credits: int) -> None:
+    """The one place a grant's running `used` changes: + what a reservation takes, - what a release returns."""
+    db.execute(update(GRANTS).where(GRANTS.c.id == grant_id).values(used=GRANTS.c.used + credits))
 
 
 def _expired_leftovers(db: Connection, now: datetime, account_id: str | None = None) -> list[tuple[str, str, int]]:
