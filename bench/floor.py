@@ -12,12 +12,12 @@ import os
 import time
 from dataclasses import dataclass
 
-import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from cutout.v1 import options_pb2
 from services.inference import imaging
-from services.inference.model import model_file
+from services.inference.model import MODEL_REPOSITORY, PERSON_MODEL, SELFIE_SEGMENTATION
+from services.inference.profiles import ModelProfile, load_config
 from services.inference.settings import InferenceSettings
 
 _worker: _FloorWorker | None = None
@@ -32,8 +32,8 @@ class _FloorWorker:
             jpeg_quality=settings.jpeg_quality,
             webp_quality=settings.webp_quality,
         )
-        self.side = settings.model_input_size
-        self.interpreter = Interpreter(model_path=str(model_file()), num_threads=1)
+        self.profile = ModelProfile.from_config(load_config(MODEL_REPOSITORY / PERSON_MODEL / "config.pbtxt"))
+        self.interpreter = Interpreter(model_path=str(SELFIE_SEGMENTATION.path()), num_threads=1)
         self.interpreter.allocate_tensors()
         self.input_index = self.interpreter.get_input_details()[0]["index"]
         self.output_index = self.interpreter.get_output_details()[0]["index"]
@@ -41,10 +41,9 @@ class _FloorWorker:
     def cut_out(self, photo: bytes, output_format: int) -> bytes:
         spec = imaging.OutputSpec.from_proto(options_pb2.RemoveBackgroundOptions(format=output_format), self.encoders)
         image = imaging.decode(photo, self.limits)
-        tensor = imaging.model_input(image, (self.side, self.side))
-        self.interpreter.set_tensor(self.input_index, (tensor[None].astype(np.float32) / 255))
+        self.interpreter.set_tensor(self.input_index, self.profile.tensor(image)[None])
         self.interpreter.invoke()
-        mask = self.interpreter.get_tensor(self.output_index)[0, :, :, 0]
+        mask = self.profile.probability(self.interpreter.get_tensor(self.output_index)[0])
         alpha = imaging.refine_mask(image, mask)
         imaging.foreground_fraction(alpha)
         return imaging.render(image, alpha, spec).data

@@ -38,7 +38,7 @@ from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.assets import ASTRONAUT
 from services.common.channels import channel_options
 from services.common.settings import API_KEY_METADATA
-from services.inference.model import DEFAULT_MODEL_NAME, fetch_default_model
+from services.inference.model import PERSON_MODEL, fetch_models
 from services.inference.triton_local import model_counts
 from services.mesh import ROOT, Mesh, demo_account
 
@@ -205,13 +205,13 @@ def run_case(
     load = drive_stream if mode == "stream" else drive
     warm_up = max(1, min(concurrency, 4))
     asyncio.run(load(mesh.gateway.address, api_key, photo, FORMATS[output], concurrency, warm_up))
-    inferences_before, executions_before = model_counts(mesh.triton.url, DEFAULT_MODEL_NAME)  # type: ignore[union-attr]
+    inferences_before, executions_before = model_counts(mesh.triton.url, PERSON_MODEL)  # type: ignore[union-attr]
     watch.start()
     started = time.perf_counter()
     latencies = asyncio.run(load(mesh.gateway.address, api_key, photo, FORMATS[output], concurrency, requests))
     elapsed = time.perf_counter() - started
     cpu, peak = watch.stop()
-    inferences_after, executions_after = model_counts(mesh.triton.url, DEFAULT_MODEL_NAME)  # type: ignore[union-attr]
+    inferences_after, executions_after = model_counts(mesh.triton.url, PERSON_MODEL)  # type: ignore[union-attr]
     return CaseResult(
         size=size,
         output=output,
@@ -326,7 +326,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1MP PNG only, fewer requests (a smoke run)")
     args = parser.parse_args()
-    fetch_default_model()
+    fetch_models()
     data_dir = ROOT / ".data" / "bench"
     sources = photos(data_dir)
     sizes = ["1MP"] if args.quick else list(SIZES)

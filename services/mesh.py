@@ -24,7 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.assets import ASTRONAUT
-from services.inference.model import DEFAULT_MODEL_NAME, fetch_default_model
+from services.inference.model import fetch_models
 from services.inference.triton_local import LocalTriton
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,7 +227,7 @@ class Mesh:
             self.triton = LocalTriton(grpc_port=free_port(), work_dir=self.data_dir / "triton")
             self.triton.work_dir.mkdir(parents=True, exist_ok=True)
             self.triton.start()
-            self.triton.wait_ready(DEFAULT_MODEL_NAME)
+            self.triton.wait_ready()
             inference = ServiceProcess(
                 "inference", {**self.env, "CUTOUT_INFERENCE_TRITON_URL": self.triton.url}, self.run_dir
             )
@@ -330,7 +330,7 @@ def run_demo(gateway: str, data_dir: Path, api_key: str) -> Path:
 
 
 def main() -> int:
-    fetch_default_model()
+    fetch_models()
     port = int(os.environ.get("CUTOUT_GATEWAY_PORT", "50051"))
     mesh = Mesh(gateway_port=port)
     print("starting Triton, inference, accounts, retention and gateway ...", flush=True)

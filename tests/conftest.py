@@ -20,7 +20,7 @@ from cutout.v1 import account_pb2, cutout_pb2_grpc
 from services.common.assets import ASTRONAUT
 from services.common.channels import channel_options
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
-from services.inference.model import fetch_default_model
+from services.inference.model import fetch_models
 from services.mesh import ROOT, Mesh, free_port
 
 CACHE = ROOT / ".cache"
@@ -38,12 +38,12 @@ def astronaut(astronaut_png: bytes) -> Image.Image:
 
 
 @pytest.fixture(scope="session")
-def model_path() -> Path:
-    return fetch_default_model()
+def model_paths() -> list[Path]:
+    return fetch_models()
 
 
 @pytest.fixture(scope="session")
-def mesh(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Mesh]:
+def mesh(tmp_path_factory: pytest.TempPathFactory, model_paths: list[Path]) -> Iterator[Mesh]:
     # Few free credits at sign-up, so that tests can top accounts up to small exact balances.
     mesh = Mesh(data_dir=tmp_path_factory.mktemp("mesh"), env={"CUTOUT_ACCOUNTS_SIGNUP_CREDITS": str(SIGNUP_CREDITS)})
     mesh.start()

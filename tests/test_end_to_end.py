@@ -10,6 +10,7 @@ from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
 from cutout.v1 import cutout_pb2, options_pb2
+from services.inference.model import SELFIE_SEGMENTATION
 from tests.conftest import decode, encode
 
 # Regions of the 512x512 astronaut photo: her face, and the empty backdrop top right.
@@ -33,10 +34,11 @@ def remove(gateway, image: bytes, **options: object) -> cutout_pb2.RemoveBackgro
     return gateway.RemoveBackground(request, timeout=120)
 
 
-def test_person_kept_background_gone_and_matches_litert(gateway, astronaut_png, astronaut, model_path):
+def test_person_kept_background_gone_and_matches_litert(gateway, astronaut_png, astronaut, model_paths):
     response = remove(gateway, astronaut_png)
     result = response.result
     assert (result.width, result.height, result.media_type) == (512, 512, "image/png")
+    assert result.model == "selfie_segmentation", "AUTO keeps the fast person model for a portrait"
     cutout = decode(result.image)
     assert cutout.mode == "RGBA"
     alpha = np.asarray(cutout.getchannel("A"), np.float32) / 255
@@ -49,7 +51,7 @@ def test_person_kept_background_gone_and_matches_litert(gateway, astronaut_png, 
     assert np.abs(rgb[opaque] - np.asarray(astronaut, np.int16)[opaque]).max() <= 1
 
     ours = alpha >= 0.5
-    reference = litert_mask(astronaut, str(model_path)) >= 0.5
+    reference = litert_mask(astronaut, str(SELFIE_SEGMENTATION.path())) >= 0.5
     iou = (ours & reference).sum() / (ours | reference).sum()
     assert iou >= 0.97, f"IoU with LiteRT run directly is {iou:.3f}"
     assert result.foreground_fraction == pytest.approx(alpha.mean(), abs=0.01)

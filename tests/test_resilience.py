@@ -20,7 +20,6 @@ from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, inference_pb2, i
 from services.common.channels import channel_options
 from services.common.errors import error_details
 from services.common.settings import MIB
-from services.inference.model import DEFAULT_MODEL_NAME
 from services.inference.triton_local import LocalTriton
 from services.mesh import ServiceProcess, free_port, gateway_process
 from tests.conftest import encode, new_account
@@ -48,11 +47,11 @@ def wait_until(predicate, timeout_s: float, what: str) -> None:
 
 
 @pytest.fixture
-def own_triton(tmp_path, model_path) -> Iterator[LocalTriton]:
+def own_triton(tmp_path, model_paths) -> Iterator[LocalTriton]:
     triton = LocalTriton(grpc_port=free_port(), work_dir=tmp_path / "triton")
     triton.work_dir.mkdir()
     triton.start()
-    triton.wait_ready(DEFAULT_MODEL_NAME)
+    triton.wait_ready()
     yield triton
     triton.stop()
 
@@ -98,7 +97,7 @@ def test_triton_down_gives_unavailable_and_inference_recovers_when_it_is_back(
             )
 
             own_triton.start()  # same port, as a restarted pod would be
-            own_triton.wait_ready(DEFAULT_MODEL_NAME)
+            own_triton.wait_ready()
             wait_until(
                 lambda: health_status(inference.address) == health_pb2.HealthCheckResponse.SERVING, 30, "SERVING again"
             )

@@ -29,7 +29,7 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture(scope="module")
-def traced_mesh(tmp_path_factory, receiver, model_path) -> Iterator[Mesh]:
+def traced_mesh(tmp_path_factory, receiver, model_paths) -> Iterator[Mesh]:
     mesh = Mesh(
         data_dir=tmp_path_factory.mktemp("traced"),
         env={

@@ -18,15 +18,26 @@ class OutputFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTPUT_FORMAT_MASK: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_JPEG_ON_COLOR: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_PNG_ON_COLOR: _ClassVar[OutputFormat]
+
+class Subject(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SUBJECT_UNSPECIFIED: _ClassVar[Subject]
+    SUBJECT_AUTO: _ClassVar[Subject]
+    SUBJECT_PERSON: _ClassVar[Subject]
+    SUBJECT_ANY: _ClassVar[Subject]
 OUTPUT_FORMAT_UNSPECIFIED: OutputFormat
 OUTPUT_FORMAT_PNG: OutputFormat
 OUTPUT_FORMAT_WEBP: OutputFormat
 OUTPUT_FORMAT_MASK: OutputFormat
 OUTPUT_FORMAT_JPEG_ON_COLOR: OutputFormat
 OUTPUT_FORMAT_PNG_ON_COLOR: OutputFormat
+SUBJECT_UNSPECIFIED: Subject
+SUBJECT_AUTO: Subject
+SUBJECT_PERSON: Subject
+SUBJECT_ANY: Subject
 
 class RemoveBackgroundOptions(_message.Message):
-    __slots__ = ("format", "background_color", "crop_to_subject", "crop_margin_px", "max_width", "max_height", "compression_effort", "quality", "keep_result", "keep_ttl")
+    __slots__ = ("format", "background_color", "crop_to_subject", "crop_margin_px", "max_width", "max_height", "compression_effort", "quality", "keep_result", "keep_ttl", "subject", "model")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     BACKGROUND_COLOR_FIELD_NUMBER: _ClassVar[int]
     CROP_TO_SUBJECT_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +48,8 @@ class RemoveBackgroundOptions(_message.Message):
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     KEEP_RESULT_FIELD_NUMBER: _ClassVar[int]
     KEEP_TTL_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     format: OutputFormat
     background_color: str
     crop_to_subject: bool
@@ -47,7 +60,9 @@ class RemoveBackgroundOptions(_message.Message):
     quality: int
     keep_result: bool
     keep_ttl: _duration_pb2.Duration
-    def __init__(self, format: _Optional[_Union[OutputFormat, str]] = ..., background_color: _Optional[str] = ..., crop_to_subject: _Optional[bool] = ..., crop_margin_px: _Optional[int] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., compression_effort: _Optional[int] = ..., quality: _Optional[int] = ..., keep_result: _Optional[bool] = ..., keep_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    subject: Subject
+    model: str
+    def __init__(self, format: _Optional[_Union[OutputFormat, str]] = ..., background_color: _Optional[str] = ..., crop_to_subject: _Optional[bool] = ..., crop_margin_px: _Optional[int] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., compression_effort: _Optional[int] = ..., quality: _Optional[int] = ..., keep_result: _Optional[bool] = ..., keep_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., subject: _Optional[_Union[Subject, str]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class StageTimings(_message.Message):
     __slots__ = ("decode_ms", "preprocess_ms", "batch_wait_ms", "model_ms", "postprocess_ms", "encode_ms", "total_ms", "batch_size")
@@ -70,18 +85,20 @@ class StageTimings(_message.Message):
     def __init__(self, decode_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., batch_wait_ms: _Optional[float] = ..., model_ms: _Optional[float] = ..., postprocess_ms: _Optional[float] = ..., encode_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class CutoutImage(_message.Message):
-    __slots__ = ("image", "media_type", "width", "height", "foreground_fraction")
+    __slots__ = ("image", "media_type", "width", "height", "foreground_fraction", "model")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     FOREGROUND_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     media_type: str
     width: int
     height: int
     foreground_fraction: float
-    def __init__(self, image: _Optional[bytes] = ..., media_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., foreground_fraction: _Optional[float] = ...) -> None: ...
+    model: str
+    def __init__(self, image: _Optional[bytes] = ..., media_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., foreground_fraction: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
 
 class KeptResult(_message.Message):
     __slots__ = ("result_id", "token", "created_at", "expires_at", "media_type", "width", "height", "size")

@@ -175,11 +175,6 @@ def _to_srgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def model_input(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """The model's input: the whole picture resized to `size` (w, h), uint8 HxWx3."""
-    return np.asarray(image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0))
-
-
 _BAND_ROWS = 256
 
 

@@ -12,37 +12,31 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import grpc
+import numpy as np
 from opentelemetry import trace
 from PIL import Image
 
 from cutout.v1 import inference_pb2, inference_pb2_grpc, options_pb2
-from services.common.errors import ServiceError, abort
+from services.common.errors import ServiceError, abort, invalid_argument
 from services.common.server import ServiceSpec
 from services.common.telemetry import meter, stage
 from services.inference import imaging
-from services.inference.batcher import Batcher
 from services.inference.budget import PixelBudget
+from services.inference.models import ModelCatalog, ServedModel, looks_like_person
 from services.inference.settings import InferenceSettings
-from services.inference.triton import TritonModel
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Its rate is the images per second served.
 _images = meter.create_counter("cutout.inference.images", description="Cut-outs produced")
+Subject = options_pb2.Subject
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, settings: InferenceSettings, model: TritonModel) -> None:
+    def __init__(self, settings: InferenceSettings, catalog: ModelCatalog) -> None:
         self.settings = settings
-        self.model = model
-        self.batcher = Batcher(
-            model.infer,
-            max_batch_size=settings.max_batch_size,
-            max_wait_s=settings.max_batch_wait_ms / 1000,
-            max_queue=settings.max_queue,
-            span_attributes={"cutout.model": settings.model_name},
-        )
+        self.catalog = catalog
         self.limits = imaging.DecodeLimits(settings.max_image_bytes, settings.max_pixels)
         self.encoders = imaging.EncoderDefaults(
             compression_effort=settings.compression_effort,
@@ -78,31 +72,64 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         timings = options_pb2.StageTimings()
         # Options first: a wrong option costs no decoding and no model time.
         spec = imaging.OutputSpec.from_proto(request.options, self.encoders)
+        model, fallback = await self._models_for(request.options)
         header = await self._cpu(imaging.open_image, request.image, self.limits)
         width, height = header.size
         async with self.pixel_budget.hold(width * height):
-            return await self._process(header, spec, timings, started)
+            return await self._process(header, spec, model, fallback, timings, started)
+
+    async def _models_for(self, options: options_pb2.RemoveBackgroundOptions) -> tuple[ServedModel, str | None]:
+        """The model to run first, and the model AUTO falls back to when the first finds no person."""
+        subject = options.subject or Subject.SUBJECT_AUTO
+        if subject not in Subject.values():
+            known = ", ".join(n for n in Subject.keys() if n != "SUBJECT_UNSPECIFIED")
+            raise invalid_argument(f"unknown subject {subject}; use one of {known}", field="options.subject")
+        if options.model:
+            if subject != Subject.SUBJECT_AUTO:
+                raise invalid_argument(
+                    "options.model and options.subject both choose the model; set one of them", field="options.model"
+                )
+            return await self.catalog.get(options.model), None
+        if subject == Subject.SUBJECT_ANY:
+            return await self.catalog.get(self.settings.general_model), None
+        person = await self.catalog.get(self.settings.person_model)
+        return person, (self.settings.general_model if subject == Subject.SUBJECT_AUTO else None)
+
+    async def _run_model(self, model: ServedModel, tensor: np.ndarray, timings: options_pb2.StageTimings) -> np.ndarray:
+        """One image through a model's batcher: its foreground probability at the model's size."""
+        with stage("batch") as span:
+            span.set_attribute("cutout.model", model.profile.name)
+            batched = await model.batcher.submit(tensor)
+            span.set_attribute("cutout.batch_size", batched.batch_size)
+        timings.batch_wait_ms += batched.wait_s * 1000
+        timings.model_ms += batched.model_s * 1000
+        timings.batch_size = batched.batch_size
+        return await self._cpu(model.profile.probability, batched.output)
 
     async def _process(
-        self, header: Image.Image, spec: imaging.OutputSpec, timings: options_pb2.StageTimings, started: float
+        self,
+        header: Image.Image,
+        spec: imaging.OutputSpec,
+        model: ServedModel,
+        fallback: str | None,
+        timings: options_pb2.StageTimings,
+        started: float,
     ) -> inference_pb2.SegmentResponse:
-        with self.batcher.arriving():
+        with model.batcher.arriving():
             with _stage(timings, "decode"):
                 image = await self._cpu(imaging.decode_pixels, header)
-            side = self.settings.model_input_size
             with _stage(timings, "preprocess"):
-                tensor = await self._cpu(imaging.model_input, image, (side, side))
-
-        with stage("batch") as span:
-            batched = await self.batcher.submit(tensor)
-            span.set_attribute("cutout.batch_size", batched.batch_size)
-        timings.batch_wait_ms = batched.wait_s * 1000
-        timings.model_ms = batched.model_s * 1000
-        timings.batch_size = batched.batch_size
+                tensor = await self._cpu(model.profile.tensor, image)
+        probability = await self._run_model(model, tensor, timings)
+        if fallback is not None and not looks_like_person(probability, self.catalog.person_rule):
+            model = await self.catalog.get(fallback)
+            with _stage(timings, "preprocess"):
+                tensor = await self._cpu(model.profile.tensor, image)
+            probability = await self._run_model(model, tensor, timings)
 
         with _stage(timings, "postprocess"):
             helpers = self.filter_helpers if self._in_pool == 0 else None
-            alpha = await self._cpu(functools.partial(imaging.refine_mask, helpers=helpers), image, batched.output)
+            alpha = await self._cpu(functools.partial(imaging.refine_mask, helpers=helpers), image, probability)
             fraction = await self._cpu(imaging.foreground_fraction, alpha)
 
         format_name = options_pb2.OutputFormat.Name(spec.format)
@@ -118,13 +145,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 width=rendered.width,
                 height=rendered.height,
                 foreground_fraction=fraction,
+                model=model.profile.name,
             ),
             timings=timings,
         )
 
     async def close(self) -> None:
-        await self.batcher.close()
-        await self.model.close()
+        await self.catalog.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.filter_helpers.shutdown(wait=False, cancel_futures=True)
 
@@ -139,15 +166,15 @@ def _stage(timings: options_pb2.StageTimings, name: str) -> Iterator[trace.Span]
     mark = time.perf_counter()
     with stage(name) as span:
         yield span
-    setattr(timings, f"{name}_ms", _ms_since(mark))
+    setattr(timings, f"{name}_ms", getattr(timings, f"{name}_ms") + _ms_since(mark))  # AUTO may run a stage twice
 
 
 def build(settings: InferenceSettings) -> ServiceSpec:
-    model = TritonModel(settings.triton_url, settings.model_name, settings.triton_timeout_s)
-    servicer = InferenceServicer(settings, model)
+    catalog = ModelCatalog(settings)
+    servicer = InferenceServicer(settings, catalog)
     return ServiceSpec(
         service_names=[inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name],
         register=lambda server: inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server),
-        ready=model.ready,
+        ready=catalog.ready,
         close=servicer.close,
     )

@@ -5,6 +5,7 @@ import os
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import MIB, ServiceSettings
+from services.inference.model import GENERAL_MODEL, PERSON_MODEL
 
 
 class InferenceSettings(ServiceSettings):
@@ -13,12 +14,22 @@ class InferenceSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CUTOUT_INFERENCE_", extra="ignore")
 
     port: int = 50052
-    # Triton's gRPC address: the embedded one on loopback, or a GPU server elsewhere.
+    # Triton's gRPC address: the embedded one on loopback, or servers elsewhere, comma
+    # separated (say a CPU Triton for the person model and a GPU one for the general
+    # model): every segmentation model they serve can be used (services/inference/models.py).
     triton_url: str = "127.0.0.1:8001"
-    model_name: str = "selfie_segmentation"
-    model_input_size: int = 256
     triton_timeout_s: float = 30.0
-    # The batcher: images per Triton call, how long the first image waits for
+    # The models behind `subject: PERSON` and `subject: ANY` (AUTO tries the first, then the second).
+    person_model: str = PERSON_MODEL
+    general_model: str = GENERAL_MODEL
+    # AUTO keeps the person model's mask when it covers this much of the picture ...
+    auto_person_min_area: float = 0.02
+    auto_person_max_area: float = 0.85
+    # ... with this mean probability inside, and at most this many uncertain pixels
+    # (0.2 < p < 0.8) per person pixel. Measured: README, "Models".
+    auto_person_min_confidence: float = 0.9
+    auto_person_max_edge_ratio: float = 0.35
+    # The batcher, one per model: images per Triton call, how long the first image waits for
     # company, and how many may wait in all before callers are turned away.
     max_batch_size: int = 16
     max_batch_wait_ms: float = 5.0
@@ -34,3 +45,7 @@ class InferenceSettings(ServiceSettings):
     compression_effort: int = 1
     jpeg_quality: int = 90
     webp_quality: int = 90
+
+    @property
+    def triton_urls(self) -> list[str]:
+        return [url.strip() for url in self.triton_url.split(",") if url.strip()]

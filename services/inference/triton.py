@@ -1,53 +1,60 @@
-"""The segmentation model as Triton serves it, reached with tritonclient over gRPC."""
+"""Triton servers as the inference service sees them, reached with tritonclient over gRPC."""
 
 from __future__ import annotations
 
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
-from tritonclient.grpc import InferenceServerException, InferInput, InferRequestedOutput
+from tritonclient.grpc import InferenceServerException, InferInput, InferRequestedOutput, model_config_pb2
 
 from services.common.channels import channel_options
 from services.common.errors import ServiceError
+from services.inference.profiles import ModelProfile
 
 # Triton's own limit; masks and batches stay far below it.
 _TRITON_MESSAGE_BYTES = 2**31 - 1
 
 
-class TritonModel:
-    """One model on one Triton server: readiness and batched inference."""
+class TritonServer:
+    """One Triton server: its ready models, their configs, and batched inference."""
 
-    def __init__(
-        self, url: str, model_name: str, timeout_s: float, input_name: str = "IMAGE", output_name: str = "MASK"
-    ) -> None:
+    def __init__(self, url: str, timeout_s: float) -> None:
         self.url = url
-        self.model_name = model_name
         self.timeout_s = timeout_s
-        self.input_name = input_name
-        self.output_name = output_name
         self._client = triton_aio.InferenceServerClient(url, channel_args=channel_options(_TRITON_MESSAGE_BYTES))
 
-    async def ready(self) -> bool:
+    async def ready_models(self) -> list[str]:
+        """Names of the models this server has loaded and can run now; [] if it does not answer."""
         try:
-            return bool(await self._client.is_model_ready(self.model_name, client_timeout=self.timeout_s))
+            index = await self._client.get_model_repository_index(client_timeout=self.timeout_s)
+        except InferenceServerException:
+            return []
+        return [model.name for model in index.models if model.state == "READY"]
+
+    async def config(self, model_name: str) -> model_config_pb2.ModelConfig:
+        response = await self._client.get_model_config(model_name, client_timeout=self.timeout_s)
+        return response.config
+
+    async def is_ready(self, model_name: str) -> bool:
+        try:
+            return bool(await self._client.is_model_ready(model_name, client_timeout=self.timeout_s))
         except InferenceServerException:
             return False
 
-    async def infer(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 [N, H, W, 3] images to float32 [N, H, W] person probabilities."""
-        tensor = InferInput(self.input_name, list(batch.shape), "UINT8")
+    async def infer(self, profile: ModelProfile, batch: np.ndarray) -> np.ndarray:
+        """A batch of inputs shaped by `profile` to the model's first output, one entry per input."""
+        tensor = InferInput(profile.input_name, list(batch.shape), "FP32")
         tensor.set_data_from_numpy(batch)
         try:
             result = await self._client.infer(
-                self.model_name,
+                profile.name,
                 [tensor],
-                outputs=[InferRequestedOutput(self.output_name)],
+                outputs=[InferRequestedOutput(profile.output_name)],
                 client_timeout=self.timeout_s,
             )
         except InferenceServerException as exc:
             raise _service_error(exc, self.timeout_s) from None
-        masks = result.as_numpy(self.output_name)
-        return masks.reshape(masks.shape[:3])
+        return result.as_numpy(profile.output_name)
 
     async def close(self) -> None:
         await self._client.close()

@@ -19,23 +19,27 @@ from pathlib import Path
 import pytriton
 import tritonclient.grpc as triton_grpc
 
-from services.inference.model import MODEL_REPOSITORY
+from services.inference.model import MODEL_REPOSITORY, REQUIRED_MODELS, TRITON_BACKENDS
 
 _PYTRITON = Path(pytriton.__file__).resolve().parent
 _TRITON_HOME = _PYTRITON / "tritonserver"
 _TRITON_LIBS = _PYTRITON.parent / "nvidia_pytriton.libs"
 
 
-def _python_backend_dir(work_dir: Path) -> Path:
-    """A backend folder holding the Python backend and the stub for this Python."""
+def _backend_dir(work_dir: Path) -> Path:
+    """A backend folder: the Python backend with the stub for this Python, and beside it
+    Cutout's Python-based backends (one model.py each), which use that Python backend."""
     backends = work_dir / "backends"
     python_backend = backends / "python"
     python_backend.mkdir(parents=True, exist_ok=True)
     stub = _TRITON_HOME / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
-    sources = [*(_TRITON_HOME / "backends" / "python").glob("*.*"), stub / "triton_python_backend_stub"]
-    for source in sources:
-        target = python_backend / source.name
-        if not target.exists() or target.stat().st_size != source.stat().st_size:
+    copies = [(source, python_backend) for source in (_TRITON_HOME / "backends" / "python").glob("*.*")]
+    copies.append((stub / "triton_python_backend_stub", python_backend))
+    copies += [(model_py, backends / model_py.parent.name) for model_py in TRITON_BACKENDS.glob("*/model.py")]
+    for source, folder in copies:
+        folder.mkdir(exist_ok=True)
+        target = folder / source.name
+        if not target.exists() or target.read_bytes() != source.read_bytes():
             shutil.copy2(source, target)
     return backends
 
@@ -67,10 +71,10 @@ class LocalTriton:
         return self.work_dir / "tritonserver.log"
 
     def start(self) -> None:
-        backends = _python_backend_dir(self.work_dir)
+        backends = _backend_dir(self.work_dir)
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(_TRITON_LIBS), env.get("LD_LIBRARY_PATH")]))
-        # The Python backend's stub imports the model's packages (numpy, ai-edge-litert)
+        # The Python backend's stub imports the models' packages (numpy, ai-edge-litert, onnxruntime)
         # from the first python on PATH: make that this virtualenv's.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         command = [
@@ -87,7 +91,7 @@ class LocalTriton:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, model_name: str, timeout_s: float = 120.0) -> None:
+    def wait_ready(self, model_names: tuple[str, ...] = REQUIRED_MODELS, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
         client = triton_grpc.InferenceServerClient(self.url)
         try:
@@ -95,14 +99,14 @@ class LocalTriton:
                 if self.process and self.process.poll() is not None:
                     raise RuntimeError(f"tritonserver exited with {self.process.returncode}; see {self.log_path}")
                 try:
-                    if client.is_model_ready(model_name):
+                    if all(client.is_model_ready(name) for name in model_names):
                         return
                 except Exception:  # not listening yet
                     pass
                 time.sleep(0.2)
         finally:
             client.close()
-        raise TimeoutError(f"model {model_name} not ready after {timeout_s:.0f}s; see {self.log_path}")
+        raise TimeoutError(f"models {', '.join(model_names)} not ready after {timeout_s:.0f}s; see {self.log_path}")
 
     def stop(self, timeout_s: float = 20.0) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -1,0 +1,146 @@
+"""Which segmentation models exist, and which one a request uses.
+
+The catalog asks every configured Triton server for its ready models and their
+configs; each model whose config declares a profile (`profiles.py`) gets its own
+batcher, so requests are batched per model and a slow model's queue never holds up
+a fast one's. A request names a model, or a subject: PERSON and ANY map to the
+models the settings name; AUTO tries the person model first and keeps its mask only
+when it looks like a person (see `looks_like_person`), else runs the general model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from services.common.errors import ServiceError, invalid_argument
+from services.inference.batcher import Batcher
+from services.inference.profiles import ModelProfile, ProfileError, is_segmentation
+from services.inference.settings import InferenceSettings
+from services.inference.triton import TritonServer
+
+log = logging.getLogger(__name__)
+
+# How often a request for a model the catalog does not know may trigger a new look
+# at the Triton servers' repositories (a model loaded since start-up).
+_REFRESH_INTERVAL_S = 5.0
+
+
+@dataclass
+class ServedModel:
+    profile: ModelProfile
+    server: TritonServer
+    batcher: Batcher
+
+
+@dataclass(frozen=True)
+class PersonRule:
+    """When AUTO keeps the person model's mask: measured on labelled photos (README, "Models")."""
+
+    min_area: float  # fraction of the picture the person covers (p > 0.5)
+    max_area: float
+    min_confidence: float  # mean probability inside the person
+    max_edge_ratio: float  # uncertain pixels (0.2 < p < 0.8) per person pixel
+
+
+def looks_like_person(probability: np.ndarray, rule: PersonRule) -> bool:
+    """Whether a person model's mask shows a confident person rather than a guess.
+
+    On objects and animals the person model either finds nothing, covers nearly the
+    whole frame (a cat's face), or leaves a wide band of uncertain pixels around what
+    it found (a cup); on people its mask is confident with a thin uncertain edge.
+    """
+    inside = probability > 0.5
+    area = float(inside.mean())
+    if not rule.min_area <= area <= rule.max_area:
+        return False
+    confidence = float(probability[inside].mean())
+    uncertain = float(((probability > 0.2) & (probability < 0.8)).mean())
+    return confidence >= rule.min_confidence and uncertain / area <= rule.max_edge_ratio
+
+
+class ModelCatalog:
+    def __init__(self, settings: InferenceSettings) -> None:
+        self.settings = settings
+        self.servers = [TritonServer(url, settings.triton_timeout_s) for url in settings.triton_urls]
+        self.models: dict[str, ServedModel] = {}
+        self.person_rule = PersonRule(
+            settings.auto_person_min_area,
+            settings.auto_person_max_area,
+            settings.auto_person_min_confidence,
+            settings.auto_person_max_edge_ratio,
+        )
+        self._refreshed_at = -_REFRESH_INTERVAL_S
+        self._refresh_lock = asyncio.Lock()
+
+    async def refresh(self) -> None:
+        """Takes in the segmentation models the servers have ready now (first server wins a name)."""
+        async with self._refresh_lock:
+            self._refreshed_at = time.monotonic()
+            for server in self.servers:
+                for name in await server.ready_models():
+                    if name in self.models:
+                        continue
+                    config = await server.config(name)
+                    if not is_segmentation(config):
+                        continue
+                    try:
+                        profile = ModelProfile.from_config(config)
+                    except ProfileError as error:
+                        log.error("model %s is not served: %s", name, error)
+                        continue
+                    self.models[name] = ServedModel(profile, server, self._batcher(profile, server))
+                    log.info("serving model %s from %s", name, server.url)
+
+    def _batcher(self, profile: ModelProfile, server: TritonServer) -> Batcher:
+        max_batch = min(self.settings.max_batch_size, profile.max_batch_size or 1)
+        max_queue = max(max_batch, profile.max_queue or self.settings.max_queue)
+
+        async def run(batch: np.ndarray) -> np.ndarray:
+            if not profile.max_batch_size:  # the model takes one image at a time
+                return await server.infer(profile, batch[0])
+            return await server.infer(profile, batch)
+
+        return Batcher(
+            run,
+            max_batch_size=max_batch,
+            max_wait_s=self.settings.max_batch_wait_ms / 1000,
+            max_queue=max_queue,
+            span_attributes={"cutout.model": profile.name},
+        )
+
+    async def ready(self) -> bool:
+        """Ready when the person and general models are served and their servers say they are ready."""
+        required = (self.settings.person_model, self.settings.general_model)
+        if any(name not in self.models for name in required):
+            await self.refresh()
+        if any(name not in self.models for name in required):
+            return False
+        return all([await self.models[name].server.is_ready(name) for name in required])
+
+    async def get(self, name: str) -> ServedModel:
+        if name not in self.models and time.monotonic() - self._refreshed_at >= _REFRESH_INTERVAL_S:
+            await self.refresh()
+        if name not in self.models:
+            if name in (self.settings.person_model, self.settings.general_model):
+                raise unavailable_model(name)  # configured, so it is expected back
+            served = ", ".join(sorted(self.models)) or "none right now"
+            raise invalid_argument(f"unknown model {name!r}; this service runs: {served}", field="options.model")
+        return self.models[name]
+
+    async def close(self) -> None:
+        for model in self.models.values():
+            await model.batcher.close()
+        for server in self.servers:
+            await server.close()
+
+
+def unavailable_model(name: str) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.UNAVAILABLE, f"model {name} is not loaded right now; retry shortly", reason="MODEL_UNAVAILABLE"
+    )

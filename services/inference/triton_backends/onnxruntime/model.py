@@ -1,0 +1,49 @@
+"""Triton Python-based backend "onnxruntime", for the embedded (pip) Triton only.
+
+The pip wheel's Triton has only the Python backend, so this file stands in for
+Triton's own ONNX Runtime backend, which the NGC image ships and which serves the
+same model folder on GPU clusters: the same `backend: "onnxruntime"`, the same
+model.onnx, the same declared inputs and outputs, the same `intra_op_thread_count`
+parameter. It runs onnxruntime on the CPU. Requests that Triton's dynamic batcher
+groups run as one batch.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        filename = config.get("default_model_filename") or "model.onnx"
+        model_file = Path(args["model_repository"]) / args["model_version"] / filename
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(params.get("intra_op_thread_count", "0"))
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        self.input_names = [tensor["name"] for tensor in config["input"]]
+        self.output_names = [tensor["name"] for tensor in config["output"]]
+
+    def execute(self, requests: list) -> list:
+        inputs = [
+            {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
+            for request in requests
+        ]
+        feeds = {name: np.concatenate([given[name] for given in inputs]) for name in self.input_names}
+        outputs = self.session.run(self.output_names, feeds)
+        responses = []
+        start = 0
+        for given in inputs:
+            end = start + len(given[self.input_names[0]])
+            answer = [
+                pb_utils.Tensor(name, out[start:end].copy())
+                for name, out in zip(self.output_names, outputs, strict=True)
+            ]
+            responses.append(pb_utils.InferenceResponse(answer))
+            start = end
+        return responses
