@@ -33,6 +33,11 @@ FORMATS = {
     "jpeg": (options_pb2.OUTPUT_FORMAT_JPEG_ON_COLOR, ".jpg"),
     "png-on-color": (options_pb2.OUTPUT_FORMAT_PNG_ON_COLOR, ".png"),
 }
+SUBJECTS = {
+    "auto": options_pb2.SUBJECT_AUTO,
+    "person": options_pb2.SUBJECT_PERSON,
+    "any": options_pb2.SUBJECT_ANY,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +108,14 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-height", type=int, default=0, help="scale down to at most this height")
     parser.add_argument("--quality", type=int, default=0, help="JPEG/WebP quality 1-100 (0: server default)")
     parser.add_argument("--effort", type=int, default=0, help="compression effort 1 (fast) to 9 (small); 0: default")
+    subject = parser.add_mutually_exclusive_group()
+    subject.add_argument(
+        "--subject",
+        choices=sorted(SUBJECTS),
+        default="auto",
+        help="auto: the person model for portraits, else the general one; person: fastest; any: products, animals",
+    )
+    subject.add_argument("--model", default="", help="a model by name instead of --subject (e.g. u2netp)")
 
 
 def _options(args: argparse.Namespace) -> options_pb2.RemoveBackgroundOptions:
@@ -116,6 +129,8 @@ def _options(args: argparse.Namespace) -> options_pb2.RemoveBackgroundOptions:
         quality=args.quality,
         compression_effort=args.effort,
         keep_result=args.keep,
+        subject=SUBJECTS[args.subject],
+        model=args.model,
     )
     if args.keep_hours:
         options.keep_ttl.FromSeconds(round(args.keep_hours * 3600))
@@ -223,7 +238,7 @@ def remove(args: argparse.Namespace) -> int:
     result, timings = response.result, response.timings
     print(
         f"{output}: {result.width}x{result.height} {result.media_type}, "
-        f"{result.foreground_fraction:.0%} kept, {timings.total_ms:.0f} ms"
+        f"{result.foreground_fraction:.0%} kept by {result.model}, {timings.total_ms:.0f} ms"
     )
     if response.HasField("kept"):
         kept = response.kept

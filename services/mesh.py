@@ -24,7 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.assets import ASTRONAUT
-from services.inference.model import fetch_models
+from services.inference.model import MODEL_REPOSITORY, fetch_models
 from services.inference.triton_local import LocalTriton
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,6 +191,8 @@ class Mesh:
     database_url: str | None = None
     # The credential for cutout.v1.Admin, new for every start; passed to accounts as a secret file.
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    # The Triton model repository (tests add models in a copy of it).
+    model_repository: Path = MODEL_REPOSITORY
     triton: LocalTriton | None = None
     services: list[ServiceProcess] = field(default_factory=list)
 
@@ -224,7 +226,9 @@ class Mesh:
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.triton = LocalTriton(grpc_port=free_port(), work_dir=self.data_dir / "triton")
+            self.triton = LocalTriton(
+                grpc_port=free_port(), work_dir=self.data_dir / "triton", model_repository=self.model_repository
+            )
             self.triton.work_dir.mkdir(parents=True, exist_ok=True)
             self.triton.start()
             self.triton.wait_ready()

@@ -54,12 +54,16 @@ class ModelFile:
     def path(self, repository: Path = MODEL_REPOSITORY) -> Path:
         return repository / self.model / "1" / self.filename
 
+    def source(self) -> Path:
+        """The verified download, as published (before `prepare`)."""
+        return self.asset.fetch(_SOURCES / f"{self.model}-{Path(self.asset.member).name}")
+
     def fetch(self, repository: Path = MODEL_REPOSITORY) -> Path:
         dest = self.path(repository)
         if self.prepare is None:
             return self.asset.fetch(dest)
         if not dest.exists():
-            source = self.asset.fetch(_SOURCES / f"{self.model}-{Path(self.asset.member).name}")
+            source = self.source()
             dest.parent.mkdir(parents=True, exist_ok=True)
             part = dest.with_name(dest.name + ".part")
             part.write_bytes(self.prepare(source.read_bytes()))
