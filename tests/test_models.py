@@ -259,5 +259,8 @@ def test_auto_keeps_a_confident_person_and_rejects_guesses():
     assert not looks_like_person(np.zeros((256, 256), np.float32), rule), "nothing found"
     assert not looks_like_person(np.full((256, 256), 0.97, np.float32), rule), "the whole frame"
     unsure = np.zeros((256, 256), np.float32)
-    unsure[60:200, 60:200] = 0.55  # found something, but is not sure
+    unsure[60:, 60:200] = 0.55  # found something, but is not sure
     assert not looks_like_person(unsure, rule)
+    floating = np.zeros((256, 256), np.float32)
+    floating[60:200, 60:200] = 0.98  # confident, but a shape in mid-frame: a product, a logo
+    assert not looks_like_person(floating, rule)

@@ -46,14 +46,19 @@ class PersonRule:
     max_area: float
     min_confidence: float  # mean probability inside the person
     max_edge_ratio: float  # uncertain pixels (0.2 < p < 0.8) per person pixel
+    min_bottom_contact: float  # fraction of the bottom edge (its last 1/32) the person covers
 
 
 def looks_like_person(probability: np.ndarray, rule: PersonRule) -> bool:
-    """Whether a person model's mask shows a confident person rather than a guess.
+    """Whether a person model's mask shows a portrait rather than a guess.
 
     On objects and animals the person model either finds nothing, covers nearly the
-    whole frame (a cat's face), or leaves a wide band of uncertain pixels around what
-    it found (a cup); on people its mask is confident with a thin uncertain edge.
+    whole frame (a cat's face, coins), leaves a wide band of uncertain pixels around
+    what it found (a cup), or finds a confident shape floating in the frame (a logo, a
+    horse); in a portrait its mask is confident, has a thin uncertain edge and reaches
+    the bottom of the frame (shoulders, a body cut by the frame) as in the selfie and
+    upper-body photos the model was made for. Anything else goes to the general model,
+    which cuts people out too, only slower.
     """
     inside = probability > 0.5
     area = float(inside.mean())
@@ -61,7 +66,12 @@ def looks_like_person(probability: np.ndarray, rule: PersonRule) -> bool:
         return False
     confidence = float(probability[inside].mean())
     uncertain = float(((probability > 0.2) & (probability < 0.8)).mean())
-    return confidence >= rule.min_confidence and uncertain / area <= rule.max_edge_ratio
+    bottom = float(inside[-max(1, len(inside) // 32) :].mean())
+    return (
+        confidence >= rule.min_confidence
+        and uncertain / area <= rule.max_edge_ratio
+        and bottom >= rule.min_bottom_contact
+    )
 
 
 class ModelCatalog:
@@ -74,6 +84,7 @@ class ModelCatalog:
             settings.auto_person_max_area,
             settings.auto_person_min_confidence,
             settings.auto_person_max_edge_ratio,
+            settings.auto_person_min_bottom_contact,
         )
         self._refreshed_at = -_REFRESH_INTERVAL_S
         self._refresh_lock = asyncio.Lock()

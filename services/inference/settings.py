@@ -24,11 +24,13 @@ class InferenceSettings(ServiceSettings):
     general_model: str = GENERAL_MODEL
     # AUTO keeps the person model's mask when it covers this much of the picture ...
     auto_person_min_area: float = 0.02
-    auto_person_max_area: float = 0.85
-    # ... with this mean probability inside, and at most this many uncertain pixels
-    # (0.2 < p < 0.8) per person pixel. Measured: README, "Models".
+    auto_person_max_area: float = 0.8
+    # ... with this mean probability inside, at most this many uncertain pixels
+    # (0.2 < p < 0.8) per person pixel, and covering at least this much of the frame's
+    # bottom edge. Measured: README, "Models".
     auto_person_min_confidence: float = 0.9
     auto_person_max_edge_ratio: float = 0.35
+    auto_person_min_bottom_contact: float = 0.15
     # The batcher, one per model: images per Triton call, how long the first image waits for
     # company, and how many may wait in all before callers are turned away.
     max_batch_size: int = 16

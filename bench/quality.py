@@ -1,0 +1,295 @@
+"""Mask quality on a set with known truth, and the models' cost, through the running mesh.
+
+The evaluation set is built here from scikit-image's public-domain sample images, so
+its truth is exact: two subjects whose alpha is known (the scikit-image logo, an RGBA
+graphic with its own alpha; a horse silhouette, its alpha the drawing's darkness,
+filled with the coffee photo's colours) composited onto four photographed textures
+(brick, gravel, grass, a printed page). It has no people: no public-domain portrait
+with an exact alpha could be had from the package registries, so the person model is
+measured against itself run directly instead (tests/test_end_to_end.py, IoU >= 0.97).
+
+Each mask is scored with pysodmetrics (the salient-object metrics of the field):
+S-measure (structure, higher is better), MAE (lower) and weighted F (higher).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import py_sod_metrics
+from ai_edge_litert.interpreter import Interpreter
+from PIL import Image, ImageOps
+
+from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
+from services.common.assets import ASTRONAUT, BRICK, COFFEE, GRASS, GRAVEL, HORSE, LOGO, PAGE, WheelAsset
+from services.common.channels import channel_options
+from services.common.settings import API_KEY_METADATA
+from services.inference.model import (
+    GENERAL_MODEL,
+    MODEL_REPOSITORY,
+    PERSON_MODEL,
+    SELFIE_SEGMENTATION,
+    U2NETP,
+    fetch_models,
+)
+from services.inference.profiles import ModelProfile, load_config
+from services.inference.triton_local import model_counts
+from services.mesh import ROOT, Mesh, demo_account
+
+CANVAS = (640, 480)
+BACKGROUND_TINTS = {"brick": (1.0, 0.75, 0.6), "gravel": (0.9, 0.9, 0.85), "grass": (0.6, 0.9, 0.5), "page": (1, 1, 1)}
+SUBJECTS = {"auto": options_pb2.SUBJECT_AUTO, "person": options_pb2.SUBJECT_PERSON, "any": options_pb2.SUBJECT_ANY}
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    photo: bytes  # PNG
+    truth: np.ndarray  # uint8 alpha, 0-255
+
+
+def _image(asset: WheelAsset, folder: Path) -> Image.Image:
+    return Image.open(asset.fetch(folder / Path(asset.member).name))
+
+
+def _subjects(folder: Path) -> dict[str, Image.Image]:
+    """RGBA subjects with exact alpha."""
+    logo = _image(LOGO, folder).convert("RGBA")
+    horse = _image(HORSE, folder).convert("L")
+    colours = ImageOps.fit(_image(COFFEE, folder).convert("RGB"), horse.size)
+    filled = colours.convert("RGBA")
+    filled.putalpha(ImageOps.invert(horse))  # black drawing on white: darkness is coverage
+    return {"logo": logo, "horse": filled}
+
+
+def evaluation_set(folder: Path) -> list[Sample]:
+    textures = {"brick": BRICK, "gravel": GRAVEL, "grass": GRASS, "page": PAGE}
+    samples = []
+    for subject_name, subject in _subjects(folder).items():
+        for index, (texture_name, asset) in enumerate(textures.items()):
+            grey = ImageOps.fit(_image(asset, folder).convert("L"), CANVAS)
+            tint = BACKGROUND_TINTS[texture_name]
+            canvas = Image.merge("RGB", [grey.point(lambda v, t=t: round(v * t)) for t in tint]).convert("RGBA")
+            scale = 0.7 * min(CANVAS[0] / subject.width, CANVAS[1] / subject.height)
+            placed = subject.resize((round(subject.width * scale), round(subject.height * scale)), Image.LANCZOS)
+            offset = ((CANVAS[0] - placed.width) // 2 + (index - 1.5) * 40, (CANVAS[1] - placed.height) // 2)
+            offset = (round(offset[0]), round(offset[1]))
+            layer = Image.new("RGBA", CANVAS, (0, 0, 0, 0))
+            layer.paste(placed, offset)
+            canvas.alpha_composite(layer)
+            out = io.BytesIO()
+            canvas.convert("RGB").save(out, "PNG")
+            samples.append(
+                Sample(f"{subject_name} on {texture_name}", out.getvalue(), np.asarray(layer)[..., 3].copy())
+            )
+    return samples
+
+
+@dataclass
+class Scores:
+    s_measure: float
+    mae: float
+    weighted_f: float
+
+
+def score(masks: list[np.ndarray], truths: list[np.ndarray]) -> Scores:
+    s_measure, mae, weighted_f = py_sod_metrics.Smeasure(), py_sod_metrics.MAE(), py_sod_metrics.WeightedFmeasure()
+    for mask, truth in zip(masks, truths, strict=True):
+        for metric in (s_measure, mae, weighted_f):
+            metric.step(pred=mask, gt=truth)
+    return Scores(
+        float(s_measure.get_results()["sm"]),
+        float(mae.get_results()["mae"]),
+        float(weighted_f.get_results()["wfm"]),
+    )
+
+
+def _stub(channel: grpc.Channel) -> cutout_pb2_grpc.CutoutStub:
+    return cutout_pb2_grpc.CutoutStub(channel)
+
+
+def measure_quality(gateway: str, api_key: str, samples: list[Sample]) -> dict[str, dict[str, object]]:
+    """Per subject option: the scores over the set and which model AUTO chose for each sample."""
+    report: dict[str, dict[str, object]] = {}
+    with grpc.insecure_channel(gateway, options=channel_options()) as channel:
+        for label, subject in SUBJECTS.items():
+            masks, models = [], []
+            for sample in samples:
+                options = options_pb2.RemoveBackgroundOptions(format=options_pb2.OUTPUT_FORMAT_MASK, subject=subject)
+                response = _stub(channel).RemoveBackground(
+                    cutout_pb2.RemoveBackgroundRequest(image=sample.photo, options=options),
+                    metadata=[(API_KEY_METADATA, api_key)],
+                    timeout=300,
+                )
+                masks.append(np.asarray(Image.open(io.BytesIO(response.result.image)).convert("L")))
+                models.append(response.result.model)
+            report[label] = {"scores": score(masks, [s.truth for s in samples]).__dict__, "models": models}
+    return report
+
+
+# --- cost: each model through the mesh, against the same model in-process ---
+
+
+@dataclass
+class ModelSpeed:
+    model: str
+    images_per_s: float  # through the mesh, `concurrency` calls at a time
+    p50_ms: float
+    mean_batch: float  # Triton's own inference / execution counts
+    in_process_images_per_s: float  # the model alone in this process, same threads as Triton's config
+    ratio: float
+
+
+def _in_process(model: str, threads: int, images: int = 16, batch: int = 8) -> float:
+    """Images/s of the model alone, in batches, on `threads` threads: no decode, no gRPC."""
+    profile = ModelProfile.from_config(load_config(MODEL_REPOSITORY / model / "config.pbtxt"))
+    tensor = np.stack([profile.tensor(Image.new("RGB", (512, 512), (120, 90, 60)))] * batch)
+    if model == GENERAL_MODEL:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(U2NETP.path()), options, providers=["CPUExecutionProvider"])
+
+        def run() -> None:
+            session.run([profile.output_name], {profile.input_name: tensor})
+    else:
+        interpreter = Interpreter(model_path=str(SELFIE_SEGMENTATION.path()), num_threads=threads)
+        interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], list(tensor.shape))
+        interpreter.allocate_tensors()
+
+        def run() -> None:
+            interpreter.set_tensor(interpreter.get_input_details()[0]["index"], tensor)
+            interpreter.invoke()
+
+    run()  # warm-up
+    started = time.perf_counter()
+    for _ in range(max(1, images // batch)):
+        run()
+    return max(1, images // batch) * batch / (time.perf_counter() - started)
+
+
+async def _drive(
+    gateway: str, api_key: str, photo: bytes, subject: int, concurrency: int, requests: int
+) -> list[float]:
+    request = cutout_pb2.RemoveBackgroundRequest(
+        image=photo,
+        options=options_pb2.RemoveBackgroundOptions(format=options_pb2.OUTPUT_FORMAT_MASK, subject=subject),
+    )
+    latencies: list[float] = []
+    remaining = requests
+    async with grpc.aio.insecure_channel(gateway, options=channel_options()) as channel:
+        stub = cutout_pb2_grpc.CutoutStub(channel)
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                await stub.RemoveBackground(request, metadata=[(API_KEY_METADATA, api_key)], timeout=600)
+                latencies.append((time.perf_counter() - started) * 1000)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+def measure_speed(gateway: str, triton_url: str, api_key: str, photo: bytes, quick: bool) -> list[ModelSpeed]:
+    speeds = []
+    for model, subject, requests in (
+        (PERSON_MODEL, options_pb2.SUBJECT_PERSON, 64),
+        (GENERAL_MODEL, options_pb2.SUBJECT_ANY, 16 if quick else 32),
+    ):
+        config = load_config(MODEL_REPOSITORY / model / "config.pbtxt")
+        params = {key: value.string_value for key, value in config.parameters.items()}
+        threads = int(params.get("num_threads") or params.get("intra_op_thread_count") or 1)
+        asyncio.run(_drive(gateway, api_key, photo, subject, 4, 4))  # warm-up
+        inferences, executions = model_counts(triton_url, model)
+        started = time.perf_counter()
+        latencies = asyncio.run(_drive(gateway, api_key, photo, subject, 16, requests))
+        elapsed = time.perf_counter() - started
+        inferences_after, executions_after = model_counts(triton_url, model)
+        alone = _in_process(model, threads)
+        speeds.append(
+            ModelSpeed(
+                model=model,
+                images_per_s=requests / elapsed,
+                p50_ms=statistics.median(latencies),
+                mean_batch=(inferences_after - inferences) / max(1, executions_after - executions),
+                in_process_images_per_s=alone,
+                ratio=requests / elapsed / alone,
+            )
+        )
+    return speeds
+
+
+def markdown(quality: dict[str, dict[str, object]], speeds: list[ModelSpeed], samples: list[Sample]) -> str:
+    lines = [
+        f"Mask quality on {len(samples)} composites with exact alpha (`bench/quality.py`; higher S-measure and "
+        "weighted F and lower MAE are better), by the `subject` option:",
+        "",
+        "| subject | S-measure | MAE | weighted F | models used |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for label, entry in quality.items():
+        scores = entry["scores"]
+        models = entry["models"]
+        used = ", ".join(f"{name} x{models.count(name)}" for name in sorted(set(models)))  # type: ignore[arg-type]
+        lines.append(
+            f"| {label} | {scores['s_measure']:.3f} | {scores['mae']:.3f} | {scores['weighted_f']:.3f} | {used} |"  # type: ignore[index]
+        )
+    lines += [
+        "",
+        "Cost per model through the mesh (512x512 photo, mask output, 16 calls at a time) against the same model "
+        "in-process (batches of 8, the threads its Triton config gives it):",
+        "",
+        "| model | mesh img/s | p50 ms | Triton batch | in-process img/s | mesh / in-process |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {s.model} | {s.images_per_s:.1f} | {s.p50_ms:.0f} | {s.mean_batch:.1f} | {s.in_process_images_per_s:.1f} "
+        f"| {s.ratio:.2f} |"
+        for s in speeds
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run(mesh: Mesh, api_key: str, quick: bool) -> tuple[dict[str, object], str]:
+    """Quality and cost on a running mesh: (the JSON payload, the Markdown table)."""
+    assert mesh.triton is not None
+    samples = evaluation_set(mesh.data_dir / "samples")
+    quality = measure_quality(mesh.gateway.address, api_key, samples)
+    photo = ASTRONAUT.fetch(mesh.data_dir / "samples" / "astronaut.png").read_bytes()
+    speeds = measure_speed(mesh.gateway.address, mesh.triton.url, api_key, photo, quick)
+    for speed in speeds:
+        print(
+            f"model {speed.model}: {speed.images_per_s:.1f} img/s through the mesh, batch {speed.mean_batch:.1f}, "
+            f"{speed.in_process_images_per_s:.1f} img/s in-process ({speed.ratio:.2f}x)",
+            flush=True,
+        )
+    payload = {"samples": [s.name for s in samples], "quality": quality, "speed": [s.__dict__ for s in speeds]}
+    return payload, markdown(quality, speeds, samples)
+
+
+def main() -> int:
+    """python -m bench.quality: only this part of `make bench`, on a mesh of its own."""
+    fetch_models()
+    data_dir = ROOT / ".data" / "bench-quality"
+    mesh = Mesh(data_dir=data_dir)
+    mesh.start()
+    try:
+        api_key = demo_account(mesh.gateway.address, mesh.admin_token, data_dir, credits=1000)
+        _, table = run(mesh, api_key, quick=True)
+    finally:
+        mesh.stop()
+    print("\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
