@@ -9,7 +9,8 @@ shares the cores) and their peak resident memory. The floor (bench/floor.py) is
 measured in the same run, right before and right after the mesh's cases of each photo
 and output, because a shared machine's speed drifts over minutes; every mesh figure is
 also given as a ratio to the mean of the two. Results go to bench/results/ (JSON and
-Markdown) and the README.
+Markdown) and the README. Then bench/quality.py scores the models' masks on a set with known
+truth and measures each model's cost against the model in-process.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import grpc
 import psutil
 from PIL import Image
 
+from bench import quality
 from bench.floor import FloorResult, measure_floor
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.assets import ASTRONAUT
@@ -287,9 +289,9 @@ def _load(result: CaseResult) -> str:
     return f"stream of {result.requests}" if result.mode == "stream" else str(result.concurrency)
 
 
-def update_readme(table: str) -> None:
+def update_readme(table: str, section: str = "bench") -> None:
     text = README.read_text()
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
     if start in text and end in text:
         before, rest = text.split(start, 1)
         after = rest.split(end, 1)[1]
@@ -356,6 +358,7 @@ def main() -> int:
                     result.compare(floor)
                     _print_case(result)
                 results += group
+        models, models_table = quality.run(mesh, api_key, args.quick)
     finally:
         mesh.stop()
 
@@ -364,14 +367,15 @@ def main() -> int:
     # Smoke runs are kept out of the published results.
     results_dir = data_dir / "quick" if args.quick else RESULTS
     results_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": info, "cases": [asdict(r) for r in results]}
+    payload = {"machine": info, "cases": [asdict(r) for r in results], "models": models}
     (results_dir / f"{stamp}.json").write_text(json.dumps(payload, indent=2) + "\n")
     table = markdown(results, info)
-    (results_dir / f"{stamp}.md").write_text(table)
+    (results_dir / f"{stamp}.md").write_text(table + "\n" + models_table)
     if not args.quick:
-        (RESULTS / "latest.md").write_text(table)
+        (RESULTS / "latest.md").write_text(table + "\n" + models_table)
         update_readme(table)
-    print("\n" + table)
+        update_readme(models_table, "models")
+    print("\n" + table + "\n" + models_table)
     print(f"saved {results_dir / stamp}.json and .md")
     return 0
 
