@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
+from tritonclient.grpc import InferenceServerException
 
 from services.common.errors import ServiceError, invalid_argument
 from services.inference.batcher import Batcher
@@ -97,7 +98,10 @@ class ModelCatalog:
                 for name in await server.ready_models():
                     if name in self.models:
                         continue
-                    config = await server.config(name)
+                    try:
+                        config = await server.config(name)
+                    except InferenceServerException:  # unloaded or gone since the index: next time
+                        continue
                     if not is_segmentation(config):
                         continue
                     try:
