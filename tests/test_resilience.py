@@ -204,6 +204,20 @@ def test_sigterm_during_a_request_lets_it_finish_then_exits_zero(tmp_path, mesh,
     assert inference.process.wait(30) == 0
 
 
+def test_signals_during_the_drain_are_already_handled(tmp_path):
+    """A Ctrl-C's SIGINT, then SIGTERM after SIGTERM (a launcher's, late) until the process is gone: exit 0."""
+    nowhere = f"127.0.0.1:{free_port()}"
+    gateway = gateway_process(tmp_path, {}, inference=nowhere, accounts=nowhere, retention=nowhere)
+    gateway.start()
+    gateway.process.send_signal(signal.SIGINT)
+    while gateway.process.poll() is None:  # through the drain, the loop's close and the interpreter's exit
+        gateway.process.send_signal(signal.SIGTERM)
+        time.sleep(0.005)
+    assert gateway.process.returncode == 0
+    log = gateway.log_path.read_text()
+    assert log.count("draining: in-flight calls") == 1 and "SIGTERM received; already draining" in log
+
+
 def processes_with(env_entry: str) -> list[int]:
     """Pids of the processes whose environment holds `env_entry` (what one launcher started)."""
     found = []
