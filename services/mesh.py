@@ -376,8 +376,8 @@ def main() -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        print("stopping ...", flush=True)
         stopping = True  # from here on, signals change nothing
+        print("stopping ...", flush=True)
         statuses = mesh.stop()
         print("stopped: " + ", ".join(f"{name} exit {code}" for name, code in statuses.items()), flush=True)
     return 0 if all(code == 0 for code in statuses.values()) else 1
