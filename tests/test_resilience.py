@@ -28,7 +28,7 @@ from services.accounts.db import make_engine
 from services.accounts.ledger import Ledger
 from services.common.channels import channel_options
 from services.common.errors import error_details
-from services.common.settings import MIB
+from services.common.settings import API_KEY_METADATA, MIB
 from services.inference.model import DEFAULT_MODEL_NAME
 from services.inference.triton_local import LocalTriton
 from services.mesh import ROOT, ServiceProcess, free_port, gateway_process
@@ -233,8 +233,8 @@ def processes_with(env_entry: str) -> list[int]:
 def test_ctrl_c_in_a_terminal_drains_the_mesh_and_everything_exits_zero(tmp_path, astronaut, astronaut_png):
     """`make up` and Ctrl-C: the terminal sends SIGINT to every process of the foreground group.
 
-    Two slow requests are in flight in the gateway (one keeps its result); both must be
-    answered, stored and charged once, though accounts and retention also stop.
+    Two requests are in flight in the gateway (one keeps its result); both must be answered,
+    stored and charged once, though accounts and retention are stopping too.
     """
     data_dir = tmp_path / "data"
     (data_dir / "samples").mkdir(parents=True)
@@ -260,17 +260,18 @@ def test_ctrl_c_in_a_terminal_drains_the_mesh_and_everything_exits_zero(tmp_path
         login = json.loads((data_dir / "demo" / "account.json").read_text())
         with grpc.insecure_channel(address, options=channel_options()) as channel:
             cutout = cutout_pb2_grpc.CutoutStub(channel)
-            account = Customer("", login["email"], login["password"], api_key)
-            account_id = cutout.GetProfile(account_pb2.GetProfileRequest(), metadata=account.metadata).account_id
+            profile = cutout.GetProfile(account_pb2.GetProfileRequest(), metadata=[(API_KEY_METADATA, api_key)])
+            account = Customer(profile.account_id, login["email"], login["password"], api_key)
             available, held = balance_of(channel, account)
             assert held == 0
-            # 12 MP with the most compression effort: seconds of work each on two cores.
+            # 12 MP, its mask encoded with the most effort: seconds of work, a small answer.
             big = encode(astronaut.resize((4000, 3000)), "JPEG", quality=90)
+            options = {"format": options_pb2.OUTPUT_FORMAT_MASK, "compression_effort": 9}
             calls = {
                 key: cutout.RemoveBackground.future(
                     cutout_pb2.RemoveBackgroundRequest(
                         image=big,
-                        options=options_pb2.RemoveBackgroundOptions(compression_effort=9, keep_result=keep),
+                        options=options_pb2.RemoveBackgroundOptions(**options, keep_result=keep),
                         idempotency_key=key,
                     ),
                     metadata=account.metadata,
@@ -278,7 +279,7 @@ def test_ctrl_c_in_a_terminal_drains_the_mesh_and_everything_exits_zero(tmp_path
                 )
                 for key, keep in [("ctrl-c-kept", True), ("ctrl-c-plain", False)]
             }
-            time.sleep(1)
+            wait_until(lambda: balance_of(channel, account) == (available - 2, 2), 30, "both requests in")
             assert not any(call.done() for call in calls.values()), "requests must be in flight at Ctrl-C"
             os.killpg(launcher.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
             responses = {key: call.result() for key, call in calls.items()}
@@ -287,14 +288,14 @@ def test_ctrl_c_in_a_terminal_drains_the_mesh_and_everything_exits_zero(tmp_path
         if launcher.poll() is None:
             launcher.terminate()  # an orderly stop of what it started
             launcher.wait(120)
+        leftovers = processes_with(marker)
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+    assert not leftovers, "processes of the launcher outlived it"
     stopped = next(line for line in lines if line.startswith("stopped:"))
     assert stopped.split(": ", 1)[1].strip().split(", ") == [
         f"{name} exit 0" for name in ["gateway", "retention", "accounts", "inference", "triton"]
     ]
-    leftovers = processes_with(marker)
-    for pid in leftovers:
-        os.kill(pid, signal.SIGKILL)
-    assert not leftovers, "processes of the launcher outlived it"
 
     for response in responses.values():
         assert (response.result.width, response.result.height) == (4000, 3000)
@@ -302,7 +303,7 @@ def test_ctrl_c_in_a_terminal_drains_the_mesh_and_everything_exits_zero(tmp_path
     assert kept.result_id and kept.token and not responses["ctrl-c-plain"].HasField("kept")
     # Charged once each, nothing left held: read from the stopped mesh's own database.
     ledger = Ledger(make_engine(f"sqlite:///{data_dir / 'accounts' / 'accounts.db'}"), hold_timeout=timedelta(hours=1))
-    entries, balance = ledger.entries(account_id)
+    entries, balance = ledger.entries(account.account_id)
     assert (balance.available, balance.held) == (available - 2, 0)
     assert sorted((key, row.kind, row.amount) for row, key in entries if key in calls) == [
         ("ctrl-c-kept", "commit", 0),
