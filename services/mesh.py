@@ -71,7 +71,15 @@ class ServiceProcess:
         }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{self.name}"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", f"services.{self.name}"],
+                env=env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Out of the terminal's process group: Ctrl-C reaches the launcher alone, which
+                # stops the services one by one (see `Mesh.stop`).
+                start_new_session=True,
             )
         self.port = int(_wait_for_file(port_file, self.process, self.log_path))
 
@@ -267,10 +275,16 @@ class Mesh:
             raise
 
     def stop(self) -> dict[str, int | None]:
-        """Stops in reverse order of start; returns each service's exit status."""
+        """Stops in reverse order of start, Triton last; returns each one's exit status.
+
+        The order matters: a call in flight in the gateway still needs accounts (to commit
+        its credits) and retention (to store a kept result), so they must not be draining
+        before the gateway has finished. That is why the services do not share the
+        launcher's process group, which a terminal's Ctrl-C would signal all at once.
+        """
         statuses = {service.name: service.stop() for service in reversed(self.services)}
         if self.triton:
-            self.triton.stop()
+            statuses["triton"] = self.triton.stop()
         return statuses
 
 
@@ -334,20 +348,24 @@ def run_demo(gateway: str, data_dir: Path, api_key: str) -> Path:
 
 
 def main() -> int:
-    fetch_models()
-    port = int(os.environ.get("CUTOUT_GATEWAY_PORT", "50051"))
-    mesh = Mesh(gateway_port=port)
-    print("starting Triton, inference, accounts, retention and gateway ...", flush=True)
-    mesh.start()
-    stop = False
+    """`make up`; exits 0 once everything has stopped with status 0 (after Ctrl-C too)."""
+    stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
+        # Only the first signal interrupts: a second Ctrl-C must not cut the orderly stop short.
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal was closed
+        signal.signal(signum, request_stop)
+    fetch_models()
+    port = int(os.environ.get("CUTOUT_GATEWAY_PORT", "50051"))
+    mesh = Mesh(data_dir=Path(os.environ.get("CUTOUT_DATA_DIR", DEFAULT_DATA_DIR)), gateway_port=port)
     try:
+        print("starting Triton, inference, accounts, retention and gateway ...", flush=True)
+        mesh.start()
         api_key = demo_account(mesh.gateway.address, mesh.admin_token, mesh.data_dir)
         run_demo(mesh.gateway.address, mesh.data_dir, api_key)
         print(f"gateway listening on {mesh.gateway.address}")
@@ -355,15 +373,18 @@ def main() -> int:
         print(f"  export CUTOUT_API_KEY={api_key}")
         print("  cutout balance; cutout remove photo.jpg -o photo.png")
         print(f"logs in {mesh.run_dir}; Ctrl-C stops everything", flush=True)
-        while not stop:
+        while True:
             for service in mesh.services:
                 service.check_alive()
             time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
     finally:
+        stopping = True  # from here on, signals change nothing
         print("stopping ...", flush=True)
         statuses = mesh.stop()
-        print("stopped: " + ", ".join(f"{name} exit {code}" for name, code in statuses.items()))
-    return 0
+        print("stopped: " + ", ".join(f"{name} exit {code}" for name, code in statuses.items()), flush=True)
+    return 0 if all(code == 0 for code in statuses.values()) else 1
 
 
 if __name__ == "__main__":

@@ -6,9 +6,16 @@ kill is theirs, not the session mesh that other tests use.
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -17,12 +24,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, inference_pb2, inference_pb2_grpc, options_pb2
+from services.accounts.db import make_engine
+from services.accounts.ledger import Ledger
 from services.common.channels import channel_options
 from services.common.errors import error_details
-from services.common.settings import MIB
+from services.common.settings import API_KEY_METADATA, MIB
 from services.inference.triton_local import LocalTriton
-from services.mesh import ServiceProcess, free_port, gateway_process
-from tests.conftest import encode, new_account
+from services.mesh import ROOT, ServiceProcess, free_port, gateway_process
+from services.retention.store import READY
+from tests.conftest import Customer, encode, new_account
 
 
 def balance_of(channel: grpc.Channel, account) -> tuple[int, int]:
@@ -191,6 +201,121 @@ def test_sigterm_during_a_request_lets_it_finish_then_exits_zero(tmp_path, mesh,
     assert (response.result.width, response.result.height) == (4000, 3000)
     assert gateway.process.wait(30) == 0
     assert inference.process.wait(30) == 0
+
+
+def test_signals_during_the_drain_are_already_handled(tmp_path):
+    """A Ctrl-C's SIGINT, then SIGTERM after SIGTERM (a launcher's, late) until the process is gone: exit 0."""
+    nowhere = f"127.0.0.1:{free_port()}"
+    gateway = gateway_process(tmp_path, {}, inference=nowhere, accounts=nowhere, retention=nowhere)
+    gateway.start()
+    gateway.process.send_signal(signal.SIGINT)
+    while gateway.process.poll() is None:  # through the drain, the loop's close and the interpreter's exit
+        gateway.process.send_signal(signal.SIGTERM)
+        time.sleep(0.005)
+    assert gateway.process.returncode == 0
+    log = gateway.log_path.read_text()
+    assert log.count("draining: in-flight calls") == 1 and "SIGTERM received; already draining" in log
+
+
+def processes_with(env_entry: str) -> list[int]:
+    """Pids of the processes whose environment holds `env_entry` (what one launcher started)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if env_entry.encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:  # gone meanwhile, or not ours
+            pass
+    return found
+
+
+def test_ctrl_c_in_a_terminal_drains_the_mesh_and_everything_exits_zero(tmp_path, astronaut, astronaut_png):
+    """`make up` and Ctrl-C: the terminal sends SIGINT to every process of the foreground group.
+
+    Two requests are in flight in the gateway (one keeps its result); both must be answered,
+    stored and charged once, though accounts and retention are stopping too.
+    """
+    data_dir = tmp_path / "data"
+    (data_dir / "samples").mkdir(parents=True)
+    (data_dir / "samples" / "astronaut.png").write_bytes(astronaut_png)  # the demo's photo, not fetched again
+    marker = f"CUTOUT_DATA_DIR={data_dir}"  # every process the launcher starts inherits it
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "services.mesh"],
+        env={**os.environ, "CUTOUT_DATA_DIR": str(data_dir), "CUTOUT_GATEWAY_PORT": str(free_port())},
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a foreground job
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(launcher.stdout), daemon=True).start()
+    try:
+        wait_until(lambda: any("Ctrl-C stops everything" in line for line in lines), 240, "started")
+        assert launcher.poll() is None, "".join(lines)
+        api_key = next(line.split("=", 1)[1].strip() for line in lines if "CUTOUT_API_KEY=" in line)
+        address = next(line.split()[-1] for line in lines if line.startswith("gateway listening on"))
+        login = json.loads((data_dir / "demo" / "account.json").read_text())
+        with grpc.insecure_channel(address, options=channel_options()) as channel:
+            cutout = cutout_pb2_grpc.CutoutStub(channel)
+            profile = cutout.GetProfile(account_pb2.GetProfileRequest(), metadata=[(API_KEY_METADATA, api_key)])
+            account = Customer(profile.account_id, login["email"], login["password"], api_key)
+            available, held = balance_of(channel, account)
+            assert held == 0
+            # 12 MP, its mask encoded with the most effort: seconds of work, a small answer.
+            big = encode(astronaut.resize((4000, 3000)), "JPEG", quality=90)
+            options = {"format": options_pb2.OUTPUT_FORMAT_MASK, "compression_effort": 9}
+            calls = {
+                key: cutout.RemoveBackground.future(
+                    cutout_pb2.RemoveBackgroundRequest(
+                        image=big,
+                        options=options_pb2.RemoveBackgroundOptions(**options, keep_result=keep),
+                        idempotency_key=key,
+                    ),
+                    metadata=account.metadata,
+                    timeout=120,
+                )
+                for key, keep in [("ctrl-c-kept", True), ("ctrl-c-plain", False)]
+            }
+            wait_until(lambda: balance_of(channel, account) == (available - 2, 2), 30, "both requests in")
+            assert not any(call.done() for call in calls.values()), "requests must be in flight at Ctrl-C"
+            os.killpg(launcher.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+            responses = {key: call.result() for key, call in calls.items()}
+        assert launcher.wait(120) == 0, "".join(lines)
+    finally:
+        if launcher.poll() is None:
+            launcher.terminate()  # an orderly stop of what it started
+            launcher.wait(120)
+        leftovers = processes_with(marker)
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+    assert not leftovers, "processes of the launcher outlived it"
+    stopped = next(line for line in lines if line.startswith("stopped:"))
+    assert stopped.split(": ", 1)[1].strip().split(", ") == [
+        f"{name} exit 0" for name in ["gateway", "retention", "accounts", "inference", "triton"]
+    ]
+
+    for response in responses.values():
+        assert (response.result.width, response.result.height) == (4000, 3000)
+    kept = responses["ctrl-c-kept"].kept
+    assert kept.result_id and kept.token and not responses["ctrl-c-plain"].HasField("kept")
+    # Charged once each, nothing left held: read from the stopped mesh's own database.
+    ledger = Ledger(make_engine(f"sqlite:///{data_dir / 'accounts' / 'accounts.db'}"), hold_timeout=timedelta(hours=1))
+    entries, balance = ledger.entries(account.account_id)
+    assert (balance.available, balance.held) == (available - 2, 0)
+    assert sorted((key, row.kind, row.amount) for row, key in entries if key in calls) == [
+        ("ctrl-c-kept", "commit", 0),
+        ("ctrl-c-kept", "reserve", -1),
+        ("ctrl-c-plain", "commit", 0),
+        ("ctrl-c-plain", "reserve", -1),
+    ]
+    # The kept result was stored whole, not left pending.
+    retention = make_engine(f"sqlite:///{data_dir / 'retention' / 'retention.db'}")
+    with retention.connect() as db:
+        state = db.exec_driver_sql("SELECT state FROM retention_results WHERE id = ?", (kept.result_id,)).scalar()
+    assert state == READY
+    assert (data_dir / "retention" / "blobs" / kept.result_id).is_file()
 
 
 def test_a_file_of_almost_50_mib_is_served(gateway):

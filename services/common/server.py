@@ -173,20 +173,40 @@ async def start_service(
 
 
 S = TypeVar("S", bound=ServiceSettings)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 async def serve(name: str, build: Callable[[S], ServiceSpec], settings: S) -> None:
-    """Runs until SIGTERM or SIGINT, then drains and returns (the process exits 0)."""
+    """Runs until SIGTERM or SIGINT, then drains and returns (the process exits 0).
+
+    Signals after the first are already handled: a terminal's Ctrl-C reaches every process
+    of its group, and then a launcher may send SIGTERM too.
+    """
     # Telemetry first: its instrumentation must be in place before any channel exists.
     telemetry = setup_telemetry(name, settings.region)
     running = await start_service(build(settings), settings, telemetry.server_interceptors())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await running.stop()
-    telemetry.shutdown()  # flushes what the drained calls recorded
+
+    def received(signal_name: str) -> None:
+        log.info("%s received%s", signal_name, "; already draining" if stop.is_set() else "")
+        stop.set()
+
+    def on_signal(signum: int, frame: object) -> None:
+        loop.call_soon_threadsafe(received, signal.Signals(signum).name)
+
+    # Handlers of the process, not `loop.add_signal_handler`: asyncio puts the default
+    # action (death by the signal, exit -15) back when its loop closes, and so does Python
+    # for its own handlers as it exits; a late signal would then cut the exit short.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
+    try:
+        await stop.wait()
+        await running.stop()
+        telemetry.shutdown()  # flushes what the drained calls recorded
+    finally:
+        for signum in STOP_SIGNALS:  # from here on the process only exits
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def run_service(name: str, build: Callable[[S], ServiceSpec], settings: S) -> None:

@@ -89,7 +89,14 @@ class LocalTriton:
             "--log-verbose=0",
         ]
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # stopped by whoever started it, not by a terminal's Ctrl-C
+            )
 
     def wait_ready(self, model_names: tuple[str, ...] = REQUIRED_MODELS, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -108,12 +115,15 @@ class LocalTriton:
             client.close()
         raise TimeoutError(f"models {', '.join(model_names)} not ready after {timeout_s:.0f}s; see {self.log_path}")
 
-    def stop(self, timeout_s: float = 20.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+    def stop(self, timeout_s: float = 20.0) -> int | None:
+        """SIGTERM (Triton unloads its models and exits), then waits; returns the exit status."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
