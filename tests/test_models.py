@@ -200,7 +200,13 @@ def test_every_model_config_is_a_triton_model_config_with_a_profile(path):
         embedded.width,
         embedded.height,
     )
-    assert (profile.mean, profile.std, profile.output) == (embedded.mean, embedded.std, embedded.output)
+    assert (profile.resize, profile.scale, profile.mean, profile.std, profile.output) == (
+        embedded.resize,
+        embedded.scale,
+        embedded.mean,
+        embedded.std,
+        embedded.output,
+    )
 
 
 def test_the_gpu_configs_use_onnxruntime_on_the_gpu_and_tensorrt_fp16_is_an_option():
@@ -224,10 +230,11 @@ def test_a_config_without_a_usable_profile_is_refused_with_the_reason():
 
 def test_a_profile_normalises_and_lays_out_the_input_as_declared():
     profile = ModelProfile.from_config(load_config(MODEL_REPOSITORY / GENERAL_MODEL / "config.pbtxt"))
-    image = Image.new("RGB", (640, 480), (255, 128, 0))
+    image = Image.new("RGB", (640, 480), (200, 100, 0))
     tensor = profile.tensor(image)
     assert tensor.shape == (3, 320, 320) and tensor.dtype == np.float32
-    expected = [(1.0 - 0.485) / 0.229, (128 / 255 - 0.456) / 0.224, (0.0 - 0.406) / 0.225]
+    # Divided by the brightest value (200), as U²-Net was trained, then ImageNet's mean and std.
+    expected = [(1.0 - 0.485) / 0.229, (0.5 - 0.456) / 0.224, (0.0 - 0.406) / 0.225]
     assert np.allclose(tensor[:, 100, 100], expected, atol=1e-5)
     saliency = np.linspace(0.2, 0.6, 320 * 320, dtype=np.float32).reshape(1, 320, 320)
     probability = profile.probability(saliency)

@@ -4,9 +4,11 @@ The profile is data, declared in the model's Triton `config.pbtxt` beside Triton
 settings, so a model is added by adding its folder and nothing else:
 
 - the input's `dims` and `format` (FORMAT_NHWC or FORMAT_NCHW) give the size and layout;
-  the whole picture is resized to that size (aspect ratio not kept), RGB;
-- `cutout.mean` and `cutout.std` normalise each channel of the [0, 1] pixels:
-  (x / 255 - mean) / std;
+  the whole picture is resized to that size (aspect ratio not kept), RGB, with the filter
+  `cutout.resize` names (`bilinear`, the default, or `lanczos`);
+- `cutout.scale` brings pixels to [0, 1]: `255` (the default) divides by 255, `max` by the
+  picture's brightest value, as U²-Net was trained;
+- `cutout.mean` and `cutout.std` then normalise each channel: (x - mean) / std;
 - the first declared output is the mask; `cutout.output` says how it becomes a
   probability: `probability` (already one), `sigmoid` (logits) or `minmax` (a relative
   saliency map, scaled to [0, 1] per image);
@@ -31,6 +33,8 @@ from tritonclient.grpc import model_config_pb2
 TASK = "segmentation"
 OUTPUT_TRANSFORMS = ("probability", "sigmoid", "minmax")
 _LAYOUTS = {model_config_pb2.ModelInput.FORMAT_NHWC: "NHWC", model_config_pb2.ModelInput.FORMAT_NCHW: "NCHW"}
+_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "lanczos": Image.Resampling.LANCZOS}
+SCALES = ("255", "max")
 
 
 class ProfileError(ValueError):
@@ -54,6 +58,8 @@ class ModelProfile:
     layout: str  # "NHWC" or "NCHW"
     width: int
     height: int
+    resize: str  # a key of _FILTERS
+    scale: str  # one of SCALES
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     output: str  # one of OUTPUT_TRANSFORMS
@@ -79,6 +85,12 @@ class ModelProfile:
         output = params.get("cutout.output", "probability")
         if output not in OUTPUT_TRANSFORMS:
             raise ProfileError(f"model {name}: cutout.output {output!r} is not one of {', '.join(OUTPUT_TRANSFORMS)}")
+        resize = params.get("cutout.resize", "bilinear")
+        if resize not in _FILTERS:
+            raise ProfileError(f"model {name}: cutout.resize {resize!r} is not one of {', '.join(_FILTERS)}")
+        scale = params.get("cutout.scale", "255")
+        if scale not in SCALES:
+            raise ProfileError(f"model {name}: cutout.scale {scale!r} is not one of {', '.join(SCALES)}")
         max_queue = params.get("cutout.max_queue")
         return cls(
             name=name,
@@ -87,6 +99,8 @@ class ModelProfile:
             layout=layout,
             width=width,
             height=height,
+            resize=resize,
+            scale=scale,
             mean=_triple(name, "cutout.mean", params.get("cutout.mean", "0,0,0")),
             std=_triple(name, "cutout.std", params.get("cutout.std", "1,1,1")),
             output=output,
@@ -96,10 +110,11 @@ class ModelProfile:
 
     def tensor(self, image: Image.Image) -> np.ndarray:
         """An RGB picture as this model's input: float32, its size, layout and normalisation."""
-        pixels = np.asarray(image.resize((self.width, self.height), Image.Resampling.BILINEAR, reducing_gap=3.0))
-        # (x / 255 - mean) / std as one multiply-add per channel.
+        pixels = np.asarray(image.resize((self.width, self.height), _FILTERS[self.resize], reducing_gap=3.0))
+        # (x / top - mean) / std as one multiply-add per channel.
+        top = max(1, int(pixels.max())) if self.scale == "max" else 255
         std = np.asarray(self.std, np.float32)
-        scale = 1 / (255 * std)
+        scale = 1 / (top * std)
         offset = -np.asarray(self.mean, np.float32) / std
         values = pixels * scale + offset  # float32: scale and offset are
         return np.ascontiguousarray(values.transpose(2, 0, 1)) if self.layout == "NCHW" else values
