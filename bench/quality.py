@@ -28,6 +28,7 @@ import py_sod_metrics
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image, ImageOps
 
+from bench.load import unary_load
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.assets import ASTRONAUT, BRICK, COFFEE, GRASS, GRAVEL, HORSE, LOGO, PAGE, WheelAsset
 from services.common.channels import channel_options
@@ -178,25 +179,9 @@ def _in_process(model: str, threads: int, images: int = 16, batch: int = 8) -> f
 async def _drive(
     gateway: str, api_key: str, photo: bytes, subject: int, concurrency: int, requests: int
 ) -> list[float]:
-    request = cutout_pb2.RemoveBackgroundRequest(
-        image=photo,
-        options=options_pb2.RemoveBackgroundOptions(format=options_pb2.OUTPUT_FORMAT_MASK, subject=subject),
-    )
-    latencies: list[float] = []
-    remaining = requests
-    async with grpc.aio.insecure_channel(gateway, options=channel_options()) as channel:
-        stub = cutout_pb2_grpc.CutoutStub(channel)
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                started = time.perf_counter()
-                await stub.RemoveBackground(request, metadata=[(API_KEY_METADATA, api_key)], timeout=600)
-                latencies.append((time.perf_counter() - started) * 1000)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies
+    options = options_pb2.RemoveBackgroundOptions(format=options_pb2.OUTPUT_FORMAT_MASK, subject=subject)
+    request = cutout_pb2.RemoveBackgroundRequest(image=photo, options=options)
+    return await unary_load(gateway, api_key, request, concurrency, requests)
 
 
 def measure_speed(gateway: str, triton_url: str, api_key: str, photo: bytes, quick: bool) -> list[ModelSpeed]:

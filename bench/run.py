@@ -36,6 +36,7 @@ from PIL import Image
 
 from bench import quality
 from bench.floor import FloorResult, measure_floor
+from bench.load import unary_load
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.assets import ASTRONAUT
 from services.common.channels import channel_options
@@ -142,24 +143,9 @@ async def drive(
     target: str, api_key: str, photo: bytes, output_format: int, concurrency: int, requests: int
 ) -> list[float]:
     """`requests` calls, `concurrency` at a time; returns each latency in ms."""
-    request = cutout_pb2.RemoveBackgroundRequest(
-        image=photo, options=options_pb2.RemoveBackgroundOptions(format=output_format)
-    )
-    latencies: list[float] = []
-    remaining = requests
-    async with grpc.aio.insecure_channel(target, options=channel_options()) as channel:
-        stub = cutout_pb2_grpc.CutoutStub(channel)
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                started = time.perf_counter()
-                await stub.RemoveBackground(request, metadata=[(API_KEY_METADATA, api_key)], timeout=300)
-                latencies.append((time.perf_counter() - started) * 1000)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies
+    options = options_pb2.RemoveBackgroundOptions(format=output_format)
+    request = cutout_pb2.RemoveBackgroundRequest(image=photo, options=options)
+    return await unary_load(target, api_key, request, concurrency, requests)
 
 
 async def drive_stream(

@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.assets import ASTRONAUT
+from services.common.processes import terminate
 from services.inference.model import MODEL_REPOSITORY, fetch_models
 from services.inference.triton_local import LocalTriton
 
@@ -101,16 +102,7 @@ class ServiceProcess:
 
     def stop(self, timeout_s: float = 40.0) -> int | None:
         """SIGTERM, then wait for the drain; returns the exit status."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return terminate(self.process, timeout_s)
 
     def check_alive(self) -> None:
         if self.process is not None and self.process.poll() is not None:

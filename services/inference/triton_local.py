@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytriton
 import tritonclient.grpc as triton_grpc
 
+from services.common.processes import terminate
 from services.inference.model import MODEL_REPOSITORY, REQUIRED_MODELS, TRITON_BACKENDS
 
 _PYTRITON = Path(pytriton.__file__).resolve().parent
@@ -117,13 +117,4 @@ class LocalTriton:
 
     def stop(self, timeout_s: float = 20.0) -> int | None:
         """SIGTERM (Triton unloads its models and exits), then waits; returns the exit status."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return terminate(self.process, timeout_s)
