@@ -457,7 +457,9 @@ def render(image: Image.Image, alpha: Image.Image, spec: OutputSpec, background:
         alpha = rgba.getchannel("A")
         rgba.paste((0, 0, 0, 0), mask=alpha.point(lambda v: 0 if v else 255))
         if fmt == OutputFormat.OUTPUT_FORMAT_WEBP:
-            rgba.save(out, "WEBP", quality=spec.quality, method=_webp_method(spec.compression_effort))
+            # exact: libwebp keeps the zeros above instead of refilling transparent areas
+            # from their neighbours (which carried the wall's colour into them).
+            rgba.save(out, "WEBP", quality=spec.quality, method=_webp_method(spec.compression_effort), exact=True)
             media_type = "image/webp"
         elif fmt == OutputFormat.OUTPUT_FORMAT_COLOR_ALPHA_PAIR:
             rgba.convert("RGB").save(out, "JPEG", quality=spec.quality)
