@@ -171,7 +171,7 @@ def test_remove_with_the_placement_background_and_size_flags(cli, tmp_path, astr
     )
     assert done.returncode == 0, done.stderr
     out = decode((tmp_path / "me-cutout.jpg").read_bytes())
-    assert (out.format == "JPEG" and out.size == (500, 500)) or out.width * out.height <= 250_000
+    assert out.format == "JPEG" and out.width * out.height <= 250_000
     assert "(preview)" in done.stdout
     assert np.abs(np.asarray(out, np.int16)[5, 5] - (250, 200, 10)).max() < 12, "the background image behind"
     refused = cli("remove", str(photo), "--roi", "1,2,3")
