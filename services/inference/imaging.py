@@ -447,29 +447,31 @@ def render(image: Image.Image, alpha: Image.Image, spec: OutputSpec, background:
             _save_png(flat, out, spec)
             media_type = "image/png"
     else:
+        if shadow is not None:
+            image.putalpha(alpha)
+            layer = Image.merge("RGBA", (*(Image.new("L", image.size, 0),) * 3, shadow))
+            composed = Image.alpha_composite(layer, image)
+            image, alpha = composed.convert("RGB"), composed.getchannel("A")
         # Colour under fully transparent pixels is invisible in the picture but
         # recoverable from the file: it is the removed background, so it is zeroed
         # (which also makes the file smaller and faster to compress).
-        image.putalpha(alpha)  # becomes RGBA in place
-        rgba = image
-        if shadow is not None:
-            rgba = Image.alpha_composite(Image.merge("RGBA", (*(Image.new("L", rgba.size, 0),) * 3, shadow)), rgba)
-        alpha = rgba.getchannel("A")
-        rgba.paste((0, 0, 0, 0), mask=alpha.point(lambda v: 0 if v else 255))
-        if fmt == OutputFormat.OUTPUT_FORMAT_WEBP:
-            # exact: libwebp keeps the zeros above instead of refilling transparent areas
-            # from their neighbours (which carried the wall's colour into them).
-            rgba.save(out, "WEBP", quality=spec.quality, method=_webp_method(spec.compression_effort), exact=True)
-            media_type = "image/webp"
-        elif fmt == OutputFormat.OUTPUT_FORMAT_COLOR_ALPHA_PAIR:
-            rgba.convert("RGB").save(out, "JPEG", quality=spec.quality)
+        image.paste(0, mask=alpha.point(lambda v: 0 if v else 255))
+        if fmt == OutputFormat.OUTPUT_FORMAT_COLOR_ALPHA_PAIR:
+            image.save(out, "JPEG", quality=spec.quality)
             media_type = "image/jpeg"
             alpha_out = io.BytesIO()
             _save_png(alpha, alpha_out, spec)
             alpha_data = alpha_out.getvalue()
         else:
-            _save_png(rgba, out, spec)
-            media_type = "image/png"
+            image.putalpha(alpha)  # becomes RGBA in place
+            if fmt == OutputFormat.OUTPUT_FORMAT_WEBP:
+                # exact: libwebp keeps the zeros above instead of refilling transparent areas
+                # from their neighbours (which carried the old background's colour into them).
+                image.save(out, "WEBP", quality=spec.quality, method=_webp_method(spec.compression_effort), exact=True)
+                media_type = "image/webp"
+            else:
+                _save_png(image, out, spec)
+                media_type = "image/png"
     return Rendered(out.getvalue(), media_type, image.width, image.height, foreground_box, alpha_data)
 
 
