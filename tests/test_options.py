@@ -222,7 +222,7 @@ def test_no_output_keeps_the_wall_under_alpha_zero(gateway, on_the_wall):
 def test_clean_edges_removes_the_wall_colour_from_soft_edges(gateway, on_the_wall):
     """The spill metric: over the edge pixels (0.1 < alpha < 0.9), the mean Euclidean RGB
     distance of the output colour from the wall colour; higher means less of the wall in
-    them (measured: 110 without clean_edges, 197 with it; black is 204 from the wall)."""
+    them (measured: 110 without clean_edges, 182 with it; black is 204 from the wall)."""
     photo = on_the_wall
     before = pixels(remove(gateway, photo).result.image).astype(np.float32)
     after = pixels(remove(gateway, photo, clean_edges=True).result.image).astype(np.float32)
@@ -232,7 +232,7 @@ def test_clean_edges_removes_the_wall_colour_from_soft_edges(gateway, on_the_wal
     assert edge.sum() > 5000
     from_wall = [np.linalg.norm(x[..., :3][edge] - WALL, axis=-1).mean() for x in (before, after)]
     print(f"edge pixels {edge.sum()}: mean distance from the wall {from_wall[0]:.1f} -> {from_wall[1]:.1f}")
-    assert from_wall[1] > from_wall[0] * 1.5, from_wall
+    assert from_wall[1] > from_wall[0] * 1.4, from_wall
     opaque = a == 1
     assert np.array_equal(before[opaque], after[opaque]), "opaque pixels keep the photo's colours"
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageCms, ImageColor, ImageFilter, ImageOps, UnidentifiedImageError
-from pymatting import estimate_foreground_ml
 from scipy.ndimage import uniform_filter
 
 from cutout.v1 import options_pb2
@@ -552,22 +551,37 @@ def drop_shadow(alpha: Image.Image, box: tuple[int, int, int, int]) -> Image.Ima
     return shadow.filter(ImageFilter.GaussianBlur(dy / 3))
 
 
-# The foreground estimate runs at most at this resolution. pymatting's multi-level solver
-# at full resolution took 0.25 s at 1 MP and 2.0 s with 1 GB of memory at 12 MP; what it
-# gives is smooth (the subject's colours near its edge, the background's behind it), and
-# 0.1 MP gave the same spill figure in tests/test_options.py as 0.25 MP. Measured CPU of
-# this whole function (shared machine): 0.13-0.18 s at 1 MP, 0.9-1.0 s at 12 MP.
-FOREGROUND_WORK_PIXELS = 100_000
+# The smooth foreground and background estimates are made at most at this resolution.
+# pymatting (the maintained implementation of Germer et al.'s multi-level estimate) was
+# measured first: 0.25 s at 1 MP and 2.0 s with 1 GB at 12 MP at full resolution, and its
+# import compiles all its numba functions, 113 s of CPU here whenever numba's cache is
+# absent (a fresh container, a read-only virtualenv). Blur fusion needs box blurs only:
+# 0.14 s of CPU at 1 MP, 0.8-1.0 s at 12 MP for this whole function (spill figure in
+# tests/test_options.py: 182, against 197 with pymatting at 0.1 MP and 110 without).
+FOREGROUND_WORK_PIXELS = 250_000
+
+
+def _blur_fusion(image: np.ndarray, alpha: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """One pass of blur fusion (Forte & Pitie, "Approximate fast foreground colour estimation",
+    ICIP 2021): alpha-weighted local means of the foreground and of the background, and the
+    foreground corrected so that a F + (1 - a) B gives the observed colour back."""
+    a = alpha[..., None]
+    size = (2 * radius + 1, 2 * radius + 1, 1)
+    mean_a = uniform_filter(a, size, mode="nearest")
+    fg = uniform_filter(image * a, size, mode="nearest") / (mean_a + 1e-5)
+    bg = uniform_filter(image * (1 - a), size, mode="nearest") / (1 - mean_a + 1e-5)
+    fg += a * (image - a * fg - (1 - a) * bg)
+    return np.clip(fg, 0, 1, out=fg), bg
 
 
 def estimate_foreground(image: Image.Image, alpha: Image.Image) -> Image.Image:
     """The subject's own colour in its semi-transparent pixels, without the old background's spill.
 
-    A soft edge pixel is I = a F + (1 - a) B. pymatting's multi-level estimate
-    (Germer et al. 2020) gives smooth F and B at a capped resolution; at full
-    resolution each edge pixel then gets F + a (I - a F - (1 - a) B), the
-    correction step of blur fusion (Forte & Pitie 2021), which puts back the
-    detail the low resolution lost. Opaque and transparent pixels are left alone.
+    A soft edge pixel is I = a F + (1 - a) B. Blur fusion's two passes (a wide one, then
+    a narrow one fed with the first's estimates) give smooth F and B at a capped
+    resolution; at full resolution each edge pixel then gets F + a (I - a F - (1 - a) B),
+    blur fusion's correction step, which puts back the detail the low resolution lost.
+    Opaque and transparent pixels are left alone.
     """
     a_full = np.asarray(alpha)
     edge = np.flatnonzero((a_full > 0) & (a_full < 255))
@@ -578,7 +592,15 @@ def estimate_foreground(image: Image.Image, alpha: Image.Image) -> Image.Image:
     small = (max(1, round(width * shrink)), max(1, round(height * shrink)))
     image_small = np.asarray(image.resize(small, Image.Resampling.BOX), np.float32) / 255
     alpha_small = np.asarray(alpha.resize(small, Image.Resampling.BOX), np.float32) / 255
-    fg_small, bg_small = estimate_foreground_ml(image_small, alpha_small, return_background=True)
+    # The paper's radii, 90 and 6 pixels at about 1 MP, scaled to the working resolution.
+    scale = max(small) / 1000
+    fg_wide, bg_small = _blur_fusion(image_small, alpha_small, max(2, round(90 * scale)))
+    a = alpha_small[..., None]
+    size = max(1, round(6 * scale))
+    narrow = (2 * size + 1, 2 * size + 1, 1)
+    mean_a = uniform_filter(a, narrow, mode="nearest")
+    fg_small = uniform_filter(fg_wide * a, narrow, mode="nearest") / (mean_a + 1e-5)
+    bg_small = uniform_filter(bg_small * (1 - a), narrow, mode="nearest") / (1 - mean_a + 1e-5)
 
     def at_edges(estimate: np.ndarray) -> np.ndarray:
         """The estimate upsampled (bilinear, 8 bits) and read at the edge pixels."""
