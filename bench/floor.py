@@ -12,7 +12,9 @@ import os
 import time
 from dataclasses import dataclass
 
+import numpy as np
 from ai_edge_litert.interpreter import Interpreter
+from PIL import Image
 
 from cutout.v1 import options_pb2
 from services.inference import imaging
@@ -21,6 +23,22 @@ from services.inference.profiles import ModelProfile, load_config
 from services.inference.settings import InferenceSettings
 
 _worker: _FloorWorker | None = None
+
+
+class PersonModel:
+    """The person model in this process with LiteRT, fed and read as its profile says."""
+
+    def __init__(self, threads: int = 1) -> None:
+        self.profile = ModelProfile.from_config(load_config(MODEL_REPOSITORY / PERSON_MODEL / "config.pbtxt"))
+        self.interpreter = Interpreter(model_path=str(SELFIE_SEGMENTATION.path()), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.input_index = self.interpreter.get_input_details()[0]["index"]
+        self.output_index = self.interpreter.get_output_details()[0]["index"]
+
+    def probability(self, image: Image.Image) -> np.ndarray:
+        self.interpreter.set_tensor(self.input_index, self.profile.tensor(image)[None])
+        self.interpreter.invoke()
+        return self.profile.probability(self.interpreter.get_tensor(self.output_index)[0])
 
 
 class _FloorWorker:
@@ -32,19 +50,12 @@ class _FloorWorker:
             jpeg_quality=settings.jpeg_quality,
             webp_quality=settings.webp_quality,
         )
-        self.profile = ModelProfile.from_config(load_config(MODEL_REPOSITORY / PERSON_MODEL / "config.pbtxt"))
-        self.interpreter = Interpreter(model_path=str(SELFIE_SEGMENTATION.path()), num_threads=1)
-        self.interpreter.allocate_tensors()
-        self.input_index = self.interpreter.get_input_details()[0]["index"]
-        self.output_index = self.interpreter.get_output_details()[0]["index"]
+        self.model = PersonModel()
 
     def cut_out(self, photo: bytes, output_format: int) -> bytes:
         spec = imaging.OutputSpec.from_proto(options_pb2.RemoveBackgroundOptions(format=output_format), self.encoders)
         image = imaging.decode(photo, self.limits)
-        self.interpreter.set_tensor(self.input_index, self.profile.tensor(image)[None])
-        self.interpreter.invoke()
-        mask = self.profile.probability(self.interpreter.get_tensor(self.output_index)[0])
-        alpha = imaging.refine_mask(image, mask)
+        alpha = imaging.refine_mask(image, self.model.probability(image))
         imaging.foreground_fraction(alpha)
         return imaging.render(image, alpha, spec).data
 

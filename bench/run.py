@@ -52,6 +52,7 @@ FORMATS = {
     "png": options_pb2.OUTPUT_FORMAT_PNG,
     "webp": options_pb2.OUTPUT_FORMAT_WEBP,
     "mask": options_pb2.OUTPUT_FORMAT_MASK,
+    "pair": options_pb2.OUTPUT_FORMAT_COLOR_ALPHA_PAIR,  # colour JPEG + alpha PNG, against "png"
 }
 CONCURRENCY = (1, 4, 16)
 ROLES = ("gateway", "accounts", "inference", "triton", "retention")

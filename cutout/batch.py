@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import os
 import secrets
 import tempfile
 import threading
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +167,25 @@ class _Sender:
         self.slots.release()
 
 
+def alpha_path(output: Path) -> Path:
+    """Where the pair's alpha PNG goes: beside the colour JPEG."""
+    return output.with_name(f"{output.stem}-alpha.png")
+
+
+def result_files(output: Path, result: options_pb2.CutoutImage) -> list[tuple[Path, bytes]]:
+    """What to write for a result: the image; for a pair, the alpha PNG too, or one zip of both."""
+    if not result.alpha_image:
+        return [(output, result.image)]
+    if output.suffix.lower() == ".zip":
+        packed = io.BytesIO()
+        with zipfile.ZipFile(packed, "w", zipfile.ZIP_STORED) as archive:  # both are compressed already
+            archive.writestr(f"{output.stem}.jpg", result.image)
+            archive.writestr(f"{output.stem}-alpha.png", result.alpha_image)
+        return [(output, packed.getvalue())]
+    # The alpha first: the colour file's presence then means the pair is complete (batch resumes on it).
+    return [(alpha_path(output), result.alpha_image), (output, result.image)]
+
+
 def run_batch(
     client: CutoutClient,
     pending: list[Job],
@@ -191,7 +212,8 @@ def run_batch(
             answered.add(item.id)
             job = pending[int(item.id)]
             if item.HasField("response"):
-                write_atomically(job.output, item.response.result.image)
+                for path, data in result_files(job.output, item.response.result):
+                    write_atomically(path, data)
                 if item.response.HasField("kept"):
                     record_kept(out_dir, job, item.response.kept)
                 outcome.done += 1

@@ -4,6 +4,8 @@ cutout signup --email me@example.com [--region eu] [--save]   # account + first 
 cutout keys create|list|revoke ID
 cutout balance [--ledger 20]
 cutout remove photo.jpg -o photo.png [--format webp] [--background '#1e90ff'] [--crop --margin 24] [--keep]
+cutout remove photo.jpg --format pair [--zip]      # colour JPEG + alpha PNG (two files, or one zip)
+cutout remove photo.jpg --size preview --format auto --background-image beach.jpg --scale 80 --shadow
 cutout batch photos/ -o cutouts/ [--concurrency 16] [same options as remove]   # resumable
 cutout results list|fetch (ID | --token TOKEN) -o FILE|delete ID
 
@@ -32,12 +34,17 @@ FORMATS = {
     "mask": (options_pb2.OUTPUT_FORMAT_MASK, ".png"),
     "jpeg": (options_pb2.OUTPUT_FORMAT_JPEG_ON_COLOR, ".jpg"),
     "png-on-color": (options_pb2.OUTPUT_FORMAT_PNG_ON_COLOR, ".png"),
+    "auto": (options_pb2.OUTPUT_FORMAT_AUTO, ""),  # the extension follows the answer's media type
+    "pair": (options_pb2.OUTPUT_FORMAT_COLOR_ALPHA_PAIR, ".jpg"),  # and <name>-alpha.png beside it
 }
 SUBJECTS = {
     "auto": options_pb2.SUBJECT_AUTO,
     "person": options_pb2.SUBJECT_PERSON,
     "any": options_pb2.SUBJECT_ANY,
 }
+SIZES = {"preview": options_pb2.SIZE_PREVIEW, "full": options_pb2.SIZE_FULL, "auto": options_pb2.SIZE_AUTO}
+FITS = {"cover": options_pb2.BACKGROUND_FIT_COVER, "fit": options_pb2.BACKGROUND_FIT_FIT}
+EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +123,31 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
         help="auto: the person model for portraits, else the general one; person: fastest; any: products, animals",
     )
     subject.add_argument("--model", default="", help="a model by name instead of --subject (e.g. u2netp)")
+    parser.add_argument("--zip", action="store_true", help="with --format pair: one .zip holding both files")
+    parser.add_argument(
+        "--size", choices=sorted(SIZES), default="full", help="preview (<= 0.25 MP, cheaper), full, or auto"
+    )
+    parser.add_argument("--background-image", type=Path, help="a picture to put behind the subject (opaque formats)")
+    parser.add_argument("--fit", choices=sorted(FITS), default="", help="--background-image: cover (default) or fit")
+    parser.add_argument("--blur-background", action="store_true", help="the photo itself, blurred, behind the subject")
+    parser.add_argument("--scale", type=int, default=0, help="the subject fills this %% of the canvas (10-100)")
+    parser.add_argument(
+        "--position", default="", metavar="center|original|X,Y", help="where the subject goes (X,Y in percent)"
+    )
+    parser.add_argument("--roi", default="", metavar="LEFT,TOP,WIDTH,HEIGHT", help="only look inside this rectangle")
+    parser.add_argument("--margin-percent", type=int, default=0, help="with --crop: margin in %% of the subject (<=50)")
+    parser.add_argument("--shadow", action="store_true", help="a soft drop shadow under the subject")
+    parser.add_argument("--clean-edges", action="store_true", help="remove the old background's colour from edges")
+
+
+def _integers(text: str, count: int, flag: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count or min(values) < 0:
+        raise SystemExit(f"cutout: {flag} takes {count} comma-separated whole numbers, got {text!r}")
+    return values
 
 
 def _options(args: argparse.Namespace) -> options_pb2.RemoveBackgroundOptions:
@@ -124,6 +156,7 @@ def _options(args: argparse.Namespace) -> options_pb2.RemoveBackgroundOptions:
         background_color=args.background,
         crop_to_subject=args.crop,
         crop_margin_px=args.margin,
+        crop_margin_percent=args.margin_percent,
         max_width=args.max_width,
         max_height=args.max_height,
         quality=args.quality,
@@ -131,10 +164,36 @@ def _options(args: argparse.Namespace) -> options_pb2.RemoveBackgroundOptions:
         keep_result=args.keep,
         subject=SUBJECTS[args.subject],
         model=args.model,
+        size=SIZES[args.size],
+        background_fit=FITS.get(args.fit, 0),
+        blur_background=args.blur_background,
+        scale=args.scale,
+        add_shadow=args.shadow,
+        clean_edges=args.clean_edges,
     )
+    if args.background_image:
+        options.background_image = args.background_image.read_bytes()
+    if args.position in ("center", "original"):
+        options.position = options_pb2.POSITION_CENTER if args.position == "center" else options_pb2.POSITION_ORIGINAL
+    elif args.position:
+        options.position = options_pb2.POSITION_PERCENT
+        options.position_x_percent, options.position_y_percent = _integers(args.position, 2, "--position")
+    if args.roi:
+        left, top, width, height = _integers(args.roi, 4, "--roi")
+        options.roi.CopyFrom(options_pb2.Rect(left=left, top=top, width=width, height=height))
     if args.keep_hours:
         options.keep_ttl.FromSeconds(round(args.keep_hours * 3600))
     return options
+
+
+def output_extension(args: argparse.Namespace) -> str:
+    """The main output file's extension before the answer is known (AUTO: PNG unless a background is asked for)."""
+    if args.format == "pair" and args.zip:
+        return ".zip"
+    if args.format == "auto":
+        opaque = args.background or args.background_image or args.blur_background
+        return ".jpg" if opaque else ".png"
+    return FORMATS[args.format][1]
 
 
 def _password_and_save(parser: argparse.ArgumentParser) -> None:
@@ -230,16 +289,25 @@ def balance(args: argparse.Namespace) -> int:
 
 
 def remove(args: argparse.Namespace) -> int:
-    extension = FORMATS[args.format][1]
-    output = args.output or args.input.with_name(f"{args.input.stem}-cutout{extension}")
+    options = _options(args)
     with CutoutClient(args.gateway) as client:
-        response = client.remove_background(args.input.read_bytes(), _options(args), timeout_s=args.timeout)
-    output.write_bytes(response.result.image)
+        response = client.remove_background(args.input.read_bytes(), options, timeout_s=args.timeout)
     result, timings = response.result, response.timings
+    extension = output_extension(args)
+    if args.format == "auto":
+        extension = EXTENSIONS.get(result.media_type, extension)
+    output = args.output or args.input.with_name(f"{args.input.stem}-cutout{extension}")
+    for path, data in batches.result_files(output, result):
+        path.write_bytes(data)
+    box = result.foreground_box
     print(
-        f"{output}: {result.width}x{result.height} {result.media_type}, "
+        f"{output}: {result.width}x{result.height} {result.media_type}"
+        f"{' + alpha PNG' if result.alpha_image else ''} ({options_pb2.Size.Name(result.size)[5:].lower()}), "
         f"{result.foreground_fraction:.0%} kept by {result.model}, {timings.total_ms:.0f} ms"
     )
+    subject = f"subject at {box.left},{box.top} {box.width}x{box.height}" if result.HasField("foreground_box") else ""
+    replay = " (a replay of an earlier call)" if response.idempotent_replay else ""
+    print(f"{subject}{'; ' if subject else ''}{response.credits_charged} credits charged{replay}")
     if response.HasField("kept"):
         kept = response.kept
         print(f"kept as {kept.result_id} until {_when(kept.expires_at)}; token (shown once): {kept.token}")
@@ -256,7 +324,7 @@ def batch(args: argparse.Namespace) -> int:
         print(f"cutout: no JPEG, PNG or WebP images in {args.input}", file=sys.stderr)
         return 2
     try:
-        pending, existing = batches.plan(inputs, args.output, FORMATS[args.format][1])
+        pending, existing = batches.plan(inputs, args.output, output_extension(args))
     except ValueError as error:
         print(f"cutout: {error}; rename one of them", file=sys.stderr)
         return 2

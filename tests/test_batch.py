@@ -116,3 +116,18 @@ def test_batch_with_an_unknown_key_reports_every_item_unprocessed(mesh, tmp_path
     done = run_cli(mesh, "batch", str(tmp_path / "photos"), "-o", str(tmp_path / "out"), api_key="ck_not-a-key")
     assert done.returncode == 1
     assert "not processed (UNAUTHENTICATED" in done.stdout and not list((tmp_path / "out").glob("*.png"))
+
+
+def test_batch_writes_colour_alpha_pairs_and_a_rerun_skips_them(mesh, raw_channel, astronaut, tmp_path):
+    account = new_account(raw_channel, mesh.admin_token, credits=10)
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    for n, photo in enumerate(photo_variants(astronaut, 3, seed=21)):
+        touch(photos / f"p{n}.jpg", photo)
+    done = run_cli(mesh, "batch", str(photos), "-o", str(out), "--format", "pair", api_key=account.api_key)
+    assert done.returncode == 0, done.stderr
+    for n in range(3):
+        colour, alpha = decode((out / f"p{n}.jpg").read_bytes()), decode((out / f"p{n}-alpha.png").read_bytes())
+        assert (colour.format, alpha.mode, colour.size) == ("JPEG", "L", alpha.size)
+    again = run_cli(mesh, "batch", str(photos), "-o", str(out), "--format", "pair", api_key=account.api_key)
+    assert again.returncode == 0, again.stderr
+    assert balance(raw_channel, account).available == 7, "3 charged once, the rerun skipped them all"

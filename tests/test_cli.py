@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from tests.conftest import decode
+from tests.conftest import decode, encode
 
 CUTOUT = Path(sys.executable).parent / "cutout"
 
@@ -127,3 +130,49 @@ def test_keep_then_list_fetch_by_id_and_by_token_then_delete(mesh, funded_accoun
     assert cli("results", "delete", result_id).returncode == 0
     gone = cli("results", "fetch", "--token", token, "-o", str(tmp_path / "x.png"), key="")
     assert gone.returncode == 1 and "NOT_FOUND" in gone.stderr
+
+
+def test_remove_writes_the_colour_alpha_pair_as_two_files_or_a_zip(cli, tmp_path, astronaut_png):
+    photo = tmp_path / "astronaut.png"
+    photo.write_bytes(astronaut_png)
+    done = cli("remove", str(photo), "-o", str(tmp_path / "pair.jpg"), "--format", "pair")
+    assert done.returncode == 0, done.stderr
+    colour, alpha = decode((tmp_path / "pair.jpg").read_bytes()), decode((tmp_path / "pair-alpha.png").read_bytes())
+    assert (colour.format, colour.mode, alpha.format, alpha.mode) == ("JPEG", "RGB", "PNG", "L")
+    assert colour.size == alpha.size == (512, 512)
+    assert "1 credits charged" in done.stdout and "subject at" in done.stdout
+
+    done = cli("remove", str(photo), "-o", str(tmp_path / "pair.zip"), "--format", "pair", "--zip")
+    assert done.returncode == 0, done.stderr
+    with zipfile.ZipFile(tmp_path / "pair.zip") as archive:
+        assert sorted(archive.namelist()) == ["pair-alpha.png", "pair.jpg"]
+        assert archive.read("pair-alpha.png") == (tmp_path / "pair-alpha.png").read_bytes()
+
+
+def test_remove_with_the_placement_background_and_size_flags(cli, tmp_path, astronaut_png):
+    photo, backdrop = tmp_path / "me.png", tmp_path / "beach.png"
+    photo.write_bytes(astronaut_png)
+    backdrop.write_bytes(encode(Image.new("RGB", (64, 64), (250, 200, 10)), "PNG"))
+    done = cli(
+        "remove",
+        str(photo),
+        "--format",
+        "auto",
+        "--size",
+        "preview",
+        "--background-image",
+        str(backdrop),
+        "--scale",
+        "60",
+        "--position",
+        "50,100",
+        "--shadow",
+        "--clean-edges",
+    )
+    assert done.returncode == 0, done.stderr
+    out = decode((tmp_path / "me-cutout.jpg").read_bytes())
+    assert out.format == "JPEG" and out.width * out.height <= 250_000
+    assert "(preview)" in done.stdout
+    assert np.abs(np.asarray(out, np.int16)[5, 5] - (250, 200, 10)).max() < 12, "the background image behind"
+    refused = cli("remove", str(photo), "--roi", "1,2,3")
+    assert refused.returncode != 0 and "--roi takes 4" in refused.stderr

@@ -23,14 +23,18 @@ class RemoveBackgroundRequest(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., options: _Optional[_Union[_options_pb2.RemoveBackgroundOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class RemoveBackgroundResponse(_message.Message):
-    __slots__ = ("result", "timings", "kept")
+    __slots__ = ("result", "timings", "kept", "credits_charged", "idempotent_replay")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     KEPT_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_CHARGED_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENT_REPLAY_FIELD_NUMBER: _ClassVar[int]
     result: _options_pb2.CutoutImage
     timings: _options_pb2.StageTimings
     kept: _options_pb2.KeptResult
-    def __init__(self, result: _Optional[_Union[_options_pb2.CutoutImage, _Mapping]] = ..., timings: _Optional[_Union[_options_pb2.StageTimings, _Mapping]] = ..., kept: _Optional[_Union[_options_pb2.KeptResult, _Mapping]] = ...) -> None: ...
+    credits_charged: int
+    idempotent_replay: bool
+    def __init__(self, result: _Optional[_Union[_options_pb2.CutoutImage, _Mapping]] = ..., timings: _Optional[_Union[_options_pb2.StageTimings, _Mapping]] = ..., kept: _Optional[_Union[_options_pb2.KeptResult, _Mapping]] = ..., credits_charged: _Optional[int] = ..., idempotent_replay: _Optional[bool] = ...) -> None: ...
 
 class FetchResultRequest(_message.Message):
     __slots__ = ("token", "result_id")

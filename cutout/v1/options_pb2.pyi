@@ -18,6 +18,28 @@ class OutputFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTPUT_FORMAT_MASK: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_JPEG_ON_COLOR: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_PNG_ON_COLOR: _ClassVar[OutputFormat]
+    OUTPUT_FORMAT_AUTO: _ClassVar[OutputFormat]
+    OUTPUT_FORMAT_COLOR_ALPHA_PAIR: _ClassVar[OutputFormat]
+
+class Size(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SIZE_UNSPECIFIED: _ClassVar[Size]
+    SIZE_PREVIEW: _ClassVar[Size]
+    SIZE_FULL: _ClassVar[Size]
+    SIZE_AUTO: _ClassVar[Size]
+
+class BackgroundFit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BACKGROUND_FIT_UNSPECIFIED: _ClassVar[BackgroundFit]
+    BACKGROUND_FIT_COVER: _ClassVar[BackgroundFit]
+    BACKGROUND_FIT_FIT: _ClassVar[BackgroundFit]
+
+class Position(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POSITION_UNSPECIFIED: _ClassVar[Position]
+    POSITION_ORIGINAL: _ClassVar[Position]
+    POSITION_CENTER: _ClassVar[Position]
+    POSITION_PERCENT: _ClassVar[Position]
 
 class Subject(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -31,13 +53,38 @@ OUTPUT_FORMAT_WEBP: OutputFormat
 OUTPUT_FORMAT_MASK: OutputFormat
 OUTPUT_FORMAT_JPEG_ON_COLOR: OutputFormat
 OUTPUT_FORMAT_PNG_ON_COLOR: OutputFormat
+OUTPUT_FORMAT_AUTO: OutputFormat
+OUTPUT_FORMAT_COLOR_ALPHA_PAIR: OutputFormat
+SIZE_UNSPECIFIED: Size
+SIZE_PREVIEW: Size
+SIZE_FULL: Size
+SIZE_AUTO: Size
+BACKGROUND_FIT_UNSPECIFIED: BackgroundFit
+BACKGROUND_FIT_COVER: BackgroundFit
+BACKGROUND_FIT_FIT: BackgroundFit
+POSITION_UNSPECIFIED: Position
+POSITION_ORIGINAL: Position
+POSITION_CENTER: Position
+POSITION_PERCENT: Position
 SUBJECT_UNSPECIFIED: Subject
 SUBJECT_AUTO: Subject
 SUBJECT_PERSON: Subject
 SUBJECT_ANY: Subject
 
+class Rect(_message.Message):
+    __slots__ = ("left", "top", "width", "height")
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    left: int
+    top: int
+    width: int
+    height: int
+    def __init__(self, left: _Optional[int] = ..., top: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
 class RemoveBackgroundOptions(_message.Message):
-    __slots__ = ("format", "background_color", "crop_to_subject", "crop_margin_px", "max_width", "max_height", "compression_effort", "quality", "keep_result", "keep_ttl", "subject", "model")
+    __slots__ = ("format", "background_color", "crop_to_subject", "crop_margin_px", "max_width", "max_height", "compression_effort", "quality", "keep_result", "keep_ttl", "subject", "model", "size", "background_image", "background_fit", "blur_background", "scale", "position", "position_x_percent", "position_y_percent", "roi", "crop_margin_percent", "add_shadow", "clean_edges")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     BACKGROUND_COLOR_FIELD_NUMBER: _ClassVar[int]
     CROP_TO_SUBJECT_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +97,18 @@ class RemoveBackgroundOptions(_message.Message):
     KEEP_TTL_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIT_FIELD_NUMBER: _ClassVar[int]
+    BLUR_BACKGROUND_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    POSITION_X_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    POSITION_Y_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    ROI_FIELD_NUMBER: _ClassVar[int]
+    CROP_MARGIN_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    ADD_SHADOW_FIELD_NUMBER: _ClassVar[int]
+    CLEAN_EDGES_FIELD_NUMBER: _ClassVar[int]
     format: OutputFormat
     background_color: str
     crop_to_subject: bool
@@ -62,7 +121,19 @@ class RemoveBackgroundOptions(_message.Message):
     keep_ttl: _duration_pb2.Duration
     subject: Subject
     model: str
-    def __init__(self, format: _Optional[_Union[OutputFormat, str]] = ..., background_color: _Optional[str] = ..., crop_to_subject: _Optional[bool] = ..., crop_margin_px: _Optional[int] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., compression_effort: _Optional[int] = ..., quality: _Optional[int] = ..., keep_result: _Optional[bool] = ..., keep_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., subject: _Optional[_Union[Subject, str]] = ..., model: _Optional[str] = ...) -> None: ...
+    size: Size
+    background_image: bytes
+    background_fit: BackgroundFit
+    blur_background: bool
+    scale: int
+    position: Position
+    position_x_percent: int
+    position_y_percent: int
+    roi: Rect
+    crop_margin_percent: int
+    add_shadow: bool
+    clean_edges: bool
+    def __init__(self, format: _Optional[_Union[OutputFormat, str]] = ..., background_color: _Optional[str] = ..., crop_to_subject: _Optional[bool] = ..., crop_margin_px: _Optional[int] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., compression_effort: _Optional[int] = ..., quality: _Optional[int] = ..., keep_result: _Optional[bool] = ..., keep_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., subject: _Optional[_Union[Subject, str]] = ..., model: _Optional[str] = ..., size: _Optional[_Union[Size, str]] = ..., background_image: _Optional[bytes] = ..., background_fit: _Optional[_Union[BackgroundFit, str]] = ..., blur_background: _Optional[bool] = ..., scale: _Optional[int] = ..., position: _Optional[_Union[Position, str]] = ..., position_x_percent: _Optional[int] = ..., position_y_percent: _Optional[int] = ..., roi: _Optional[_Union[Rect, _Mapping]] = ..., crop_margin_percent: _Optional[int] = ..., add_shadow: _Optional[bool] = ..., clean_edges: _Optional[bool] = ...) -> None: ...
 
 class StageTimings(_message.Message):
     __slots__ = ("decode_ms", "preprocess_ms", "batch_wait_ms", "model_ms", "postprocess_ms", "encode_ms", "total_ms", "batch_size")
@@ -85,20 +156,26 @@ class StageTimings(_message.Message):
     def __init__(self, decode_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., batch_wait_ms: _Optional[float] = ..., model_ms: _Optional[float] = ..., postprocess_ms: _Optional[float] = ..., encode_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class CutoutImage(_message.Message):
-    __slots__ = ("image", "media_type", "width", "height", "foreground_fraction", "model")
+    __slots__ = ("image", "media_type", "width", "height", "foreground_fraction", "model", "foreground_box", "alpha_image", "size")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     FOREGROUND_FRACTION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    FOREGROUND_BOX_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     media_type: str
     width: int
     height: int
     foreground_fraction: float
     model: str
-    def __init__(self, image: _Optional[bytes] = ..., media_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., foreground_fraction: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
+    foreground_box: Rect
+    alpha_image: bytes
+    size: Size
+    def __init__(self, image: _Optional[bytes] = ..., media_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., foreground_fraction: _Optional[float] = ..., model: _Optional[str] = ..., foreground_box: _Optional[_Union[Rect, _Mapping]] = ..., alpha_image: _Optional[bytes] = ..., size: _Optional[_Union[Size, str]] = ...) -> None: ...
 
 class KeptResult(_message.Message):
     __slots__ = ("result_id", "token", "created_at", "expires_at", "media_type", "width", "height", "size")

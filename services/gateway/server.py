@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cutout.v1 import (
@@ -33,7 +34,14 @@ from cutout.v1 import (
 )
 from services.common.channels import insecure_channel
 from services.common.chunks import pieces
-from services.common.errors import ServiceError, abort, aborts_on_service_error, invalid_argument, relay
+from services.common.errors import (
+    ServiceError,
+    abort,
+    aborts_on_service_error,
+    invalid_argument,
+    relay,
+    status_details,
+)
 from services.common.server import ServiceSpec
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
 from services.common.tasks import start_kept
@@ -138,6 +146,16 @@ class Downstreams:
         await self.inference_channel.close()
         await self.accounts_channel.close()
         await self.retention_channel.close()
+
+
+def _reason(error: ServiceError) -> str | None:
+    """The google.rpc.ErrorInfo reason of an error, ours or passed on from a downstream."""
+    if error.reason:
+        return error.reason
+    for detail in status_details(error.to_proto()):
+        if isinstance(detail, error_details_pb2.ErrorInfo):
+            return detail.reason
+    return None
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -313,36 +331,35 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         `deliver`, once it has been handed to the caller), else released; any failure,
         cancellation included, leaves nothing charged. Errors are raised as ServiceError.
         """
-        # The image goes to inference while the credits are reserved: the reservation's
-        # round trip stays off the latency. If reserving fails (no credits), the
-        # inference is cancelled; nothing is returned or charged without a reservation.
-        segmenting = asyncio.ensure_future(
-            self.down.inference.Segment(
-                inference_pb2.SegmentRequest(image=request.image, options=request.options),
-                timeout=self.down.deadline(context, self.settings.inference_timeout_s),
+        size = request.options.size or options_pb2.SIZE_FULL
+        if size not in (options_pb2.SIZE_PREVIEW, options_pb2.SIZE_FULL, options_pb2.SIZE_AUTO):
+            raise invalid_argument(
+                f"unknown size {size}; use SIZE_PREVIEW, SIZE_FULL or SIZE_AUTO", field="options.size"
             )
-        )
-        try:
-            reserve = accounts_pb2.ReserveRequest(
-                account_id=caller.account_id,
-                # Without a key from the caller the request cannot be retried safely, so it gets its own.
-                idempotency_key=request.idempotency_key or secrets.token_urlsafe(18),
-                amount=self.settings.price_per_image,
-                request_hash=await asyncio.to_thread(request_hash, request),
-            )
-            # Run to its end even if this call is cancelled: a hold made after the cancel
-            # arrived must still be released, not left to lapse.
-            reserving = self._to_the_end(self.down.accounts_call(context, self.down.accounts.Reserve, reserve))
+        # Without a key from the caller the request cannot be retried safely, so it gets its own.
+        idempotency_key = request.idempotency_key or secrets.token_urlsafe(18)
+        if size == options_pb2.SIZE_AUTO:
+            # The size depends on what the balance covers, so it is settled before inference starts.
+            reserve, reserved, request = await self._reserve_auto(context, caller, request, idempotency_key)
+            segmenting = self._segment(context, request)
+        else:
+            # The image goes to inference while the credits are reserved: the reservation's
+            # round trip stays off the latency. If reserving fails (no credits), the
+            # inference is cancelled; nothing is returned or charged without a reservation.
+            segmenting = self._segment(context, request)
             try:
-                reserved = await asyncio.shield(reserving)
-            except asyncio.CancelledError:
-                self._to_the_end(self._release_once_reserved(caller, reserving))
+                reserve = accounts_pb2.ReserveRequest(
+                    account_id=caller.account_id,
+                    idempotency_key=idempotency_key,
+                    amount=self._price(size),
+                    request_hash=await asyncio.to_thread(request_hash, request),
+                )
+                reserved = await self._reserve(context, caller, reserve)
+            except BaseException:
+                segmenting.cancel()
+                # Its outcome no longer matters; retrieving it keeps asyncio from logging it.
+                segmenting.add_done_callback(lambda done: done.cancelled() or done.exception())
                 raise
-        except BaseException:
-            segmenting.cancel()
-            # Its outcome no longer matters; retrieving it keeps asyncio from logging it.
-            segmenting.add_done_callback(lambda done: done.cancelled() or done.exception())
-            raise
         settle = accounts_pb2.SettleRequest(account_id=caller.account_id, reservation_id=reserved.reservation_id)
         # DUPLICATE_HELD/COMMITTED: the key is charged by another call; serve again, charge nothing.
         owned = reserved.outcome in OWNED
@@ -360,7 +377,12 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             if request.options.keep_result:
                 kept = await self._keep(context, caller, segmented.result, request.options)
             response = cutout_pb2.RemoveBackgroundResponse(
-                result=segmented.result, timings=segmented.timings, kept=kept
+                result=segmented.result,
+                timings=segmented.timings,
+                kept=kept,
+                # What committing will charge (it follows delivery on a stream).
+                credits_charged=reserve.amount if owned else 0,
+                idempotent_replay=not owned,
             )
             if deliver is not None:
                 await deliver(response)
@@ -368,8 +390,72 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         finally:
             # Commit what succeeded, release on any failure, cancellation included.
             if owned:
-                committed = await self._settle(settle, commit=succeeded)
-        return response, reserve.amount if committed else 0
+                committed = await self._settle(settle, reserve.amount, commit=succeeded)
+        charged = reserve.amount if committed else 0
+        response.credits_charged = charged  # a failed commit serves the result uncharged
+        return response, charged
+
+    def _price(self, size: int) -> int:
+        return self.settings.price_preview if size == options_pb2.SIZE_PREVIEW else self.settings.price_full
+
+    def _segment(
+        self, context: grpc.aio.ServicerContext, request: cutout_pb2.RemoveBackgroundRequest
+    ) -> asyncio.Future[inference_pb2.SegmentResponse]:
+        return asyncio.ensure_future(
+            self.down.inference.Segment(
+                inference_pb2.SegmentRequest(image=request.image, options=request.options),
+                timeout=self.down.deadline(context, self.settings.inference_timeout_s),
+            )
+        )
+
+    async def _reserve(
+        self,
+        context: grpc.aio.ServicerContext,
+        caller: accounts_pb2.AuthenticateResponse,
+        reserve: accounts_pb2.ReserveRequest,
+    ) -> accounts_pb2.ReserveResponse:
+        # Run to its end even if this call is cancelled: a hold made after the cancel
+        # arrived must still be released, not left to lapse.
+        reserving = self._to_the_end(self.down.accounts_call(context, self.down.accounts.Reserve, reserve))
+        try:
+            return await asyncio.shield(reserving)
+        except asyncio.CancelledError:
+            self._to_the_end(self._release_once_reserved(caller, reserving, reserve.amount))
+            raise
+
+    async def _reserve_auto(
+        self,
+        context: grpc.aio.ServicerContext,
+        caller: accounts_pb2.AuthenticateResponse,
+        request: cutout_pb2.RemoveBackgroundRequest,
+        idempotency_key: str,
+    ) -> tuple[accounts_pb2.ReserveRequest, accounts_pb2.ReserveResponse, cutout_pb2.RemoveBackgroundRequest]:
+        """SIZE_AUTO: FULL if the balance covers it, else PREVIEW; the reservation and the request
+        with the size it resolved to.
+
+        Each size is reserved under the hash of the request as resolved, so a retry of a call
+        that was made at PREVIEW meets IDEMPOTENCY_KEY_REUSED at FULL, then its own charge at
+        PREVIEW, and is served at the size it paid for.
+        """
+        first_error: ServiceError | None = None
+        for size in (options_pb2.SIZE_FULL, options_pb2.SIZE_PREVIEW):
+            resolved = cutout_pb2.RemoveBackgroundRequest()
+            resolved.CopyFrom(request)
+            resolved.options.size = size
+            reserve = accounts_pb2.ReserveRequest(
+                account_id=caller.account_id,
+                idempotency_key=idempotency_key,
+                amount=self._price(size),
+                request_hash=await asyncio.to_thread(request_hash, resolved),
+            )
+            try:
+                return reserve, await self._reserve(context, caller, reserve), resolved
+            except ServiceError as error:
+                if _reason(error) not in ("INSUFFICIENT_CREDITS", "IDEMPOTENCY_KEY_REUSED"):
+                    raise
+                first_error = first_error or error
+        assert first_error is not None
+        raise first_error
 
     async def _keep(
         self,
@@ -458,21 +544,21 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             context, self.down.accounts.Authenticate, accounts_pb2.AuthenticateRequest(api_key=api_key)
         )
 
-    async def _settle(self, settle: accounts_pb2.SettleRequest, *, commit: bool) -> bool:
+    async def _settle(self, settle: accounts_pb2.SettleRequest, amount: int, *, commit: bool) -> bool:
         """Commits or releases a hold; True if committed. Runs to its end even if the call is cancelled."""
 
         async def run() -> bool:
             if commit:
                 try:
                     await self.down.accounts.Commit(settle, timeout=self.settings.accounts_timeout_s)
-                    _credits.add(self.settings.price_per_image, {"operation": "commit"})
+                    _credits.add(amount, {"operation": "commit"})
                     return True
                 except grpc.aio.AioRpcError as error:
                     # The result exists; the caller gets it and the hold is released, not charged.
                     log.warning("commit failed (%s); serving the result uncharged", error.code().name)
             try:
                 await self.down.accounts.Release(settle, timeout=self.settings.accounts_timeout_s)
-                _credits.add(self.settings.price_per_image, {"operation": "release"})
+                _credits.add(amount, {"operation": "release"})
             except grpc.aio.AioRpcError as error:
                 # The hold lapses by itself after the accounts service's hold timeout.
                 log.warning("release failed (%s); the hold will lapse", error.code().name)
@@ -483,7 +569,10 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         return await asyncio.shield(self._to_the_end(run()))
 
     async def _release_once_reserved(
-        self, caller: accounts_pb2.AuthenticateResponse, reserving: asyncio.Task[accounts_pb2.ReserveResponse]
+        self,
+        caller: accounts_pb2.AuthenticateResponse,
+        reserving: asyncio.Task[accounts_pb2.ReserveResponse],
+        amount: int,
     ) -> None:
         """Releases the hold a cancelled call's reservation made, once it is known."""
         try:
@@ -492,7 +581,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             return  # nothing was reserved
         if reserved.outcome in OWNED:
             settle = accounts_pb2.SettleRequest(account_id=caller.account_id, reservation_id=reserved.reservation_id)
-            await self._settle(settle, commit=False)
+            await self._settle(settle, amount, commit=False)
 
     def _to_the_end(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Runs `work` as a task that a caller's cancellation does not stop (await it shielded)."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -22,8 +23,12 @@ class GatewaySettings(ServiceSettings):
     retention_timeout_s: float = 60.0
     retention_chunk_bytes: int = 1024 * 1024
     health_check_timeout_s: float = 2.0
-    # Credits one RemoveBackground (or one stream item) costs.
-    price_per_image: int = 1
+    # Credits one RemoveBackground (or one stream item) costs, by options.size:
+    # FULL (and unspecified) and PREVIEW (at most 0.25 MP). Whole credits: with the
+    # ledger's unit, a preview can only be cheaper than a full result when the full
+    # price is at least 2 (remove.bg's ratio is price_full 4, price_preview 1).
+    price_full: int = Field(default=1, ge=1)
+    price_preview: int = Field(default=1, ge=1)
     # Flow control of RemoveBackgroundStream: items read and not yet answered, per
     # stream and over all streams of this process. Beyond them the gateway stops
     # reading, so a fast sender waits instead of filling memory. Per stream, enough
@@ -32,3 +37,9 @@ class GatewaySettings(ServiceSettings):
     process_stream_items_in_flight: int = 64
     # A long stream re-checks its API key this often, so a revoked key stops it.
     stream_reauthenticate_s: float = 30.0
+
+    @model_validator(mode="after")
+    def _preview_not_dearer(self) -> GatewaySettings:
+        if self.price_preview > self.price_full:
+            raise ValueError(f"price_preview ({self.price_preview}) is more than price_full ({self.price_full})")
+        return self

@@ -74,9 +74,21 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         spec = imaging.OutputSpec.from_proto(request.options, self.encoders)
         model, fallback = await self._models_for(request.options)
         header = await self._cpu(imaging.open_image, request.image, self.limits)
+        backdrop = None
+        if spec.background_image:
+            backdrop = await self._cpu(self._open_background, request.options.background_image)
         width, height = header.size
-        async with self.pixel_budget.hold(width * height):
-            return await self._process(header, spec, model, fallback, timings, started)
+        pixels = width * height + (backdrop.width * backdrop.height if backdrop is not None else 0)
+        async with self.pixel_budget.hold(pixels):
+            return await self._process(header, backdrop, spec, model, fallback, timings, started)
+
+    def _open_background(self, data: bytes) -> Image.Image:
+        try:
+            return imaging.open_image(data, self.limits)
+        except ServiceError as error:  # the same checks as the image, said of the right field
+            raise ServiceError(
+                error.code, f"background_image: {error.message}", reason=error.reason, field="options.background_image"
+            ) from None
 
     async def _models_for(self, options: options_pb2.RemoveBackgroundOptions) -> tuple[ServedModel, str | None]:
         """The model to run first, and the model AUTO falls back to when the first finds no person."""
@@ -109,6 +121,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def _process(
         self,
         header: Image.Image,
+        backdrop: Image.Image | None,
         spec: imaging.OutputSpec,
         model: ServedModel,
         fallback: str | None,
@@ -118,24 +131,34 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         with model.batcher.arriving():
             with _stage(timings, "decode"):
                 image = await self._cpu(imaging.decode_pixels, header)
+                if backdrop is not None:
+                    backdrop = await self._cpu(imaging.decode_pixels, backdrop)
             with _stage(timings, "preprocess"):
-                tensor = await self._cpu(model.profile.tensor, image)
+                original = image.size
+                if spec.size == options_pb2.SIZE_PREVIEW and imaging.preview_size(original) != original:
+                    image = await self._cpu(_resized, image, imaging.preview_size(original))
+                roi = imaging.roi_box(spec.roi, original, image.size) if spec.roi else None
+                looked_at = await self._cpu(image.crop, roi) if roi else image
+                tensor = await self._cpu(model.profile.tensor, looked_at)
         probability = await self._run_model(model, tensor, timings)
         if fallback is not None and not looks_like_person(probability, self.catalog.person_rule):
             model = await self.catalog.get(fallback)
             with _stage(timings, "preprocess"):
-                tensor = await self._cpu(model.profile.tensor, image)
+                tensor = await self._cpu(model.profile.tensor, looked_at)
             probability = await self._run_model(model, tensor, timings)
 
         with _stage(timings, "postprocess"):
             helpers = self.filter_helpers if self._in_pool == 0 else None
-            alpha = await self._cpu(functools.partial(imaging.refine_mask, helpers=helpers), image, probability)
+            alpha = await self._cpu(functools.partial(imaging.refine_mask, helpers=helpers), looked_at, probability)
+            if roi:  # outside the roi is background
+                inside, alpha = alpha, Image.new("L", image.size, 0)
+                alpha.paste(inside, roi[:2])
             fraction = await self._cpu(imaging.foreground_fraction, alpha)
 
         format_name = options_pb2.OutputFormat.Name(spec.format)
         with _stage(timings, "encode") as span:
             span.set_attribute("cutout.output_format", format_name)
-            rendered = await self._cpu(imaging.render, image, alpha, spec)
+            rendered = await self._cpu(imaging.render, image, alpha, spec, backdrop)
         timings.total_ms = _ms_since(started)
         _images.add(1, {"cutout.output_format": format_name})
         return inference_pb2.SegmentResponse(
@@ -146,6 +169,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 height=rendered.height,
                 foreground_fraction=fraction,
                 model=model.profile.name,
+                foreground_box=_rect(rendered.foreground_box),
+                alpha_image=rendered.alpha_data,
+                size=options_pb2.SIZE_PREVIEW if spec.size == options_pb2.SIZE_PREVIEW else options_pb2.SIZE_FULL,
             ),
             timings=timings,
         )
@@ -154,6 +180,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         await self.catalog.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.filter_helpers.shutdown(wait=False, cancel_futures=True)
+
+
+def _resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def _rect(box: tuple[int, int, int, int] | None) -> options_pb2.Rect | None:
+    if box is None:
+        return None
+    left, top, right, bottom = box
+    return options_pb2.Rect(left=left, top=top, width=right - left, height=bottom - top)
 
 
 def _ms_since(mark: float) -> float:
