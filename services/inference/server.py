@@ -15,11 +15,11 @@ import grpc
 from opentelemetry import trace
 from PIL import Image
 
-from cutout.v1 import inference_pb2, inference_pb2_grpc, options_pb2
+from cutout.v1 import erase_pb2, inference_pb2, inference_pb2_grpc, options_pb2
 from services.common.errors import ServiceError, abort
 from services.common.server import ServiceSpec
 from services.common.telemetry import meter, stage
-from services.inference import imaging
+from services.inference import imaging, inpainting
 from services.inference.batcher import Batcher
 from services.inference.budget import PixelBudget
 from services.inference.settings import InferenceSettings
@@ -30,6 +30,7 @@ T = TypeVar("T")
 
 # Its rate is the images per second served.
 _images = meter.create_counter("cutout.inference.images", description="Cut-outs produced")
+_erased = meter.create_counter("cutout.inference.erased", description="Pictures with marked regions filled")
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
@@ -120,6 +121,51 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 foreground_fraction=fraction,
             ),
             timings=timings,
+        )
+
+    async def Erase(
+        self, request: inference_pb2.EraseRequest, context: grpc.aio.ServicerContext
+    ) -> erase_pb2.EraseRegionsResponse:
+        try:
+            return await self._erase(request)
+        except ServiceError as error:
+            log.info("Erase refused: %s (%s)", error.code.name, error.reason or "")
+            await abort(context, error)
+
+    async def _erase(self, request: inference_pb2.EraseRequest) -> erase_pb2.EraseRegionsResponse:
+        started = time.perf_counter()
+        timings = options_pb2.StageTimings()
+        spec = inpainting.EraseSpec.from_proto(request.regions.options, self.settings.jpeg_quality)
+        header = await self._cpu(imaging.open_image, request.image, self.limits)
+        width, height = header.size
+        async with self.pixel_budget.hold(width * height):
+            with _stage(timings, "decode"):
+                picture = await self._cpu(inpainting.decode_picture, header)
+                marked = await self._cpu(inpainting.marks, request.regions, picture.size, self.limits)
+            with _stage(timings, "postprocess") as span:
+                filled, regions = await self._cpu(inpainting.erase, picture.rgb, marked, spec.method)
+                span.set_attribute("cutout.erase.regions", len(regions))
+            with _stage(timings, "encode"):
+                encoded = await self._cpu(inpainting.encode, picture, filled, spec.format, spec.quality)
+        timings.total_ms = _ms_since(started)
+        _erased.add(1, {"cutout.erase.format": erase_pb2.EraseFormat.Name(spec.format)})
+        return erase_pb2.EraseRegionsResponse(
+            result=options_pb2.CutoutImage(
+                image=encoded.data,
+                media_type=encoded.media_type,
+                width=picture.size[0],
+                height=picture.size[1],
+                foreground_fraction=float(marked.mean()),
+            ),
+            timings=timings,
+            regions=[
+                erase_pb2.ErasedRegion(
+                    bounds=erase_pb2.Box(x=r.box[0], y=r.box[1], width=r.box[2], height=r.box[3]),
+                    pixels=r.pixels,
+                    method=r.method,
+                )
+                for r in regions
+            ],
         )
 
     async def close(self) -> None:
