@@ -56,3 +56,23 @@ ASTRONAUT = WheelAsset(
     member="skimage/data/astronaut.png",
     sha256="88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
 )
+
+
+# Held-out photos for the erase quality figures (never used to tune the fill's rule,
+# which was set on the astronaut), from the same wheel: CC0 (coffee, chelsea) and
+# public domain (rocket: SpaceX).
+COFFEE = WheelAsset(
+    requirement="scikit-image==0.26.0",
+    member="skimage/data/coffee.png",
+    sha256="cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7",
+)
+CHELSEA = WheelAsset(
+    requirement="scikit-image==0.26.0",
+    member="skimage/data/chelsea.png",
+    sha256="596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb",
+)
+ROCKET = WheelAsset(
+    requirement="scikit-image==0.26.0",
+    member="skimage/data/rocket.jpg",
+    sha256="c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c",
+)

@@ -9,6 +9,7 @@ calls are forwarded to accounts unchanged, with the caller's credentials.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import secrets
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cutout.v1 import (
@@ -25,6 +27,7 @@ from cutout.v1 import (
     accounts_pb2_grpc,
     cutout_pb2,
     cutout_pb2_grpc,
+    erase_pb2,
     inference_pb2,
     inference_pb2_grpc,
     options_pb2,
@@ -43,6 +46,7 @@ from services.gateway.settings import GatewaySettings
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R", bound=Message)
 
 _credits = meter.create_counter(
     "cutout.credits", description="Credits reserved, committed and released for removals, by operation"
@@ -62,6 +66,14 @@ def request_hash(request: cutout_pb2.RemoveBackgroundRequest) -> str:
     """sha256 of what the request asks (image and options): only this is stored, never the image."""
     digest = hashlib.sha256(request.image)
     digest.update(request.options.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
+def erase_hash(request: erase_pb2.EraseRegionsRequest) -> str:
+    """As request_hash, for an erase; its own prefix, so a key reused for a removal never matches it."""
+    digest = hashlib.sha256(b"erase\0")
+    digest.update(request.image)
+    digest.update(request.regions.SerializeToString(deterministic=True))
     return digest.hexdigest()
 
 
@@ -206,6 +218,16 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         response.timings.total_ms = (time.perf_counter() - started) * 1000
         return response
 
+    @aborts_on_service_error
+    async def EraseRegions(
+        self, request: erase_pb2.EraseRegionsRequest, context: grpc.aio.ServicerContext
+    ) -> erase_pb2.EraseRegionsResponse:
+        started = time.perf_counter()
+        caller = await self._authenticate(context)
+        response, _ = await self._erase(context, caller, request)
+        response.timings.total_ms = (time.perf_counter() - started) * 1000
+        return response
+
     async def RemoveBackgroundStream(
         self, request_iterator: AsyncIterator[cutout_pb2.StreamRequest], context: grpc.aio.ServicerContext
     ) -> None:
@@ -273,17 +295,28 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
                 )
             stream.ids.add(item.id)
             owns_id = True
-            request = cutout_pb2.RemoveBackgroundRequest(
-                image=item.image,
-                options=item.options if item.HasField("options") else defaults,
-                idempotency_key=item.idempotency_key,
-            )
+            if item.HasField("regions"):
 
-            async def deliver(response: cutout_pb2.RemoveBackgroundResponse) -> None:
-                response.timings.total_ms = (time.perf_counter() - started) * 1000
-                await stream.write(cutout_pb2.StreamItemResult(id=item.id, response=response))
+                async def deliver_erased(response: erase_pb2.EraseRegionsResponse) -> None:
+                    response.timings.total_ms = (time.perf_counter() - started) * 1000
+                    await stream.write(cutout_pb2.StreamItemResult(id=item.id, erased=response))
 
-            _, charged = await self._remove(stream.context, caller, request, deliver)
+                erase = erase_pb2.EraseRegionsRequest(
+                    image=item.image, regions=item.regions, idempotency_key=item.idempotency_key
+                )
+                _, charged = await self._erase(stream.context, caller, erase, deliver_erased)
+            else:
+                request = cutout_pb2.RemoveBackgroundRequest(
+                    image=item.image,
+                    options=item.options if item.HasField("options") else defaults,
+                    idempotency_key=item.idempotency_key,
+                )
+
+                async def deliver(response: cutout_pb2.RemoveBackgroundResponse) -> None:
+                    response.timings.total_ms = (time.perf_counter() - started) * 1000
+                    await stream.write(cutout_pb2.StreamItemResult(id=item.id, response=response))
+
+                _, charged = await self._remove(stream.context, caller, request, deliver)
             stream.ok += 1
             stream.credits_charged += charged
         except ServiceError as error:
@@ -307,28 +340,90 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         request: cutout_pb2.RemoveBackgroundRequest,
         deliver: Callable[[cutout_pb2.RemoveBackgroundResponse], Awaitable[None]] | None = None,
     ) -> tuple[cutout_pb2.RemoveBackgroundResponse, int]:
-        """One charged removal: the response and the credits it cost (0 for a served duplicate).
-
-        The credits are reserved, then committed once the result exists (and, with
-        `deliver`, once it has been handed to the caller), else released; any failure,
-        cancellation included, leaves nothing charged. Errors are raised as ServiceError.
-        """
-        # The image goes to inference while the credits are reserved: the reservation's
-        # round trip stays off the latency. If reserving fails (no credits), the
-        # inference is cancelled; nothing is returned or charged without a reservation.
+        """One charged removal: the response and the credits it cost (0 for a served duplicate)."""
         segmenting = asyncio.ensure_future(
             self.down.inference.Segment(
                 inference_pb2.SegmentRequest(image=request.image, options=request.options),
                 timeout=self.down.deadline(context, self.settings.inference_timeout_s),
             )
         )
+
+        async def finish(segmented: inference_pb2.SegmentResponse) -> cutout_pb2.RemoveBackgroundResponse:
+            # Keeping is part of what is charged: if it fails, the request fails uncharged.
+            kept = None
+            if request.options.keep_result:
+                kept = await self._keep(context, caller, segmented.result, request.options)
+            return cutout_pb2.RemoveBackgroundResponse(result=segmented.result, timings=segmented.timings, kept=kept)
+
+        return await self._charged(
+            context,
+            caller,
+            segmenting,
+            finish,
+            idempotency_key=request.idempotency_key,
+            amount=self.settings.price_per_image,
+            hash_request=functools.partial(request_hash, request),
+            deliver=deliver,
+        )
+
+    async def _erase(
+        self,
+        context: grpc.aio.ServicerContext,
+        caller: accounts_pb2.AuthenticateResponse,
+        request: erase_pb2.EraseRegionsRequest,
+        deliver: Callable[[erase_pb2.EraseRegionsResponse], Awaitable[None]] | None = None,
+    ) -> tuple[erase_pb2.EraseRegionsResponse, int]:
+        """One charged erase (EraseRegions or a stream item carrying regions), as `_remove`."""
+        erasing = asyncio.ensure_future(
+            self.down.inference.Erase(
+                inference_pb2.EraseRequest(image=request.image, regions=request.regions),
+                timeout=self.down.deadline(context, self.settings.inference_timeout_s),
+            )
+        )
+
+        async def finish(erased: erase_pb2.EraseRegionsResponse) -> erase_pb2.EraseRegionsResponse:
+            return erased
+
+        return await self._charged(
+            context,
+            caller,
+            erasing,
+            finish,
+            idempotency_key=request.idempotency_key,
+            amount=self.settings.price_per_erase,
+            hash_request=functools.partial(erase_hash, request),
+            deliver=deliver,
+        )
+
+    async def _charged(
+        self,
+        context: grpc.aio.ServicerContext,
+        caller: accounts_pb2.AuthenticateResponse,
+        working: asyncio.Future[T],
+        finish: Callable[[T], Awaitable[R]],
+        *,
+        idempotency_key: str,
+        amount: int,
+        hash_request: Callable[[], str],
+        deliver: Callable[[R], Awaitable[None]] | None,
+    ) -> tuple[R, int]:
+        """Charges `amount` for the work of an inference call: the response and the credits it cost.
+
+        `working` is the inference call, already started: it runs while the credits are
+        reserved, so the reservation's round trip stays off the latency. If reserving
+        fails (no credits), it is cancelled; nothing is returned or charged without a
+        reservation. The credits are committed once `finish` has made the response from
+        its reply (and, with `deliver`, once that has been handed to the caller), else
+        released; any failure, cancellation included, leaves nothing charged (0 for a
+        served duplicate). Errors are raised as ServiceError.
+        """
         try:
             reserve = accounts_pb2.ReserveRequest(
                 account_id=caller.account_id,
                 # Without a key from the caller the request cannot be retried safely, so it gets its own.
-                idempotency_key=request.idempotency_key or secrets.token_urlsafe(18),
-                amount=self.settings.price_per_image,
-                request_hash=await asyncio.to_thread(request_hash, request),
+                idempotency_key=idempotency_key or secrets.token_urlsafe(18),
+                amount=amount,
+                request_hash=await asyncio.to_thread(hash_request),
             )
             # Run to its end even if this call is cancelled: a hold made after the cancel
             # arrived must still be released, not left to lapse.
@@ -336,12 +431,12 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             try:
                 reserved = await asyncio.shield(reserving)
             except asyncio.CancelledError:
-                self._to_the_end(self._release_once_reserved(caller, reserving))
+                self._to_the_end(self._release_once_reserved(caller, reserving, amount))
                 raise
         except BaseException:
-            segmenting.cancel()
+            working.cancel()
             # Its outcome no longer matters; retrieving it keeps asyncio from logging it.
-            segmenting.add_done_callback(lambda done: done.cancelled() or done.exception())
+            working.add_done_callback(lambda done: done.cancelled() or done.exception())
             raise
         settle = accounts_pb2.SettleRequest(account_id=caller.account_id, reservation_id=reserved.reservation_id)
         # DUPLICATE_HELD/COMMITTED: the key is charged by another call; serve again, charge nothing.
@@ -351,24 +446,18 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         succeeded = committed = False
         try:
             try:
-                segmented = await segmenting
+                reply = await working
             except grpc.aio.AioRpcError as error:
-                log.info("a removal failed downstream: %s (not charged)", error.code().name)
+                log.info("a request failed downstream: %s (not charged)", error.code().name)
                 raise ServiceError.from_downstream(error, INFERENCE_UNAVAILABLE) from None
-            # Keeping is part of what is charged: if it fails, the request fails uncharged.
-            kept = None
-            if request.options.keep_result:
-                kept = await self._keep(context, caller, segmented.result, request.options)
-            response = cutout_pb2.RemoveBackgroundResponse(
-                result=segmented.result, timings=segmented.timings, kept=kept
-            )
+            response = await finish(reply)
             if deliver is not None:
                 await deliver(response)
             succeeded = True
         finally:
             # Commit what succeeded, release on any failure, cancellation included.
             if owned:
-                committed = await self._settle(settle, commit=succeeded)
+                committed = await self._settle(settle, amount, commit=succeeded)
         return response, reserve.amount if committed else 0
 
     async def _keep(
@@ -458,21 +547,21 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             context, self.down.accounts.Authenticate, accounts_pb2.AuthenticateRequest(api_key=api_key)
         )
 
-    async def _settle(self, settle: accounts_pb2.SettleRequest, *, commit: bool) -> bool:
+    async def _settle(self, settle: accounts_pb2.SettleRequest, amount: int, *, commit: bool) -> bool:
         """Commits or releases a hold; True if committed. Runs to its end even if the call is cancelled."""
 
         async def run() -> bool:
             if commit:
                 try:
                     await self.down.accounts.Commit(settle, timeout=self.settings.accounts_timeout_s)
-                    _credits.add(self.settings.price_per_image, {"operation": "commit"})
+                    _credits.add(amount, {"operation": "commit"})
                     return True
                 except grpc.aio.AioRpcError as error:
                     # The result exists; the caller gets it and the hold is released, not charged.
                     log.warning("commit failed (%s); serving the result uncharged", error.code().name)
             try:
                 await self.down.accounts.Release(settle, timeout=self.settings.accounts_timeout_s)
-                _credits.add(self.settings.price_per_image, {"operation": "release"})
+                _credits.add(amount, {"operation": "release"})
             except grpc.aio.AioRpcError as error:
                 # The hold lapses by itself after the accounts service's hold timeout.
                 log.warning("release failed (%s); the hold will lapse", error.code().name)
@@ -483,7 +572,10 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         return await asyncio.shield(self._to_the_end(run()))
 
     async def _release_once_reserved(
-        self, caller: accounts_pb2.AuthenticateResponse, reserving: asyncio.Task[accounts_pb2.ReserveResponse]
+        self,
+        caller: accounts_pb2.AuthenticateResponse,
+        reserving: asyncio.Task[accounts_pb2.ReserveResponse],
+        amount: int,
     ) -> None:
         """Releases the hold a cancelled call's reservation made, once it is known."""
         try:
@@ -492,7 +584,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             return  # nothing was reserved
         if reserved.outcome in OWNED:
             settle = accounts_pb2.SettleRequest(account_id=caller.account_id, reservation_id=reserved.reservation_id)
-            await self._settle(settle, commit=False)
+            await self._settle(settle, amount, commit=False)
 
     def _to_the_end(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Runs `work` as a task that a caller's cancellation does not stop (await it shielded)."""

@@ -24,6 +24,8 @@ class GatewaySettings(ServiceSettings):
     health_check_timeout_s: float = 2.0
     # Credits one RemoveBackground (or one stream item) costs.
     price_per_image: int = 1
+    # Credits one EraseRegions (or one stream item carrying regions) costs.
+    price_per_erase: int = 1
     # Flow control of RemoveBackgroundStream: items read and not yet answered, per
     # stream and over all streams of this process. Beyond them the gateway stops
     # reading, so a fast sender waits instead of filling memory. Per stream, enough
