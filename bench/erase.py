@@ -14,7 +14,6 @@ The photos were never used to set the fill's rule (that was the astronaut).
 from __future__ import annotations
 
 import argparse
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
