@@ -79,7 +79,12 @@ def test_erase_batch_removes_one_watermark_from_a_folder(cli, tmp_path, astronau
     assert "3 done, 0 failed" in done.stdout
     for n, (clean, marked, mark) in enumerate(cases):
         erased = np.asarray(decode((out / f"p{n}.png").read_bytes()))
-        assert np.array_equal(erased[~mark], marked[~mark]), n  # both rules found exactly the mark
+        if rule == "mask":
+            assert np.array_equal(erased[~mark], marked[~mark]), n
+        else:  # the rule may also take other pure white pixels, but only within its box
+            outside = np.ones(mark.shape, bool)
+            outside[100:140, 0:150] = False
+            assert np.array_equal(erased[outside], marked[outside]), n
         assert score(clean, erased, mark).psnr > score(clean, marked, mark).psnr + 8, n
     again = cli("erase-batch", str(folder), "-o", str(out), "--no-progress", *args)
     assert "0 done, 0 failed, 3 skipped" in again.stdout
