@@ -144,15 +144,19 @@ def test_erasing_synthetic_marks_restores_a_held_out_photo(kind):
 # ---- the learned model slot: a Triton config for an inpainting model -----------------
 
 
-def test_the_inpainting_model_config_is_a_valid_triton_model_config():
+@pytest.mark.parametrize(
+    ("slot", "backend", "kind"),
+    [("inpainting", "onnxruntime", "KIND_GPU"), ("inpainting-embedded", "python", "KIND_CPU")],
+)
+def test_the_inpainting_slot_configs_are_valid_triton_model_configs(slot, backend, kind):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
     from services.inference.model import MODEL_REPOSITORY
 
-    path = MODEL_REPOSITORY.parent / "model_slots" / "inpainting" / "config.pbtxt"
+    path = MODEL_REPOSITORY.parent / "model_slots" / slot / "config.pbtxt"
     config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())  # refuses unknown fields
-    assert config.backend == "onnxruntime"
+    assert config.backend == backend
     assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
         ("IMAGE", model_config_pb2.TYPE_UINT8, [-1, -1, 3]),
         ("MASK", model_config_pb2.TYPE_UINT8, [-1, -1, 1]),
@@ -161,7 +165,8 @@ def test_the_inpainting_model_config_is_a_valid_triton_model_config():
         ("IMAGE_OUT", model_config_pb2.TYPE_UINT8, [-1, -1, 3])
     ]
     assert config.max_batch_size == 0  # pictures of any size: no batching across requests
-    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert model_config_pb2.ModelInstanceGroup.Kind.Name(config.instance_group[0].kind) == kind
+    assert not config.name, "the folder names the model, so a deployer can name it freely"
 
 
 # ---- through the real mesh -----------------------------------------------------------

@@ -14,6 +14,7 @@ class EraseMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERASE_METHOD_TELEA: _ClassVar[EraseMethod]
     ERASE_METHOD_NAVIER_STOKES: _ClassVar[EraseMethod]
     ERASE_METHOD_PATCH: _ClassVar[EraseMethod]
+    ERASE_METHOD_MODEL: _ClassVar[EraseMethod]
 
 class EraseFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -25,6 +26,7 @@ ERASE_METHOD_AUTO: EraseMethod
 ERASE_METHOD_TELEA: EraseMethod
 ERASE_METHOD_NAVIER_STOKES: EraseMethod
 ERASE_METHOD_PATCH: EraseMethod
+ERASE_METHOD_MODEL: EraseMethod
 ERASE_FORMAT_UNSPECIFIED: EraseFormat
 ERASE_FORMAT_PNG: EraseFormat
 ERASE_FORMAT_JPEG: EraseFormat

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
+import grpc
 import numpy as np
 from PIL import Image, ImageOps
 from scipy import ndimage
@@ -204,11 +205,10 @@ def boxes_mask(boxes: Sequence[erase_pb2.Box], size: tuple[int, int], field: str
     return mask
 
 
-def erase(rgb: np.ndarray, mask: np.ndarray, method: int = 0, seed: int = 0) -> tuple[np.ndarray, list[Region]]:
-    """Fills the masked pixels of `rgb` (uint8 HxWx3); the rest is copied unchanged.
+def find_regions(mask: np.ndarray, method: int = 0) -> tuple[np.ndarray, list[Region]]:
+    """The mask's regions (connected components) and the fill each gets; also their label image.
 
     `method` is an EraseMethod; AUTO (0) chooses per region by thickness (see THIN_PX).
-    The fill is deterministic for a given `seed`.
     """
     labels, count = ndimage.label(mask)
     distance = ndimage.distance_transform_edt(mask)
@@ -223,7 +223,16 @@ def erase(rgb: np.ndarray, mask: np.ndarray, method: int = 0, seed: int = 0) -> 
             chosen = EraseMethod.ERASE_METHOD_PATCH if patch else EraseMethod.ERASE_METHOD_TELEA
         box = (cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
         regions.append(Region(box, int(sizes[index]), float(thickness[index]), int(chosen)))
+    return labels, regions
 
+
+def erase(rgb: np.ndarray, mask: np.ndarray, method: int = 0, seed: int = 0) -> tuple[np.ndarray, list[Region]]:
+    """Fills the masked pixels of `rgb` (uint8 HxWx3) with the classical fills; the rest is copied unchanged.
+
+    `method` is an EraseMethod other than MODEL; AUTO (0) chooses per region by thickness
+    (see THIN_PX). The fill is deterministic for a given `seed`.
+    """
+    labels, regions = find_regions(mask, method)
     out = rgb.copy()
     for cv_method in (cv2.INPAINT_TELEA, cv2.INPAINT_NS):
         # All regions of one OpenCV method in one call: it only works near the marked pixels.
@@ -237,6 +246,19 @@ def erase(rgb: np.ndarray, mask: np.ndarray, method: int = 0, seed: int = 0) -> 
         if region.method == EraseMethod.ERASE_METHOD_PATCH:
             _fill_region(out, mask, labels == i + 1, region, rng)
     return out, regions
+
+
+def model_fill(rgb: np.ndarray, mask: np.ndarray, filled: np.ndarray) -> tuple[np.ndarray, list[Region]]:
+    """A learned model's output taken on the masked pixels only (the rest stays the input's)."""
+    if filled.shape != rgb.shape or filled.dtype != np.uint8:
+        raise ServiceError(
+            grpc.StatusCode.INTERNAL,
+            f"the inpainting model answered {filled.dtype}{list(filled.shape)}, not uint8{list(rgb.shape)}",
+            reason="MODEL_FAILED",
+        )
+    out = rgb.copy()
+    out[mask] = filled[mask]
+    return out, find_regions(mask, EraseMethod.ERASE_METHOD_MODEL)[1]
 
 
 def _fill_region(out: np.ndarray, mask: np.ndarray, part: np.ndarray, region: Region, rng: np.random.Generator) -> None:

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import grpc
+import numpy as np
 from opentelemetry import trace
 from PIL import Image
 
@@ -23,7 +24,7 @@ from services.inference import imaging, inpainting
 from services.inference.batcher import Batcher
 from services.inference.budget import PixelBudget
 from services.inference.settings import InferenceSettings
-from services.inference.triton import TritonModel
+from services.inference.triton import TritonInpainter, TritonModel
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,9 +35,12 @@ _erased = meter.create_counter("cutout.inference.erased", description="Pictures 
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, settings: InferenceSettings, model: TritonModel) -> None:
+    def __init__(
+        self, settings: InferenceSettings, model: TritonModel, inpainter: TritonInpainter | None = None
+    ) -> None:
         self.settings = settings
         self.model = model
+        self.inpainter = inpainter
         self.batcher = Batcher(
             model.infer,
             max_batch_size=settings.max_batch_size,
@@ -143,7 +147,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 picture = await self._cpu(inpainting.decode_picture, header)
                 marked = await self._cpu(inpainting.marks, request.regions, picture.size, self.limits)
             with _stage(timings, "postprocess") as span:
-                filled, regions = await self._cpu(inpainting.erase, picture.rgb, marked, spec.method)
+                filled, regions = await self._fill(picture.rgb, marked, spec.method)
                 span.set_attribute("cutout.erase.regions", len(regions))
             with _stage(timings, "encode"):
                 encoded = await self._cpu(inpainting.encode, picture, filled, spec.format, spec.quality)
@@ -168,9 +172,32 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             ],
         )
 
+    async def _fill(
+        self, rgb: np.ndarray, marked: np.ndarray, method: int
+    ) -> tuple[np.ndarray, list[inpainting.Region]]:
+        """The learned model when there is one and AUTO or MODEL asks, else the classical fills."""
+        if method == erase_pb2.ERASE_METHOD_MODEL or (method == erase_pb2.ERASE_METHOD_AUTO and self.inpainter):
+            if self.inpainter is None:
+                raise ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "this server has no inpainting model; use method AUTO, TELEA, NAVIER_STOKES or PATCH",
+                    reason="NO_INPAINTING_MODEL",
+                )
+            filled = await self.inpainter.fill(rgb, marked)
+            return await self._cpu(inpainting.model_fill, rgb, marked, filled)
+        return await self._cpu(inpainting.erase, rgb, marked, method)
+
+    async def ready(self) -> bool:
+        """SERVING while the segmentation model, and the inpainting model if one is set, are ready."""
+        if not await self.model.ready():
+            return False
+        return self.inpainter is None or await self.inpainter.ready()
+
     async def close(self) -> None:
         await self.batcher.close()
         await self.model.close()
+        if self.inpainter is not None:
+            await self.inpainter.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.filter_helpers.shutdown(wait=False, cancel_futures=True)
 
@@ -190,10 +217,13 @@ def _stage(timings: options_pb2.StageTimings, name: str) -> Iterator[trace.Span]
 
 def build(settings: InferenceSettings) -> ServiceSpec:
     model = TritonModel(settings.triton_url, settings.model_name, settings.triton_timeout_s)
-    servicer = InferenceServicer(settings, model)
+    inpainter = None
+    if settings.erase_model_name:
+        inpainter = TritonInpainter(settings.triton_url, settings.erase_model_name, settings.triton_timeout_s)
+    servicer = InferenceServicer(settings, model, inpainter)
     return ServiceSpec(
         service_names=[inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name],
         register=lambda server: inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server),
-        ready=model.ready,
+        ready=servicer.ready,
         close=servicer.close,
     )

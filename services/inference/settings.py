@@ -17,6 +17,9 @@ class InferenceSettings(ServiceSettings):
     triton_url: str = "127.0.0.1:8001"
     model_name: str = "selfie_segmentation"
     model_input_size: int = 256
+    # The Triton model that EraseRegions uses (AUTO and MODEL), a deployer's learned
+    # inpainting model in the slot of model_slots/inpainting/; empty: the classical fills only.
+    erase_model_name: str = ""
     triton_timeout_s: float = 30.0
     # The batcher: images per Triton call, how long the first image waits for
     # company, and how many may wait in all before callers are turned away.
