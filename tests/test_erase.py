@@ -20,10 +20,12 @@ from services.common.errors import ServiceError, status_details
 from services.inference.imaging import DecodeLimits
 from services.inference.inpainting import (
     LARGE_PX,
+    MAX_PATCH_REGIONS,
     THIN_PX,
     EraseMethod,
     boxes_mask,
     erase,
+    find_regions,
     patch_fill,
     read_mask,
 )
@@ -84,6 +86,21 @@ def test_auto_chooses_by_thickness(astronaut):
         (60, 60, 24, 24): EraseMethod.ERASE_METHOD_PATCH,
         (120, 140, 100, 80): EraseMethod.ERASE_METHOD_TELEA,
     }
+
+
+def test_the_patch_fill_has_a_budget_per_picture():
+    mask = np.zeros((400, 400), bool)
+    for y in range(0, 400, 40):
+        for x in range(0, 400, 40):
+            mask[y : y + 20, x : x + 20] = True  # 100 blobs 20 px across, each one for the patch fill
+    _, regions = find_regions(mask)
+    methods = Counter(r.method for r in regions)
+    assert methods == {EraseMethod.ERASE_METHOD_PATCH: MAX_PATCH_REGIONS, EraseMethod.ERASE_METHOD_TELEA: 76}
+    one_big = np.zeros((800, 800), bool)
+    one_big[100:700, 100:700] = True
+    assert [r.method for r in find_regions(one_big, EraseMethod.ERASE_METHOD_PATCH)[1]] == [
+        EraseMethod.ERASE_METHOD_PATCH  # bounded by MAX_PATCH_TARGETS instead
+    ]
 
 
 def test_the_patch_fill_copies_texture_where_smearing_cannot():

@@ -37,9 +37,10 @@ EraseFormat = erase_pb2.EraseFormat
 
 # The rule AUTO applies, from measurements on the tuning photo (astronaut; held-out
 # photos are only scored, in bench/erase.py): Telea beat the patch fill in PSNR and SSIM
-# on text strokes 3-20 px thick, the patch fill beat Telea on compact blobs 16-32 px
-# across (29.7 vs 17.1 dB at 16 px), and on blobs of 64 px and more Telea scored higher
-# again (the patch fill's copied texture rarely lands where the truth had it). So:
+# on text strokes 3-20 px thick, the patch fill beat Telea on a compact blob 16 px across
+# (29.7 vs 17.1 dB), split with it at 32 px (lower PSNR, higher SSIM), and on blobs of
+# 64 px and more Telea scored higher on both (the patch fill's copied texture rarely
+# lands where the truth had it). So:
 # thickness <= THIN_PX or > LARGE_PX -> Telea, in between -> the patch fill.
 THIN_PX = 12.0
 LARGE_PX = 40.0
@@ -49,6 +50,11 @@ INPAINT_RADIUS = 5
 # have; finer levels than that are upsampled instead, so big masks take bounded time.
 PATCH_RADIUS = 3
 MAX_PATCH_TARGETS = 60_000
+# What one picture may give to the patch fill, in regions and marked pixels; regions past
+# either get Telea. A region of ~400 px took 0.1-0.4 s of one core here (by the load),
+# and one region's time is bounded by MAX_PATCH_TARGETS, so a picture stays within seconds.
+MAX_PATCH_REGIONS = 24
+MAX_PATCH_PIXELS = 100_000
 MAX_BOXES = 1000
 
 _CV_METHOD = {EraseMethod.ERASE_METHOD_TELEA: cv2.INPAINT_TELEA, EraseMethod.ERASE_METHOD_NAVIER_STOKES: cv2.INPAINT_NS}
@@ -209,20 +215,33 @@ def find_regions(mask: np.ndarray, method: int = 0) -> tuple[np.ndarray, list[Re
     """The mask's regions (connected components) and the fill each gets; also their label image.
 
     `method` is an EraseMethod; AUTO (0) chooses per region by thickness (see THIN_PX).
+    Past MAX_PATCH_REGIONS regions or MAX_PATCH_PIXELS marked pixels given to the patch
+    fill (in raster order; the first always gets it), further regions get Telea instead
+    (the response says so per region), so many marks take bounded time.
     """
-    labels, count = ndimage.label(mask)
-    distance = ndimage.distance_transform_edt(mask)
-    slices = ndimage.find_objects(labels)
-    thickness = ndimage.maximum(distance, labels, index=np.arange(1, count + 1)) * 2 if count else []
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    labels, _ = ndimage.label(mask)
+    height, width = mask.shape
     regions = []
-    for index, (rows, cols) in enumerate(slices):
+    patch_regions = patch_pixels = 0
+    for index, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
+        # The distance transform of this region alone, in its box plus a pixel: memory
+        # follows the region, not the picture.
+        top, left = max(0, rows.start - 1), max(0, cols.start - 1)
+        part = labels[top : min(height, rows.stop + 1), left : min(width, cols.stop + 1)] == index
+        thickness = 2 * float(ndimage.distance_transform_edt(part).max())
+        pixels = int(part.sum())
         chosen = method
         if chosen == EraseMethod.ERASE_METHOD_AUTO:
-            patch = THIN_PX < thickness[index] <= LARGE_PX
+            patch = THIN_PX < thickness <= LARGE_PX
             chosen = EraseMethod.ERASE_METHOD_PATCH if patch else EraseMethod.ERASE_METHOD_TELEA
+        if chosen == EraseMethod.ERASE_METHOD_PATCH:
+            if patch_regions >= MAX_PATCH_REGIONS or (patch_pixels and patch_pixels + pixels > MAX_PATCH_PIXELS):
+                chosen = EraseMethod.ERASE_METHOD_TELEA
+            else:
+                patch_regions += 1
+                patch_pixels += pixels
         box = (cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
-        regions.append(Region(box, int(sizes[index]), float(thickness[index]), int(chosen)))
+        regions.append(Region(box, pixels, thickness, int(chosen)))
     return labels, regions
 
 
@@ -244,7 +263,7 @@ def erase(rgb: np.ndarray, mask: np.ndarray, method: int = 0, seed: int = 0) -> 
     rng = np.random.default_rng(seed)
     for i, region in enumerate(regions):
         if region.method == EraseMethod.ERASE_METHOD_PATCH:
-            _fill_region(out, mask, labels == i + 1, region, rng)
+            _fill_region(out, mask, labels, i + 1, region, rng)
     return out, regions
 
 
@@ -261,7 +280,9 @@ def model_fill(rgb: np.ndarray, mask: np.ndarray, filled: np.ndarray) -> tuple[n
     return out, find_regions(mask, EraseMethod.ERASE_METHOD_MODEL)[1]
 
 
-def _fill_region(out: np.ndarray, mask: np.ndarray, part: np.ndarray, region: Region, rng: np.random.Generator) -> None:
+def _fill_region(
+    out: np.ndarray, mask: np.ndarray, labels: np.ndarray, index: int, region: Region, rng: np.random.Generator
+) -> None:
     """Patch-fills one region inside a window around it (sources come from that window)."""
     x, y, w, h = region.box
     height, width = mask.shape
@@ -270,7 +291,7 @@ def _fill_region(out: np.ndarray, mask: np.ndarray, part: np.ndarray, region: Re
     left, right = max(0, x - margin), min(width, x + w + margin)
     window = (slice(top, bottom), slice(left, right))
     filled = patch_fill(out[window], mask[window], rng)
-    target = part[window]
+    target = labels[window] == index
     out[window][target] = filled[target]
 
 
@@ -355,51 +376,53 @@ def _refine(
         ok = valid[cy, cx]
         fy[ty[ok], tx[ok]], fx[ty[ok], tx[ok]] = cy[ok], cx[ok]
 
-    pad = np.pad(image, ((r, r), (r, r), (0, 0)), mode="edge")
-    offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+    # Patch offsets as arrays, so a patch of every target is gathered in one indexing op.
+    dys, dxs = (d.ravel() for d in np.mgrid[-r : r + 1, -r : r + 1])
+    hy, hx = np.nonzero(hole)
+    # The patches q covering each hole pixel p (q = p - d), for voting.
+    qy = np.clip(hy[:, None] - dys, 0, height - 1)
+    qx = np.clip(hx[:, None] - dxs, 0, width - 1)
 
-    def distance(cy: np.ndarray, cx: np.ndarray) -> np.ndarray:
-        total = np.zeros(ty.size, np.float32)
-        for dy, dx in offsets:
-            diff = pad[ty + dy + r, tx + dx + r] - pad[cy + dy + r, cx + dx + r]
-            total += np.einsum("ij,ij->i", diff, diff)
-        return total
-
-    def consider(cy: np.ndarray, cx: np.ndarray, best: np.ndarray) -> None:
-        cy = np.clip(cy, 0, height - 1)
-        cx = np.clip(cx, 0, width - 1)
-        ok = valid[cy, cx]
-        d = np.where(ok, distance(cy, cx), np.inf)
-        better = d < best
-        best[better] = d[better]
-        fy[ty[better], tx[better]] = cy[better]
-        fx[ty[better], tx[better]] = cx[better]
+    def patches(img: np.ndarray, cy: np.ndarray, cx: np.ndarray) -> np.ndarray:
+        """(N, (2r+1)^2, 3) patches centred at (cy, cx) of the edge-padded `img`."""
+        return img[cy[:, None] + dys + r, cx[:, None] + dxs + r]
 
     for _ in range(rounds):
-        best = distance(fy[ty, tx], fx[ty, tx])
-        for _ in range(1):
-            for sy, sx in ((0, 1), (0, -1), (1, 0), (-1, 0)):  # propagation from each neighbour
-                ny, nx = np.clip(ty - sy, 0, height - 1), np.clip(tx - sx, 0, width - 1)
-                consider(fy[ny, nx] + sy, fx[ny, nx] + sx, best)
-            span = max(height, width)
-            while span >= 1:  # random search around the current match
-                consider(
-                    fy[ty, tx] + rng.integers(-span, span + 1, ty.size),
-                    fx[ty, tx] + rng.integers(-span, span + 1, ty.size),
-                    best,
-                )
-                span //= 2
-            pick = rng.integers(0, src_y.size, ty.size)  # and one fresh random source
-            consider(src_y[pick], src_x[pick], best)
-        # Voting: pixel p takes the mean of what each patch q covering it says, source(q) + (p - q).
-        votes = np.zeros((*hole.shape, 3), np.float32)
-        hy, hx = np.nonzero(hole)
-        for dy, dx in offsets:
-            qy, qx = np.clip(hy - dy, 0, height - 1), np.clip(hx - dx, 0, width - 1)
-            votes[hy, hx] += image[np.clip(fy[qy, qx] + dy, 0, height - 1), np.clip(fx[qy, qx] + dx, 0, width - 1)]
-        image = image.copy()
-        image[hy, hx] = votes[hy, hx] / len(offsets)
         pad = np.pad(image, ((r, r), (r, r), (0, 0)), mode="edge")
+        mine = patches(pad, ty, tx)
+
+        def distance(cy: np.ndarray, cx: np.ndarray) -> np.ndarray:
+            diff = patches(pad, cy, cx) - mine  # noqa: B023 (used within this round only)
+            return np.einsum("ijk,ijk->i", diff, diff)
+
+        def consider(cy: np.ndarray, cx: np.ndarray, best: np.ndarray) -> None:
+            cy = np.clip(cy, 0, height - 1)
+            cx = np.clip(cx, 0, width - 1)
+            ok = valid[cy, cx]
+            d = np.where(ok, distance(cy, cx), np.inf)
+            better = d < best
+            best[better] = d[better]
+            fy[ty[better], tx[better]] = cy[better]
+            fx[ty[better], tx[better]] = cx[better]
+
+        best = distance(fy[ty, tx], fx[ty, tx])
+        for sy, sx in ((0, 1), (0, -1), (1, 0), (-1, 0)):  # propagation from each neighbour
+            ny, nx = np.clip(ty - sy, 0, height - 1), np.clip(tx - sx, 0, width - 1)
+            consider(fy[ny, nx] + sy, fx[ny, nx] + sx, best)
+        span = max(height, width)
+        while span >= 1:  # random search around the current match, at halving radii
+            consider(
+                fy[ty, tx] + rng.integers(-span, span + 1, ty.size),
+                fx[ty, tx] + rng.integers(-span, span + 1, ty.size),
+                best,
+            )
+            span //= 2
+        pick = rng.integers(0, src_y.size, ty.size)  # and one fresh random source
+        consider(src_y[pick], src_x[pick], best)
+        # Voting: pixel p takes the mean of what each patch q covering it says, source(q) + (p - q).
+        votes = image[np.clip(fy[qy, qx] + dys, 0, height - 1), np.clip(fx[qy, qx] + dxs, 0, width - 1)]
+        image = image.copy()
+        image[hy, hx] = votes.mean(axis=1)
     return image, np.stack([fy, fx])
 
 
