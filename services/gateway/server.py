@@ -49,7 +49,7 @@ T = TypeVar("T")
 R = TypeVar("R", bound=Message)
 
 _credits = meter.create_counter(
-    "cutout.credits", description="Credits reserved, committed and released for removals, by operation"
+    "cutout.credits", description="Credits reserved, committed and released for removals and erasures, by operation"
 )
 
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
