@@ -11,24 +11,27 @@ import grpc
 import numpy as np
 import pytest
 from google.rpc import code_pb2, error_details_pb2
-from PIL import Image, ImageDraw
+from PIL import Image, ImageCms, ImageDraw
 
 from bench.erase import marked, photo, score
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, erase_pb2
 from services.common.channels import channel_options
 from services.common.errors import ServiceError, status_details
-from services.inference.imaging import DecodeLimits
+from services.inference.imaging import DecodeLimits, open_image
 from services.inference.inpainting import (
     LARGE_PX,
     MAX_PATCH_REGIONS,
     THIN_PX,
     EraseMethod,
     boxes_mask,
+    decode_picture,
     erase,
     find_regions,
+    marks,
     patch_fill,
     read_mask,
 )
+from services.inference.inpainting import encode as inpainting_encode
 from services.mesh import Mesh, gateway_process
 from tests.conftest import decode, encode, new_account
 from tests.test_bad_input import field_violations, reasons
@@ -144,6 +147,28 @@ def test_a_mask_with_transparency_erases_only_its_opaque_white():
     assert marked_pixels.sum() == 16 and marked_pixels[2:6, 2:6].all()
 
 
+def test_the_picture_keeps_its_samples_and_colour_profile(astronaut):
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()  # anything but sRGB
+    data = encode(astronaut.resize((64, 48)), "PNG", icc_profile=profile)
+    picture = decode_picture(open_image(data, LIMITS))
+    assert np.array_equal(picture.rgb, np.asarray(astronaut.resize((64, 48))))  # no colour conversion
+    out = decode(inpainting_encode(picture, picture.rgb, erase_pb2.ERASE_FORMAT_PNG, 90).data)
+    assert out.info.get("icc_profile") == profile
+
+
+def test_the_mask_is_of_the_upright_picture(astronaut):
+    stored = astronaut.resize((80, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view: upright it is 40x80
+    picture = decode_picture(open_image(encode(stored, "JPEG", exif=exif), LIMITS))
+    assert picture.size == (40, 80)
+    upright = erase_pb2.EraseRegions(mask=mask_png(np.ones((80, 40), bool)))
+    assert marks(upright, picture.size, LIMITS).all()
+    with pytest.raises(ServiceError) as caught:
+        marks(erase_pb2.EraseRegions(mask=mask_png(np.ones((40, 80), bool))), picture.size, LIMITS)
+    assert caught.value.reason == "MASK_SIZE_MISMATCH" and "80x40 but the image is 40x80" in caught.value.message
+
+
 # ---- quality on held-out photos (the truth is known) --------------------------------
 
 
@@ -224,6 +249,19 @@ def test_erase_regions_through_the_mesh_fills_the_marks_and_charges_once(mesh: M
     assert balance(raw_channel, account).available == 4
     again = erase_call(raw_channel, account, request)  # a retry with the same key
     assert again.result.image == answer.result.image
+    assert balance(raw_channel, account).available == 4
+    # The key with other regions, or for a removal, is another request: refused, not charged.
+    other = erase_pb2.EraseRegionsRequest(image=photo_png, regions=request.regions, idempotency_key="erase-once")
+    other.regions.boxes[0].x += 1
+    removal = cutout_pb2.RemoveBackgroundRequest(image=photo_png, idempotency_key="erase-once")
+    for call in (
+        lambda: erase_call(raw_channel, account, other),
+        lambda: cutout_pb2_grpc.CutoutStub(raw_channel).RemoveBackground(removal, metadata=account.metadata),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reasons(caught.value) == ["IDEMPOTENCY_KEY_REUSED"]
     assert balance(raw_channel, account).available == 4
 
 
