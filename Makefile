@@ -31,9 +31,11 @@ test: setup
 	$(PY) -m tools.protos --check
 	$(PY) -m pytest
 
-# The mesh under load against the floor; writes bench/results/ and the README's table.
+# The mesh under load against the floor, then erase quality on held-out photos;
+# writes bench/results/ and the README's tables.
 bench: setup
 	$(PY) -m bench.run
+	$(PY) -m bench.erase
 
 protos: $(STAMP)
 	$(PY) -m tools.protos

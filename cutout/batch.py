@@ -1,4 +1,5 @@
-"""`cutout batch`: a folder or glob of images through one RemoveBackgroundStream.
+"""`cutout batch` and `cutout erase-batch`: a folder or glob of images through one
+RemoveBackgroundStream (erase-batch: items that carry the regions to erase).
 
 Each input keeps its path relative to the folder (or to the glob's fixed part) under
 the output folder, with the format's extension. An input whose output exists is
@@ -21,7 +22,7 @@ import secrets
 import tempfile
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from google.rpc import code_pb2
 from tqdm import tqdm
 
 from cutout.client import CutoutClient
-from cutout.v1 import cutout_pb2, options_pb2
+from cutout.v1 import cutout_pb2, erase_pb2, options_pb2
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 BATCH_ID_FILE = ".cutout-batch-id"
@@ -43,6 +44,19 @@ GLOB_CHARACTERS = set("*?[")
 class Job:
     source: Path
     output: Path
+
+
+@dataclass(frozen=True)
+class EraseRule:
+    """What erase-batch sends with each picture: a mask built for it (see cutout.watermark), fixed boxes, options."""
+
+    make_mask: Callable[[bytes], bytes] | None
+    boxes: list[erase_pb2.Box]
+    options: erase_pb2.EraseOptions
+
+    def regions(self, image: bytes) -> erase_pb2.EraseRegions:
+        mask = self.make_mask(image) if self.make_mask is not None else b""
+        return erase_pb2.EraseRegions(mask=mask, boxes=self.boxes, options=self.options)
 
 
 @dataclass
@@ -110,7 +124,9 @@ def batch_id(out_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def idempotency_key(batch: str, image: bytes, options: options_pb2.RemoveBackgroundOptions) -> str:
+def idempotency_key(
+    batch: str, image: bytes, options: options_pb2.RemoveBackgroundOptions | erase_pb2.EraseRegions
+) -> str:
     digest = hashlib.sha256(image)
     digest.update(options.SerializeToString(deterministic=True))
     return f"batch-{batch}-{digest.hexdigest()}"
@@ -140,11 +156,18 @@ def record_kept(out_dir: Path, job: Job, kept: options_pb2.KeptResult) -> None:
 class _Sender:
     """The stream's request iterator: reads each file only when a slot in the window is free."""
 
-    def __init__(self, jobs: list[Job], batch: str, options: options_pb2.RemoveBackgroundOptions, window: int) -> None:
-        self.jobs, self.batch, self.options = jobs, batch, options
+    def __init__(
+        self,
+        jobs: list[Job],
+        batch: str,
+        options: options_pb2.RemoveBackgroundOptions,
+        window: int,
+        erase: EraseRule | None = None,
+    ) -> None:
+        self.jobs, self.batch, self.options, self.erase = jobs, batch, options, erase
         self.slots = threading.Semaphore(window)
         self.stopped = threading.Event()
-        self.unreadable: dict[str, str] = {}  # item id -> reason; never sent
+        self.unsent: dict[str, str] = {}  # item id -> why it was never sent
 
     def __iter__(self) -> Iterator[cutout_pb2.StreamRequest]:
         yield cutout_pb2.StreamRequest(defaults=self.options)
@@ -157,11 +180,22 @@ class _Sender:
             try:
                 image = job.source.read_bytes()
             except OSError as error:
-                self.unreadable[str(index)] = error.strerror or str(error)
+                self.unsent[str(index)] = f"could not be read: {error.strerror or error}"
                 self.slots.release()
                 continue
-            key = idempotency_key(self.batch, image, self.options)
-            yield cutout_pb2.StreamRequest(item=cutout_pb2.StreamItem(id=str(index), image=image, idempotency_key=key))
+            if self.erase is None:
+                key = idempotency_key(self.batch, image, self.options)
+                item = cutout_pb2.StreamItem(id=str(index), image=image, idempotency_key=key)
+            else:
+                try:
+                    regions = self.erase.regions(image)
+                except (OSError, ValueError) as error:  # not a picture, or the rule marks nothing
+                    self.unsent[str(index)] = f"no mask: {error}"
+                    self.slots.release()
+                    continue
+                key = idempotency_key(self.batch, image, regions)
+                item = cutout_pb2.StreamItem(id=str(index), image=image, regions=regions, idempotency_key=key)
+            yield cutout_pb2.StreamRequest(item=item)
 
     def answered(self) -> None:
         self.slots.release()
@@ -194,12 +228,13 @@ def run_batch(
     *,
     concurrency: int,
     progress: bool = True,
+    erase: EraseRule | None = None,
 ) -> Outcome:
     outcome = Outcome()
     if not pending:
         outcome.credits_charged = 0
         return outcome
-    sender = _Sender(pending, batch_id(out_dir), options, concurrency)
+    sender = _Sender(pending, batch_id(out_dir), options, concurrency, erase)
     answered: set[str] = set()
     bar = tqdm(total=len(pending), unit="image", disable=not progress, dynamic_ncols=True)
     call = client.remove_background_stream(iter(sender))
@@ -217,6 +252,9 @@ def run_batch(
                 if item.response.HasField("kept"):
                     record_kept(out_dir, job, item.response.kept)
                 outcome.done += 1
+            elif item.HasField("erased"):
+                write_atomically(job.output, item.erased.result.image)
+                outcome.done += 1
             else:
                 outcome.failures[job.source] = f"{code_pb2.Code.Name(item.error.code)}: {item.error.message}"
             sender.answered()
@@ -228,13 +266,13 @@ def run_batch(
         # The stream itself ended (bad key, lost connection): the unanswered items are reported.
         reason = f"{error.code().name}: {error.details()}"  # type: ignore[attr-defined]
         for index, job in enumerate(pending):
-            if str(index) not in answered and str(index) not in sender.unreadable:
+            if str(index) not in answered and str(index) not in sender.unsent:
                 outcome.failures[job.source] = f"not processed ({reason})"
     finally:
         sender.stopped.set()
         bar.close()
-    for index, reason in sender.unreadable.items():
-        outcome.failures[pending[int(index)].source] = f"could not be read: {reason}"
+    for index, reason in sender.unsent.items():
+        outcome.failures[pending[int(index)].source] = reason
     return outcome
 
 

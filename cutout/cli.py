@@ -7,6 +7,8 @@ cutout remove photo.jpg -o photo.png [--format webp] [--background '#1e90ff'] [-
 cutout remove photo.jpg --format pair [--zip]      # colour JPEG + alpha PNG (two files, or one zip)
 cutout remove photo.jpg --size preview --format auto --background-image beach.jpg --scale 80 --shadow
 cutout batch photos/ -o cutouts/ [--concurrency 16] [same options as remove]   # resumable
+cutout erase photo.jpg (--mask marks.png | --box x,y,w,h ...) -o clean.png [--method auto|telea|ns|patch]
+cutout erase-batch photos/ -o clean/ (--mask mark.png | --color white [--tolerance 40] [--within x,y,w,h]) [--box ...]
 cutout results list|fetch (ID | --token TOKEN) -o FILE|delete ID
 
 The API key comes from CUTOUT_API_KEY or the config file (~/.config/cutout/config.toml).
@@ -25,8 +27,9 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from cutout import batch as batches
+from cutout import watermark
 from cutout.client import DEFAULT_GATEWAY, CutoutClient, config_path, save_config
-from cutout.v1 import options_pb2
+from cutout.v1 import erase_pb2, options_pb2
 
 FORMATS = {
     "png": (options_pb2.OUTPUT_FORMAT_PNG, ".png"),
@@ -45,6 +48,18 @@ SUBJECTS = {
 SIZES = {"preview": options_pb2.SIZE_PREVIEW, "full": options_pb2.SIZE_FULL, "auto": options_pb2.SIZE_AUTO}
 FITS = {"cover": options_pb2.BACKGROUND_FIT_COVER, "fit": options_pb2.BACKGROUND_FIT_FIT}
 EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
+
+ERASE_METHODS = {
+    "auto": erase_pb2.ERASE_METHOD_AUTO,
+    "telea": erase_pb2.ERASE_METHOD_TELEA,
+    "ns": erase_pb2.ERASE_METHOD_NAVIER_STOKES,
+    "patch": erase_pb2.ERASE_METHOD_PATCH,
+}
+ERASE_FORMATS = {
+    "png": (erase_pb2.ERASE_FORMAT_PNG, ".png"),
+    "jpeg": (erase_pb2.ERASE_FORMAT_JPEG, ".jpg"),
+    "webp": (erase_pb2.ERASE_FORMAT_WEBP, ".webp"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--concurrency", type=int, default=16, help="images in flight at once (default 16)")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     _output_options(batch)
+
+    erase = commands.add_parser("erase", help="erase marked regions (watermarks, text, objects) of one image")
+    erase.add_argument("input", type=Path, help="a JPEG, PNG or WebP file")
+    erase.add_argument("--mask", type=Path, help="an image of the input's size, white where to erase")
+    erase.add_argument("-o", "--output", type=Path, help="where to write the result (default: <input>-erased.<ext>)")
+    _erase_options(erase)
+
+    erase_batch = commands.add_parser(
+        "erase-batch",
+        help="erase the same watermark from a folder of images over one stream (resumes where it stopped)",
+    )
+    erase_batch.add_argument("input", help="a folder (searched recursively), an image, or a quoted glob")
+    erase_batch.add_argument("-o", "--output", type=Path, required=True, help="the folder to write the results to")
+    rule = erase_batch.add_mutually_exclusive_group()
+    rule.add_argument("--mask", type=Path, help="one mask for all, white where to erase, stretched to each image")
+    rule.add_argument("--color", help="erase pixels of this CSS colour (e.g. white, '#f0f0f0') in each image")
+    erase_batch.add_argument("--tolerance", type=int, default=40, help="with --color: largest R/G/B difference")
+    erase_batch.add_argument("--within", type=_box, help="with --color: only inside x,y,w,h")
+    erase_batch.add_argument("--grow", type=int, default=1, help="with --color: widen the marks by N pixels")
+    erase_batch.add_argument("--concurrency", type=int, default=16, help="images in flight at once (default 16)")
+    erase_batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _erase_options(erase_batch)
 
     signup = commands.add_parser("signup", help="create an account and its first API key")
     signup.add_argument("--email", required=True)
@@ -148,6 +185,28 @@ def _integers(text: str, count: int, flag: str) -> list[int]:
     if len(values) != count or min(values) < 0:
         raise SystemExit(f"cutout: {flag} takes {count} comma-separated whole numbers, got {text!r}")
     return values
+
+
+def _box(text: str) -> erase_pb2.Box:
+    try:
+        return watermark.parse_box(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _erase_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--box", type=_box, action="append", default=[], metavar="X,Y,W,H", help="a rectangle to erase (repeatable)"
+    )
+    parser.add_argument("--method", choices=list(ERASE_METHODS), default="auto", help="the fill (default: auto)")
+    parser.add_argument("--format", choices=list(ERASE_FORMATS), default="png", help="png and webp are lossless")
+    parser.add_argument("--quality", type=int, default=0, help="JPEG quality 1-100 (0: server default)")
+
+
+def _erase_regions_options(args: argparse.Namespace) -> erase_pb2.EraseOptions:
+    return erase_pb2.EraseOptions(
+        method=ERASE_METHODS[args.method], format=ERASE_FORMATS[args.format][0], quality=args.quality
+    )
 
 
 def _options(args: argparse.Namespace) -> options_pb2.RemoveBackgroundOptions:
@@ -314,6 +373,75 @@ def remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def erase(args: argparse.Namespace) -> int:
+    if not args.mask and not args.box:
+        print("cutout: say what to erase with --mask and/or --box", file=sys.stderr)
+        return 2
+    regions = erase_pb2.EraseRegions(
+        mask=args.mask.read_bytes() if args.mask else b"", boxes=args.box, options=_erase_regions_options(args)
+    )
+    output = args.output or args.input.with_name(f"{args.input.stem}-erased{ERASE_FORMATS[args.format][1]}")
+    with CutoutClient(args.gateway) as client:
+        response = client.erase_regions(args.input.read_bytes(), regions, timeout_s=args.timeout)
+    output.write_bytes(response.result.image)
+    result = response.result
+    fills = ", ".join(
+        f"{erase_pb2.EraseMethod.Name(r.method).removeprefix('ERASE_METHOD_').lower()} {r.pixels} px"
+        for r in response.regions
+    )
+    print(
+        f"{output}: {result.width}x{result.height} {result.media_type}, {result.foreground_fraction:.1%} erased "
+        f"in {len(response.regions)} regions ({fills}), {response.timings.total_ms:.0f} ms"
+    )
+    return 0
+
+
+def erase_batch(args: argparse.Namespace) -> int:
+    """Exit status as `batch`."""
+    if args.concurrency < 1:
+        print("cutout: --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        if args.mask:
+            make_mask = watermark.TemplateMask.load(args.mask.read_bytes())
+        elif args.color:
+            make_mask = watermark.ColourMask.parse(args.color, args.tolerance, args.within, args.grow)
+        elif args.box:
+            make_mask = None
+        else:
+            print("cutout: say what to erase with --mask, --color or --box", file=sys.stderr)
+            return 2
+    except ValueError as error:
+        print(f"cutout: {error}", file=sys.stderr)
+        return 2
+    rule = batches.EraseRule(make_mask, args.box, _erase_regions_options(args))
+    inputs = batches.find_inputs(args.input, args.output)
+    if not inputs:
+        print(f"cutout: no JPEG, PNG or WebP images in {args.input}", file=sys.stderr)
+        return 2
+    try:
+        pending, existing = batches.plan(inputs, args.output, ERASE_FORMATS[args.format][1])
+    except ValueError as error:
+        print(f"cutout: {error}; rename one of them", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    with CutoutClient(args.gateway) as client:
+        outcome = batches.run_batch(
+            client,
+            pending,
+            args.output,
+            options_pb2.RemoveBackgroundOptions(),
+            concurrency=args.concurrency,
+            progress=not args.no_progress,
+            erase=rule,
+        )
+    outcome.skipped = len(existing)
+    print(batches.report(outcome, len(pending), time.perf_counter() - started))
+    if outcome.interrupted:
+        return 130
+    return 1 if outcome.failures else 0
+
+
 def batch(args: argparse.Namespace) -> int:
     """Exit status 0 if every image has its output, 1 if any failed, 130 if interrupted."""
     if args.concurrency < 1:
@@ -366,6 +494,10 @@ def main(argv: list[str] | None = None) -> int:
             return remove(args)
         if args.command == "batch":
             return batch(args)
+        if args.command == "erase":
+            return erase(args)
+        if args.command == "erase-batch":
+            return erase_batch(args)
         if args.command == "signup":
             return signup(args)
         if args.command == "keys":

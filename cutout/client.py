@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
+from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, erase_pb2, options_pb2
 from services.common.channels import channel_options
 from services.common.settings import API_KEY_METADATA
 
@@ -70,6 +70,17 @@ class CutoutClient:
     ) -> cutout_pb2.RemoveBackgroundResponse:
         request = cutout_pb2.RemoveBackgroundRequest(image=image, options=options, idempotency_key=idempotency_key)
         return self._stub.RemoveBackground(request, timeout=timeout_s, metadata=self._metadata())
+
+    def erase_regions(
+        self,
+        image: bytes,
+        regions: erase_pb2.EraseRegions,
+        *,
+        idempotency_key: str = "",
+        timeout_s: float = 120.0,
+    ) -> erase_pb2.EraseRegionsResponse:
+        request = erase_pb2.EraseRegionsRequest(image=image, regions=regions, idempotency_key=idempotency_key)
+        return self._stub.EraseRegions(request, timeout=timeout_s, metadata=self._metadata())
 
     def remove_background_stream(
         self, requests: Iterator[cutout_pb2.StreamRequest], *, timeout_s: float | None = None

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from PIL import PngImagePlugin
 
-from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc
+from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, erase_pb2
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
 from tests.conftest import encode, new_account
 
@@ -43,6 +43,16 @@ def test_requests_write_nothing_and_log_nothing_of_the_image(mesh, gateway, raw_
     outcomes = {a.item.id: a.item.WhichOneof("outcome") for a in answers if a.HasField("item")}
     assert outcomes == {"marked": "response", "broken": "error"}
     assert all(MARKER.decode() not in a.item.error.message for a in answers)
+    # Erasing: the picture and a mask that carry the marker, and a broken mask.
+    marked_mask = encode(astronaut.convert("L").point(lambda v: 255 if v > 200 else 0), "PNG", pnginfo=info)
+    for mask, fails in ((marked_mask, False), (broken, True)):
+        request = erase_pb2.EraseRegionsRequest(image=marked_png, regions=erase_pb2.EraseRegions(mask=mask))
+        if fails:
+            with pytest.raises(grpc.RpcError) as caught:
+                gateway.EraseRegions(request, timeout=60)
+            assert MARKER.decode() not in caught.value.details()
+        else:
+            gateway.EraseRegions(request, timeout=60)
 
     after = snapshot(mesh.data_dir)
     assert set(after) == set(before), "no file may appear"

@@ -1,6 +1,7 @@
 import datetime
 
 from cutout.v1 import account_pb2 as _account_pb2
+from cutout.v1 import erase_pb2 as _erase_pb2
 from cutout.v1 import options_pb2 as _options_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.rpc import status_pb2 as _status_pb2
@@ -75,16 +76,18 @@ class StreamRequest(_message.Message):
     def __init__(self, defaults: _Optional[_Union[_options_pb2.RemoveBackgroundOptions, _Mapping]] = ..., item: _Optional[_Union[StreamItem, _Mapping]] = ...) -> None: ...
 
 class StreamItem(_message.Message):
-    __slots__ = ("id", "image", "options", "idempotency_key")
+    __slots__ = ("id", "image", "options", "idempotency_key", "regions")
     ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
     id: str
     image: bytes
     options: _options_pb2.RemoveBackgroundOptions
     idempotency_key: str
-    def __init__(self, id: _Optional[str] = ..., image: _Optional[bytes] = ..., options: _Optional[_Union[_options_pb2.RemoveBackgroundOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    regions: _erase_pb2.EraseRegions
+    def __init__(self, id: _Optional[str] = ..., image: _Optional[bytes] = ..., options: _Optional[_Union[_options_pb2.RemoveBackgroundOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., regions: _Optional[_Union[_erase_pb2.EraseRegions, _Mapping]] = ...) -> None: ...
 
 class StreamResponse(_message.Message):
     __slots__ = ("item", "summary")
@@ -95,14 +98,16 @@ class StreamResponse(_message.Message):
     def __init__(self, item: _Optional[_Union[StreamItemResult, _Mapping]] = ..., summary: _Optional[_Union[StreamSummary, _Mapping]] = ...) -> None: ...
 
 class StreamItemResult(_message.Message):
-    __slots__ = ("id", "response", "error")
+    __slots__ = ("id", "response", "error", "erased")
     ID_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ERASED_FIELD_NUMBER: _ClassVar[int]
     id: str
     response: RemoveBackgroundResponse
     error: _status_pb2.Status
-    def __init__(self, id: _Optional[str] = ..., response: _Optional[_Union[RemoveBackgroundResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+    erased: _erase_pb2.EraseRegionsResponse
+    def __init__(self, id: _Optional[str] = ..., response: _Optional[_Union[RemoveBackgroundResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., erased: _Optional[_Union[_erase_pb2.EraseRegionsResponse, _Mapping]] = ...) -> None: ...
 
 class StreamSummary(_message.Message):
     __slots__ = ("items_ok", "items_failed", "credits_charged", "elapsed")

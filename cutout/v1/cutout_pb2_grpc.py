@@ -5,6 +5,7 @@ import warnings
 
 from cutout.v1 import account_pb2 as cutout_dot_v1_dot_account__pb2
 from cutout.v1 import cutout_pb2 as cutout_dot_v1_dot_cutout__pb2
+from cutout.v1 import erase_pb2 as cutout_dot_v1_dot_erase__pb2
 from cutout.v1 import options_pb2 as cutout_dot_v1_dot_options__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
@@ -47,6 +48,11 @@ class CutoutStub:
                 '/cutout.v1.Cutout/RemoveBackgroundStream',
                 request_serializer=cutout_dot_v1_dot_cutout__pb2.StreamRequest.SerializeToString,
                 response_deserializer=cutout_dot_v1_dot_cutout__pb2.StreamResponse.FromString,
+                _registered_method=True)
+        self.EraseRegions = channel.unary_unary(
+                '/cutout.v1.Cutout/EraseRegions',
+                request_serializer=cutout_dot_v1_dot_erase__pb2.EraseRegionsRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_erase__pb2.EraseRegionsResponse.FromString,
                 _registered_method=True)
         self.SignUp = channel.unary_unary(
                 '/cutout.v1.Cutout/SignUp',
@@ -129,6 +135,15 @@ class CutoutServicer:
         has been sent. After the client half-closes and every item is answered, the stream
         ends with a summary. The server reads a bounded number of items ahead; a client
         sending faster simply waits. Cancelling stops the items in flight, uncharged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EraseRegions(self, request, context):
+        """Fills the regions a mask or boxes mark (watermarks, text, objects) from their
+        surroundings; every other pixel comes back unchanged. Costs its own price in
+        credits, charged like RemoveBackground (on success only, once per idempotency key).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,6 +235,11 @@ def add_CutoutServicer_to_server(servicer, server):
                     servicer.RemoveBackgroundStream,
                     request_deserializer=cutout_dot_v1_dot_cutout__pb2.StreamRequest.FromString,
                     response_serializer=cutout_dot_v1_dot_cutout__pb2.StreamResponse.SerializeToString,
+            ),
+            'EraseRegions': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseRegions,
+                    request_deserializer=cutout_dot_v1_dot_erase__pb2.EraseRegionsRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_erase__pb2.EraseRegionsResponse.SerializeToString,
             ),
             'SignUp': grpc.unary_unary_rpc_method_handler(
                     servicer.SignUp,
@@ -338,6 +358,33 @@ class Cutout:
             '/cutout.v1.Cutout/RemoveBackgroundStream',
             cutout_dot_v1_dot_cutout__pb2.StreamRequest.SerializeToString,
             cutout_dot_v1_dot_cutout__pb2.StreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseRegions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Cutout/EraseRegions',
+            cutout_dot_v1_dot_erase__pb2.EraseRegionsRequest.SerializeToString,
+            cutout_dot_v1_dot_erase__pb2.EraseRegionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

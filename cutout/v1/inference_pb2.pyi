@@ -1,3 +1,4 @@
+from cutout.v1 import erase_pb2 as _erase_pb2
 from cutout.v1 import options_pb2 as _options_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -21,3 +22,11 @@ class SegmentResponse(_message.Message):
     result: _options_pb2.CutoutImage
     timings: _options_pb2.StageTimings
     def __init__(self, result: _Optional[_Union[_options_pb2.CutoutImage, _Mapping]] = ..., timings: _Optional[_Union[_options_pb2.StageTimings, _Mapping]] = ...) -> None: ...
+
+class EraseRequest(_message.Message):
+    __slots__ = ("image", "regions")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    regions: _erase_pb2.EraseRegions
+    def __init__(self, image: _Optional[bytes] = ..., regions: _Optional[_Union[_erase_pb2.EraseRegions, _Mapping]] = ...) -> None: ...

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from cutout.v1 import erase_pb2 as cutout_dot_v1_dot_erase__pb2
 from cutout.v1 import inference_pb2 as cutout_dot_v1_dot_inference__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
@@ -41,6 +42,11 @@ class InferenceStub:
                 request_serializer=cutout_dot_v1_dot_inference__pb2.SegmentRequest.SerializeToString,
                 response_deserializer=cutout_dot_v1_dot_inference__pb2.SegmentResponse.FromString,
                 _registered_method=True)
+        self.Erase = channel.unary_unary(
+                '/cutout.v1.Inference/Erase',
+                request_serializer=cutout_dot_v1_dot_inference__pb2.EraseRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_erase__pb2.EraseRegionsResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -54,6 +60,14 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Erase(self, request, context):
+        """Fills the marked regions (the classical fill, or the Triton model named by the
+        inference setting erase_model_name).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +75,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.Segment,
                     request_deserializer=cutout_dot_v1_dot_inference__pb2.SegmentRequest.FromString,
                     response_serializer=cutout_dot_v1_dot_inference__pb2.SegmentResponse.SerializeToString,
+            ),
+            'Erase': grpc.unary_unary_rpc_method_handler(
+                    servicer.Erase,
+                    request_deserializer=cutout_dot_v1_dot_inference__pb2.EraseRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_erase__pb2.EraseRegionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +111,33 @@ class Inference:
             '/cutout.v1.Inference/Segment',
             cutout_dot_v1_dot_inference__pb2.SegmentRequest.SerializeToString,
             cutout_dot_v1_dot_inference__pb2.SegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Erase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Inference/Erase',
+            cutout_dot_v1_dot_inference__pb2.EraseRequest.SerializeToString,
+            cutout_dot_v1_dot_erase__pb2.EraseRegionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

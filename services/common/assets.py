@@ -71,8 +71,10 @@ def _skimage_photo(member: str, sha256: str) -> WheelAsset:
     return WheelAsset(requirement="scikit-image==0.26.0", member=f"skimage/data/{member}", sha256=sha256)
 
 
-# More of scikit-image's public-domain sample photos: subjects that are not people
-# (tests and the benchmark's quality set), textures for backgrounds, and a silhouette.
+# More of scikit-image's sample photos, CC0 or public domain: subjects that are not
+# people (tests and the benchmark's quality set; coffee, chelsea and rocket are also the
+# erase figures' held-out photos, never used to tune the fill), textures for
+# backgrounds, and a silhouette.
 COFFEE = _skimage_photo("coffee.png", "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7")
 CHELSEA = _skimage_photo("chelsea.png", "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb")
 ROCKET = _skimage_photo("rocket.jpg", "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c")

@@ -9,6 +9,7 @@ calls are forwarded to accounts unchanged, with the caller's credentials.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import secrets
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -26,6 +28,7 @@ from cutout.v1 import (
     accounts_pb2_grpc,
     cutout_pb2,
     cutout_pb2_grpc,
+    erase_pb2,
     inference_pb2,
     inference_pb2_grpc,
     options_pb2,
@@ -51,9 +54,10 @@ from services.gateway.settings import GatewaySettings
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R", bound=Message)
 
 _credits = meter.create_counter(
-    "cutout.credits", description="Credits reserved, committed and released for removals, by operation"
+    "cutout.credits", description="Credits reserved, committed and released for removals and erasures, by operation"
 )
 
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
@@ -70,6 +74,14 @@ def request_hash(request: cutout_pb2.RemoveBackgroundRequest) -> str:
     """sha256 of what the request asks (image and options): only this is stored, never the image."""
     digest = hashlib.sha256(request.image)
     digest.update(request.options.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
+def erase_hash(request: erase_pb2.EraseRegionsRequest) -> str:
+    """As request_hash, for an erase; its own prefix, so a key reused for a removal never matches it."""
+    digest = hashlib.sha256(b"erase\0")
+    digest.update(request.image)
+    digest.update(request.regions.SerializeToString(deterministic=True))
     return digest.hexdigest()
 
 
@@ -224,6 +236,16 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         response.timings.total_ms = (time.perf_counter() - started) * 1000
         return response
 
+    @aborts_on_service_error
+    async def EraseRegions(
+        self, request: erase_pb2.EraseRegionsRequest, context: grpc.aio.ServicerContext
+    ) -> erase_pb2.EraseRegionsResponse:
+        started = time.perf_counter()
+        caller = await self._authenticate(context)
+        response, _ = await self._erase(context, caller, request)
+        response.timings.total_ms = (time.perf_counter() - started) * 1000
+        return response
+
     async def RemoveBackgroundStream(
         self, request_iterator: AsyncIterator[cutout_pb2.StreamRequest], context: grpc.aio.ServicerContext
     ) -> None:
@@ -291,17 +313,28 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
                 )
             stream.ids.add(item.id)
             owns_id = True
-            request = cutout_pb2.RemoveBackgroundRequest(
-                image=item.image,
-                options=item.options if item.HasField("options") else defaults,
-                idempotency_key=item.idempotency_key,
-            )
+            if item.HasField("regions"):
 
-            async def deliver(response: cutout_pb2.RemoveBackgroundResponse) -> None:
-                response.timings.total_ms = (time.perf_counter() - started) * 1000
-                await stream.write(cutout_pb2.StreamItemResult(id=item.id, response=response))
+                async def deliver_erased(response: erase_pb2.EraseRegionsResponse) -> None:
+                    response.timings.total_ms = (time.perf_counter() - started) * 1000
+                    await stream.write(cutout_pb2.StreamItemResult(id=item.id, erased=response))
 
-            _, charged = await self._remove(stream.context, caller, request, deliver)
+                erase = erase_pb2.EraseRegionsRequest(
+                    image=item.image, regions=item.regions, idempotency_key=item.idempotency_key
+                )
+                _, charged = await self._erase(stream.context, caller, erase, deliver_erased)
+            else:
+                request = cutout_pb2.RemoveBackgroundRequest(
+                    image=item.image,
+                    options=item.options if item.HasField("options") else defaults,
+                    idempotency_key=item.idempotency_key,
+                )
+
+                async def deliver(response: cutout_pb2.RemoveBackgroundResponse) -> None:
+                    response.timings.total_ms = (time.perf_counter() - started) * 1000
+                    await stream.write(cutout_pb2.StreamItemResult(id=item.id, response=response))
+
+                _, charged = await self._remove(stream.context, caller, request, deliver)
             stream.ok += 1
             stream.credits_charged += charged
         except ServiceError as error:
@@ -343,40 +376,22 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             reserve, reserved, request = await self._reserve_auto(context, caller, request, idempotency_key)
             segmenting = self._segment(context, request)
         else:
-            # The image goes to inference while the credits are reserved: the reservation's
-            # round trip stays off the latency. If reserving fails (no credits), the
-            # inference is cancelled; nothing is returned or charged without a reservation.
             segmenting = self._segment(context, request)
-            try:
-                reserve = accounts_pb2.ReserveRequest(
-                    account_id=caller.account_id,
-                    idempotency_key=idempotency_key,
-                    amount=self._price(size),
-                    request_hash=await asyncio.to_thread(request_hash, request),
-                )
-                reserved = await self._reserve(context, caller, reserve)
-            except BaseException:
-                segmenting.cancel()
-                # Its outcome no longer matters; retrieving it keeps asyncio from logging it.
-                segmenting.add_done_callback(lambda done: done.cancelled() or done.exception())
-                raise
-        settle = accounts_pb2.SettleRequest(account_id=caller.account_id, reservation_id=reserved.reservation_id)
-        # DUPLICATE_HELD/COMMITTED: the key is charged by another call; serve again, charge nothing.
-        owned = reserved.outcome in OWNED
-        if owned:
-            _credits.add(reserve.amount, {"operation": "reserve"})
-        succeeded = committed = False
-        try:
-            try:
-                segmented = await segmenting
-            except grpc.aio.AioRpcError as error:
-                log.info("a removal failed downstream: %s (not charged)", error.code().name)
-                raise ServiceError.from_downstream(error, INFERENCE_UNAVAILABLE) from None
+            reserve, reserved = await self._reserve_while(
+                context,
+                caller,
+                segmenting,
+                idempotency_key,
+                self._price(size),
+                functools.partial(request_hash, request),
+            )
+
+        async def finish(segmented: inference_pb2.SegmentResponse, owned: bool) -> cutout_pb2.RemoveBackgroundResponse:
             # Keeping is part of what is charged: if it fails, the request fails uncharged.
             kept = None
             if request.options.keep_result:
                 kept = await self._keep(context, caller, segmented.result, request.options)
-            response = cutout_pb2.RemoveBackgroundResponse(
+            return cutout_pb2.RemoveBackgroundResponse(
                 result=segmented.result,
                 timings=segmented.timings,
                 kept=kept,
@@ -384,6 +399,94 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
                 credits_charged=reserve.amount if owned else 0,
                 idempotent_replay=not owned,
             )
+
+        response, charged = await self._charged(caller, reserve, reserved, segmenting, finish, deliver)
+        response.credits_charged = charged  # a failed commit serves the result uncharged
+        return response, charged
+
+    async def _erase(
+        self,
+        context: grpc.aio.ServicerContext,
+        caller: accounts_pb2.AuthenticateResponse,
+        request: erase_pb2.EraseRegionsRequest,
+        deliver: Callable[[erase_pb2.EraseRegionsResponse], Awaitable[None]] | None = None,
+    ) -> tuple[erase_pb2.EraseRegionsResponse, int]:
+        """One charged erase (EraseRegions or a stream item carrying regions), as `_remove`."""
+        erasing = asyncio.ensure_future(
+            self.down.inference.Erase(
+                inference_pb2.EraseRequest(image=request.image, regions=request.regions),
+                timeout=self.down.deadline(context, self.settings.inference_timeout_s),
+            )
+        )
+        reserve, reserved = await self._reserve_while(
+            context,
+            caller,
+            erasing,
+            request.idempotency_key or secrets.token_urlsafe(18),
+            self.settings.price_per_erase,
+            functools.partial(erase_hash, request),
+        )
+
+        async def finish(erased: erase_pb2.EraseRegionsResponse, owned: bool) -> erase_pb2.EraseRegionsResponse:
+            return erased
+
+        return await self._charged(caller, reserve, reserved, erasing, finish, deliver)
+
+    async def _reserve_while(
+        self,
+        context: grpc.aio.ServicerContext,
+        caller: accounts_pb2.AuthenticateResponse,
+        working: asyncio.Future[Any],
+        idempotency_key: str,
+        amount: int,
+        hash_request: Callable[[], str],
+    ) -> tuple[accounts_pb2.ReserveRequest, accounts_pb2.ReserveResponse]:
+        """Reserves `amount` while `working` (the inference call, already started) runs, so the
+        reservation's round trip stays off the latency. If reserving fails (no credits), the
+        work is cancelled: nothing is returned or charged without a reservation."""
+        try:
+            reserve = accounts_pb2.ReserveRequest(
+                account_id=caller.account_id,
+                idempotency_key=idempotency_key,
+                amount=amount,
+                request_hash=await asyncio.to_thread(hash_request),
+            )
+            return reserve, await self._reserve(context, caller, reserve)
+        except BaseException:
+            working.cancel()
+            # Its outcome no longer matters; retrieving it keeps asyncio from logging it.
+            working.add_done_callback(lambda done: done.cancelled() or done.exception())
+            raise
+
+    async def _charged(
+        self,
+        caller: accounts_pb2.AuthenticateResponse,
+        reserve: accounts_pb2.ReserveRequest,
+        reserved: accounts_pb2.ReserveResponse,
+        working: asyncio.Future[T],
+        finish: Callable[[T, bool], Awaitable[R]],
+        deliver: Callable[[R], Awaitable[None]] | None,
+    ) -> tuple[R, int]:
+        """Settles a reservation for the work of an inference call: the response and the credits it cost.
+
+        The credits are committed once `finish` has made the response from the call's reply
+        (and, with `deliver`, once that has been handed to the caller), else released; any
+        failure, cancellation included, leaves nothing charged (0 for a served duplicate:
+        DUPLICATE_HELD/COMMITTED mean another call with the key is charged). Errors are
+        raised as ServiceError.
+        """
+        settle = accounts_pb2.SettleRequest(account_id=caller.account_id, reservation_id=reserved.reservation_id)
+        owned = reserved.outcome in OWNED
+        if owned:
+            _credits.add(reserve.amount, {"operation": "reserve"})
+        succeeded = committed = False
+        try:
+            try:
+                reply = await working
+            except grpc.aio.AioRpcError as error:
+                log.info("a request failed downstream: %s (not charged)", error.code().name)
+                raise ServiceError.from_downstream(error, INFERENCE_UNAVAILABLE) from None
+            response = await finish(reply, owned)
             if deliver is not None:
                 await deliver(response)
             succeeded = True
@@ -391,9 +494,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             # Commit what succeeded, release on any failure, cancellation included.
             if owned:
                 committed = await self._settle(settle, reserve.amount, commit=succeeded)
-        charged = reserve.amount if committed else 0
-        response.credits_charged = charged  # a failed commit serves the result uncharged
-        return response, charged
+        return response, reserve.amount if committed else 0
 
     def _price(self, size: int) -> int:
         return self.settings.price_preview if size == options_pb2.SIZE_PREVIEW else self.settings.price_full

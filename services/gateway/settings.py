@@ -29,6 +29,8 @@ class GatewaySettings(ServiceSettings):
     # price is at least 2 (remove.bg's ratio is price_full 4, price_preview 1).
     price_full: int = Field(default=1, ge=1)
     price_preview: int = Field(default=1, ge=1)
+    # Credits one EraseRegions (or one stream item carrying regions) costs.
+    price_per_erase: int = Field(default=1, ge=1)
     # Flow control of RemoveBackgroundStream: items read and not yet answered, per
     # stream and over all streams of this process. Beyond them the gateway stops
     # reading, so a fast sender waits instead of filling memory. Per stream, enough

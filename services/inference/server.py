@@ -16,14 +16,15 @@ import numpy as np
 from opentelemetry import trace
 from PIL import Image
 
-from cutout.v1 import inference_pb2, inference_pb2_grpc, options_pb2
+from cutout.v1 import erase_pb2, inference_pb2, inference_pb2_grpc, options_pb2
 from services.common.errors import ServiceError, abort, invalid_argument
 from services.common.server import ServiceSpec
 from services.common.telemetry import meter, stage
-from services.inference import imaging
+from services.inference import imaging, inpainting
 from services.inference.budget import PixelBudget
 from services.inference.models import ModelCatalog, ServedModel, looks_like_person
 from services.inference.settings import InferenceSettings
+from services.inference.triton import TritonInpainter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -31,12 +32,16 @@ T = TypeVar("T")
 # Its rate is the images per second served.
 _images = meter.create_counter("cutout.inference.images", description="Cut-outs produced")
 Subject = options_pb2.Subject
+_erased = meter.create_counter("cutout.inference.erased", description="Pictures with marked regions filled")
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, settings: InferenceSettings, catalog: ModelCatalog) -> None:
+    def __init__(
+        self, settings: InferenceSettings, catalog: ModelCatalog, inpainter: TritonInpainter | None = None
+    ) -> None:
         self.settings = settings
         self.catalog = catalog
+        self.inpainter = inpainter
         self.limits = imaging.DecodeLimits(settings.max_image_bytes, settings.max_pixels)
         self.encoders = imaging.EncoderDefaults(
             compression_effort=settings.compression_effort,
@@ -176,8 +181,76 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             timings=timings,
         )
 
+    async def Erase(
+        self, request: inference_pb2.EraseRequest, context: grpc.aio.ServicerContext
+    ) -> erase_pb2.EraseRegionsResponse:
+        try:
+            return await self._erase(request)
+        except ServiceError as error:
+            log.info("Erase refused: %s (%s)", error.code.name, error.reason or "")
+            await abort(context, error)
+
+    async def _erase(self, request: inference_pb2.EraseRequest) -> erase_pb2.EraseRegionsResponse:
+        started = time.perf_counter()
+        timings = options_pb2.StageTimings()
+        spec = inpainting.EraseSpec.from_proto(request.regions.options, self.settings.jpeg_quality)
+        header = await self._cpu(imaging.open_image, request.image, self.limits)
+        width, height = header.size
+        async with self.pixel_budget.hold(width * height):
+            with _stage(timings, "decode"):
+                picture = await self._cpu(inpainting.decode_picture, header)
+                marked = await self._cpu(inpainting.marks, request.regions, picture.size, self.limits)
+            with _stage(timings, "postprocess") as span:
+                filled, regions = await self._fill(picture.rgb, marked, spec.method)
+                span.set_attribute("cutout.erase.regions", len(regions))
+            with _stage(timings, "encode"):
+                encoded = await self._cpu(inpainting.encode, picture, filled, spec.format, spec.quality)
+        timings.total_ms = _ms_since(started)
+        _erased.add(1, {"cutout.erase.format": erase_pb2.EraseFormat.Name(spec.format)})
+        return erase_pb2.EraseRegionsResponse(
+            result=options_pb2.CutoutImage(
+                image=encoded.data,
+                media_type=encoded.media_type,
+                width=picture.size[0],
+                height=picture.size[1],
+                foreground_fraction=float(marked.mean()),
+            ),
+            timings=timings,
+            regions=[
+                erase_pb2.ErasedRegion(
+                    bounds=erase_pb2.Box(x=r.box[0], y=r.box[1], width=r.box[2], height=r.box[3]),
+                    pixels=r.pixels,
+                    method=r.method,
+                )
+                for r in regions
+            ],
+        )
+
+    async def _fill(
+        self, rgb: np.ndarray, marked: np.ndarray, method: int
+    ) -> tuple[np.ndarray, list[inpainting.Region]]:
+        """The learned model when there is one and AUTO or MODEL asks, else the classical fills."""
+        if method == erase_pb2.ERASE_METHOD_MODEL or (method == erase_pb2.ERASE_METHOD_AUTO and self.inpainter):
+            if self.inpainter is None:
+                raise ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "this server has no inpainting model; use method AUTO, TELEA, NAVIER_STOKES or PATCH",
+                    reason="NO_INPAINTING_MODEL",
+                )
+            filled = await self.inpainter.fill(rgb, marked)
+            return await self._cpu(inpainting.model_fill, rgb, marked, filled)
+        return await self._cpu(inpainting.erase, rgb, marked, method)
+
+    async def ready(self) -> bool:
+        """SERVING while the segmentation models, and the inpainting model if one is set, are ready."""
+        if not await self.catalog.ready():
+            return False
+        return self.inpainter is None or await self.inpainter.ready()
+
     async def close(self) -> None:
         await self.catalog.close()
+        if self.inpainter is not None:
+            await self.inpainter.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.filter_helpers.shutdown(wait=False, cancel_futures=True)
 
@@ -208,10 +281,13 @@ def _stage(timings: options_pb2.StageTimings, name: str) -> Iterator[trace.Span]
 
 def build(settings: InferenceSettings) -> ServiceSpec:
     catalog = ModelCatalog(settings)
-    servicer = InferenceServicer(settings, catalog)
+    inpainter = None
+    if settings.erase_model_name:  # served by the first Triton of TRITON_URL
+        inpainter = TritonInpainter(settings.triton_urls[0], settings.erase_model_name, settings.triton_timeout_s)
+    servicer = InferenceServicer(settings, catalog, inpainter)
     return ServiceSpec(
         service_names=[inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name],
         register=lambda server: inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server),
-        ready=catalog.ready,
+        ready=servicer.ready,
         close=servicer.close,
     )

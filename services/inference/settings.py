@@ -18,6 +18,9 @@ class InferenceSettings(ServiceSettings):
     # separated (say a CPU Triton for the person model and a GPU one for the general
     # model): every segmentation model they serve can be used (services/inference/models.py).
     triton_url: str = "127.0.0.1:8001"
+    # The Triton model that EraseRegions uses (AUTO and MODEL), a deployer's learned
+    # inpainting model in the slot of model_slots/inpainting/; empty: the classical fills only.
+    erase_model_name: str = ""
     triton_timeout_s: float = 30.0
     # The models behind `subject: PERSON` and `subject: ANY` (AUTO tries the first, then the second).
     person_model: str = PERSON_MODEL

@@ -82,3 +82,41 @@ def _service_error(exc: InferenceServerException, timeout_s: float) -> ServiceEr
             reason="MODEL_UNAVAILABLE",
         )
     return ServiceError(grpc.StatusCode.INTERNAL, f"the model server failed: {message}", reason="MODEL_FAILED")
+
+
+class TritonInpainter:
+    """A learned inpainting model on Triton (the erase slot): picture + mask in, picture out.
+
+    Its contract is services/inference/model_slots/inpainting/config.pbtxt: IMAGE uint8
+    [H, W, 3], MASK uint8 [H, W, 1] (255 where to fill), IMAGE_OUT uint8 [H, W, 3].
+    """
+
+    def __init__(self, url: str, model_name: str, timeout_s: float) -> None:
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self._client = triton_aio.InferenceServerClient(url, channel_args=channel_options(_TRITON_MESSAGE_BYTES))
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._client.is_model_ready(self.model_name, client_timeout=self.timeout_s))
+        except InferenceServerException:
+            return False
+
+    async def fill(self, rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        image = InferInput("IMAGE", list(rgb.shape), "UINT8")
+        image.set_data_from_numpy(np.ascontiguousarray(rgb))
+        marks = InferInput("MASK", [*mask.shape, 1], "UINT8")
+        marks.set_data_from_numpy((mask.astype(np.uint8) * 255)[..., None])
+        try:
+            result = await self._client.infer(
+                self.model_name,
+                [image, marks],
+                outputs=[InferRequestedOutput("IMAGE_OUT")],
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as exc:
+            raise _service_error(exc, self.timeout_s) from None
+        return result.as_numpy("IMAGE_OUT")
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -28,22 +28,26 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
+        # max_batch_size 0: no batch dimension (say, pictures of any size), one request at a time.
+        self.batches = int(config.get("max_batch_size", 0)) > 0
 
     def execute(self, requests: list) -> list:
         inputs = [
             {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
             for request in requests
         ]
+        if not self.batches:
+            return [self._answer(self.session.run(self.output_names, given)) for given in inputs]
         feeds = {name: np.concatenate([given[name] for given in inputs]) for name in self.input_names}
         outputs = self.session.run(self.output_names, feeds)
         responses = []
         start = 0
         for given in inputs:
             end = start + len(given[self.input_names[0]])
-            answer = [
-                pb_utils.Tensor(name, out[start:end].copy())
-                for name, out in zip(self.output_names, outputs, strict=True)
-            ]
-            responses.append(pb_utils.InferenceResponse(answer))
+            responses.append(self._answer([out[start:end] for out in outputs]))
             start = end
         return responses
+
+    def _answer(self, outputs: list) -> object:
+        tensors = [pb_utils.Tensor(name, out.copy()) for name, out in zip(self.output_names, outputs, strict=True)]
+        return pb_utils.InferenceResponse(tensors)
