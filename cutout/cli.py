@@ -38,6 +38,15 @@ FORMATS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cutout", description="Cutout background removal client")
     parser.add_argument("--gateway", help=f"gateway address (env CUTOUT_GATEWAY, default {DEFAULT_GATEWAY})")
+    parser.add_argument(
+        "--ca",
+        type=Path,
+        help="the CA file that signed the gateway's certificate (env CUTOUT_CA_FILE; default: "
+        "the system's trusted roots)",
+    )
+    parser.add_argument(
+        "--plaintext", action="store_true", help="no TLS (env CUTOUT_PLAINTEXT=1); allowed to this machine only"
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for an answer")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -162,7 +171,7 @@ def signup(args: argparse.Namespace) -> int:
         print("cutout: you must be at least 13 years old to sign up (--confirm-age)", file=sys.stderr)
         return 1
     password = _password(args, confirm=True)
-    with CutoutClient(args.gateway, api_key="") as client:
+    with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None, api_key="") as client:
         created = client.sign_up(
             args.email,
             password,
@@ -178,7 +187,7 @@ def signup(args: argparse.Namespace) -> int:
 
 
 def keys(args: argparse.Namespace) -> int:
-    with CutoutClient(args.gateway) as client:
+    with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
         if args.keys_command == "create":
             if args.email:
                 created = client.create_api_key(args.name, email=args.email, password=_password(args, confirm=False))
@@ -199,7 +208,7 @@ def keys(args: argparse.Namespace) -> int:
 
 
 def balance(args: argparse.Namespace) -> int:
-    with CutoutClient(args.gateway) as client:
+    with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
         shown = client.balance()
         line = f"{shown.available} credits available, {shown.held} held"
         if shown.expiring_next:
@@ -217,7 +226,7 @@ def balance(args: argparse.Namespace) -> int:
 def remove(args: argparse.Namespace) -> int:
     extension = FORMATS[args.format][1]
     output = args.output or args.input.with_name(f"{args.input.stem}-cutout{extension}")
-    with CutoutClient(args.gateway) as client:
+    with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
         response = client.remove_background(args.input.read_bytes(), _options(args), timeout_s=args.timeout)
     output.write_bytes(response.result.image)
     result, timings = response.result, response.timings
@@ -246,7 +255,7 @@ def batch(args: argparse.Namespace) -> int:
         print(f"cutout: {error}; rename one of them", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    with CutoutClient(args.gateway) as client:
+    with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
         outcome = batches.run_batch(
             client, pending, args.output, _options(args), concurrency=args.concurrency, progress=not args.no_progress
         )
@@ -258,7 +267,7 @@ def batch(args: argparse.Namespace) -> int:
 
 
 def results(args: argparse.Namespace) -> int:
-    with CutoutClient(args.gateway) as client:
+    with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
         if args.results_command == "list":
             for kept in client.list_results().results:
                 size = f"{kept.width}x{kept.height}"
@@ -294,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as error:
         print(f"cutout: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
         return 1
-    except OSError as error:
+    except (OSError, ValueError) as error:
         print(f"cutout: {error}", file=sys.stderr)
         return 1
     return 2

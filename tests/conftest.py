@@ -18,7 +18,6 @@ from PIL import Image, ImageOps
 
 from cutout.v1 import account_pb2, cutout_pb2_grpc
 from services.common.assets import ASTRONAUT
-from services.common.channels import channel_options
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
 from services.inference.model import fetch_default_model
 from services.mesh import ROOT, Mesh, free_port
@@ -89,7 +88,7 @@ def new_account(channel: grpc.Channel, admin_token: str, credits: int | None = N
 @pytest.fixture(scope="session")
 def raw_channel(mesh: Mesh) -> Iterator[grpc.Channel]:
     """To the gateway, with no credentials."""
-    with grpc.insecure_channel(mesh.gateway.address, options=channel_options()) as channel:
+    with mesh.gateway.channel() as channel:
         yield channel
 
 

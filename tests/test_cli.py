@@ -15,7 +15,12 @@ CUTOUT = Path(sys.executable).parent / "cutout"
 
 
 def run_cli(mesh, *args: str, api_key: str = "", config: Path | None = None, stdin: str = ""):
-    env = {**os.environ, "CUTOUT_GATEWAY": mesh.gateway.address, "CUTOUT_API_KEY": api_key}
+    env = {
+        **os.environ,
+        "CUTOUT_GATEWAY": mesh.gateway.address,
+        "CUTOUT_CA_FILE": str(mesh.ca_file),
+        "CUTOUT_API_KEY": api_key,
+    }
     env["CUTOUT_CONFIG"] = str(config or Path(os.devnull))
     return subprocess.run([str(CUTOUT), *args], env=env, capture_output=True, text=True, timeout=120, input=stdin)
 

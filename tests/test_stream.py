@@ -15,7 +15,6 @@ from google.rpc import code_pb2, error_details_pb2
 from PIL import Image
 
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
-from services.common.channels import channel_options
 from services.common.errors import status_details
 from services.inference.model import DEFAULT_MODEL_NAME
 from services.inference.triton_local import model_counts
@@ -136,7 +135,7 @@ def test_a_fast_sender_of_large_photos_waits_and_memory_stays_bounded(mesh: Mesh
     answered, most_ahead = 0, 0
     # A connection of its own: the session's shared channel has carried earlier tests'
     # traffic, and HTTP/2 flow control sizes a connection's windows by what it has seen.
-    with grpc.insecure_channel(mesh.gateway.address, options=channel_options()) as channel:
+    with mesh.gateway.channel() as channel:
         for answer in cutout_pb2_grpc.CutoutStub(channel).RemoveBackgroundStream(
             iter(sender), metadata=account.metadata, timeout=600
         ):
@@ -260,6 +259,7 @@ def test_a_key_revoked_during_a_stream_ends_it(mesh: Mesh, raw_channel, astronau
         inference=mesh.inference.address,
         accounts=mesh.accounts.address,
         retention=mesh.retention.address,
+        pki=mesh.pki,
     )
     gateway.start()
     try:
@@ -278,7 +278,7 @@ def test_a_key_revoked_during_a_stream_ends_it(mesh: Mesh, raw_channel, astronau
             for n, photo in enumerate(photos[1:]):
                 yield cutout_pb2.StreamRequest(item=cutout_pb2.StreamItem(id=f"later-{n}", image=photo))
 
-        with grpc.insecure_channel(gateway.address, options=channel_options()) as channel:
+        with gateway.channel() as channel:
             call = cutout_pb2_grpc.CutoutStub(channel).RemoveBackgroundStream(
                 requests(), metadata=[("x-api-key", second.api_key)], timeout=120
             )

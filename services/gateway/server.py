@@ -31,7 +31,7 @@ from cutout.v1 import (
     retention_pb2,
     retention_pb2_grpc,
 )
-from services.common.channels import insecure_channel
+from services.common.channels import mesh_channel
 from services.common.chunks import pieces
 from services.common.errors import ServiceError, abort, aborts_on_service_error, invalid_argument, relay
 from services.common.server import ServiceSpec
@@ -70,12 +70,12 @@ class Downstreams:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.inference_channel = insecure_channel(settings.inference_target, settings.max_message_bytes)
+        self.inference_channel = mesh_channel(settings.inference_target, settings, settings.max_message_bytes)
         self.inference = inference_pb2_grpc.InferenceStub(self.inference_channel)
-        self.accounts_channel = insecure_channel(settings.accounts_target)
+        self.accounts_channel = mesh_channel(settings.accounts_target, settings)
         self.accounts = accounts_pb2_grpc.AccountsStub(self.accounts_channel)
         self.admin = cutout_pb2_grpc.AdminStub(self.accounts_channel)
-        self.retention_channel = insecure_channel(settings.retention_target, settings.max_message_bytes)
+        self.retention_channel = mesh_channel(settings.retention_target, settings, settings.max_message_bytes)
         self.retention = retention_pb2_grpc.RetentionStub(self.retention_channel)
 
     def deadline(self, context: grpc.aio.ServicerContext, bound: float) -> float:

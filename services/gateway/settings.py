@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import ServiceSettings
+from services.common.settings import MIB, ServiceSettings
 
 
 class GatewaySettings(ServiceSettings):
@@ -11,6 +11,11 @@ class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CUTOUT_GATEWAY_", extra="ignore")
 
     port: int = 50051
+    # The public port accepts messages up to the input cap (inference's 50 MiB) plus room
+    # for the options and framing; a larger one is refused from its length prefix, before
+    # its bytes are buffered. Answers (up to max_message_bytes) may be larger.
+    max_receive_message_bytes: int | None = 50 * MIB + 64 * 1024
+    # The public port serves TLS (tls_cert_file, tls_key_file) without client certificates.
     inference_target: str = "127.0.0.1:50052"
     accounts_target: str = "127.0.0.1:50053"
     retention_target: str = "127.0.0.1:50054"
