@@ -54,8 +54,14 @@ class _ReloadingCertificate:
         return tuple(os.stat(path).st_mtime_ns for path in self.files)
 
     def _read(self) -> grpc.ServerCertificateConfiguration:
+        key, cert = self.key_file.read_bytes(), self.cert_file.read_bytes()
+        # A rotation writes two files: between them the pair does not match, and serving
+        # it would fail every handshake. Such a pair is refused (the old one stays).
+        public = serialization.load_pem_private_key(key, password=None).public_key()
+        if x509.load_pem_x509_certificate(cert).public_key() != public:
+            raise ValueError("the certificate does not match the key")
         return grpc.ssl_server_certificate_configuration(
-            [(self.key_file.read_bytes(), self.cert_file.read_bytes())],
+            [(key, cert)],
             root_certificates=self.client_ca_file.read_bytes() if self.client_ca_file else None,
         )
 
