@@ -5,9 +5,11 @@ The session's mesh runs with the cell's CA and one certificate per service (serv
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -209,3 +211,17 @@ def test_the_public_port_refuses_a_message_past_the_input_cap_before_buffering_i
         assert grown < 32, f"the gateway's peak memory grew by {grown:.0f} MiB"
     finally:
         assert gateway.stop() == 0
+
+
+def test_the_probe_checks_health_over_the_service_own_tls(mesh: Mesh):
+    """What the Kubernetes exec probes run (the kubelet's own gRPC probes have no TLS)."""
+    for service, health_name in ((mesh.accounts, "cutout.v1.Accounts"), (mesh.gateway, "liveness")):
+        env = {**os.environ, **service.tls_env(), f"{service.prefix}PORT": str(service.port)}
+        done = subprocess.run(
+            [sys.executable, "-m", "services.common.probe", service.name, health_name],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (done.returncode, done.stdout.strip()) == (0, "SERVING"), done.stderr
