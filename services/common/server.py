@@ -74,6 +74,8 @@ class ServiceSpec:
     # Runs after the server has stopped: close channels, flush, ...
     close: Callable[[], Awaitable[None]] = _nothing
     jobs: Sequence[PeriodicJob] = ()
+    # Run before any other interceptor but the caller check (say, the gateway's admission).
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
 
 
 def grpc_message_options(settings: ServiceSettings) -> list[tuple[str, int]]:
@@ -146,6 +148,7 @@ class RunningService:
 async def start_service(
     spec: ServiceSpec, settings: ServiceSettings, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
 ) -> RunningService:
+    interceptors = [*spec.interceptors, *interceptors]
     if settings.tls_client_ca_file is not None:
         # Mutual TLS: only the allowed services may call this one's own RPCs.
         interceptors = [CallerCheck(spec.service_names, settings.allowed_callers), *interceptors]

@@ -34,10 +34,12 @@ from cutout.v1 import (
 from services.common.channels import mesh_channel
 from services.common.chunks import pieces
 from services.common.errors import ServiceError, abort, aborts_on_service_error, invalid_argument, relay
+from services.common.limits import FairSlots
 from services.common.server import ServiceSpec
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
 from services.common.tasks import start_kept
 from services.common.telemetry import meter
+from services.gateway.admission import Admission, admitted_caller
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,12 @@ class Downstreams:
         self.admin = cutout_pb2_grpc.AdminStub(self.accounts_channel)
         self.retention_channel = mesh_channel(settings.retention_target, settings, settings.max_message_bytes)
         self.retention = retention_pb2_grpc.RetentionStub(self.retention_channel)
+
+    async def authenticate(self, api_key: str, context: grpc.aio.ServicerContext) -> accounts_pb2.AuthenticateResponse:
+        """The account behind an API key; its errors (UNAUTHENTICATED, ...) raised as ServiceError."""
+        return await self.accounts_call(
+            context, self.accounts.Authenticate, accounts_pb2.AuthenticateRequest(api_key=api_key)
+        )
 
     def deadline(self, context: grpc.aio.ServicerContext, bound: float) -> float:
         """An outgoing call's timeout: our bound, or less if the caller has less left."""
@@ -194,7 +202,8 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         # Ledger work that must finish even when the call that started it is cancelled.
         self._to_finish: set[asyncio.Task[Any]] = set()
         # Stream items in flight over all streams of this process (flow control).
-        self._stream_slots = asyncio.Semaphore(settings.process_stream_items_in_flight)
+        # at most account_stream_items_in_flight of them for one account.
+        self._stream_slots = FairSlots(settings.process_stream_items_in_flight, settings.account_stream_items_in_flight)
 
     @aborts_on_service_error
     async def RemoveBackground(
@@ -230,9 +239,9 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
                     stream.slots.release()
                     continue
                 if time.monotonic() - authenticated_at > self.settings.stream_reauthenticate_s:
-                    caller = await self._authenticate(context)  # a revoked key ends the stream here
+                    caller = await self._authenticate(context, fresh=True)  # a revoked key ends the stream here
                     authenticated_at = time.monotonic()
-                await self._stream_slots.acquire()
+                await self._stream_slots.acquire(caller.account_id)
                 stream.start(self._stream_item(stream, caller, request.item, defaults))
             await stream.finish()
         except ServiceError as error:
@@ -297,7 +306,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         finally:
             if owns_id:
                 stream.ids.discard(item.id)
-            self._stream_slots.release()
+            self._stream_slots.release(caller.account_id)
             stream.slots.release()
 
     async def _remove(
@@ -452,11 +461,15 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         )
         return cutout_pb2.DeleteResultResponse()
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext) -> accounts_pb2.AuthenticateResponse:
+    async def _authenticate(
+        self, context: grpc.aio.ServicerContext, *, fresh: bool = False
+    ) -> accounts_pb2.AuthenticateResponse:
+        """The caller, as admission found it (services/gateway/admission.py), or asked again."""
+        admitted = admitted_caller.get()
+        if admitted is not None and not fresh:
+            return admitted
         api_key = dict(context.invocation_metadata() or ()).get(API_KEY_METADATA, "")
-        return await self.down.accounts_call(
-            context, self.down.accounts.Authenticate, accounts_pb2.AuthenticateRequest(api_key=api_key)
-        )
+        return await self.down.authenticate(api_key, context)
 
     async def _settle(self, settle: accounts_pb2.SettleRequest, *, commit: bool) -> bool:
         """Commits or releases a hold; True if committed. Runs to its end even if the call is cancelled."""
@@ -529,11 +542,13 @@ def build(settings: GatewaySettings) -> ServiceSpec:
         cutout_pb2_grpc.add_CutoutServicer_to_server(cutout, server)
         cutout_pb2_grpc.add_AdminServicer_to_server(admin, server)
 
+    service_names = [
+        cutout_pb2.DESCRIPTOR.services_by_name["Cutout"].full_name,
+        cutout_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+    ]
     return ServiceSpec(
-        service_names=[
-            cutout_pb2.DESCRIPTOR.services_by_name["Cutout"].full_name,
-            cutout_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-        ],
+        service_names=service_names,
+        interceptors=[Admission(settings, service_names, down.authenticate)],
         register=register,
         ready=down.ready,
         close=down.close,

@@ -35,5 +35,20 @@ class GatewaySettings(ServiceSettings):
     # to fill a Triton batch (inference's max_batch_size).
     stream_items_in_flight: int = 16
     process_stream_items_in_flight: int = 64
+    # ... and over all streams of one account, so that one account's streams cannot
+    # hold every slot of the process while others wait.
+    account_stream_items_in_flight: int = 32
+    # Limits before work (services/gateway/admission.py). Calls without an API key in
+    # flight at once (sign-up, password logins, fetches by token, administration):
+    calls_without_key: int = 32
+    # Per API key: calls in flight at once, and calls per second (bursts up to the burst).
+    calls_per_key: int = 32
+    key_rate_per_s: float = 50.0
+    key_rate_burst: int = 100
+    # Rates are counted in Redis when set ("redis://host:6379/0"), shared by every
+    # gateway replica of the cell; else in this process.
+    redis_url: str = ""
+    # A unary call's request must have arrived this long after the call started.
+    request_arrival_s: float = 30.0
     # A long stream re-checks its API key this often, so a revoked key stops it.
     stream_reauthenticate_s: float = 30.0
