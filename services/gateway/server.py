@@ -223,9 +223,13 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             caller = await self._authenticate(context)
         except ServiceError as error:
             await abort(context, error)
-        authenticated_at = time.monotonic()
         stream = _Stream(context, self.settings.stream_items_in_flight)
         defaults = options_pb2.RemoveBackgroundOptions()
+        # The key is checked again every stream_reauthenticate_s, whether items flow or
+        # not: a revoked key ends the stream (and stops its items) within that time.
+        revoked: list[ServiceError] = []
+        watcher = asyncio.create_task(self._watch_key(context, asyncio.current_task(), revoked))
+        authenticated_at = time.monotonic()
         try:
             while True:
                 # Flow control: no read while this stream, or the whole process, has
@@ -239,7 +243,8 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
                     stream.slots.release()
                     continue
                 if time.monotonic() - authenticated_at > self.settings.stream_reauthenticate_s:
-                    caller = await self._authenticate(context, fresh=True)  # a revoked key ends the stream here
+                    # Also before an item, so none starts on a key revoked since the last round.
+                    caller = await self._authenticate(context, fresh=True)
                     authenticated_at = time.monotonic()
                 await self._stream_slots.acquire(caller.account_id)
                 stream.start(self._stream_item(stream, caller, request.item, defaults))
@@ -247,7 +252,13 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         except ServiceError as error:
             await stream.cancel()  # first, so that no item writes while the stream is aborted
             await abort(context, error)
+        except asyncio.CancelledError:
+            if not revoked:
+                raise
+            await stream.cancel()
+            await abort(context, revoked[0])
         finally:
+            watcher.cancel()
             # Cancelled or failed: stop every item still in flight (each releases its hold).
             await stream.cancel()
         await context.write(
@@ -260,6 +271,22 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
                 )
             )
         )
+
+    async def _watch_key(
+        self, context: grpc.aio.ServicerContext, stream_task: asyncio.Task[Any] | None, revoked: list[ServiceError]
+    ) -> None:
+        """Re-checks a stream's key; if it is refused, records why and cancels the stream."""
+        while True:
+            await asyncio.sleep(max(self.settings.stream_reauthenticate_s, 0.05))
+            try:
+                await self._authenticate(context, fresh=True)
+            except ServiceError as error:
+                if error.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    revoked.append(error)
+                    if stream_task is not None:
+                        stream_task.cancel()
+                    return
+                # accounts briefly unavailable: the stream goes on, the next round asks again
 
     async def _stream_item(
         self,
