@@ -73,13 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     _password_and_save(signup)
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
-    create = keys.add_parser("create", help="create a key (with your key, or with --email and your password)")
+    create = keys.add_parser("create", help="create a key (with your key or --email, and your password)")
     create.add_argument("--name", default="", help="a label, e.g. production")
     create.add_argument("--email", default="", help="log in with e-mail and password instead of a key")
     _password_and_save(create)
     keys.add_parser("list", help="list your keys")
     revoke = keys.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("id", help="the key's id from `cutout keys list`")
+    revoke.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
 
     balance = commands.add_parser("balance", help="show your credits")
     balance.add_argument("--ledger", type=int, default=0, metavar="N", help="also show the last N ledger entries")
@@ -191,8 +192,8 @@ def keys(args: argparse.Namespace) -> int:
         if args.keys_command == "create":
             if args.email:
                 created = client.create_api_key(args.name, email=args.email, password=_password(args, confirm=False))
-            else:
-                created = client.create_api_key(args.name)
+            else:  # a key alone cannot make keys: the password too
+                created = client.create_api_key(args.name, password=_password(args, confirm=False))
             _show_new_key(args, created.api_key, created.key.id)
         elif args.keys_command == "list":
             print(f"{'id':36}  {'prefix':12}  {'name':16}  {'created':20}  {'last used':20}  revoked")
@@ -202,7 +203,7 @@ def keys(args: argparse.Namespace) -> int:
                     f"{_when(key.last_used_at, 'never'):20}  {_when(key.revoked_at, 'no')}"
                 )
         else:
-            revoked = client.revoke_api_key(args.id)
+            revoked = client.revoke_api_key(args.id, password=_password(args, confirm=False))
             print(f"revoked {revoked.key.id} ({revoked.key.prefix}…) at {_when(revoked.key.revoked_at)}")
     return 0
 

@@ -143,7 +143,7 @@ class CutoutClient:
     def create_api_key(
         self, name: str = "", *, email: str = "", password: str = ""
     ) -> account_pb2.CreateApiKeyResponse:
-        """With email and password (the first key), else with this client's key."""
+        """With email and password (the first key), or with this client's key and the password."""
         request = account_pb2.CreateApiKeyRequest(email=email, password=password, name=name)
         metadata = [] if email else self._metadata()
         return self._stub.CreateApiKey(request, timeout=30, metadata=metadata)
@@ -151,9 +151,10 @@ class CutoutClient:
     def list_api_keys(self) -> account_pb2.ListApiKeysResponse:
         return self._stub.ListApiKeys(account_pb2.ListApiKeysRequest(), timeout=30, metadata=self._metadata())
 
-    def revoke_api_key(self, key_id: str) -> account_pb2.RevokeApiKeyResponse:
+    def revoke_api_key(self, key_id: str, password: str = "") -> account_pb2.RevokeApiKeyResponse:
+        """A key may revoke itself; any other key of the account needs the password too."""
         return self._stub.RevokeApiKey(
-            account_pb2.RevokeApiKeyRequest(id=key_id), timeout=30, metadata=self._metadata()
+            account_pb2.RevokeApiKeyRequest(id=key_id, password=password), timeout=30, metadata=self._metadata()
         )
 
     def balance(self) -> account_pb2.Balance:

@@ -358,7 +358,7 @@ def demo_account(
         client.api_key = created.api_key
         for key in client.list_api_keys().keys:
             if key.name == "demo" and key.id != created.key.id and not key.HasField("revoked_at"):
-                client.revoke_api_key(key.id)
+                client.revoke_api_key(key.id, password=login["password"])
         admin = cutout_pb2_grpc.AdminStub(client.channel)
         metadata = [(ADMIN_TOKEN_METADATA, admin_token)]
         looked_up = admin.LookupAccount(account_pb2.LookupAccountRequest(email=login["email"]), metadata=metadata)

@@ -7,10 +7,17 @@ import time
 from collections.abc import Iterator
 
 import grpc
+from google.rpc import error_details_pb2
 
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc
+from services.common.errors import error_details
+from services.common.settings import API_KEY_METADATA
 from services.mesh import Mesh
 from tests.conftest import encode, new_account
+
+
+def reasons(error: grpc.RpcError) -> list[str]:
+    return [d.reason for d in error_details(error) if isinstance(d, error_details_pb2.ErrorInfo)]
 
 
 def test_a_key_revoked_during_an_idle_stream_ends_it_within_a_second(mesh: Mesh, raw_channel, astronaut):
@@ -30,7 +37,11 @@ def test_a_key_revoked_during_an_idle_stream_ends_it_within_a_second(mesh: Mesh,
     try:
         call = cutout.RemoveBackgroundStream(requests(), metadata=[("x-api-key", second.api_key)], timeout=60)
         assert next(call).item.WhichOneof("outcome") == "response"
-        cutout.RevokeApiKey(account_pb2.RevokeApiKeyRequest(id=second.key.id), metadata=account.metadata, timeout=30)
+        cutout.RevokeApiKey(
+            account_pb2.RevokeApiKeyRequest(id=second.key.id, password=account.password),
+            metadata=account.metadata,
+            timeout=30,
+        )
         revoked_at = time.monotonic()
         try:
             list(call)
@@ -42,3 +53,37 @@ def test_a_key_revoked_during_an_idle_stream_ends_it_within_a_second(mesh: Mesh,
     finally:
         done.set()
     assert ended_after < 1.0, f"the stream ended {ended_after:.2f}s after the revocation"
+
+
+def test_a_key_alone_cannot_make_or_revoke_other_keys(mesh: Mesh, raw_channel):
+    """Before, a leaked key minted new keys: permanent access that outlived its revocation."""
+    account = new_account(raw_channel, mesh.admin_token)
+    cutout = cutout_pb2_grpc.CutoutStub(raw_channel)
+    for password, reason in (("", "PASSWORD_REQUIRED"), ("not the password", "WRONG_CREDENTIALS")):
+        try:
+            cutout.CreateApiKey(
+                account_pb2.CreateApiKeyRequest(name="thief", password=password), metadata=account.metadata, timeout=30
+            )
+            raise AssertionError("a key alone made a key")
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert reasons(error) == [reason], error.details()
+    second = cutout.CreateApiKey(
+        account_pb2.CreateApiKeyRequest(name="second", password=account.password), metadata=account.metadata, timeout=30
+    )
+    # The second key cannot revoke the first without the password, but may revoke itself.
+    second_key = [(API_KEY_METADATA, second.api_key)]
+    first_id = next(
+        k.id
+        for k in cutout.ListApiKeys(account_pb2.ListApiKeysRequest(), metadata=second_key).keys
+        if k.id != second.key.id
+    )
+    try:
+        cutout.RevokeApiKey(account_pb2.RevokeApiKeyRequest(id=first_id), metadata=second_key, timeout=30)
+        raise AssertionError("a key alone revoked another key")
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED and reasons(error) == ["PASSWORD_REQUIRED"]
+    assert cutout.RevokeApiKey(
+        account_pb2.RevokeApiKeyRequest(id=second.key.id), metadata=second_key, timeout=30
+    ).key.HasField("revoked_at")
+    assert cutout.GetBalance(account_pb2.GetBalanceRequest(), metadata=account.metadata, timeout=30)

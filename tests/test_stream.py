@@ -266,7 +266,9 @@ def test_a_key_revoked_during_a_stream_ends_it(mesh: Mesh, raw_channel, astronau
         gateway.wait_serving()
         account = new_account(raw_channel, mesh.admin_token, credits=10)
         second = cutout_pb2_grpc.CutoutStub(raw_channel).CreateApiKey(
-            account_pb2.CreateApiKeyRequest(name="stream"), metadata=account.metadata, timeout=30
+            account_pb2.CreateApiKeyRequest(name="stream", password=account.password),
+            metadata=account.metadata,
+            timeout=30,
         )
         photos = photo_variants(astronaut, 6, seed=12)
         first_answered, revoked = threading.Event(), threading.Event()
@@ -286,7 +288,9 @@ def test_a_key_revoked_during_a_stream_ends_it(mesh: Mesh, raw_channel, astronau
             assert first.item.id == "first" and first.item.WhichOneof("outcome") == "response"
             first_answered.set()
             cutout_pb2_grpc.CutoutStub(raw_channel).RevokeApiKey(
-                account_pb2.RevokeApiKeyRequest(id=second.key.id), metadata=account.metadata, timeout=30
+                account_pb2.RevokeApiKeyRequest(id=second.key.id, password=account.password),
+                metadata=account.metadata,
+                timeout=30,
             )
             revoked.set()
             with pytest.raises(grpc.RpcError) as caught:

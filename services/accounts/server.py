@@ -140,6 +140,7 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
     ) -> account_pb2.CreateApiKeyResponse:
         if metadata_value(context, API_KEY_METADATA):
             account_id = (await self._caller(context, "CreateApiKey")).account_id
+            await run_db(context, "CreateApiKey", self.store.check_password, account_id, request.password)
         elif request.email and request.password:
             account_id = (await run_db(context, "CreateApiKey", self.store.login, request.email, request.password)).id
         else:
@@ -147,7 +148,7 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
                 context,
                 ServiceError(
                     grpc.StatusCode.UNAUTHENTICATED,
-                    "creating a key needs your e-mail and password, or an existing key in the `x-api-key` metadata",
+                    "creating a key needs your e-mail and password, or a key (`x-api-key` metadata) and your password",
                     reason="CREDENTIALS_MISSING",
                 ),
             )
@@ -166,6 +167,8 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         self, request: account_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> account_pb2.RevokeApiKeyResponse:
         caller = await self._caller(context, "RevokeApiKey")
+        if request.id != caller.key_id:  # a key may revoke itself; any other needs the password
+            await run_db(context, "RevokeApiKey", self.store.check_password, caller.account_id, request.password)
         key = await run_db(context, "RevokeApiKey", self.store.revoke_key, caller.account_id, request.id)
         log.info("api key revoked: %s", key.id)
         return account_pb2.RevokeApiKeyResponse(key=key_pb(key))

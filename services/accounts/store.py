@@ -263,6 +263,15 @@ class AccountStore:
             session.flush()
             return account
 
+    def check_password(self, account_id: str, password: str) -> None:
+        """UNAUTHENTICATED unless `password` is the account's (for what a key alone may not do)."""
+        account = self.get(account_id)
+        if not password or not credentials.verify_password(password[:MAX_PASSWORD_LENGTH], account.password_hash):
+            raise unauthenticated(
+                "this needs the account's password as well as a key (`password`); a key alone cannot manage keys",
+                "PASSWORD_REQUIRED" if not password else "WRONG_CREDENTIALS",
+            )
+
     def change_password(self, account_id: str, current: str, new: str) -> None:
         _check_password(new, "new_password")
         account = self.get(account_id)
