@@ -87,3 +87,33 @@ def test_a_key_alone_cannot_make_or_revoke_other_keys(mesh: Mesh, raw_channel):
         account_pb2.RevokeApiKeyRequest(id=second.key.id), metadata=second_key, timeout=30
     ).key.HasField("revoked_at")
     assert cutout.GetBalance(account_pb2.GetBalanceRequest(), metadata=account.metadata, timeout=30)
+
+
+def test_a_flood_of_wrong_password_logins_does_not_hold_up_the_ledger(mesh: Mesh, raw_channel, funded_account):
+    """40 wrong-password logins at once (scrypt, slow on purpose) while a keyed call runs:
+    before, they shared the ledger's thread pool and the keyed call waited behind them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    victim = new_account(raw_channel, mesh.admin_token)
+    cutout = cutout_pb2_grpc.CutoutStub(raw_channel)
+
+    def wrong_login(_: int) -> grpc.StatusCode | None:
+        try:
+            cutout.CreateApiKey(
+                account_pb2.CreateApiKeyRequest(email=victim.email, password="not the password!"), timeout=60
+            )
+        except grpc.RpcError as error:
+            return error.code()
+        return None
+
+    with ThreadPoolExecutor(40) as flood:
+        outcomes = flood.map(wrong_login, range(40))
+        time.sleep(0.3)  # the logins are queued or hashing
+        started = time.monotonic()
+        balance = cutout.GetBalance(account_pb2.GetBalanceRequest(), metadata=funded_account.metadata, timeout=30)
+        keyed_s = time.monotonic() - started
+        codes = list(outcomes)
+    assert balance.available > 0
+    assert set(codes) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    assert codes.count(grpc.StatusCode.UNAUTHENTICATED) >= 2, codes
+    assert keyed_s < 1.0, f"a keyed call took {keyed_s:.2f}s during the login flood"
