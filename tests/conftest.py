@@ -44,7 +44,16 @@ def model_path() -> Path:
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Mesh]:
     # Few free credits at sign-up, so that tests can top accounts up to small exact balances.
-    mesh = Mesh(data_dir=tmp_path_factory.mktemp("mesh"), env={"CUTOUT_ACCOUNTS_SIGNUP_CREDITS": str(SIGNUP_CREDITS)})
+    mesh = Mesh(
+        data_dir=tmp_path_factory.mktemp("mesh"),
+        env={
+            "CUTOUT_ACCOUNTS_SIGNUP_CREDITS": str(SIGNUP_CREDITS),
+            # The suite signs up hundreds of accounts from one address; tests/test_abuse.py
+            # checks the default per-source limits on gateways of their own.
+            "CUTOUT_GATEWAY_SOURCE_RATE_PER_S": "1000",
+            "CUTOUT_GATEWAY_SOURCE_RATE_BURST": "1000",
+        },
+    )
     mesh.start()
     yield mesh
     statuses = mesh.stop()

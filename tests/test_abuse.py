@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import secrets
 import threading
 import time
 from collections.abc import Iterator
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc
 from services.common.errors import error_details
-from services.common.settings import API_KEY_METADATA
-from services.mesh import Mesh
+from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
+from services.mesh import Mesh, ServiceProcess, gateway_process
 from tests.conftest import encode, new_account
 
 
@@ -117,3 +120,124 @@ def test_a_flood_of_wrong_password_logins_does_not_hold_up_the_ledger(mesh: Mesh
     assert set(codes) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
     assert codes.count(grpc.StatusCode.UNAUTHENTICATED) >= 2, codes
     assert keyed_s < 1.0, f"a keyed call took {keyed_s:.2f}s during the login flood"
+
+
+@pytest.fixture
+def default_gateway(mesh: Mesh, tmp_path) -> Iterator[ServiceProcess]:
+    """A gateway of the session's cell with the default per-source limits (the session's
+    own gateway has them raised: the suite signs up hundreds of accounts from loopback)."""
+    env = {key: value for key, value in mesh.env.items() if "SOURCE_RATE" not in key}
+    gateway = gateway_process(
+        tmp_path,
+        env,
+        inference=mesh.inference.address,
+        accounts=mesh.accounts.address,
+        retention=mesh.retention.address,
+        pki=mesh.pki,
+    )
+    gateway.start()
+    try:
+        gateway.wait_serving()
+        yield gateway
+    finally:
+        assert gateway.stop() == 0
+
+
+def outcomes(calls: list) -> tuple[int, list[grpc.RpcError]]:  # type: ignore[type-arg]
+    served, refused = 0, []
+    for call in calls:
+        try:
+            call()
+            served += 1
+        except grpc.RpcError as error:
+            refused.append(error)
+    return served, refused
+
+
+def assert_source_limited(refused: list[grpc.RpcError]) -> None:
+    assert refused
+    for error in refused:
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+        assert reasons(error) == ["SOURCE_RATE_LIMITED"]
+        delays = [d for d in error_details(error) if isinstance(d, error_details_pb2.RetryInfo)]
+        assert delays and delays[0].retry_delay.ToMilliseconds() > 0
+
+
+def test_sign_ups_from_one_address_are_rate_limited(default_gateway: ServiceProcess):
+    """Before, 30 sign-ups from one client in 2 s all succeeded, each with free credits."""
+    with default_gateway.channel() as channel:
+        cutout = cutout_pb2_grpc.CutoutStub(channel)
+        signups = [
+            functools.partial(
+                cutout.SignUp,
+                account_pb2.SignUpRequest(
+                    email=f"farm-{secrets.token_hex(4)}@example.com",
+                    password=secrets.token_urlsafe(15),
+                    region="eu",
+                    age_confirmed=True,
+                ),
+                timeout=30,
+            )
+            for _ in range(30)
+        ]
+        served, refused = outcomes(signups)
+    assert served <= 10 + 2, served  # the burst, and what refilled at 0.5/s meanwhile
+    assert_source_limited(refused)
+
+
+def test_admin_token_guesses_are_throttled(mesh: Mesh, default_gateway: ServiceProcess):
+    """Before, the admin token took ~390 guesses a second."""
+    with default_gateway.channel() as channel:
+        admin = cutout_pb2_grpc.AdminStub(channel)
+        guesses = [
+            functools.partial(
+                admin.LookupAccount,
+                account_pb2.LookupAccountRequest(email="someone@example.com"),
+                metadata=[(ADMIN_TOKEN_METADATA, secrets.token_urlsafe(32))],
+                timeout=10,
+            )
+            for _ in range(40)
+        ]
+        started = time.monotonic()
+        _, refused = outcomes(guesses)
+        elapsed = time.monotonic() - started
+    wrong = [error for error in refused if error.code() == grpc.StatusCode.UNAUTHENTICATED]
+    assert len(wrong) <= 10 + 1 + elapsed * 0.5, f"{len(wrong)} guesses checked in {elapsed:.1f}s"
+    assert_source_limited([error for error in refused if error.code() != grpc.StatusCode.UNAUTHENTICATED])
+
+
+def test_wrong_passwords_lock_the_login_out_with_backoff(mesh: Mesh, raw_channel):
+    """Before, 20 wrong passwords at 13/s, then the right one worked."""
+    account = new_account(raw_channel, mesh.admin_token)
+    cutout = cutout_pb2_grpc.CutoutStub(raw_channel)
+
+    def login(password: str) -> None:
+        cutout.CreateApiKey(account_pb2.CreateApiKeyRequest(email=account.email, password=password), timeout=30)
+
+    _, refused = outcomes([functools.partial(login, "not the password!") for _ in range(8)])
+    assert [e.code() for e in refused[:5]] == [grpc.StatusCode.UNAUTHENTICATED] * 5
+    throttled = [e for e in refused if reasons(e) == ["LOGIN_THROTTLED"]]
+    assert throttled, [e.details() for e in refused]
+    try:
+        login(account.password)
+        raise AssertionError("the right password went through right after a run of wrong ones")
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reasons(error) == ["LOGIN_THROTTLED"]
+        (delay,) = [d for d in error_details(error) if isinstance(d, error_details_pb2.RetryInfo)]
+        wait_s = delay.retry_delay.ToMilliseconds() / 1000
+    assert 0 < wait_s <= 8.5
+    time.sleep(wait_s + 0.1)
+    login(account.password)  # after the backoff, the owner gets in (and the count starts again)
+    # An unknown e-mail is throttled the same way: the answers say nothing about which exist.
+    nobody = f"nobody-{secrets.token_hex(4)}@example.com"
+    _, refused = outcomes(
+        [
+            functools.partial(
+                cutout.CreateApiKey,
+                account_pb2.CreateApiKeyRequest(email=nobody, password="whatever it is"),
+                timeout=30,
+            )
+            for _ in range(7)
+        ]
+    )
+    assert [reasons(e) for e in refused] == [["WRONG_CREDENTIALS"]] * 6 + [["LOGIN_THROTTLED"]]

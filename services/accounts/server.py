@@ -22,13 +22,14 @@ from sqlalchemy import Engine, Row
 from sqlalchemy.exc import SQLAlchemyError
 
 from cutout.v1 import account_pb2, accounts_pb2, accounts_pb2_grpc, cutout_pb2, cutout_pb2_grpc
+from services.accounts.credentials import normalise_email
 from services.accounts.db import make_engine, migrate
 from services.accounts.ledger import BalanceView, Ledger, Outcome, utc_now
 from services.accounts.models import Account, ApiKey
 from services.accounts.settings import AccountsSettings
 from services.accounts.store import AccountStore, Caller
 from services.common.errors import ServiceError, abort
-from services.common.limits import Budget, Refused
+from services.common.limits import Backoff, Budget, Refused
 from services.common.server import PeriodicJob, ServiceSpec
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
 from services.common.sql import database_ready
@@ -72,6 +73,28 @@ async def run_db(
         )
 
 
+def _checked(backoff: Backoff, key: str, check: Callable[[], T]) -> T:
+    """Runs a password check under `key`'s backoff (in the password thread)."""
+    try:
+        backoff.check(key)
+    except Refused as error:
+        raise ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"too many wrong passwords; retry in {error.retry_after_s:.0f}s",
+            reason="LOGIN_THROTTLED",
+            quota_subject=error.what,
+            retry_after_s=error.retry_after_s,
+        ) from None
+    try:
+        result = check()
+    except ServiceError as error:
+        if error.code == grpc.StatusCode.UNAUTHENTICATED:
+            backoff.failed(key)
+        raise
+    backoff.succeeded(key)
+    return result
+
+
 class PasswordPool:
     """Threads of their own for the calls that hash a password (scrypt: slow on purpose),
     so that a flood of logins never queues the ledger's reserve and commit behind it;
@@ -111,6 +134,9 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         self.store = store
         self.ledger = ledger
         self.passwords = PasswordPool(settings.password_workers, settings.password_queue)
+        # Wrong passwords per account (and per e-mail, known or not, so that the answer
+        # says nothing about which exist): backoff after LOGIN_FAILURES_FREE in a row.
+        self.logins = Backoff(settings.login_failures_free, settings.login_backoff_max_s, "failed logins")
 
     async def _caller(self, context: grpc.aio.ServicerContext, method: str) -> Caller:
         return await run_db(context, method, self.store.authenticate, metadata_value(context, API_KEY_METADATA))
@@ -179,11 +205,23 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         if metadata_value(context, API_KEY_METADATA):
             account_id = (await self._caller(context, "CreateApiKey")).account_id
             await run_db(
-                context, "CreateApiKey", self.store.check_password, account_id, request.password, pool=self.passwords
+                context,
+                "CreateApiKey",
+                _checked,
+                self.logins,
+                account_id,
+                functools.partial(self.store.check_password, account_id, request.password),
+                pool=self.passwords,
             )
         elif request.email and request.password:
             login = await run_db(
-                context, "CreateApiKey", self.store.login, request.email, request.password, pool=self.passwords
+                context,
+                "CreateApiKey",
+                _checked,
+                self.logins,
+                normalise_email(request.email),
+                functools.partial(self.store.login, request.email, request.password),
+                pool=self.passwords,
             )
             account_id = login.id
         else:
@@ -214,9 +252,10 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             await run_db(
                 context,
                 "RevokeApiKey",
-                self.store.check_password,
+                _checked,
+                self.logins,
                 caller.account_id,
-                request.password,
+                functools.partial(self.store.check_password, caller.account_id, request.password),
                 pool=self.passwords,
             )
         key = await run_db(context, "RevokeApiKey", self.store.revoke_key, caller.account_id, request.id)
@@ -277,10 +316,12 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         await run_db(
             context,
             "ChangePassword",
-            self.store.change_password,
+            _checked,
+            self.logins,
             caller.account_id,
-            request.current_password,
-            request.new_password,
+            functools.partial(
+                self.store.change_password, caller.account_id, request.current_password, request.new_password
+            ),
             pool=self.passwords,
         )
         log.info("password changed: %s", caller.account_id)

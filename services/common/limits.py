@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from collections import defaultdict
 from typing import Protocol
@@ -139,3 +140,37 @@ class FairSlots:
         users[0] -= 1
         if users[0] == 0:
             del self._owners[owner]
+
+
+class Backoff:
+    """Failures per key (an account, an e-mail): after `free` of them in a row, the key is
+    refused for 2, 4, 8, ... seconds (at most `max_s`) after each further failure; a
+    success clears it. Thread-safe (password checks run in threads)."""
+
+    def __init__(self, free: int, max_s: float, what: str) -> None:
+        self.free = free
+        self.max_s = max_s
+        self.what = what
+        self._lock = threading.Lock()
+        self._failures: dict[str, tuple[int, float]] = {}  # key -> (failures, refused until)
+
+    def check(self, key: str) -> None:
+        """Raises Refused while `key` is backing off."""
+        with self._lock:
+            _, until = self._failures.get(key, (0, 0.0))
+        wait = until - time.monotonic()
+        if wait > 0:
+            raise Refused(self.what, wait)
+
+    def failed(self, key: str) -> None:
+        with self._lock:
+            count, _ = self._failures.get(key, (0, 0.0))
+            count += 1
+            delay = 0.0 if count <= self.free else min(self.max_s, 2.0 ** (count - self.free))
+            self._failures[key] = (count, time.monotonic() + delay)
+            if len(self._failures) > 100_000:  # forget the oldest
+                self._failures.pop(next(iter(self._failures)))
+
+    def succeeded(self, key: str) -> None:
+        with self._lock:
+            self._failures.pop(key, None)

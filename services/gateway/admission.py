@@ -33,6 +33,16 @@ admitted_caller: contextvars.ContextVar[accounts_pb2.AuthenticateResponse | None
 Authenticate = Callable[[str, grpc.aio.ServicerContext], Awaitable[accounts_pb2.AuthenticateResponse]]
 
 
+def source_address(context: grpc.aio.ServicerContext) -> str:
+    """The caller's IP address ("ipv4:1.2.3.4:5678" -> "1.2.3.4"; IPv6 by its /64)."""
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        address = rest.rsplit(":", 1)[0].strip("[]")
+        return ":".join(address.split(":")[:4]) + "::/64"
+    return rest.rsplit(":", 1)[0] if kind == "ipv4" else peer
+
+
 def refused(error: Refused, reason: str) -> ServiceError:
     return ServiceError(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -53,10 +63,22 @@ class Admission(grpc.aio.ServerInterceptor):
         self.rate = rate_limiter(
             settings.redis_url, settings.key_rate_per_s, settings.key_rate_burst, "calls per second for this API key"
         )
+        # Calls without a key are sign-ups, password logins, token fetches and admin
+        # tokens: what is guessed or farmed, so each source address has a slow rate.
+        self.source_rate = rate_limiter(
+            settings.redis_url,
+            settings.source_rate_per_s,
+            settings.source_rate_burst,
+            "calls without an API key per second from this address",
+        )
 
     async def _admit(self, context: grpc.aio.ServicerContext, api_key: str) -> Callable[[], None]:
         """Counts the call in; returns what counts it out. Aborts the call if refused."""
         if not api_key:
+            try:
+                await self.source_rate.take(source_address(context))
+            except Refused as error:
+                await abort(context, refused(error, "SOURCE_RATE_LIMITED"))
             try:
                 self.without_key.acquire()
             except Refused as error:

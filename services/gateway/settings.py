@@ -41,6 +41,10 @@ class GatewaySettings(ServiceSettings):
     # Limits before work (services/gateway/admission.py). Calls without an API key in
     # flight at once (sign-up, password logins, fetches by token, administration):
     calls_without_key: int = 32
+    # ... and per source address, a rate (so that sign-ups cannot be farmed, nor
+    # passwords and admin tokens guessed quickly, from one address).
+    source_rate_per_s: float = 0.5
+    source_rate_burst: int = 10
     # Per API key: calls in flight at once, and calls per second (bursts up to the burst).
     calls_per_key: int = 32
     key_rate_per_s: float = 50.0
