@@ -241,3 +241,59 @@ def test_wrong_passwords_lock_the_login_out_with_backoff(mesh: Mesh, raw_channel
         ]
     )
     assert [reasons(e) for e in refused] == [["WRONG_CREDENTIALS"]] * 6 + [["LOGIN_THROTTLED"]]
+
+
+def test_variants_of_one_mailbox_make_one_account_and_tricky_addresses_are_refused(raw_channel):
+    """Before, farm+N@ variants, a trailing dot, homoglyphs, zero-width and control
+    characters, a NUL byte and two @s all made distinct accounts."""
+    cutout = cutout_pb2_grpc.CutoutStub(raw_channel)
+    name = f"farm{secrets.token_hex(4)}"
+
+    def sign_up(email: str, display_name: str = "") -> grpc.RpcError | account_pb2.SignUpResponse:
+        request = account_pb2.SignUpRequest(
+            email=email, password=secrets.token_urlsafe(15), display_name=display_name, region="eu", age_confirmed=True
+        )
+        try:
+            return cutout.SignUp(request, timeout=30)
+        except grpc.RpcError as error:
+            return error
+
+    first = sign_up(f"{name}@example.com")
+    assert isinstance(first, account_pb2.SignUpResponse)
+    for same in (f"{name}+1@example.com", f"{name}+farm2@example.com", f"{name.upper()}@EXAMPLE.com"):
+        again = sign_up(same)
+        assert isinstance(again, grpc.RpcError) and again.code() == grpc.StatusCode.ALREADY_EXISTS, same
+    gmail = sign_up(f"{name}.x@gmail.com")
+    assert isinstance(gmail, account_pb2.SignUpResponse) and gmail.profile.email == f"{name}x@gmail.com"
+    for same in (f"{name}x@googlemail.com", f"{name[:3]}.{name[3:]}.x+1@gmail.com"):
+        again = sign_up(same)
+        assert isinstance(again, grpc.RpcError) and again.code() == grpc.StatusCode.ALREADY_EXISTS, same
+    for bad in (
+        f"{name}@example.com.",  # trailing dot
+        f"{name}\u0430@example.com",  # Cyrillic a, looks like a Latin one
+        f"{name}\u200b@example.com",  # zero-width space
+        f"{name}\u202e@example.com",  # right-to-left override
+        f"{name}\x00@example.com",  # NUL
+        f"{name}\x1b[31m@example.com",  # a terminal escape
+        f"{name}@evil@example.com",  # two @
+    ):
+        refused = sign_up(bad)
+        assert isinstance(refused, grpc.RpcError), repr(bad)
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and "email" in refused.details(), repr(bad)
+    escaped = sign_up(f"other{secrets.token_hex(4)}@example.com", display_name="Eve\x1b]0;pwned\x07\x1b[2J")
+    assert isinstance(escaped, grpc.RpcError) and escaped.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "display_name" in escaped.details()
+
+
+def test_passwords_that_are_easy_to_guess_are_refused(raw_channel):
+    cutout = cutout_pb2_grpc.CutoutStub(raw_channel)
+    email = f"weak{secrets.token_hex(4)}@example.com"
+    for weak in ("password1234", "qwertyuiop123", email):
+        try:
+            cutout.SignUp(
+                account_pb2.SignUpRequest(email=email, password=weak, region="eu", age_confirmed=True), timeout=30
+            )
+            raise AssertionError(f"{weak!r} was accepted")
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and reasons(error) == ["WEAK_PASSWORD"]
+            assert "too easy to guess" in error.details()
