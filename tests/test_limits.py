@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -244,75 +245,60 @@ def test_fair_slots_keep_one_owner_from_holding_them_all():
     assert asyncio.run(scenario()) == (True, True)
 
 
-def test_one_account_streams_do_not_take_every_stream_slot(mesh: Mesh, raw_channel, astronaut, tmp_path):
-    """A gateway with 4 stream slots in all and 2 per account. One account streams slow
-    items (9 MP at the most compression effort); another account's one small item is
-    admitted at once and answered before the first slow item (before: it waited for a
-    slot until one of the slow items was done)."""
-    import threading
-
-    from cutout.v1 import options_pb2
-    from tests.conftest import encode
-
+def test_one_account_streams_do_not_take_every_stream_slot(mesh: Mesh, raw_channel, astronaut_png, tmp_path):
+    """A gateway with 4 stream slots in all and 2 per account, in front of an inference
+    service that is frozen (SIGSTOP): one account's stream items all wait in it, each
+    holding a slot. Another account's item still gets a slot (its empty id is refused
+    at once, so it needs no inference). Before, the first account's items took all 4
+    slots and the other waited until one let go (here: never)."""
+    inference = ServiceProcess(
+        "inference", {**mesh.env, "CUTOUT_INFERENCE_TRITON_URL": mesh.triton.url}, tmp_path, pki=mesh.pki
+    )
     env = {
         **mesh.env,
         "CUTOUT_GATEWAY_PROCESS_STREAM_ITEMS_IN_FLIGHT": "4",
         "CUTOUT_GATEWAY_ACCOUNT_STREAM_ITEMS_IN_FLIGHT": "2",
     }
-    gateway = gateway_process(
-        tmp_path,
-        env,
-        inference=mesh.inference.address,
-        accounts=mesh.accounts.address,
-        retention=mesh.retention.address,
-        pki=mesh.pki,
-    )
-    gateway.start()
+    inference.start()
+    gateway = None
     try:
+        inference.wait_serving()
+        gateway = gateway_process(
+            tmp_path,
+            env,
+            inference=inference.address,
+            accounts=mesh.accounts.address,
+            retention=mesh.retention.address,
+            pki=mesh.pki,
+        )
+        gateway.start()
         gateway.wait_serving()
         busy = new_account(raw_channel, mesh.admin_token, credits=60)
-        other = new_account(raw_channel, mesh.admin_token, credits=5)
-        slow = encode(astronaut.resize((3000, 3000)), "JPEG", quality=90)
-        small = encode(astronaut.resize((128, 128)), "JPEG", quality=90)
-        heavy = options_pb2.RemoveBackgroundOptions(compression_effort=9)
+        other = new_account(raw_channel, mesh.admin_token)
+        assert inference.process is not None
+        inference.process.send_signal(signal.SIGSTOP)
         with gateway.channel() as channel:
             stub = cutout_pb2_grpc.CutoutStub(channel)
 
-            def items(prefix: str, count: int, image: bytes, options=None) -> Iterator[cutout_pb2.StreamRequest]:
+            def items(prefix: str, count: int) -> Iterator[cutout_pb2.StreamRequest]:
                 for n in range(count):
-                    yield cutout_pb2.StreamRequest(
-                        item=cutout_pb2.StreamItem(id=f"{prefix}{n}", image=image, options=options)
-                    )
+                    yield cutout_pb2.StreamRequest(item=cutout_pb2.StreamItem(id=f"{prefix}{n}", image=astronaut_png))
 
-            first_slow: list[float] = []
             hog = [
-                stub.RemoveBackgroundStream(items(f"h{n}-", 6, slow, heavy), metadata=busy.metadata, timeout=300)
-                for n in range(2)
+                stub.RemoveBackgroundStream(items(f"h{n}-", 8), metadata=busy.metadata, timeout=60) for n in range(2)
             ]
-
-            def watch(call) -> None:  # type: ignore[no-untyped-def]
-                try:
-                    for answer in call:
-                        if answer.HasField("item"):
-                            first_slow.append(time.monotonic())
-                except grpc.RpcError:
-                    pass  # cancelled at the end
-
-            watchers = [threading.Thread(target=watch, args=(call,)) for call in hog]
-            for watcher in watchers:
-                watcher.start()
-            time.sleep(0.5)  # the busy account's streams have taken their slots
-            answers = list(stub.RemoveBackgroundStream(items("o", 1, small), metadata=other.metadata, timeout=300))
-            other_done = time.monotonic()
-            deadline = time.monotonic() + 120
-            while not first_slow and time.monotonic() < deadline:
-                time.sleep(0.1)
-            for call in hog:
-                call.cancel()
-            for watcher in watchers:
-                watcher.join(30)
-        assert answers[-1].summary.items_ok == 1
-        assert first_slow, "no slow item was answered"
-        assert other_done < min(first_slow), "the other account's item waited for a slow one to finish"
+            time.sleep(2)  # the busy account's items are waiting in the frozen inference
+            bad_id = iter([cutout_pb2.StreamRequest(item=cutout_pb2.StreamItem(id="", image=astronaut_png))])
+            try:
+                answers = list(stub.RemoveBackgroundStream(bad_id, metadata=other.metadata, timeout=20))
+            finally:
+                for call in hog:
+                    call.cancel()
+        assert answers[0].item.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert answers[-1].summary.items_failed == 1
     finally:
-        assert gateway.stop() == 0
+        if inference.process is not None and inference.process.poll() is None:
+            inference.process.send_signal(signal.SIGCONT)
+        if gateway is not None:
+            assert gateway.stop() == 0
+        assert inference.stop() == 0

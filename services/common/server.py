@@ -74,7 +74,7 @@ class ServiceSpec:
     # Runs after the server has stopped: close channels, flush, ...
     close: Callable[[], Awaitable[None]] = _nothing
     jobs: Sequence[PeriodicJob] = ()
-    # Run before any other interceptor but the caller check (say, the gateway's admission).
+    # Run after the caller check and telemetry's, before the handler (the gateway's admission).
     interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
 
 
@@ -148,7 +148,9 @@ class RunningService:
 async def start_service(
     spec: ServiceSpec, settings: ServiceSettings, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
 ) -> RunningService:
-    interceptors = [*spec.interceptors, *interceptors]
+    # Telemetry's first, so that what the service's own interceptors do (the gateway
+    # authenticates at admission) is inside the call's span.
+    interceptors = [*interceptors, *spec.interceptors]
     if settings.tls_client_ca_file is not None:
         # Mutual TLS: only the allowed services may call this one's own RPCs.
         interceptors = [CallerCheck(spec.service_names, settings.allowed_callers), *interceptors]

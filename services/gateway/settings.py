@@ -46,7 +46,7 @@ class GatewaySettings(ServiceSettings):
     source_rate_per_s: float = 0.5
     source_rate_burst: int = 10
     # Per API key: calls in flight at once, and calls per second (bursts up to the burst).
-    calls_per_key: int = 32
+    calls_per_key: int = 64
     key_rate_per_s: float = 50.0
     key_rate_burst: int = 100
     # Rates are counted in Redis when set ("redis://host:6379/0"), shared by every
