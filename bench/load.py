@@ -4,21 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import grpc
 
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc
 from services.common.channels import channel_options
 from services.common.settings import API_KEY_METADATA
+from services.common.tls import channel_credentials
+
+
+def gateway_channel(target: str, ca_file: Path) -> grpc.aio.Channel:
+    """To the mesh's gateway over TLS, trusting the cell CA the mesh made."""
+    return grpc.aio.secure_channel(target, channel_credentials(ca_file), options=channel_options())
 
 
 async def unary_load(
-    target: str, api_key: str, request: cutout_pb2.RemoveBackgroundRequest, concurrency: int, requests: int
+    target: str,
+    ca_file: Path,
+    api_key: str,
+    request: cutout_pb2.RemoveBackgroundRequest,
+    concurrency: int,
+    requests: int,
 ) -> list[float]:
     """`requests` calls of `request`, `concurrency` at a time; returns each latency in ms."""
     latencies: list[float] = []
     remaining = requests
-    async with grpc.aio.insecure_channel(target, options=channel_options()) as channel:
+    async with gateway_channel(target, ca_file) as channel:
         stub = cutout_pb2_grpc.CutoutStub(channel)
 
         async def worker() -> None:

@@ -33,6 +33,7 @@ from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.assets import ASTRONAUT, BRICK, COFFEE, GRASS, GRAVEL, HORSE, LOGO, PAGE, WheelAsset
 from services.common.channels import channel_options
 from services.common.settings import API_KEY_METADATA
+from services.common.tls import channel_credentials
 from services.inference.model import (
     GENERAL_MODEL,
     MODEL_REPOSITORY,
@@ -117,10 +118,10 @@ def _stub(channel: grpc.Channel) -> cutout_pb2_grpc.CutoutStub:
     return cutout_pb2_grpc.CutoutStub(channel)
 
 
-def measure_quality(gateway: str, api_key: str, samples: list[Sample]) -> dict[str, dict[str, object]]:
+def measure_quality(gateway: str, ca_file: Path, api_key: str, samples: list[Sample]) -> dict[str, dict[str, object]]:
     """Per subject option: the scores over the set and which model AUTO chose for each sample."""
     report: dict[str, dict[str, object]] = {}
-    with grpc.insecure_channel(gateway, options=channel_options()) as channel:
+    with grpc.secure_channel(gateway, channel_credentials(ca_file), options=channel_options()) as channel:
         for label, subject in SUBJECTS.items():
             masks, models = [], []
             for sample in samples:
@@ -177,14 +178,16 @@ def _in_process(model: str, threads: int, images: int = 16, batch: int = 8) -> f
 
 
 async def _drive(
-    gateway: str, api_key: str, photo: bytes, subject: int, concurrency: int, requests: int
+    gateway: str, ca_file: Path, api_key: str, photo: bytes, subject: int, concurrency: int, requests: int
 ) -> list[float]:
     options = options_pb2.RemoveBackgroundOptions(format=options_pb2.OUTPUT_FORMAT_MASK, subject=subject)
     request = cutout_pb2.RemoveBackgroundRequest(image=photo, options=options)
-    return await unary_load(gateway, api_key, request, concurrency, requests)
+    return await unary_load(gateway, ca_file, api_key, request, concurrency, requests)
 
 
-def measure_speed(gateway: str, triton_url: str, api_key: str, photo: bytes, quick: bool) -> list[ModelSpeed]:
+def measure_speed(
+    gateway: str, ca_file: Path, triton_url: str, api_key: str, photo: bytes, quick: bool
+) -> list[ModelSpeed]:
     speeds = []
     for model, subject, requests in (
         (PERSON_MODEL, options_pb2.SUBJECT_PERSON, 64),
@@ -193,10 +196,10 @@ def measure_speed(gateway: str, triton_url: str, api_key: str, photo: bytes, qui
         config = load_config(MODEL_REPOSITORY / model / "config.pbtxt")
         params = {key: value.string_value for key, value in config.parameters.items()}
         threads = int(params.get("num_threads") or params.get("intra_op_thread_count") or 1)
-        asyncio.run(_drive(gateway, api_key, photo, subject, 4, 4))  # warm-up
+        asyncio.run(_drive(gateway, ca_file, api_key, photo, subject, 4, 4))  # warm-up
         inferences, executions = model_counts(triton_url, model)
         started = time.perf_counter()
-        latencies = asyncio.run(_drive(gateway, api_key, photo, subject, 16, requests))
+        latencies = asyncio.run(_drive(gateway, ca_file, api_key, photo, subject, 16, requests))
         elapsed = time.perf_counter() - started
         inferences_after, executions_after = model_counts(triton_url, model)
         alone = _in_process(model, threads)
@@ -248,9 +251,9 @@ def run(mesh: Mesh, api_key: str, quick: bool) -> tuple[dict[str, object], str]:
     """Quality and cost on a running mesh: (the JSON payload, the Markdown table)."""
     assert mesh.triton is not None
     samples = evaluation_set(mesh.data_dir / "samples")
-    quality = measure_quality(mesh.gateway.address, api_key, samples)
+    quality = measure_quality(mesh.gateway.address, mesh.ca_file, api_key, samples)
     photo = ASTRONAUT.fetch(mesh.data_dir / "samples" / "astronaut.png").read_bytes()
-    speeds = measure_speed(mesh.gateway.address, mesh.triton.url, api_key, photo, quick)
+    speeds = measure_speed(mesh.gateway.address, mesh.ca_file, mesh.triton.url, api_key, photo, quick)
     for speed in speeds:
         print(
             f"model {speed.model}: {speed.images_per_s:.1f} img/s through the mesh, batch {speed.mean_batch:.1f}, "
@@ -268,7 +271,7 @@ def main() -> int:
     mesh = Mesh(data_dir=data_dir)
     mesh.start()
     try:
-        api_key = demo_account(mesh.gateway.address, mesh.admin_token, data_dir, credits=1000)
+        api_key = demo_account(mesh.gateway.address, mesh.admin_token, data_dir, credits=1000, ca_file=mesh.ca_file)
         _, table = run(mesh, api_key, quick=True)
     finally:
         mesh.stop()

@@ -30,16 +30,14 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-import grpc
 import psutil
 from PIL import Image
 
 from bench import quality
 from bench.floor import FloorResult, measure_floor
-from bench.load import unary_load
+from bench.load import gateway_channel, unary_load
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.assets import ASTRONAUT
-from services.common.channels import channel_options
 from services.common.settings import API_KEY_METADATA
 from services.inference.model import PERSON_MODEL, fetch_models
 from services.inference.triton_local import model_counts
@@ -141,16 +139,16 @@ class CaseResult:
 
 
 async def drive(
-    target: str, api_key: str, photo: bytes, output_format: int, concurrency: int, requests: int
+    target: str, ca_file: Path, api_key: str, photo: bytes, output_format: int, concurrency: int, requests: int
 ) -> list[float]:
     """`requests` calls, `concurrency` at a time; returns each latency in ms."""
     options = options_pb2.RemoveBackgroundOptions(format=output_format)
     request = cutout_pb2.RemoveBackgroundRequest(image=photo, options=options)
-    return await unary_load(target, api_key, request, concurrency, requests)
+    return await unary_load(target, ca_file, api_key, request, concurrency, requests)
 
 
 async def drive_stream(
-    target: str, api_key: str, photo: bytes, output_format: int, concurrency: int, requests: int
+    target: str, ca_file: Path, api_key: str, photo: bytes, output_format: int, concurrency: int, requests: int
 ) -> list[float]:
     """One RemoveBackgroundStream of `requests` items, sent as fast as the gateway reads them;
     returns each item's latency in ms, from the moment gRPC took it to its answer.
@@ -164,7 +162,7 @@ async def drive_stream(
             taken[str(n)] = time.perf_counter()
             yield cutout_pb2.StreamRequest(item=cutout_pb2.StreamItem(id=str(n), image=photo))
 
-    async with grpc.aio.insecure_channel(target, options=channel_options()) as channel:
+    async with gateway_channel(target, ca_file) as channel:
         call = cutout_pb2_grpc.CutoutStub(channel).RemoveBackgroundStream(
             items(), metadata=[(API_KEY_METADATA, api_key)], timeout=1800
         )
@@ -193,11 +191,13 @@ def run_case(
 ) -> CaseResult:
     load = drive_stream if mode == "stream" else drive
     warm_up = max(1, min(concurrency, 4))
-    asyncio.run(load(mesh.gateway.address, api_key, photo, FORMATS[output], concurrency, warm_up))
+    asyncio.run(load(mesh.gateway.address, mesh.ca_file, api_key, photo, FORMATS[output], concurrency, warm_up))
     inferences_before, executions_before = model_counts(mesh.triton.url, PERSON_MODEL)  # type: ignore[union-attr]
     watch.start()
     started = time.perf_counter()
-    latencies = asyncio.run(load(mesh.gateway.address, api_key, photo, FORMATS[output], concurrency, requests))
+    latencies = asyncio.run(
+        load(mesh.gateway.address, mesh.ca_file, api_key, photo, FORMATS[output], concurrency, requests)
+    )
     elapsed = time.perf_counter() - started
     cpu, peak = watch.stop()
     inferences_after, executions_after = model_counts(mesh.triton.url, PERSON_MODEL)  # type: ignore[union-attr]
@@ -325,7 +325,9 @@ def main() -> int:
     mesh.start()
     results: list[CaseResult] = []
     try:
-        api_key = demo_account(mesh.gateway.address, mesh.admin_token, data_dir, credits=BENCH_CREDITS)
+        api_key = demo_account(
+            mesh.gateway.address, mesh.admin_token, data_dir, credits=BENCH_CREDITS, ca_file=mesh.ca_file
+        )
         watch = ProcessWatch(mesh)
         for size in sizes:
             for output in outputs:

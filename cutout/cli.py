@@ -65,6 +65,15 @@ ERASE_FORMATS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cutout", description="Cutout background removal client")
     parser.add_argument("--gateway", help=f"gateway address (env CUTOUT_GATEWAY, default {DEFAULT_GATEWAY})")
+    parser.add_argument(
+        "--ca",
+        type=Path,
+        help="the CA file that signed the gateway's certificate (env CUTOUT_CA_FILE; default: "
+        "the system's trusted roots)",
+    )
+    parser.add_argument(
+        "--plaintext", action="store_true", help="no TLS (env CUTOUT_PLAINTEXT=1); allowed to this machine only"
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for an answer")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -113,13 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     _password_and_save(signup)
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
-    create = keys.add_parser("create", help="create a key (with your key, or with --email and your password)")
+    create = keys.add_parser("create", help="create a key (with your key or --email, and your password)")
     create.add_argument("--name", default="", help="a label, e.g. production")
     create.add_argument("--email", default="", help="log in with e-mail and password instead of a key")
     _password_and_save(create)
     keys.add_parser("list", help="list your keys")
     revoke = keys.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("id", help="the key's id from `cutout keys list`")
+    revoke.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
 
     balance = commands.add_parser("balance", help="show your credits")
     balance.add_argument("--ledger", type=int, default=0, metavar="N", help="also show the last N ledger entries")
@@ -295,7 +305,7 @@ def signup(args: argparse.Namespace) -> int:
         print("cutout: you must be at least 13 years old to sign up (--confirm-age)", file=sys.stderr)
         return 1
     password = _password(args, confirm=True)
-    with CutoutClient(args.gateway, api_key="") as client:
+    with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None, api_key="") as client:
         created = client.sign_up(
             args.email,
             password,
@@ -311,12 +321,12 @@ def signup(args: argparse.Namespace) -> int:
 
 
 def keys(args: argparse.Namespace) -> int:
-    with CutoutClient(args.gateway) as client:
+    with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
         if args.keys_command == "create":
             if args.email:
                 created = client.create_api_key(args.name, email=args.email, password=_password(args, confirm=False))
-            else:
-                created = client.create_api_key(args.name)
+            else:  # a key alone cannot make keys: the password too
+                created = client.create_api_key(args.name, password=_password(args, confirm=False))
             _show_new_key(args, created.api_key, created.key.id)
         elif args.keys_command == "list":
             print(f"{'id':36}  {'prefix':12}  {'name':16}  {'created':20}  {'last used':20}  revoked")
@@ -326,13 +336,13 @@ def keys(args: argparse.Namespace) -> int:
                     f"{_when(key.last_used_at, 'never'):20}  {_when(key.revoked_at, 'no')}"
                 )
         else:
-            revoked = client.revoke_api_key(args.id)
+            revoked = client.revoke_api_key(args.id, password=_password(args, confirm=False))
             print(f"revoked {revoked.key.id} ({revoked.key.prefix}…) at {_when(revoked.key.revoked_at)}")
     return 0
 
 
 def balance(args: argparse.Namespace) -> int:
-    with CutoutClient(args.gateway) as client:
+    with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
         shown = client.balance()
         line = f"{shown.available} credits available, {shown.held} held"
         if shown.expiring_next:
@@ -349,7 +359,7 @@ def balance(args: argparse.Namespace) -> int:
 
 def remove(args: argparse.Namespace) -> int:
     options = _options(args)
-    with CutoutClient(args.gateway) as client:
+    with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
         response = client.remove_background(args.input.read_bytes(), options, timeout_s=args.timeout)
     result, timings = response.result, response.timings
     extension = output_extension(args)
@@ -381,7 +391,7 @@ def erase(args: argparse.Namespace) -> int:
         mask=args.mask.read_bytes() if args.mask else b"", boxes=args.box, options=_erase_regions_options(args)
     )
     output = args.output or args.input.with_name(f"{args.input.stem}-erased{ERASE_FORMATS[args.format][1]}")
-    with CutoutClient(args.gateway) as client:
+    with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
         response = client.erase_regions(args.input.read_bytes(), regions, timeout_s=args.timeout)
     output.write_bytes(response.result.image)
     result = response.result
@@ -425,7 +435,7 @@ def erase_batch(args: argparse.Namespace) -> int:
         print(f"cutout: {error}; rename one of them", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    with CutoutClient(args.gateway) as client:
+    with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
         outcome = batches.run_batch(
             client,
             pending,
@@ -457,7 +467,7 @@ def batch(args: argparse.Namespace) -> int:
         print(f"cutout: {error}; rename one of them", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    with CutoutClient(args.gateway) as client:
+    with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
         outcome = batches.run_batch(
             client, pending, args.output, _options(args), concurrency=args.concurrency, progress=not args.no_progress
         )
@@ -469,7 +479,7 @@ def batch(args: argparse.Namespace) -> int:
 
 
 def results(args: argparse.Namespace) -> int:
-    with CutoutClient(args.gateway) as client:
+    with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
         if args.results_command == "list":
             for kept in client.list_results().results:
                 size = f"{kept.width}x{kept.height}"
@@ -509,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as error:
         print(f"cutout: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
         return 1
-    except OSError as error:
+    except (OSError, ValueError) as error:
         print(f"cutout: {error}", file=sys.stderr)
         return 1
     return 2

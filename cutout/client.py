@@ -2,7 +2,12 @@
 
 The API key comes from the argument, else CUTOUT_API_KEY, else the config file
 (~/.config/cutout/config.toml, or $CUTOUT_CONFIG), which holds `api_key = "..."`
-and optionally `gateway = "host:port"`.
+and optionally `gateway = "host:port"` and `ca = "/path/to/ca.pem"`.
+
+The channel is TLS: the server's certificate is checked against the CA file (the
+argument, else CUTOUT_CA_FILE, else the config's `ca`) or, without one, the system's
+trusted roots. Plaintext only when asked (`plaintext=True`, CUTOUT_PLAINTEXT=1) and
+only to this machine, so a key or a password never crosses a network in clear.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import grpc
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, erase_pb2, options_pb2
 from services.common.channels import channel_options
 from services.common.settings import API_KEY_METADATA
+from services.common.tls import channel_credentials, is_loopback
 
 DEFAULT_GATEWAY = "127.0.0.1:50051"
 
@@ -34,7 +40,7 @@ def read_config() -> dict[str, str]:
         return {}
     with path.open("rb") as config:
         data = tomllib.load(config)
-    return {key: str(value) for key, value in data.items() if key in ("api_key", "gateway")}
+    return {key: str(value) for key, value in data.items() if key in ("api_key", "gateway", "ca")}
 
 
 def save_config(**values: str) -> Path:
@@ -50,14 +56,35 @@ def save_config(**values: str) -> Path:
     return path
 
 
+def open_channel(target: str, ca_file: Path | str | None = None, plaintext: bool = False) -> grpc.Channel:
+    """A channel to a gateway: TLS checked against `ca_file` (else the system roots), or
+    plaintext when asked, to a loopback address only."""
+    if plaintext:
+        if not is_loopback(target):
+            raise ValueError(f"plaintext is allowed to this machine only, not to {target}; use TLS (--ca)")
+        return grpc.insecure_channel(target, options=channel_options())
+    credentials = channel_credentials(Path(ca_file) if ca_file else None)
+    return grpc.secure_channel(target, credentials, options=channel_options())
+
+
 class CutoutClient:
-    def __init__(self, target: str | None = None, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        target: str | None = None,
+        api_key: str | None = None,
+        *,
+        ca_file: Path | str | None = None,
+        plaintext: bool | None = None,
+    ) -> None:
         config = read_config()
         self.target = target or os.environ.get("CUTOUT_GATEWAY") or config.get("gateway") or DEFAULT_GATEWAY
         if api_key is None:
             api_key = os.environ.get("CUTOUT_API_KEY") or config.get("api_key", "")
         self.api_key = api_key
-        self.channel = grpc.insecure_channel(self.target, options=channel_options())
+        ca_file = ca_file or os.environ.get("CUTOUT_CA_FILE") or config.get("ca") or None
+        if plaintext is None:
+            plaintext = os.environ.get("CUTOUT_PLAINTEXT", "").lower() in ("1", "true", "yes")
+        self.channel = open_channel(self.target, ca_file, plaintext)
         self._stub = cutout_pb2_grpc.CutoutStub(self.channel)
 
     def remove_background(
@@ -127,7 +154,7 @@ class CutoutClient:
     def create_api_key(
         self, name: str = "", *, email: str = "", password: str = ""
     ) -> account_pb2.CreateApiKeyResponse:
-        """With email and password (the first key), else with this client's key."""
+        """With email and password (the first key), or with this client's key and the password."""
         request = account_pb2.CreateApiKeyRequest(email=email, password=password, name=name)
         metadata = [] if email else self._metadata()
         return self._stub.CreateApiKey(request, timeout=30, metadata=metadata)
@@ -135,9 +162,10 @@ class CutoutClient:
     def list_api_keys(self) -> account_pb2.ListApiKeysResponse:
         return self._stub.ListApiKeys(account_pb2.ListApiKeysRequest(), timeout=30, metadata=self._metadata())
 
-    def revoke_api_key(self, key_id: str) -> account_pb2.RevokeApiKeyResponse:
+    def revoke_api_key(self, key_id: str, password: str = "") -> account_pb2.RevokeApiKeyResponse:
+        """A key may revoke itself; any other key of the account needs the password too."""
         return self._stub.RevokeApiKey(
-            account_pb2.RevokeApiKeyRequest(id=key_id), timeout=30, metadata=self._metadata()
+            account_pb2.RevokeApiKeyRequest(id=key_id, password=password), timeout=30, metadata=self._metadata()
         )
 
     def balance(self) -> account_pb2.Balance:

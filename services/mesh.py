@@ -24,7 +24,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.assets import ASTRONAUT
+from services.common.channels import channel_options
 from services.common.processes import terminate
+from services.common.tls import CellPki
 from services.inference.model import MODEL_REPOSITORY, fetch_models
 from services.inference.triton_local import LocalTriton
 
@@ -47,6 +49,9 @@ class ServiceProcess:
     env: dict[str, str]
     run_dir: Path
     port: int = 0
+    # The cell's CA: the service gets its certificate (mutual TLS inside; TLS only on the
+    # gateway's public port). None: plaintext on loopback (tests of one service alone).
+    pki: CellPki | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,11 +66,39 @@ class ServiceProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def tls_env(self) -> dict[str, str]:
+        if self.pki is None:
+            return {}
+        own = self.pki.ensure(self.name)
+        env = {
+            f"{self.prefix}TLS_CERT_FILE": str(own.cert_file),
+            f"{self.prefix}TLS_KEY_FILE": str(own.key_file),
+            f"{self.prefix}MESH_CA_FILE": str(own.ca_file),
+            f"{self.prefix}MESH_CERT_FILE": str(own.cert_file),
+            f"{self.prefix}MESH_KEY_FILE": str(own.key_file),
+        }
+        if self.name != "gateway":  # the public port asks no client certificate
+            env[f"{self.prefix}TLS_CLIENT_CA_FILE"] = str(own.ca_file)
+        return env
+
+    def credentials(self, as_name: str = "mesh") -> grpc.ChannelCredentials | None:
+        """What a caller presents to this service: the cell certificate named `as_name`
+        (the launcher's own, "mesh", may only ask health), or None if it is plaintext."""
+        return None if self.pki is None else self.pki.ensure(as_name).channel_credentials()
+
+    def channel(self, as_name: str = "mesh") -> grpc.Channel:
+        """A channel to this service as a caller named `as_name` would open it."""
+        credentials = self.credentials(as_name)
+        if credentials is None:
+            return grpc.insecure_channel(self.address, options=channel_options())
+        return grpc.secure_channel(self.address, credentials, options=channel_options())
+
     def start(self) -> None:
         port_file = self.run_dir / f"{self.name}.port"
         port_file.unlink(missing_ok=True)
         env = {
             **os.environ,
+            **self.tls_env(),
             **self.env,
             f"{self.prefix}PORT": str(self.port),
             f"{self.prefix}PORT_FILE": str(port_file),
@@ -86,7 +119,7 @@ class ServiceProcess:
 
     def wait_serving(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(self.address) as channel:
+        with self.channel() as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 self.check_alive()
@@ -130,7 +163,9 @@ def write_secret(path: Path, text: str) -> Path:
     return path
 
 
-def accounts_process(run_dir: Path, database_url: str, admin_token_file: Path, env: dict[str, str]) -> ServiceProcess:
+def accounts_process(
+    run_dir: Path, database_url: str, admin_token_file: Path, env: dict[str, str], pki: CellPki | None = None
+) -> ServiceProcess:
     return ServiceProcess(
         "accounts",
         {
@@ -139,10 +174,11 @@ def accounts_process(run_dir: Path, database_url: str, admin_token_file: Path, e
             "CUTOUT_ACCOUNTS_ADMIN_TOKEN_FILE": str(admin_token_file),
         },
         run_dir,
+        pki=pki,
     )
 
 
-def retention_process(run_dir: Path, data_dir: Path, env: dict[str, str]) -> ServiceProcess:
+def retention_process(run_dir: Path, data_dir: Path, env: dict[str, str], pki: CellPki | None = None) -> ServiceProcess:
     """Retention on a SQLite file and a blob folder under data_dir, with its master key there.
 
     The key is made once and kept (owner-only), so results kept by one `make up` can
@@ -160,11 +196,19 @@ def retention_process(run_dir: Path, data_dir: Path, env: dict[str, str]) -> Ser
             "CUTOUT_RETENTION_MASTER_KEYS_FILE": str(master_keys),
         },
         run_dir,
+        pki=pki,
     )
 
 
 def gateway_process(
-    run_dir: Path, env: dict[str, str], *, inference: str, accounts: str, retention: str, port: int = 0
+    run_dir: Path,
+    env: dict[str, str],
+    *,
+    inference: str,
+    accounts: str,
+    retention: str,
+    port: int = 0,
+    pki: CellPki | None = None,
 ) -> ServiceProcess:
     return ServiceProcess(
         "gateway",
@@ -176,6 +220,7 @@ def gateway_process(
         },
         run_dir,
         port=port,
+        pki=pki,
     )
 
 
@@ -195,6 +240,8 @@ class Mesh:
     model_repository: Path = MODEL_REPOSITORY
     triton: LocalTriton | None = None
     services: list[ServiceProcess] = field(default_factory=list)
+    # The cell's CA and certificates (keys 0600), under data_dir/pki; made at start.
+    pki: CellPki | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -223,8 +270,16 @@ class Mesh:
     def sqlite_path(self) -> Path:
         return self.data_dir / "accounts" / "accounts.db"
 
+    @property
+    def ca_file(self) -> Path:
+        """The CA a client of the gateway trusts (`cutout --ca`, CUTOUT_CA_FILE)."""
+        return self.data_dir / "pki" / "ca.pem"
+
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.pki = CellPki(self.data_dir / "pki")
+        for name in ("inference", "accounts", "retention", "gateway"):
+            self.pki.issue(name)  # a fresh certificate for every start
         try:
             self.triton = LocalTriton(
                 grpc_port=free_port(), work_dir=self.data_dir / "triton", model_repository=self.model_repository
@@ -233,7 +288,7 @@ class Mesh:
             self.triton.start()
             self.triton.wait_ready()
             inference = ServiceProcess(
-                "inference", {**self.env, "CUTOUT_INFERENCE_TRITON_URL": self.triton.url}, self.run_dir
+                "inference", {**self.env, "CUTOUT_INFERENCE_TRITON_URL": self.triton.url}, self.run_dir, pki=self.pki
             )
             self.services.append(inference)
             inference.start()
@@ -243,11 +298,12 @@ class Mesh:
                 self.database_url or f"sqlite:///{self.sqlite_path}",
                 write_secret(self.run_dir / "admin-token", self.admin_token),
                 self.env,
+                self.pki,
             )
             self.services.append(accounts)
             accounts.start()
             accounts.wait_serving()
-            retention = retention_process(self.run_dir, self.data_dir / "retention", self.env)
+            retention = retention_process(self.run_dir, self.data_dir / "retention", self.env, self.pki)
             self.services.append(retention)
             retention.start()
             retention.wait_serving()
@@ -258,6 +314,7 @@ class Mesh:
                 accounts=accounts.address,
                 retention=retention.address,
                 port=self.gateway_port,
+                pki=self.pki,
             )
             self.services.append(gateway)
             gateway.start()
@@ -283,7 +340,9 @@ class Mesh:
 DEMO_CREDITS = 100
 
 
-def demo_account(gateway: str, admin_token: str, data_dir: Path, credits: int = DEMO_CREDITS) -> str:
+def demo_account(
+    gateway: str, admin_token: str, data_dir: Path, credits: int = DEMO_CREDITS, ca_file: Path | None = None
+) -> str:
     """A demo account topped up to `credits`; returns a new API key for it.
 
     Its e-mail and password are kept in a private file under data_dir, so later runs
@@ -299,7 +358,7 @@ def demo_account(gateway: str, admin_token: str, data_dir: Path, credits: int = 
     else:
         login = {"email": f"demo-{secrets.token_hex(4)}@example.com", "password": secrets.token_urlsafe(18)}
         write_secret(credentials_file, json.dumps(login))
-    with CutoutClient(gateway, api_key="") as client:
+    with CutoutClient(gateway, api_key="", ca_file=ca_file) as client:
         try:
             client.sign_up(login["email"], login["password"], display_name="Demo", region="eu", age_confirmed=True)
         except grpc.RpcError as error:
@@ -309,7 +368,7 @@ def demo_account(gateway: str, admin_token: str, data_dir: Path, credits: int = 
         client.api_key = created.api_key
         for key in client.list_api_keys().keys:
             if key.name == "demo" and key.id != created.key.id and not key.HasField("revoked_at"):
-                client.revoke_api_key(key.id)
+                client.revoke_api_key(key.id, password=login["password"])
         admin = cutout_pb2_grpc.AdminStub(client.channel)
         metadata = [(ADMIN_TOKEN_METADATA, admin_token)]
         looked_up = admin.LookupAccount(account_pb2.LookupAccountRequest(email=login["email"]), metadata=metadata)
@@ -322,14 +381,14 @@ def demo_account(gateway: str, admin_token: str, data_dir: Path, credits: int = 
     return created.api_key
 
 
-def run_demo(gateway: str, data_dir: Path, api_key: str) -> Path:
+def run_demo(gateway: str, data_dir: Path, api_key: str, ca_file: Path | None = None) -> Path:
     """The main job: remove the background of a real photo through the running mesh."""
     from cutout.client import CutoutClient
 
     photo = ASTRONAUT.fetch(data_dir / "samples" / "astronaut.png")
     output = data_dir / "demo" / "astronaut-cutout.png"
     output.parent.mkdir(parents=True, exist_ok=True)
-    with CutoutClient(gateway, api_key=api_key) as client:
+    with CutoutClient(gateway, api_key=api_key, ca_file=ca_file) as client:
         response = client.remove_background(photo.read_bytes())
     output.write_bytes(response.result.image)
     print(
@@ -358,11 +417,11 @@ def main() -> int:
     try:
         print("starting Triton, inference, accounts, retention and gateway ...", flush=True)
         mesh.start()
-        api_key = demo_account(mesh.gateway.address, mesh.admin_token, mesh.data_dir)
-        run_demo(mesh.gateway.address, mesh.data_dir, api_key)
+        api_key = demo_account(mesh.gateway.address, mesh.admin_token, mesh.data_dir, ca_file=mesh.ca_file)
+        run_demo(mesh.gateway.address, mesh.data_dir, api_key, ca_file=mesh.ca_file)
         print(f"gateway listening on {mesh.gateway.address}")
         print(f"a demo account (topped up to {DEMO_CREDITS} credits before the demo); its new API key, shown once:")
-        print(f"  export CUTOUT_API_KEY={api_key}")
+        print(f"  export CUTOUT_API_KEY={api_key} CUTOUT_CA_FILE={mesh.ca_file}")
         print("  cutout balance; cutout remove photo.jpg -o photo.png")
         print(f"logs in {mesh.run_dir}; Ctrl-C stops everything", flush=True)
         while True:

@@ -18,7 +18,6 @@ from PIL import Image, ImageOps
 
 from cutout.v1 import account_pb2, cutout_pb2_grpc
 from services.common.assets import ASTRONAUT
-from services.common.channels import channel_options
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
 from services.inference.model import fetch_models
 from services.mesh import ROOT, Mesh, free_port
@@ -45,7 +44,16 @@ def model_paths() -> list[Path]:
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory, model_paths: list[Path]) -> Iterator[Mesh]:
     # Few free credits at sign-up, so that tests can top accounts up to small exact balances.
-    mesh = Mesh(data_dir=tmp_path_factory.mktemp("mesh"), env={"CUTOUT_ACCOUNTS_SIGNUP_CREDITS": str(SIGNUP_CREDITS)})
+    mesh = Mesh(
+        data_dir=tmp_path_factory.mktemp("mesh"),
+        env={
+            "CUTOUT_ACCOUNTS_SIGNUP_CREDITS": str(SIGNUP_CREDITS),
+            # The suite signs up hundreds of accounts from one address; tests/test_abuse.py
+            # checks the default per-source limits on gateways of their own.
+            "CUTOUT_GATEWAY_SOURCE_RATE_PER_S": "1000",
+            "CUTOUT_GATEWAY_SOURCE_RATE_BURST": "1000",
+        },
+    )
     mesh.start()
     yield mesh
     statuses = mesh.stop()
@@ -89,7 +97,7 @@ def new_account(channel: grpc.Channel, admin_token: str, credits: int | None = N
 @pytest.fixture(scope="session")
 def raw_channel(mesh: Mesh) -> Iterator[grpc.Channel]:
     """To the gateway, with no credentials."""
-    with grpc.insecure_channel(mesh.gateway.address, options=channel_options()) as channel:
+    with mesh.gateway.channel() as channel:
         yield channel
 
 

@@ -97,7 +97,9 @@ def test_keys_are_listed_by_prefix_and_a_revoked_key_is_refused_on_the_very_next
     mesh, raw_channel, public, astronaut_jpeg
 ):
     account = new_account(raw_channel, mesh.admin_token, credits=10)
-    second = public.CreateApiKey(account_pb2.CreateApiKeyRequest(name="ci"), metadata=account.metadata, timeout=30)
+    second = public.CreateApiKey(
+        account_pb2.CreateApiKeyRequest(name="ci", password=account.password), metadata=account.metadata, timeout=30
+    )
     assert second.api_key.startswith("ck_") and len(second.api_key) >= 43
     assert second.api_key.startswith(second.key.prefix) and len(second.key.prefix) < 16
     with_second = [(API_KEY_METADATA, second.api_key)]
@@ -110,7 +112,11 @@ def test_keys_are_listed_by_prefix_and_a_revoked_key_is_refused_on_the_very_next
     assert listed[1].HasField("last_used_at")
     assert second.api_key not in str(listed), "a listing never shows a whole key"
 
-    public.RevokeApiKey(account_pb2.RevokeApiKeyRequest(id=second.key.id), metadata=account.metadata, timeout=30)
+    public.RevokeApiKey(
+        account_pb2.RevokeApiKeyRequest(id=second.key.id, password=account.password),
+        metadata=account.metadata,
+        timeout=30,
+    )
     refused = fails(public.RemoveBackground, request, metadata=with_second)
     assert refused.code() == grpc.StatusCode.UNAUTHENTICATED and reasons(refused) == ["API_KEY_REVOKED"]
     assert "revoked" in refused.details()
@@ -119,7 +125,11 @@ def test_keys_are_listed_by_prefix_and_a_revoked_key_is_refused_on_the_very_next
     # The other key still works, and cannot revoke keys of another account.
     assert public.GetBalance(account_pb2.GetBalanceRequest(), metadata=account.metadata, timeout=30).available == 9
     other = new_account(raw_channel, mesh.admin_token)
-    error = fails(public.RevokeApiKey, account_pb2.RevokeApiKeyRequest(id=second.key.id), metadata=other.metadata)
+    error = fails(
+        public.RevokeApiKey,
+        account_pb2.RevokeApiKeyRequest(id=second.key.id, password=other.password),
+        metadata=other.metadata,
+    )
     assert error.code() == grpc.StatusCode.NOT_FOUND
 
 

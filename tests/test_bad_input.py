@@ -68,10 +68,18 @@ def test_header_over_the_pixel_limit_says_the_size_and_the_limit(gateway):
 
 
 def test_file_over_the_byte_limit(gateway):
-    error = call(gateway, b"\xff\xd8\xff" + bytes(51 * MIB))
+    error = call(gateway, b"\xff\xd8\xff" + bytes(50 * MIB + 1024))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "limit is 50 MiB" in error.details()
     assert reasons(error) == ["IMAGE_TOO_LARGE"]
+
+
+def test_a_message_far_over_the_byte_limit_is_refused_by_the_public_port_itself(gateway):
+    """Past the input cap plus framing, the gateway refuses the message from its length,
+    before reading it (tests/test_tls.py measures the memory this saves)."""
+    error = call(gateway, b"\xff\xd8\xff" + bytes(51 * MIB))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in error.details()
 
 
 def test_unknown_output_format(gateway, astronaut_jpeg):

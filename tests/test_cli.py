@@ -18,7 +18,12 @@ CUTOUT = Path(sys.executable).parent / "cutout"
 
 
 def run_cli(mesh, *args: str, api_key: str = "", config: Path | None = None, stdin: str = ""):
-    env = {**os.environ, "CUTOUT_GATEWAY": mesh.gateway.address, "CUTOUT_API_KEY": api_key}
+    env = {
+        **os.environ,
+        "CUTOUT_GATEWAY": mesh.gateway.address,
+        "CUTOUT_CA_FILE": str(mesh.ca_file),
+        "CUTOUT_API_KEY": api_key,
+    }
     env["CUTOUT_CONFIG"] = str(config or Path(os.devnull))
     return subprocess.run([str(CUTOUT), *args], env=env, capture_output=True, text=True, timeout=120, input=stdin)
 
@@ -94,12 +99,12 @@ def test_signup_save_balance_keys_and_remove_with_the_key_from_the_config_file(m
     ledger = cutout("balance", "--ledger", "5")
     assert "commit" in ledger.stdout and "reserve" in ledger.stdout
 
-    second = cutout("keys", "create", "--name", "ci")
+    second = cutout("keys", "create", "--name", "ci", "--password-stdin", stdin=password + "\n")
     assert second.returncode == 0 and "API key" in second.stdout
     listed = cutout("keys", "list")
     assert listed.returncode == 0 and "ci" in listed.stdout and "cli" in listed.stdout
     first_id = next(line.split()[0] for line in listed.stdout.splitlines() if first_key[:11] in line)
-    revoked = cutout("keys", "revoke", first_id)
+    revoked = cutout("keys", "revoke", first_id, "--password-stdin", stdin=password + "\n")
     assert revoked.returncode == 0, revoked.stderr
     after = cutout("balance")
     assert after.returncode == 1 and "UNAUTHENTICATED" in after.stderr and "revoked" in after.stderr

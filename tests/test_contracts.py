@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tools.protos import stale_files
@@ -13,7 +12,7 @@ def test_generated_code_matches_the_protos():
 
 
 def test_gateway_serves_the_public_contract_by_reflection(mesh):
-    with grpc.insecure_channel(mesh.gateway.address) as channel:
+    with mesh.gateway.channel() as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         reply = next(stub.ServerReflectionInfo(iter([request])))

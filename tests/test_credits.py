@@ -14,9 +14,8 @@ import pytest
 from google.rpc import error_details_pb2
 
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
-from services.common.channels import channel_options
 from services.common.errors import error_details
-from services.mesh import Mesh, accounts_process, gateway_process, write_secret
+from services.mesh import Mesh, ServiceProcess, accounts_process, gateway_process, write_secret
 from tests.conftest import Customer, encode, new_account
 
 
@@ -26,14 +25,19 @@ def small_jpeg(astronaut) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def postgres_gateway(mesh: Mesh, postgres_url: str, tmp_path_factory) -> Iterator[str]:
+def postgres_gateway(mesh: Mesh, postgres_url: str, tmp_path_factory) -> Iterator[ServiceProcess]:
     """Accounts on PostgreSQL and a gateway in front of it, sharing the session's inference."""
     run_dir = tmp_path_factory.mktemp("postgres-pair")
     accounts = accounts_process(
-        run_dir, postgres_url, write_secret(run_dir / "admin-token", mesh.admin_token), mesh.env
+        run_dir, postgres_url, write_secret(run_dir / "admin-token", mesh.admin_token), mesh.env, mesh.pki
     )
     gateway = gateway_process(
-        run_dir, mesh.env, inference=mesh.inference.address, accounts="", retention=mesh.retention.address
+        run_dir,
+        mesh.env,
+        inference=mesh.inference.address,
+        accounts="",
+        retention=mesh.retention.address,
+        pki=mesh.pki,
     )
     try:
         accounts.start()
@@ -41,7 +45,7 @@ def postgres_gateway(mesh: Mesh, postgres_url: str, tmp_path_factory) -> Iterato
         gateway.env["CUTOUT_GATEWAY_ACCOUNTS_TARGET"] = accounts.address
         gateway.start()
         gateway.wait_serving()
-        yield gateway.address
+        yield gateway
     finally:
         assert gateway.stop() in (0, None)
         assert accounts.stop() in (0, None)
@@ -50,8 +54,8 @@ def postgres_gateway(mesh: Mesh, postgres_url: str, tmp_path_factory) -> Iterato
 @pytest.fixture(params=["sqlite", "postgresql"])
 def backend(request, mesh: Mesh) -> Iterator[tuple[grpc.Channel, str]]:
     """A channel to a gateway whose accounts service uses the given database, and the admin token."""
-    address = mesh.gateway.address if request.param == "sqlite" else request.getfixturevalue("postgres_gateway")
-    with grpc.insecure_channel(address, options=channel_options()) as channel:
+    gateway = mesh.gateway if request.param == "sqlite" else request.getfixturevalue("postgres_gateway")
+    with gateway.channel() as channel:
         yield channel, mesh.admin_token
 
 

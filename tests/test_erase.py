@@ -15,7 +15,6 @@ from PIL import Image, ImageCms, ImageDraw
 
 from bench.erase import marked, photo, score
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, erase_pb2
-from services.common.channels import channel_options
 from services.common.errors import ServiceError, status_details
 from services.inference.imaging import DecodeLimits, open_image
 from services.inference.inpainting import (
@@ -32,7 +31,7 @@ from services.inference.inpainting import (
     read_mask,
 )
 from services.inference.inpainting import encode as inpainting_encode
-from services.mesh import Mesh, gateway_process
+from services.mesh import Mesh, ServiceProcess, gateway_process
 from tests.conftest import decode, encode, new_account
 from tests.test_bad_input import field_violations, reasons
 from tests.test_credits import balance
@@ -369,7 +368,7 @@ def test_a_stream_mixes_removal_and_erase_items(mesh: Mesh, raw_channel, photo_p
 
 
 @pytest.fixture(scope="module")
-def pricey_gateway(mesh: Mesh, tmp_path_factory) -> Iterator[str]:
+def pricey_gateway(mesh: Mesh, tmp_path_factory) -> Iterator[ServiceProcess]:
     """A second gateway on the session's services whose erase costs 3 credits."""
     gateway = gateway_process(
         tmp_path_factory.mktemp("pricey"),
@@ -377,11 +376,12 @@ def pricey_gateway(mesh: Mesh, tmp_path_factory) -> Iterator[str]:
         inference=mesh.inference.address,
         accounts=mesh.accounts.address,
         retention=mesh.retention.address,
+        pki=mesh.pki,
     )
     try:
         gateway.start()
         gateway.wait_serving()
-        yield gateway.address
+        yield gateway
     finally:
         assert gateway.stop() in (0, None)
 
@@ -391,7 +391,7 @@ def test_erase_has_its_own_price(mesh: Mesh, raw_channel, photo_png, pricey_gate
     request = erase_pb2.EraseRegionsRequest(
         image=photo_png, regions=erase_pb2.EraseRegions(boxes=[erase_pb2.Box(x=1, y=1, width=5, height=5)])
     )
-    with grpc.insecure_channel(pricey_gateway, options=channel_options()) as channel:
+    with pricey_gateway.channel() as channel:
         erase_call(channel, account, request)
         assert balance(channel, account).available == 1
         with pytest.raises(grpc.RpcError) as caught:  # 1 left, 3 needed

@@ -47,6 +47,8 @@ CUTOUT_SERVICES = {
 TRITONS = {"triton", "triton-gpu"}  # the CPU models' Triton and the GPU models'
 WORKLOADS = {*CUTOUT_SERVICES, *TRITONS, "otel-collector"}
 MONITORING = {"kubernetes.io/metadata.name": "monitoring"}  # the namespace of the cluster's Prometheus
+CERT_MANAGER = "cert-manager.io/v1"
+TLS_DIR = "/var/run/secrets/cutout-tls"
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "ReplicaSet", "Pod"}
 
 
@@ -138,6 +140,8 @@ def test_every_object_validates_against_the_kubernetes_schemas(cells, version):
     checked = 0
     for region, objects in cells.items():
         for obj in objects:
+            if obj["apiVersion"] == CERT_MANAGER:
+                continue  # not in the Kubernetes schemas; test_every_service_has_a_cell_certificate checks them
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as error:
@@ -228,10 +232,53 @@ def test_cutout_services_are_probed_on_the_grpc_health_service(cells):
             prefix = f"CUTOUT_{name.upper()}_"
             assert env[f"{prefix}PORT"] == str(port) and env[f"{prefix}HOST"] == "0.0.0.0"
             # Readiness follows the dependencies; liveness only asks whether the process answers.
-            assert container["readinessProbe"]["grpc"] == {"port": port, "service": service_name}, region
-            assert container["livenessProbe"]["grpc"] == {"port": port, "service": LIVENESS}, region
+            # The kubelet's own gRPC probes speak plaintext, which every port refuses: the
+            # probe runs in the container and speaks the service's TLS (services/common/probe.py).
+            probe = ["python", "-m", "services.common.probe", name]
+            assert container["readinessProbe"]["exec"]["command"] == [*probe, service_name], region
+            assert container["livenessProbe"]["exec"]["command"] == [*probe, LIVENESS], region
             mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
             assert "/tmp" in mounts, f"{region}/{name}: a read-only root needs a writable /tmp"
+
+
+def _certificates(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in objects if o["apiVersion"] == CERT_MANAGER and o["kind"] == "Certificate"}
+
+
+def test_every_service_has_a_cell_certificate_and_serves_tls_only(cells):
+    """cert-manager issues the cell's CA and one certificate per service, named after it,
+    rotated with a new key; each service serves it, and those the gateway calls demand one."""
+    for region, objects in cells.items():
+        issuers = {
+            o["metadata"]["name"]: o for o in objects if o["apiVersion"] == CERT_MANAGER and o["kind"] == "Issuer"
+        }
+        assert issuers["cell"]["spec"] == {"ca": {"secretName": "cell-ca"}}
+        certificates = _certificates(objects)
+        assert certificates["cell-ca"]["spec"]["isCA"] is True
+        for name in CUTOUT_SERVICES:
+            spec = certificates[f"{name}-mesh"]["spec"]
+            assert spec["commonName"] == name and spec["dnsNames"] == [name], region
+            assert spec["issuerRef"]["name"] == "cell" and spec["secretName"] == f"{name}-mesh-tls"
+            assert spec["privateKey"]["rotationPolicy"] == "Always" and spec["renewBefore"]
+            assert {"server auth", "client auth"} <= set(spec["usages"])
+            container = _container(objects, name)
+            env = _env(objects, container)
+            prefix = f"CUTOUT_{name.upper()}_"
+            mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+            assert mounts["mesh-tls"] == f"{TLS_DIR}/mesh"
+            (volume,) = [v for v in _pod_spec(_of(objects, "Deployment")[name])["volumes"] if v["name"] == "mesh-tls"]
+            assert volume["secret"]["secretName"] == f"{name}-mesh-tls"
+            assert env[f"{prefix}MESH_CERT_FILE"] == f"{TLS_DIR}/mesh/tls.crt"
+            assert env[f"{prefix}MESH_CA_FILE"] == f"{TLS_DIR}/mesh/ca.crt"
+            if name == "gateway":  # the public port: a public certificate, no client certificate asked
+                assert env[f"{prefix}TLS_CERT_FILE"] == f"{TLS_DIR}/edge/tls.crt"
+                assert f"{prefix}TLS_CLIENT_CA_FILE" not in env
+                edge = certificates["gateway-edge"]["spec"]
+                assert edge["dnsNames"] == [f"{region}.api.cutout.example.com"]
+                assert edge["issuerRef"]["kind"] == "ClusterIssuer"
+            else:
+                assert env[f"{prefix}TLS_CERT_FILE"] == f"{TLS_DIR}/mesh/tls.crt"
+                assert env[f"{prefix}TLS_CLIENT_CA_FILE"] == f"{TLS_DIR}/mesh/ca.crt"
 
 
 def test_liveness_health_name_serves_while_dependencies_are_down():
@@ -607,7 +654,9 @@ def test_example_secrets_hold_placeholders_only(cells):
                 if ref := var.get("valueFrom", {}).get("secretKeyRef"):
                     referred.add(ref["name"])
             referred |= {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
-        assert referred == {s["metadata"]["name"] for s in secrets}, region
+        # ... or one cert-manager writes (a Certificate's secretName).
+        issued = {c["spec"]["secretName"] for c in _certificates(objects).values()}
+        assert referred == {s["metadata"]["name"] for s in secrets} | (issued - {"cell-ca"}), region
 
 
 def test_retention_sweeps_in_its_own_loop_not_a_cronjob(cells):

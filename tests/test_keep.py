@@ -11,7 +11,6 @@ import pytest
 from google.protobuf import duration_pb2
 
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
-from services.common.channels import channel_options
 from services.mesh import gateway_process, retention_process
 from tests.conftest import Customer, new_account
 from tests.test_credits import balance, ledger
@@ -91,7 +90,7 @@ def test_a_shorter_time_to_live_is_kept_and_one_past_the_plan_is_refused_uncharg
 
 
 def test_retention_killed_in_the_middle_of_a_store_fails_the_request_uncharged(mesh, tmp_path, astronaut_png):
-    retention = retention_process(tmp_path, tmp_path / "retention", {})
+    retention = retention_process(tmp_path, tmp_path / "retention", {}, mesh.pki)
     retention.start()
     retention.wait_serving()
     gateway = gateway_process(
@@ -100,11 +99,12 @@ def test_retention_killed_in_the_middle_of_a_store_fails_the_request_uncharged(m
         inference=mesh.inference.address,
         accounts=mesh.accounts.address,
         retention=retention.address,
+        pki=mesh.pki,
     )
     gateway.start()
     gateway.wait_serving()
     try:
-        with grpc.insecure_channel(gateway.address, options=channel_options()) as channel:
+        with gateway.channel() as channel:
             account = new_account(channel, mesh.admin_token, credits=5)
             retention.process.send_signal(signal.SIGSTOP)  # frozen: the store will hang inside it
             request = cutout_pb2.RemoveBackgroundRequest(
@@ -125,7 +125,7 @@ def test_retention_killed_in_the_middle_of_a_store_fails_the_request_uncharged(m
             assert [e.kind for e in reversed(ledger(channel, account).entries)][-2:] == ["reserve", "release"]
 
             retention.process.wait(10)
-            restarted = retention_process(tmp_path, tmp_path / "retention", {})
+            restarted = retention_process(tmp_path, tmp_path / "retention", {}, mesh.pki)
             restarted.port = retention.port  # where the gateway looks for it
             restarted.start()
             restarted.wait_serving()

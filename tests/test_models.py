@@ -23,7 +23,6 @@ from tritonclient.grpc import model_config_pb2
 
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.assets import CHELSEA, COFFEE, WheelAsset
-from services.common.channels import channel_options
 from services.inference.model import (
     GENERAL_MODEL,
     MODEL_REPOSITORY,
@@ -163,7 +162,7 @@ def mesh_with_a_third_model(tmp_path_factory: pytest.TempPathFactory, model_path
 
 def test_a_third_model_is_served_from_its_folder_and_selected_by_name(mesh_with_a_third_model, astronaut_png):
     mesh = mesh_with_a_third_model
-    with grpc.insecure_channel(mesh.gateway.address, options=channel_options()) as channel:
+    with mesh.gateway.channel() as channel:
         customer = new_account(channel, mesh.admin_token)
         cutout = cutout_pb2_grpc.CutoutStub(grpc.intercept_channel(channel, WithApiKey(customer.api_key)))
         before = model_counts(mesh.triton.url, "selfie_segmentation_landscape")[0]

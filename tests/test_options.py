@@ -14,7 +14,6 @@ from google.rpc import error_details_pb2
 from PIL import Image, ImageFilter
 
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
-from services.common.channels import channel_options
 from services.common.errors import error_details
 from services.mesh import Mesh, gateway_process
 from tests.conftest import decode, encode, new_account
@@ -249,11 +248,12 @@ def priced(mesh: Mesh, tmp_path_factory) -> Iterator[grpc.Channel]:
         inference=mesh.inference.address,
         accounts=mesh.accounts.address,
         retention=mesh.retention.address,
+        pki=mesh.pki,
     )
     try:
         gateway.start()
         gateway.wait_serving()
-        with grpc.insecure_channel(gateway.address, options=channel_options()) as channel:
+        with gateway.channel() as channel:
             yield channel
     finally:
         assert gateway.stop() in (0, None)

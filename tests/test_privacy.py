@@ -99,8 +99,12 @@ def test_no_api_key_password_or_email_in_any_log_line(mesh, raw_channel, funded_
             call()
         except grpc.RpcError as error:
             assert account.email not in error.details() and account.password not in error.details()
-    key = public.CreateApiKey(account_pb2.CreateApiKeyRequest(name="p"), metadata=account.metadata, timeout=30)
-    public.RevokeApiKey(account_pb2.RevokeApiKeyRequest(id=key.key.id), metadata=account.metadata, timeout=30)
+    key = public.CreateApiKey(
+        account_pb2.CreateApiKeyRequest(name="p", password=new_password), metadata=account.metadata, timeout=30
+    )
+    public.RevokeApiKey(
+        account_pb2.RevokeApiKeyRequest(id=key.key.id, password=new_password), metadata=account.metadata, timeout=30
+    )
 
     secrets = [account.email, account.password, account.api_key, key.api_key, new_password, mesh.admin_token]
     secrets += [funded_account.email, funded_account.password, funded_account.api_key]

@@ -29,6 +29,7 @@ from services.accounts.ledger import Ledger
 from services.common.channels import channel_options
 from services.common.errors import error_details
 from services.common.settings import API_KEY_METADATA, MIB
+from services.common.tls import channel_credentials
 from services.inference.triton_local import LocalTriton
 from services.mesh import ROOT, ServiceProcess, free_port, gateway_process
 from services.retention.store import READY
@@ -42,8 +43,8 @@ def balance_of(channel: grpc.Channel, account) -> tuple[int, int]:
     return shown.available, shown.held
 
 
-def health_status(address: str) -> int:
-    with grpc.insecure_channel(address) as channel:
+def health_status(service: ServiceProcess) -> int:
+    with service.channel() as channel:
         return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
 
 
@@ -69,18 +70,23 @@ def own_triton(tmp_path, model_paths) -> Iterator[LocalTriton]:
 def test_triton_down_gives_unavailable_and_inference_recovers_when_it_is_back(
     tmp_path, own_triton, astronaut_png, mesh, raw_channel
 ):
-    inference = ServiceProcess("inference", {"CUTOUT_INFERENCE_TRITON_URL": own_triton.url}, tmp_path)
+    inference = ServiceProcess("inference", {"CUTOUT_INFERENCE_TRITON_URL": own_triton.url}, tmp_path, pki=mesh.pki)
     inference.start()
     gateway = gateway_process(
-        tmp_path, {}, inference=inference.address, accounts=mesh.accounts.address, retention=mesh.retention.address
+        tmp_path,
+        {},
+        inference=inference.address,
+        accounts=mesh.accounts.address,
+        retention=mesh.retention.address,
+        pki=mesh.pki,
     )
     account = new_account(raw_channel, mesh.admin_token, credits=5)
     try:
         inference.wait_serving()
         gateway.start()
         with (
-            grpc.insecure_channel(inference.address, options=channel_options()) as channel,
-            grpc.insecure_channel(gateway.address, options=channel_options()) as public,
+            inference.channel(as_name="gateway") as channel,
+            gateway.channel() as public,
         ):
             segment = inference_pb2_grpc.InferenceStub(channel).Segment
             request = inference_pb2.SegmentRequest(image=astronaut_png)
@@ -101,16 +107,14 @@ def test_triton_down_gives_unavailable_and_inference_recovers_when_it_is_back(
             assert [d.reason for d in error_details(caught.value)] == ["MODEL_UNAVAILABLE"]
             assert balance_of(public, account) == (5, 0)
             wait_until(
-                lambda: health_status(inference.address) == health_pb2.HealthCheckResponse.NOT_SERVING,
+                lambda: health_status(inference) == health_pb2.HealthCheckResponse.NOT_SERVING,
                 10,
                 "NOT_SERVING",
             )
 
             own_triton.start()  # same port, as a restarted pod would be
             own_triton.wait_ready()
-            wait_until(
-                lambda: health_status(inference.address) == health_pb2.HealthCheckResponse.SERVING, 30, "SERVING again"
-            )
+            wait_until(lambda: health_status(inference) == health_pb2.HealthCheckResponse.SERVING, 30, "SERVING again")
             assert segment(request, timeout=60).result.width == 512
     finally:
         assert gateway.stop() in (0, None)
@@ -126,12 +130,13 @@ def test_gateway_reports_a_dead_inference_service_as_unavailable_and_charges_not
         inference=f"127.0.0.1:{free_port()}",
         accounts=mesh.accounts.address,
         retention=mesh.retention.address,
+        pki=mesh.pki,
     )
     gateway.start()
     account = new_account(raw_channel, mesh.admin_token, credits=5)
     try:
-        with grpc.insecure_channel(gateway.address, options=channel_options()) as channel:
-            assert health_status(gateway.address) == health_pb2.HealthCheckResponse.NOT_SERVING
+        with gateway.channel() as channel:
+            assert health_status(gateway) == health_pb2.HealthCheckResponse.NOT_SERVING
             with pytest.raises(grpc.RpcError) as caught:
                 cutout_pb2_grpc.CutoutStub(channel).RemoveBackground(
                     cutout_pb2.RemoveBackgroundRequest(image=astronaut_png, idempotency_key="retry-me"),
@@ -156,12 +161,13 @@ def test_gateway_is_not_serving_without_accounts(tmp_path, mesh, astronaut_png, 
         inference=mesh.inference.address,
         accounts=f"127.0.0.1:{free_port()}",
         retention=mesh.retention.address,
+        pki=mesh.pki,
     )
     gateway.start()
     try:
         time.sleep(1.5)
-        assert health_status(gateway.address) == health_pb2.HealthCheckResponse.NOT_SERVING
-        with grpc.insecure_channel(gateway.address, options=channel_options()) as channel:
+        assert health_status(gateway) == health_pb2.HealthCheckResponse.NOT_SERVING
+        with gateway.channel() as channel:
             with pytest.raises(grpc.RpcError) as caught:
                 cutout_pb2_grpc.CutoutStub(channel).RemoveBackground(
                     cutout_pb2.RemoveBackgroundRequest(image=astronaut_png),
@@ -176,18 +182,23 @@ def test_gateway_is_not_serving_without_accounts(tmp_path, mesh, astronaut_png, 
 
 def test_sigterm_during_a_request_lets_it_finish_then_exits_zero(tmp_path, mesh, astronaut, funded_account):
     """Gateway and inference both get SIGTERM while a slow request is inside them."""
-    inference = ServiceProcess("inference", {"CUTOUT_INFERENCE_TRITON_URL": mesh.triton.url}, tmp_path)
+    inference = ServiceProcess("inference", {"CUTOUT_INFERENCE_TRITON_URL": mesh.triton.url}, tmp_path, pki=mesh.pki)
     inference.start()
     inference.wait_serving()
     gateway = gateway_process(
-        tmp_path, {}, inference=inference.address, accounts=mesh.accounts.address, retention=mesh.retention.address
+        tmp_path,
+        {},
+        inference=inference.address,
+        accounts=mesh.accounts.address,
+        retention=mesh.retention.address,
+        pki=mesh.pki,
     )
     gateway.start()
     gateway.wait_serving()
     # 12 MP encoded with the most compression effort: seconds of work on two cores.
     big = encode(astronaut.resize((4000, 3000)), "JPEG", quality=90)
     options = options_pb2.RemoveBackgroundOptions(compression_effort=9)
-    with grpc.insecure_channel(gateway.address, options=channel_options()) as channel:
+    with gateway.channel() as channel:
         call = cutout_pb2_grpc.CutoutStub(channel).RemoveBackground.future(
             cutout_pb2.RemoveBackgroundRequest(image=big, options=options),
             metadata=funded_account.metadata,
@@ -257,7 +268,8 @@ def test_ctrl_c_in_a_terminal_drains_the_mesh_and_everything_exits_zero(tmp_path
         api_key = next(line.split("=", 1)[1].strip() for line in lines if "CUTOUT_API_KEY=" in line)
         address = next(line.split()[-1] for line in lines if line.startswith("gateway listening on"))
         login = json.loads((data_dir / "demo" / "account.json").read_text())
-        with grpc.insecure_channel(address, options=channel_options()) as channel:
+        credentials = channel_credentials(data_dir / "pki" / "ca.pem")  # the cell CA `make up` made
+        with grpc.secure_channel(address, credentials, options=channel_options()) as channel:
             cutout = cutout_pb2_grpc.CutoutStub(channel)
             profile = cutout.GetProfile(account_pb2.GetProfileRequest(), metadata=[(API_KEY_METADATA, api_key)])
             account = Customer(profile.account_id, login["email"], login["password"], api_key)

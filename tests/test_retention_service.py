@@ -12,7 +12,6 @@ import pytest
 from google.protobuf import duration_pb2
 
 from cutout.v1 import retention_pb2, retention_pb2_grpc
-from services.common.channels import channel_options
 from services.mesh import ServiceProcess
 from tests.conftest import encode
 from tests.test_retention_storage import s3_client
@@ -52,7 +51,7 @@ def retention(request, tmp_path) -> Iterator[ServiceProcess]:
 
 
 def stub(service: ServiceProcess) -> retention_pb2_grpc.RetentionStub:
-    return retention_pb2_grpc.RetentionStub(grpc.insecure_channel(service.address, options=channel_options()))
+    return retention_pb2_grpc.RetentionStub(service.channel())
 
 
 def chunks(account: str, data: bytes, size: int = 100_000, **header: object) -> Iterator[retention_pb2.StoreChunk]:

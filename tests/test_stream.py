@@ -15,7 +15,6 @@ from google.rpc import code_pb2, error_details_pb2
 from PIL import Image
 
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
-from services.common.channels import channel_options
 from services.common.errors import status_details
 from services.inference.model import PERSON_MODEL
 from services.inference.triton_local import model_counts
@@ -136,7 +135,7 @@ def test_a_fast_sender_of_large_photos_waits_and_memory_stays_bounded(mesh: Mesh
     answered, most_ahead = 0, 0
     # A connection of its own: the session's shared channel has carried earlier tests'
     # traffic, and HTTP/2 flow control sizes a connection's windows by what it has seen.
-    with grpc.insecure_channel(mesh.gateway.address, options=channel_options()) as channel:
+    with mesh.gateway.channel() as channel:
         for answer in cutout_pb2_grpc.CutoutStub(channel).RemoveBackgroundStream(
             iter(sender), metadata=account.metadata, timeout=600
         ):
@@ -260,13 +259,16 @@ def test_a_key_revoked_during_a_stream_ends_it(mesh: Mesh, raw_channel, astronau
         inference=mesh.inference.address,
         accounts=mesh.accounts.address,
         retention=mesh.retention.address,
+        pki=mesh.pki,
     )
     gateway.start()
     try:
         gateway.wait_serving()
         account = new_account(raw_channel, mesh.admin_token, credits=10)
         second = cutout_pb2_grpc.CutoutStub(raw_channel).CreateApiKey(
-            account_pb2.CreateApiKeyRequest(name="stream"), metadata=account.metadata, timeout=30
+            account_pb2.CreateApiKeyRequest(name="stream", password=account.password),
+            metadata=account.metadata,
+            timeout=30,
         )
         photos = photo_variants(astronaut, 6, seed=12)
         first_answered, revoked = threading.Event(), threading.Event()
@@ -278,7 +280,7 @@ def test_a_key_revoked_during_a_stream_ends_it(mesh: Mesh, raw_channel, astronau
             for n, photo in enumerate(photos[1:]):
                 yield cutout_pb2.StreamRequest(item=cutout_pb2.StreamItem(id=f"later-{n}", image=photo))
 
-        with grpc.insecure_channel(gateway.address, options=channel_options()) as channel:
+        with gateway.channel() as channel:
             call = cutout_pb2_grpc.CutoutStub(channel).RemoveBackgroundStream(
                 requests(), metadata=[("x-api-key", second.api_key)], timeout=120
             )
@@ -286,7 +288,9 @@ def test_a_key_revoked_during_a_stream_ends_it(mesh: Mesh, raw_channel, astronau
             assert first.item.id == "first" and first.item.WhichOneof("outcome") == "response"
             first_answered.set()
             cutout_pb2_grpc.CutoutStub(raw_channel).RevokeApiKey(
-                account_pb2.RevokeApiKeyRequest(id=second.key.id), metadata=account.metadata, timeout=30
+                account_pb2.RevokeApiKeyRequest(id=second.key.id, password=account.password),
+                metadata=account.metadata,
+                timeout=30,
             )
             revoked.set()
             with pytest.raises(grpc.RpcError) as caught:

@@ -11,7 +11,6 @@ import pytest
 from PIL import PngImagePlugin
 
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
-from services.common.channels import channel_options
 from services.mesh import Mesh, ServiceProcess, free_port
 from tests.conftest import Customer, encode, new_account
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
@@ -46,7 +45,7 @@ def traced_mesh(tmp_path_factory, receiver, model_paths) -> Iterator[Mesh]:
 
 @pytest.fixture(scope="module")
 def customer(traced_mesh) -> Customer:
-    with grpc.insecure_channel(traced_mesh.gateway.address, options=channel_options()) as channel:
+    with traced_mesh.gateway.channel() as channel:
         return new_account(channel, traced_mesh.admin_token)
 
 
@@ -55,7 +54,7 @@ def one_removal(traced_mesh, receiver, astronaut, customer) -> cutout_pb2.Remove
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", MARKER)
     photo = encode(astronaut, "PNG", pnginfo=info)
-    with grpc.insecure_channel(traced_mesh.gateway.address, options=channel_options()) as channel:
+    with traced_mesh.gateway.channel() as channel:
         response = cutout_pb2_grpc.CutoutStub(channel).RemoveBackground(
             cutout_pb2.RemoveBackgroundRequest(
                 image=photo, options=options_pb2.RemoveBackgroundOptions(keep_result=True)
@@ -152,7 +151,7 @@ def test_nothing_private_is_exported(receiver, one_removal, customer):
 
 
 def test_errors_mark_spans_with_the_code_only(traced_mesh, receiver, customer):
-    with grpc.insecure_channel(traced_mesh.gateway.address, options=channel_options()) as channel:
+    with traced_mesh.gateway.channel() as channel:
         with pytest.raises(grpc.RpcError):
             cutout_pb2_grpc.CutoutStub(channel).RemoveBackground(
                 cutout_pb2.RemoveBackgroundRequest(image=MARKER.encode()), metadata=customer.metadata, timeout=30
@@ -184,7 +183,7 @@ def test_with_exporting_off_nothing_connects_anywhere(tmp_path, monkeypatch, ast
     gateway = ServiceProcess("gateway", {"CUTOUT_GATEWAY_INFERENCE_TARGET": f"127.0.0.1:{free_port()}"}, tmp_path)
     gateway.start()
     try:
-        with grpc.insecure_channel(gateway.address) as channel, pytest.raises(grpc.RpcError):
+        with gateway.channel() as channel, pytest.raises(grpc.RpcError):
             cutout_pb2_grpc.CutoutStub(channel).RemoveBackground(
                 cutout_pb2.RemoveBackgroundRequest(image=astronaut_png), timeout=10
             )

@@ -78,10 +78,12 @@ class ListApiKeysResponse(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ...) -> None: ...
 
 class RevokeApiKeyRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "password")
     ID_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    password: str
+    def __init__(self, id: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
 
 class RevokeApiKeyResponse(_message.Message):
     __slots__ = ("key",)

@@ -13,8 +13,62 @@ KEY_PREFIX = "ck_"
 SHOWN_PREFIX_LENGTH = 11
 
 
+# Characters that never belong in an e-mail or a name: control (NUL, escapes), format
+# (zero-width, bidi overrides), private-use, surrogates, line and paragraph separators.
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs", "Zl", "Zp"})
+# Providers that ignore dots in the mailbox name; googlemail.com is gmail.com.
+DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+
+
+def unsafe_characters(text: str) -> bool:
+    return any(unicodedata.category(c) in UNSAFE_CATEGORIES for c in text)
+
+
+def canonical_email(email: str) -> str:
+    """One spelling per mailbox, or ValueError saying what is wrong.
+
+    The rule (README, "The API"): NFKC, trimmed; syntax checked by email-validator (one
+    @, no trailing dot, ...); the mailbox name must be ASCII (no look-alike letters from
+    other scripts) and the domain is stored in its IDNA (punycode) form; all lower case;
+    a "+tag" is dropped (sub-addressing, as most providers deliver it to the same
+    mailbox); at gmail.com and googlemail.com dots are dropped too.
+    """
+    from email_validator import EmailNotValidError, validate_email
+
+    text = unicodedata.normalize("NFKC", email).strip()
+    if unsafe_characters(text):
+        raise ValueError("it holds control, zero-width or direction characters")
+    try:
+        checked = validate_email(text, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as error:
+        raise ValueError(str(error)) from None
+    local, domain = checked.ascii_email.lower().rsplit("@", 1)
+    local = local.split("+", 1)[0]
+    if domain in DOTLESS_DOMAINS:
+        local, domain = local.replace(".", ""), DOTLESS_DOMAINS[domain]
+    if not local:
+        raise ValueError("the part before the @ is empty once its +tag is dropped")
+    return f"{local}@{domain}"
+
+
 def normalise_email(email: str) -> str:
-    return unicodedata.normalize("NFKC", email).strip().lower()
+    """The canonical form for a lookup; an invalid address gets a form no account has."""
+    try:
+        return canonical_email(email)
+    except ValueError:
+        return unicodedata.normalize("NFKC", email).strip().lower()
+
+
+def weak_password_reason(password: str, related: list[str]) -> str | None:
+    """Why a password is too easy to guess (zxcvbn: dictionaries, names, patterns, leaked
+    lists), or None if it is strong enough (score 3 of 4; the first 100 characters)."""
+    from zxcvbn import zxcvbn
+
+    verdict = zxcvbn(password[:100], user_inputs=[r for r in related if r])
+    if verdict["score"] >= 3:
+        return None
+    feedback = verdict.get("feedback") or {}
+    return feedback.get("warning") or " ".join(feedback.get("suggestions") or []) or "too easy to guess"
 
 
 def hash_password(password: str, *, n: int = 2**14, r: int = 8, p: int = 1) -> str:

@@ -8,9 +8,11 @@ a database error's text, which can quote the parameters of its statement).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -20,12 +22,14 @@ from sqlalchemy import Engine, Row
 from sqlalchemy.exc import SQLAlchemyError
 
 from cutout.v1 import account_pb2, accounts_pb2, accounts_pb2_grpc, cutout_pb2, cutout_pb2_grpc
+from services.accounts.credentials import normalise_email
 from services.accounts.db import make_engine, migrate
 from services.accounts.ledger import BalanceView, Ledger, Outcome, utc_now
 from services.accounts.models import Account, ApiKey
 from services.accounts.settings import AccountsSettings
 from services.accounts.store import AccountStore, Caller
 from services.common.errors import ServiceError, abort
+from services.common.limits import Backoff, Budget, Refused
 from services.common.server import PeriodicJob, ServiceSpec
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
 from services.common.sql import database_ready
@@ -42,9 +46,17 @@ OUTCOMES = {
 PROFILE_FIELDS = ("display_name", "marketing_opt_in")
 
 
-async def run_db(context: grpc.aio.ServicerContext, method: str, fn: Callable[..., T], *args: object) -> T:
-    """Runs `fn` in a thread; its ServiceError (or a database failure) ends the call."""
+async def run_db(
+    context: grpc.aio.ServicerContext,
+    method: str,
+    fn: Callable[..., T],
+    *args: object,
+    pool: PasswordPool | None = None,
+) -> T:
+    """Runs `fn` in a thread (of `pool` if given); its ServiceError (or a database failure) ends the call."""
     try:
+        if pool is not None:
+            return await pool.run(fn, *args)
         return await asyncio.to_thread(fn, *args)
     except ServiceError as error:
         log.info("%s refused: %s (%s)", method, error.code.name, error.reason or "")
@@ -61,6 +73,54 @@ async def run_db(context: grpc.aio.ServicerContext, method: str, fn: Callable[..
         )
 
 
+def _checked(backoff: Backoff, key: str, check: Callable[[], T]) -> T:
+    """Runs a password check under `key`'s backoff (in the password thread)."""
+    try:
+        backoff.check(key)
+    except Refused as error:
+        raise ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"too many wrong passwords; retry in {error.retry_after_s:.0f}s",
+            reason="LOGIN_THROTTLED",
+            quota_subject=error.what,
+            retry_after_s=error.retry_after_s,
+        ) from None
+    try:
+        result = check()
+    except ServiceError as error:
+        if error.code == grpc.StatusCode.UNAUTHENTICATED:
+            backoff.failed(key)
+        raise
+    backoff.succeeded(key)
+    return result
+
+
+class PasswordPool:
+    """Threads of their own for the calls that hash a password (scrypt: slow on purpose),
+    so that a flood of logins never queues the ledger's reserve and commit behind it;
+    beyond `queue` such calls waiting or running, more are refused at once."""
+
+    def __init__(self, workers: int, queue: int) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="passwords")
+        self.budget = Budget(queue, "password checks in progress", retry_after_s=1.0)
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        try:
+            self.budget.acquire()
+        except Refused as error:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "too many sign-ups and logins in progress; retry in a second",
+                reason="PASSWORD_CHECKS_BUSY",
+                quota_subject=error.what,
+                retry_after_s=error.retry_after_s,
+            ) from None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
+        finally:
+            self.budget.release()
+
+
 def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == name:
@@ -73,6 +133,10 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         self.settings = settings
         self.store = store
         self.ledger = ledger
+        self.passwords = PasswordPool(settings.password_workers, settings.password_queue)
+        # Wrong passwords per account (and per e-mail, known or not, so that the answer
+        # says nothing about which exist): backoff after LOGIN_FAILURES_FREE in a row.
+        self.logins = Backoff(settings.login_failures_free, settings.login_backoff_max_s, "failed logins")
 
     async def _caller(self, context: grpc.aio.ServicerContext, method: str) -> Caller:
         return await run_db(context, method, self.store.authenticate, metadata_value(context, API_KEY_METADATA))
@@ -131,7 +195,7 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             )
             return account, self.ledger.balance(account.id)
 
-        account, balance = await run_db(context, "SignUp", sign_up)
+        account, balance = await run_db(context, "SignUp", sign_up, pool=self.passwords)
         log.info("account created: %s", account.id)
         return account_pb2.SignUpResponse(profile=profile_pb(account), balance=balance_pb(balance))
 
@@ -140,14 +204,32 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
     ) -> account_pb2.CreateApiKeyResponse:
         if metadata_value(context, API_KEY_METADATA):
             account_id = (await self._caller(context, "CreateApiKey")).account_id
+            await run_db(
+                context,
+                "CreateApiKey",
+                _checked,
+                self.logins,
+                account_id,
+                functools.partial(self.store.check_password, account_id, request.password),
+                pool=self.passwords,
+            )
         elif request.email and request.password:
-            account_id = (await run_db(context, "CreateApiKey", self.store.login, request.email, request.password)).id
+            login = await run_db(
+                context,
+                "CreateApiKey",
+                _checked,
+                self.logins,
+                normalise_email(request.email),
+                functools.partial(self.store.login, request.email, request.password),
+                pool=self.passwords,
+            )
+            account_id = login.id
         else:
             await abort(
                 context,
                 ServiceError(
                     grpc.StatusCode.UNAUTHENTICATED,
-                    "creating a key needs your e-mail and password, or an existing key in the `x-api-key` metadata",
+                    "creating a key needs your e-mail and password, or a key (`x-api-key` metadata) and your password",
                     reason="CREDENTIALS_MISSING",
                 ),
             )
@@ -166,6 +248,16 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         self, request: account_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> account_pb2.RevokeApiKeyResponse:
         caller = await self._caller(context, "RevokeApiKey")
+        if request.id != caller.key_id:  # a key may revoke itself; any other needs the password
+            await run_db(
+                context,
+                "RevokeApiKey",
+                _checked,
+                self.logins,
+                caller.account_id,
+                functools.partial(self.store.check_password, caller.account_id, request.password),
+                pool=self.passwords,
+            )
         key = await run_db(context, "RevokeApiKey", self.store.revoke_key, caller.account_id, request.id)
         log.info("api key revoked: %s", key.id)
         return account_pb2.RevokeApiKeyResponse(key=key_pb(key))
@@ -224,10 +316,13 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         await run_db(
             context,
             "ChangePassword",
-            self.store.change_password,
+            _checked,
+            self.logins,
             caller.account_id,
-            request.current_password,
-            request.new_password,
+            functools.partial(
+                self.store.change_password, caller.account_id, request.current_password, request.new_password
+            ),
+            pool=self.passwords,
         )
         log.info("password changed: %s", caller.account_id)
         return account_pb2.ChangePasswordResponse()

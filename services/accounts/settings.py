@@ -36,3 +36,11 @@ class AccountsSettings(ServiceSettings):
     # scrypt cost (N); the parameters are stored in each hash, so raising it later
     # keeps old passwords valid.
     scrypt_n: int = 2**14
+    # Sign-ups, logins and password changes hash in threads of their own (never the
+    # ledger's); beyond password_queue of them at once, more are refused (RetryInfo).
+    password_workers: int = 2
+    password_queue: int = 16
+    # Wrong passwords in a row per account (and per e-mail) before logins back off: 2 s,
+    # then 4, 8, ... up to login_backoff_max_s after each further failure.
+    login_failures_free: int = 5
+    login_backoff_max_s: float = 900.0

@@ -81,6 +81,8 @@ class AccountStore:
     ) -> Account:
         email = _check_email(email)
         _check_password(password, "password")
+        _check_display_name(display_name)
+        _check_strength(password, "password", [email, email.split("@")[0], display_name])
         if region not in self.regions:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -247,10 +249,8 @@ class AccountStore:
     def update_profile(
         self, account_id: str, *, display_name: str | None = None, marketing_opt_in: bool | None = None
     ) -> Account:
-        if display_name is not None and len(display_name) > 200:
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT, "display_name is at most 200 characters", field="display_name"
-            )
+        if display_name is not None:
+            _check_display_name(display_name)
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             account = session.get(Account, account_id)
             if account is None:
@@ -263,9 +263,19 @@ class AccountStore:
             session.flush()
             return account
 
+    def check_password(self, account_id: str, password: str) -> None:
+        """UNAUTHENTICATED unless `password` is the account's (for what a key alone may not do)."""
+        account = self.get(account_id)
+        if not password or not credentials.verify_password(password[:MAX_PASSWORD_LENGTH], account.password_hash):
+            raise unauthenticated(
+                "this needs the account's password as well as a key (`password`); a key alone cannot manage keys",
+                "PASSWORD_REQUIRED" if not password else "WRONG_CREDENTIALS",
+            )
+
     def change_password(self, account_id: str, current: str, new: str) -> None:
         _check_password(new, "new_password")
         account = self.get(account_id)
+        _check_strength(new, "new_password", [account.email, account.email.split("@")[0], account.display_name])
         if not credentials.verify_password(current[:MAX_PASSWORD_LENGTH], account.password_hash):
             raise unauthenticated("the current password is wrong", "WRONG_CREDENTIALS")
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
@@ -276,13 +286,38 @@ class AccountStore:
 
 
 def _check_email(email: str) -> str:
-    normalised = credentials.normalise_email(email)
-    local, at, domain = normalised.rpartition("@")
-    if not at or not local or "." not in domain or any(c.isspace() for c in normalised) or len(normalised) > 254:
+    try:
+        return credentials.canonical_email(email)
+    except ValueError as error:
         raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT, "email must be an e-mail address like name@example.com", field="email"
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"email must be an e-mail address like name@example.com: {error}",
+            field="email",
+        ) from None
+
+
+def _check_display_name(name: str) -> None:
+    if len(name) > 200:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT, "display_name is at most 200 characters", field="display_name"
         )
-    return normalised
+    if credentials.unsafe_characters(name):
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "display_name may not hold control characters (terminal escapes, NUL), zero-width or direction marks",
+            field="display_name",
+        )
+
+
+def _check_strength(password: str, field: str, related: list[str]) -> None:
+    weak = credentials.weak_password_reason(password, related)
+    if weak:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the password is too easy to guess ({weak.rstrip('.')}); use a longer phrase of unrelated words",
+            field=field,
+            reason="WEAK_PASSWORD",
+        )
 
 
 def _check_password(password: str, field: str) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -21,7 +21,8 @@ class ServiceError(Exception):
 
     `reason` becomes a google.rpc.ErrorInfo (UPPER_SNAKE_CASE, stable for
     programs to match on), `field` a google.rpc.BadRequest field violation and
-    `quota_subject` a google.rpc.QuotaFailure violation (what ran out).
+    `quota_subject` a google.rpc.QuotaFailure violation (what ran out) and
+    `retry_after_s` a google.rpc.RetryInfo (when to try again).
     """
 
     def __init__(
@@ -32,6 +33,7 @@ class ServiceError(Exception):
         reason: str | None = None,
         field: str | None = None,
         quota_subject: str | None = None,
+        retry_after_s: float | None = None,
         metadata: dict[str, str] | None = None,
         status: status_pb2.Status | None = None,
     ) -> None:
@@ -41,6 +43,7 @@ class ServiceError(Exception):
         self.reason = reason
         self.field = field
         self.quota_subject = quota_subject
+        self.retry_after_s = retry_after_s
         self.metadata = metadata or {}
         self._status = status  # a downstream's status, passed on as it came
 
@@ -76,6 +79,10 @@ class ServiceError(Exception):
         if self.quota_subject:
             quota = error_details_pb2.QuotaFailure.Violation(subject=self.quota_subject, description=self.message)
             details.append(_pack(error_details_pb2.QuotaFailure(violations=[quota])))
+        if self.retry_after_s is not None:
+            delay = duration_pb2.Duration()
+            delay.FromMilliseconds(max(1, round(self.retry_after_s * 1000)))
+            details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
         return status_pb2.Status(code=_proto_code(self.code), message=self.message, details=details)
 
 
@@ -121,7 +128,12 @@ def status_details(status: status_pb2.Status) -> list[object]:
     """Unpacks the google.rpc detail messages of a status (say, a streamed item's error)."""
     unpacked = []
     for detail in status.details:
-        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.QuotaFailure):
+        for kind in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.QuotaFailure,
+            error_details_pb2.RetryInfo,
+        ):
             if detail.Is(kind.DESCRIPTOR):
                 message = kind()
                 detail.Unpack(message)

@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common.memory import keep_freed_memory
 from services.common.settings import ServiceSettings
 from services.common.telemetry import LOG_FORMAT, logging_format_ready, setup_telemetry
+from services.common.tls import CallerCheck, is_loopback, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,14 @@ class ServiceSpec:
     # Runs after the server has stopped: close channels, flush, ...
     close: Callable[[], Awaitable[None]] = _nothing
     jobs: Sequence[PeriodicJob] = ()
+    # Run after the caller check and telemetry's, before the handler (the gateway's admission).
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
 
 
 def grpc_message_options(settings: ServiceSettings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_receive_message_bytes or settings.max_message_bytes),
     ]
 
 
@@ -145,13 +148,30 @@ class RunningService:
 async def start_service(
     spec: ServiceSpec, settings: ServiceSettings, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
 ) -> RunningService:
+    # Telemetry's first, so that what the service's own interceptors do (the gateway
+    # authenticates at admission) is inside the call's span.
+    interceptors = [*interceptors, *spec.interceptors]
+    if settings.tls_client_ca_file is not None:
+        # Mutual TLS: only the allowed services may call this one's own RPCs.
+        interceptors = [CallerCheck(spec.service_names, settings.allowed_callers), *interceptors]
     server = grpc.aio.server(
         interceptors=list(interceptors),
         options=[*grpc_message_options(settings), *CONNECTION_AGE_OPTIONS],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     spec.register(server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_cert_file and settings.tls_key_file:
+        credentials = server_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+        port = server.add_secure_port(address, credentials)
+    elif is_loopback(address):
+        log.warning("no certificate configured: plaintext on loopback only (development)")
+        port = server.add_insecure_port(address)
+    else:
+        raise RuntimeError(
+            f"refusing to listen in plaintext on {address}: set <PREFIX>TLS_CERT_FILE and TLS_KEY_FILE "
+            "(and TLS_CLIENT_CA_FILE inside the cell), or listen on 127.0.0.1"
+        )
     if port == 0:
         raise RuntimeError(f"could not listen on {settings.host}:{settings.port}")
     running = RunningService(server, port, spec, settings)
@@ -168,7 +188,7 @@ async def start_service(
     running._jobs = [asyncio.create_task(running._repeat(job)) for job in spec.jobs]
     if settings.port_file:
         _write_atomically(settings.port_file, str(port))
-    log.info("listening on %s:%d", settings.host, port)
+    log.info("listening on %s:%d (%s)", settings.host, port, _security(settings))
     return running
 
 
@@ -215,6 +235,12 @@ def run_service(name: str, build: Callable[[S], ServiceSpec], settings: S) -> No
     if settings.keep_freed_memory:
         keep_freed_memory()
     asyncio.run(serve(name, build, settings))
+
+
+def _security(settings: ServiceSettings) -> str:
+    if not settings.tls_cert_file:
+        return "plaintext"
+    return "mutual TLS" if settings.tls_client_ca_file else "TLS"
 
 
 def _write_atomically(path: Path, text: str) -> None:

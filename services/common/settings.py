@@ -36,6 +36,9 @@ class ServiceSettings(BaseSettings):
     # Calls beyond this many at once get RESOURCE_EXHAUSTED from gRPC itself.
     max_concurrent_rpcs: int = 256
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    # The largest message this server accepts, if smaller than max_message_bytes (the
+    # gateway's public port: the input cap plus framing, refused from its length prefix).
+    max_receive_message_bytes: int | None = None
     # How often health is re-evaluated from the service's own dependencies.
     health_interval_s: float = 1.0
     log_level: str = "INFO"
@@ -44,3 +47,17 @@ class ServiceSettings(BaseSettings):
     keep_freed_memory: bool = True
     # The region this cell serves (resource attribute of its telemetry).
     region: str = "local"
+    # TLS of this service's listener: its certificate and key (PEM files, re-read when
+    # they change). Without them the service listens in plaintext, and only on loopback.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # Mutual TLS: callers must present a certificate this CA signed (the cell's CA), and
+    # only the services named in allowed_callers (by the certificate's common name) may
+    # call this service's own RPCs. Health and reflection answer any cell certificate.
+    tls_client_ca_file: Path | None = None
+    allowed_callers: tuple[str, ...] = ("gateway",)
+    # This service's identity for calls it makes inside the cell: the cell's CA, and the
+    # certificate and key it presents (the same files as its listener's, inside the cell).
+    mesh_ca_file: Path | None = None
+    mesh_cert_file: Path | None = None
+    mesh_key_file: Path | None = None

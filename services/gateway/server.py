@@ -35,7 +35,7 @@ from cutout.v1 import (
     retention_pb2,
     retention_pb2_grpc,
 )
-from services.common.channels import insecure_channel
+from services.common.channels import mesh_channel
 from services.common.chunks import pieces
 from services.common.errors import (
     ServiceError,
@@ -45,10 +45,12 @@ from services.common.errors import (
     relay,
     status_details,
 )
+from services.common.limits import FairSlots
 from services.common.server import ServiceSpec
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
 from services.common.tasks import start_kept
 from services.common.telemetry import meter
+from services.gateway.admission import Admission, admitted_caller
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -90,13 +92,19 @@ class Downstreams:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.inference_channel = insecure_channel(settings.inference_target, settings.max_message_bytes)
+        self.inference_channel = mesh_channel(settings.inference_target, settings, settings.max_message_bytes)
         self.inference = inference_pb2_grpc.InferenceStub(self.inference_channel)
-        self.accounts_channel = insecure_channel(settings.accounts_target)
+        self.accounts_channel = mesh_channel(settings.accounts_target, settings)
         self.accounts = accounts_pb2_grpc.AccountsStub(self.accounts_channel)
         self.admin = cutout_pb2_grpc.AdminStub(self.accounts_channel)
-        self.retention_channel = insecure_channel(settings.retention_target, settings.max_message_bytes)
+        self.retention_channel = mesh_channel(settings.retention_target, settings, settings.max_message_bytes)
         self.retention = retention_pb2_grpc.RetentionStub(self.retention_channel)
+
+    async def authenticate(self, api_key: str, context: grpc.aio.ServicerContext) -> accounts_pb2.AuthenticateResponse:
+        """The account behind an API key; its errors (UNAUTHENTICATED, ...) raised as ServiceError."""
+        return await self.accounts_call(
+            context, self.accounts.Authenticate, accounts_pb2.AuthenticateRequest(api_key=api_key)
+        )
 
     def deadline(self, context: grpc.aio.ServicerContext, bound: float) -> float:
         """An outgoing call's timeout: our bound, or less if the caller has less left."""
@@ -224,7 +232,8 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         # Ledger work that must finish even when the call that started it is cancelled.
         self._to_finish: set[asyncio.Task[Any]] = set()
         # Stream items in flight over all streams of this process (flow control).
-        self._stream_slots = asyncio.Semaphore(settings.process_stream_items_in_flight)
+        # at most account_stream_items_in_flight of them for one account.
+        self._stream_slots = FairSlots(settings.process_stream_items_in_flight, settings.account_stream_items_in_flight)
 
     @aborts_on_service_error
     async def RemoveBackground(
@@ -254,9 +263,13 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             caller = await self._authenticate(context)
         except ServiceError as error:
             await abort(context, error)
-        authenticated_at = time.monotonic()
         stream = _Stream(context, self.settings.stream_items_in_flight)
         defaults = options_pb2.RemoveBackgroundOptions()
+        # The key is checked again every stream_reauthenticate_s, whether items flow or
+        # not: a revoked key ends the stream (and stops its items) within that time.
+        revoked: list[ServiceError] = []
+        watcher = asyncio.create_task(self._watch_key(context, asyncio.current_task(), revoked))
+        authenticated_at = time.monotonic()
         try:
             while True:
                 # Flow control: no read while this stream, or the whole process, has
@@ -270,15 +283,22 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
                     stream.slots.release()
                     continue
                 if time.monotonic() - authenticated_at > self.settings.stream_reauthenticate_s:
-                    caller = await self._authenticate(context)  # a revoked key ends the stream here
+                    # Also before an item, so none starts on a key revoked since the last round.
+                    caller = await self._authenticate(context, fresh=True)
                     authenticated_at = time.monotonic()
-                await self._stream_slots.acquire()
+                await self._stream_slots.acquire(caller.account_id)
                 stream.start(self._stream_item(stream, caller, request.item, defaults))
             await stream.finish()
         except ServiceError as error:
             await stream.cancel()  # first, so that no item writes while the stream is aborted
             await abort(context, error)
+        except asyncio.CancelledError:
+            if not revoked:
+                raise
+            await stream.cancel()
+            await abort(context, revoked[0])
         finally:
+            watcher.cancel()
             # Cancelled or failed: stop every item still in flight (each releases its hold).
             await stream.cancel()
         await context.write(
@@ -291,6 +311,22 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
                 )
             )
         )
+
+    async def _watch_key(
+        self, context: grpc.aio.ServicerContext, stream_task: asyncio.Task[Any] | None, revoked: list[ServiceError]
+    ) -> None:
+        """Re-checks a stream's key; if it is refused, records why and cancels the stream."""
+        while True:
+            await asyncio.sleep(max(self.settings.stream_reauthenticate_s, 0.05))
+            try:
+                await self._authenticate(context, fresh=True)
+            except ServiceError as error:
+                if error.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    revoked.append(error)
+                    if stream_task is not None:
+                        stream_task.cancel()
+                    return
+                # accounts briefly unavailable: the stream goes on, the next round asks again
 
     async def _stream_item(
         self,
@@ -348,7 +384,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         finally:
             if owns_id:
                 stream.ids.discard(item.id)
-            self._stream_slots.release()
+            self._stream_slots.release(caller.account_id)
             stream.slots.release()
 
     async def _remove(
@@ -639,11 +675,15 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         )
         return cutout_pb2.DeleteResultResponse()
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext) -> accounts_pb2.AuthenticateResponse:
+    async def _authenticate(
+        self, context: grpc.aio.ServicerContext, *, fresh: bool = False
+    ) -> accounts_pb2.AuthenticateResponse:
+        """The caller, as admission found it (services/gateway/admission.py), or asked again."""
+        admitted = admitted_caller.get()
+        if admitted is not None and not fresh:
+            return admitted
         api_key = dict(context.invocation_metadata() or ()).get(API_KEY_METADATA, "")
-        return await self.down.accounts_call(
-            context, self.down.accounts.Authenticate, accounts_pb2.AuthenticateRequest(api_key=api_key)
-        )
+        return await self.down.authenticate(api_key, context)
 
     async def _settle(self, settle: accounts_pb2.SettleRequest, amount: int, *, commit: bool) -> bool:
         """Commits or releases a hold; True if committed. Runs to its end even if the call is cancelled."""
@@ -719,11 +759,13 @@ def build(settings: GatewaySettings) -> ServiceSpec:
         cutout_pb2_grpc.add_CutoutServicer_to_server(cutout, server)
         cutout_pb2_grpc.add_AdminServicer_to_server(admin, server)
 
+    service_names = [
+        cutout_pb2.DESCRIPTOR.services_by_name["Cutout"].full_name,
+        cutout_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+    ]
     return ServiceSpec(
-        service_names=[
-            cutout_pb2.DESCRIPTOR.services_by_name["Cutout"].full_name,
-            cutout_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-        ],
+        service_names=service_names,
+        interceptors=[Admission(settings, service_names, down.authenticate)],
         register=register,
         ready=down.ready,
         close=down.close,

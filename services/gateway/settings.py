@@ -3,7 +3,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import ServiceSettings
+from services.common.settings import MIB, ServiceSettings
 
 
 class GatewaySettings(ServiceSettings):
@@ -12,6 +12,11 @@ class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CUTOUT_GATEWAY_", extra="ignore")
 
     port: int = 50051
+    # The public port accepts messages up to the input cap (inference's 50 MiB) plus room
+    # for the options and framing; a larger one is refused from its length prefix, before
+    # its bytes are buffered. Answers (up to max_message_bytes) may be larger.
+    max_receive_message_bytes: int | None = 50 * MIB + 64 * 1024
+    # The public port serves TLS (tls_cert_file, tls_key_file) without client certificates.
     inference_target: str = "127.0.0.1:50052"
     accounts_target: str = "127.0.0.1:50053"
     retention_target: str = "127.0.0.1:50054"
@@ -37,8 +42,28 @@ class GatewaySettings(ServiceSettings):
     # to fill a Triton batch (inference's max_batch_size).
     stream_items_in_flight: int = 16
     process_stream_items_in_flight: int = 64
-    # A long stream re-checks its API key this often, so a revoked key stops it.
-    stream_reauthenticate_s: float = 30.0
+    # ... and over all streams of one account, so that one account's streams cannot
+    # hold every slot of the process while others wait.
+    account_stream_items_in_flight: int = 32
+    # Limits before work (services/gateway/admission.py). Calls without an API key in
+    # flight at once (sign-up, password logins, fetches by token, administration):
+    calls_without_key: int = 32
+    # ... and per source address, a rate (so that sign-ups cannot be farmed, nor
+    # passwords and admin tokens guessed quickly, from one address).
+    source_rate_per_s: float = 0.5
+    source_rate_burst: int = 10
+    # Per API key: calls in flight at once, and calls per second (bursts up to the burst).
+    calls_per_key: int = 64
+    key_rate_per_s: float = 50.0
+    key_rate_burst: int = 100
+    # Rates are counted in Redis when set ("redis://host:6379/0"), shared by every
+    # gateway replica of the cell; else in this process.
+    redis_url: str = ""
+    # A unary call's request must have arrived this long after the call started.
+    request_arrival_s: float = 30.0
+    # An open stream re-checks its API key this often, so a revoked key ends it (and
+    # stops its items) within about this time.
+    stream_reauthenticate_s: float = 0.5
 
     @model_validator(mode="after")
     def _preview_not_dearer(self) -> GatewaySettings:

@@ -1,0 +1,177 @@
+"""Who gets in, before any work: the public port's limits, applied as each call arrives.
+
+A call with an API key is authenticated from its metadata before its request message is
+read, then counted against its key's rate and its key's calls in flight; a call without
+a key (sign-up, a login with a password, a fetch by token, administration) takes a slot
+of a small budget of its own, so that callers without a key, or that send headers and
+never a message, cannot use up the server for those with one. Refusals are
+RESOURCE_EXHAUSTED with a google.rpc.RetryInfo; a bad key is refused before its upload.
+Unary handlers are served in streaming form for this (the same bytes on the wire),
+because grpc runs a unary handler only once the whole message has arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+import grpc
+
+from cutout.v1 import accounts_pb2
+from services.common.errors import ServiceError, abort
+from services.common.limits import Budget, Refused, rate_limiter
+from services.common.settings import API_KEY_METADATA
+from services.gateway.settings import GatewaySettings
+
+# The caller authenticated at admission, for the handler of the same call.
+admitted_caller: contextvars.ContextVar[accounts_pb2.AuthenticateResponse | None] = contextvars.ContextVar(
+    "admitted_caller", default=None
+)
+
+Authenticate = Callable[[str, grpc.aio.ServicerContext], Awaitable[accounts_pb2.AuthenticateResponse]]
+
+
+def source_address(context: grpc.aio.ServicerContext) -> str:
+    """The caller's IP address ("ipv4:1.2.3.4:5678" -> "1.2.3.4"; IPv6 by its /64)."""
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        address = rest.rsplit(":", 1)[0].strip("[]")
+        return ":".join(address.split(":")[:4]) + "::/64"
+    return rest.rsplit(":", 1)[0] if kind == "ipv4" else peer
+
+
+def refused(error: Refused, reason: str) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"too many {error.what}; retry in {error.retry_after_s:.1f}s",
+        reason=reason,
+        quota_subject=error.what,
+        retry_after_s=error.retry_after_s,
+    )
+
+
+class Admission(grpc.aio.ServerInterceptor):
+    def __init__(self, settings: GatewaySettings, services: Sequence[str], authenticate: Authenticate) -> None:
+        self.settings = settings
+        self.guarded = tuple(f"/{name}/" for name in services)
+        self.authenticate = authenticate
+        self.without_key = Budget(settings.calls_without_key, "calls without an API key in flight on this gateway")
+        self.per_key = Budget(settings.calls_per_key, "calls in flight for this API key")
+        self.rate = rate_limiter(
+            settings.redis_url, settings.key_rate_per_s, settings.key_rate_burst, "calls per second for this API key"
+        )
+        # Calls without a key are sign-ups, password logins, token fetches and admin
+        # tokens: what is guessed or farmed, so each source address has a slow rate.
+        self.source_rate = rate_limiter(
+            settings.redis_url,
+            settings.source_rate_per_s,
+            settings.source_rate_burst,
+            "calls without an API key per second from this address",
+        )
+
+    async def _admit(self, context: grpc.aio.ServicerContext, api_key: str) -> Callable[[], None]:
+        """Counts the call in; returns what counts it out. Aborts the call if refused."""
+        if not api_key:
+            try:
+                await self.source_rate.take(source_address(context))
+            except Refused as error:
+                await abort(context, refused(error, "SOURCE_RATE_LIMITED"))
+            try:
+                self.without_key.acquire()
+            except Refused as error:
+                await abort(context, refused(error, "TOO_MANY_CALLS_WITHOUT_KEY"))
+            return self.without_key.release
+        try:
+            caller = await self.authenticate(api_key, context)
+        except ServiceError as error:
+            await abort(context, error)
+        try:
+            await self.rate.take(caller.key_id)
+        except Refused as error:
+            await abort(context, refused(error, "RATE_LIMITED"))
+        try:
+            self.per_key.acquire(caller.key_id)
+        except Refused as error:
+            await abort(context, refused(error, "TOO_MANY_CALLS_IN_FLIGHT"))
+        admitted_caller.set(caller)
+        return lambda: self.per_key.release(caller.key_id)
+
+    async def _first(self, requests: AsyncIterator[object], context: grpc.aio.ServicerContext) -> object:
+        """The one request message of a unary call, within the time allowed for it to arrive."""
+        try:
+            async with asyncio.timeout(self.settings.request_arrival_s):
+                async for request in requests:
+                    return request
+        except TimeoutError:
+            pass
+        await abort(
+            context,
+            ServiceError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the request did not arrive within {self.settings.request_arrival_s:.0f}s of the call's start",
+                reason="REQUEST_TOO_SLOW",
+            ),
+        )
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith(self.guarded):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        api_key = metadata.get(API_KEY_METADATA, "")
+        api_key = api_key.decode() if isinstance(api_key, bytes) else api_key
+        options = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+
+        if handler.unary_unary:
+            unary_unary = handler.unary_unary
+
+            async def stream_unary(requests, context):  # type: ignore[no-untyped-def]
+                release = await self._admit(context, api_key)
+                try:
+                    return await unary_unary(await self._first(requests, context), context)
+                finally:
+                    release()
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, **options)
+        if handler.unary_stream:
+            unary_stream = handler.unary_stream
+
+            async def stream_stream_from_unary(requests, context):  # type: ignore[no-untyped-def]
+                release = await self._admit(context, api_key)
+                try:
+                    async for response in unary_stream(await self._first(requests, context), context):
+                        yield response
+                finally:
+                    release()
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream_from_unary, **options)
+        if handler.stream_stream and inspect.isasyncgenfunction(handler.stream_stream):
+            yielding = handler.stream_stream
+
+            async def admitted_generator(requests, context):  # type: ignore[no-untyped-def]
+                release = await self._admit(context, api_key)
+                try:
+                    async for response in yielding(requests, context):
+                        yield response
+                finally:
+                    release()
+
+            return grpc.stream_stream_rpc_method_handler(admitted_generator, **options)
+        if handler.stream_stream:
+            writing = handler.stream_stream  # a handler that writes with context.write()
+
+            async def admitted_writer(requests, context):  # type: ignore[no-untyped-def]
+                release = await self._admit(context, api_key)
+                try:
+                    return await writing(requests, context)
+                finally:
+                    release()
+
+            return grpc.stream_stream_rpc_method_handler(admitted_writer, **options)
+        return handler  # no stream-unary methods on the public port
