@@ -53,6 +53,7 @@ def inference_with_a_model(tmp_path_factory, model_paths: list[Path]) -> Iterato
     for name in (PERSON_MODEL, GENERAL_MODEL):
         shutil.copytree(MODEL_REPOSITORY / name, repository / name, ignore=ignore)
     shutil.copytree(SLOTS / "inpainting", repository / "inpainting", ignore=ignore)
+    (repository / "inpainting" / "1").mkdir()
     (repository / "inpainting" / "1" / "model.onnx").write_bytes(white_fill_model())
     triton = LocalTriton(grpc_port=free_port(), work_dir=work / "triton", model_repository=repository)
     triton.work_dir.mkdir()
