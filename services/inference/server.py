@@ -19,6 +19,7 @@ from cutout.v1 import inference_pb2, inference_pb2_grpc, options_pb2
 from services.common.errors import ServiceError, abort
 from services.common.server import ServiceSpec
 from services.common.telemetry import meter, stage
+from services.common.tls import Identity
 from services.inference import imaging
 from services.inference.batcher import Batcher
 from services.inference.budget import PixelBudget
@@ -143,7 +144,10 @@ def _stage(timings: options_pb2.StageTimings, name: str) -> Iterator[trace.Span]
 
 
 def build(settings: InferenceSettings) -> ServiceSpec:
-    model = TritonModel(settings.triton_url, settings.model_name, settings.triton_timeout_s)
+    tls = None
+    if settings.mesh_ca_file and settings.mesh_cert_file and settings.mesh_key_file:
+        tls = Identity("inference", settings.mesh_cert_file, settings.mesh_key_file, settings.mesh_ca_file)
+    model = TritonModel(settings.triton_url, settings.model_name, settings.triton_timeout_s, tls=tls)
     servicer = InferenceServicer(settings, model)
     return ServiceSpec(
         service_names=[inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name],

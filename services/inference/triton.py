@@ -9,6 +9,7 @@ from tritonclient.grpc import InferenceServerException, InferInput, InferRequest
 
 from services.common.channels import channel_options
 from services.common.errors import ServiceError
+from services.common.tls import Identity
 
 # Triton's own limit; masks and batches stay far below it.
 _TRITON_MESSAGE_BYTES = 2**31 - 1
@@ -18,14 +19,28 @@ class TritonModel:
     """One model on one Triton server: readiness and batched inference."""
 
     def __init__(
-        self, url: str, model_name: str, timeout_s: float, input_name: str = "IMAGE", output_name: str = "MASK"
+        self,
+        url: str,
+        model_name: str,
+        timeout_s: float,
+        input_name: str = "IMAGE",
+        output_name: str = "MASK",
+        tls: Identity | None = None,
     ) -> None:
         self.url = url
         self.model_name = model_name
         self.timeout_s = timeout_s
         self.input_name = input_name
         self.output_name = output_name
-        self._client = triton_aio.InferenceServerClient(url, channel_args=channel_options(_TRITON_MESSAGE_BYTES))
+        # Mutual TLS with the cell's certificate when the inference service has one.
+        self._client = triton_aio.InferenceServerClient(
+            url,
+            ssl=tls is not None,
+            root_certificates=str(tls.ca_file) if tls else None,
+            private_key=str(tls.key_file) if tls else None,
+            certificate_chain=str(tls.cert_file) if tls else None,
+            channel_args=channel_options(_TRITON_MESSAGE_BYTES),
+        )
 
     async def ready(self) -> bool:
         try:
