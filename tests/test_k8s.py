@@ -23,6 +23,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services import TLS12_UNUSABLE_CIPHERS
 from services.common import channels
 from services.common.server import LIVENESS, ServiceSpec, start_service
 from services.common.settings import ServiceSettings
@@ -274,6 +275,14 @@ def test_every_service_has_a_cell_certificate_and_serves_tls_only(cells):
             else:
                 assert env[f"{prefix}TLS_CERT_FILE"] == f"{TLS_DIR}/mesh/tls.crt"
                 assert env[f"{prefix}TLS_CLIENT_CA_FILE"] == f"{TLS_DIR}/mesh/ca.crt"
+        # Triton's gRPC port: mutual TLS with its own cell certificate, TLS 1.3 only.
+        triton = _container(objects, "triton")
+        assert certificates["triton-mesh"]["spec"]["commonName"] == "triton"
+        assert "--grpc-use-ssl-mutual=true" in triton["args"]
+        assert f"--grpc-root-cert={TLS_DIR}/mesh/ca.crt" in triton["args"]
+        assert {"name": "GRPC_SSL_CIPHER_SUITES", "value": TLS12_UNUSABLE_CIPHERS} in triton["env"]
+        (volume,) = [v for v in _pod_spec(_of(objects, "Deployment")["triton"])["volumes"] if v["name"] == "mesh-tls"]
+        assert volume["secret"]["secretName"] == "triton-mesh-tls"
 
 
 def test_liveness_health_name_serves_while_dependencies_are_down():
