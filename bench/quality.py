@@ -43,7 +43,7 @@ from services.inference.model import (
     fetch_models,
 )
 from services.inference.profiles import ModelProfile, load_config
-from services.inference.triton_local import model_counts
+from services.inference.triton_local import LocalTriton, model_counts
 from services.mesh import ROOT, Mesh, demo_account
 
 CANVAS = (640, 480)
@@ -186,7 +186,7 @@ async def _drive(
 
 
 def measure_speed(
-    gateway: str, ca_file: Path, triton_url: str, api_key: str, photo: bytes, quick: bool
+    gateway: str, ca_file: Path, triton: LocalTriton, api_key: str, photo: bytes, quick: bool
 ) -> list[ModelSpeed]:
     speeds = []
     for model, subject, requests in (
@@ -197,11 +197,11 @@ def measure_speed(
         params = {key: value.string_value for key, value in config.parameters.items()}
         threads = int(params.get("num_threads") or params.get("intra_op_thread_count") or 1)
         asyncio.run(_drive(gateway, ca_file, api_key, photo, subject, 4, 4))  # warm-up
-        inferences, executions = model_counts(triton_url, model)
+        inferences, executions = model_counts(triton, model)
         started = time.perf_counter()
         latencies = asyncio.run(_drive(gateway, ca_file, api_key, photo, subject, 16, requests))
         elapsed = time.perf_counter() - started
-        inferences_after, executions_after = model_counts(triton_url, model)
+        inferences_after, executions_after = model_counts(triton, model)
         alone = _in_process(model, threads)
         speeds.append(
             ModelSpeed(
@@ -253,7 +253,7 @@ def run(mesh: Mesh, api_key: str, quick: bool) -> tuple[dict[str, object], str]:
     samples = evaluation_set(mesh.data_dir / "samples")
     quality = measure_quality(mesh.gateway.address, mesh.ca_file, api_key, samples)
     photo = ASTRONAUT.fetch(mesh.data_dir / "samples" / "astronaut.png").read_bytes()
-    speeds = measure_speed(mesh.gateway.address, mesh.ca_file, mesh.triton.url, api_key, photo, quick)
+    speeds = measure_speed(mesh.gateway.address, mesh.ca_file, mesh.triton, api_key, photo, quick)
     for speed in speeds:
         print(
             f"model {speed.model}: {speed.images_per_s:.1f} img/s through the mesh, batch {speed.mean_batch:.1f}, "

@@ -192,7 +192,7 @@ def run_case(
     load = drive_stream if mode == "stream" else drive
     warm_up = max(1, min(concurrency, 4))
     asyncio.run(load(mesh.gateway.address, mesh.ca_file, api_key, photo, FORMATS[output], concurrency, warm_up))
-    inferences_before, executions_before = model_counts(mesh.triton.url, PERSON_MODEL)  # type: ignore[union-attr]
+    inferences_before, executions_before = model_counts(mesh.triton, PERSON_MODEL)  # type: ignore[union-attr]
     watch.start()
     started = time.perf_counter()
     latencies = asyncio.run(
@@ -200,7 +200,7 @@ def run_case(
     )
     elapsed = time.perf_counter() - started
     cpu, peak = watch.stop()
-    inferences_after, executions_after = model_counts(mesh.triton.url, PERSON_MODEL)  # type: ignore[union-attr]
+    inferences_after, executions_after = model_counts(mesh.triton, PERSON_MODEL)  # type: ignore[union-attr]
     return CaseResult(
         size=size,
         output=output,

@@ -278,11 +278,14 @@ class Mesh:
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.pki = CellPki(self.data_dir / "pki")
-        for name in ("inference", "accounts", "retention", "gateway"):
+        for name in ("triton", "inference", "accounts", "retention", "gateway"):
             self.pki.issue(name)  # a fresh certificate for every start
         try:
             self.triton = LocalTriton(
-                grpc_port=free_port(), work_dir=self.data_dir / "triton", model_repository=self.model_repository
+                grpc_port=free_port(),
+                work_dir=self.data_dir / "triton",
+                model_repository=self.model_repository,
+                pki=self.pki,
             )
             self.triton.work_dir.mkdir(parents=True, exist_ok=True)
             self.triton.start()

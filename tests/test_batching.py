@@ -8,11 +8,11 @@ from services.inference.triton_local import model_counts
 
 
 def test_sixteen_requests_at_once_take_fewer_than_sixteen_model_executions(mesh, gateway, astronaut_png):
-    inferences_before, executions_before = model_counts(mesh.triton.url, PERSON_MODEL)
+    inferences_before, executions_before = model_counts(mesh.triton, PERSON_MODEL)
     request = cutout_pb2.RemoveBackgroundRequest(image=astronaut_png)
     calls = [gateway.RemoveBackground.future(request, timeout=120) for _ in range(16)]
     responses = [call.result() for call in calls]
-    inferences_after, executions_after = model_counts(mesh.triton.url, PERSON_MODEL)
+    inferences_after, executions_after = model_counts(mesh.triton, PERSON_MODEL)
 
     assert inferences_after - inferences_before == 16
     executions = executions_after - executions_before

@@ -24,6 +24,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import model_config_pb2
 
+from services import TLS12_UNUSABLE_CIPHERS
 from services.common import channels
 from services.common.server import LIVENESS, ServiceSpec, start_service
 from services.common.settings import ServiceSettings
@@ -279,6 +280,17 @@ def test_every_service_has_a_cell_certificate_and_serves_tls_only(cells):
             else:
                 assert env[f"{prefix}TLS_CERT_FILE"] == f"{TLS_DIR}/mesh/tls.crt"
                 assert env[f"{prefix}TLS_CLIENT_CA_FILE"] == f"{TLS_DIR}/mesh/ca.crt"
+        # Each Triton's gRPC port: mutual TLS with its own cell certificate, TLS 1.3 only.
+        for name in TRITONS:
+            triton = _container(objects, name)
+            assert certificates[f"{name}-mesh"]["spec"]["commonName"] == name
+            assert certificates[f"{name}-mesh"]["spec"]["dnsNames"] == [name], "the name inference dials"
+            assert "--grpc-use-ssl-mutual=true" in triton["args"]
+            assert f"--grpc-root-cert={TLS_DIR}/mesh/ca.crt" in triton["args"]
+            assert {"name": "GRPC_SSL_CIPHER_SUITES", "value": TLS12_UNUSABLE_CIPHERS} in triton["env"]
+            pod = _pod_spec(_of(objects, "Deployment")[name])
+            (volume,) = [v for v in pod["volumes"] if v["name"] == "mesh-tls"]
+            assert volume["secret"]["secretName"] == f"{name}-mesh-tls"
 
 
 def test_liveness_health_name_serves_while_dependencies_are_down():

@@ -84,9 +84,9 @@ def test_products_and_animals_are_cut_out_by_the_general_model_by_default(gatewa
 
 def test_person_and_any_each_reach_their_model_and_the_response_names_it(mesh, gateway, astronaut_png):
     for subject, expected in ((options_pb2.SUBJECT_PERSON, PERSON_MODEL), (options_pb2.SUBJECT_ANY, GENERAL_MODEL)):
-        before = {name: model_counts(mesh.triton.url, name)[0] for name in (PERSON_MODEL, GENERAL_MODEL)}
+        before = {name: model_counts(mesh.triton, name)[0] for name in (PERSON_MODEL, GENERAL_MODEL)}
         response = remove(gateway, astronaut_png, subject=subject)
-        after = {name: model_counts(mesh.triton.url, name)[0] for name in (PERSON_MODEL, GENERAL_MODEL)}
+        after = {name: model_counts(mesh.triton, name)[0] for name in (PERSON_MODEL, GENERAL_MODEL)}
         assert response.result.model == expected
         ran = {name: after[name] - before[name] for name in after}
         assert ran == {expected: 1, ({PERSON_MODEL, GENERAL_MODEL} - {expected}).pop(): 0}, subject
@@ -165,10 +165,10 @@ def test_a_third_model_is_served_from_its_folder_and_selected_by_name(mesh_with_
     with mesh.gateway.channel() as channel:
         customer = new_account(channel, mesh.admin_token)
         cutout = cutout_pb2_grpc.CutoutStub(grpc.intercept_channel(channel, WithApiKey(customer.api_key)))
-        before = model_counts(mesh.triton.url, "selfie_segmentation_landscape")[0]
+        before = model_counts(mesh.triton, "selfie_segmentation_landscape")[0]
         response = remove(cutout, astronaut_png, model="selfie_segmentation_landscape")
     assert response.result.model == "selfie_segmentation_landscape"
-    assert model_counts(mesh.triton.url, "selfie_segmentation_landscape")[0] == before + 1
+    assert model_counts(mesh.triton, "selfie_segmentation_landscape")[0] == before + 1
     alpha = np.asarray(decode(response.result.image).getchannel("A"), np.float32) / 255
     assert alpha[FACE].mean() > 0.9 and alpha[BACKDROP].mean() < 0.1
 

@@ -58,8 +58,8 @@ def wait_until(predicate, timeout_s: float, what: str) -> None:
 
 
 @pytest.fixture
-def own_triton(tmp_path, model_paths) -> Iterator[LocalTriton]:
-    triton = LocalTriton(grpc_port=free_port(), work_dir=tmp_path / "triton")
+def own_triton(tmp_path, model_paths, mesh) -> Iterator[LocalTriton]:
+    triton = LocalTriton(grpc_port=free_port(), work_dir=tmp_path / "triton", pki=mesh.pki)
     triton.work_dir.mkdir()
     triton.start()
     triton.wait_ready()

@@ -169,7 +169,7 @@ def test_cancelling_a_stream_stops_its_work_and_charges_nothing_unfinished(mesh:
         received += 1
         if received == 5:
             break
-    inferred_at_cancel, _ = model_counts(mesh.triton.url, PERSON_MODEL)
+    inferred_at_cancel, _ = model_counts(mesh.triton, PERSON_MODEL)
     call.cancel()
     cancelled_at = time.monotonic()
     with pytest.raises(grpc.RpcError) as caught:
@@ -183,11 +183,11 @@ def test_cancelling_a_stream_stops_its_work_and_charges_nothing_unfinished(mesh:
     shown = balance(raw_channel, account)
     charged = count - shown.available
     time.sleep(1.0)  # nothing of the stream runs on after that
-    inferred_after, _ = model_counts(mesh.triton.url, PERSON_MODEL)
+    inferred_after, _ = model_counts(mesh.triton, PERSON_MODEL)
     time.sleep(1.0)
     print(f"received {received}, charged {charged}, settled {settled_s:.2f}s after the cancel")
     assert shown.held == 0
-    assert model_counts(mesh.triton.url, PERSON_MODEL)[0] == inferred_after
+    assert model_counts(mesh.triton, PERSON_MODEL)[0] == inferred_after
     # At most the items in flight at the cancel went on through the model; the rest never ran.
     assert inferred_after - inferred_at_cancel <= STREAM_ITEMS_IN_FLIGHT
     # Charged: exactly the items whose results were sent (5 read, a window's worth at most unread).

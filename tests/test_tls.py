@@ -59,10 +59,29 @@ def health(channel: grpc.Channel) -> int:
 
 
 def test_plaintext_to_any_port_of_the_mesh_fails(mesh: Mesh):
-    for service in mesh.services:
-        with grpc.insecure_channel(service.address) as channel, pytest.raises(grpc.RpcError) as caught:
+    assert mesh.triton is not None
+    for name, address in [(service.name, service.address) for service in mesh.services] + [("triton", mesh.triton.url)]:
+        with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as caught:
             health(channel)
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, service.name
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, name
+
+
+def test_triton_answers_only_cell_certificates_over_tls13(mesh: Mesh, tmp_path):
+    assert mesh.triton is not None
+    client = mesh.triton.client()
+    try:
+        assert client.is_server_ready()
+    finally:
+        client.close()
+    stranger = CellPki(tmp_path / "other-cell").issue("inference")
+    credentials = grpc.ssl_channel_credentials(
+        mesh.ca_file.read_bytes(), stranger.key_file.read_bytes(), stranger.cert_file.read_bytes()
+    )
+    with grpc.secure_channel(mesh.triton.url, credentials) as channel, pytest.raises(grpc.RpcError) as caught:
+        health(channel)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    status, seen = openssl_handshake(mesh.triton.url, "tls1_2", mesh.ca_file)
+    assert status != 0 and "Cipher is (NONE)" in seen, seen
 
 
 def test_internal_services_refuse_callers_without_a_certificate(mesh: Mesh):

@@ -20,6 +20,7 @@ import numpy as np
 from tritonclient.grpc import InferenceServerException
 
 from services.common.errors import ServiceError, invalid_argument
+from services.common.tls import Identity
 from services.inference.batcher import Batcher
 from services.inference.profiles import ModelProfile, ProfileError, is_segmentation
 from services.inference.settings import InferenceSettings
@@ -76,9 +77,9 @@ def looks_like_person(probability: np.ndarray, rule: PersonRule) -> bool:
 
 
 class ModelCatalog:
-    def __init__(self, settings: InferenceSettings) -> None:
+    def __init__(self, settings: InferenceSettings, tls: Identity | None = None) -> None:
         self.settings = settings
-        self.servers = [TritonServer(url, settings.triton_timeout_s) for url in settings.triton_urls]
+        self.servers = [TritonServer(url, settings.triton_timeout_s, tls) for url in settings.triton_urls]
         self.models: dict[str, ServedModel] = {}
         self.person_rule = PersonRule(
             settings.auto_person_min_area,

@@ -20,6 +20,7 @@ from cutout.v1 import erase_pb2, inference_pb2, inference_pb2_grpc, options_pb2
 from services.common.errors import ServiceError, abort, invalid_argument
 from services.common.server import ServiceSpec
 from services.common.telemetry import meter, stage
+from services.common.tls import Identity
 from services.inference import imaging, inpainting
 from services.inference.budget import PixelBudget
 from services.inference.models import ModelCatalog, ServedModel, looks_like_person
@@ -280,10 +281,15 @@ def _stage(timings: options_pb2.StageTimings, name: str) -> Iterator[trace.Span]
 
 
 def build(settings: InferenceSettings) -> ServiceSpec:
-    catalog = ModelCatalog(settings)
+    tls = None
+    if settings.mesh_ca_file and settings.mesh_cert_file and settings.mesh_key_file:
+        tls = Identity("inference", settings.mesh_cert_file, settings.mesh_key_file, settings.mesh_ca_file)
+    catalog = ModelCatalog(settings, tls)
     inpainter = None
     if settings.erase_model_name:  # served by the first Triton of TRITON_URL
-        inpainter = TritonInpainter(settings.triton_urls[0], settings.erase_model_name, settings.triton_timeout_s)
+        inpainter = TritonInpainter(
+            settings.triton_urls[0], settings.erase_model_name, settings.triton_timeout_s, tls=tls
+        )
     servicer = InferenceServicer(settings, catalog, inpainter)
     return ServiceSpec(
         service_names=[inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name],

@@ -9,6 +9,7 @@ from tritonclient.grpc import InferenceServerException, InferInput, InferRequest
 
 from services.common.channels import channel_options
 from services.common.errors import ServiceError
+from services.common.tls import Identity
 from services.inference.profiles import ModelProfile
 
 # Triton's own limit; masks and batches stay far below it.
@@ -18,10 +19,10 @@ _TRITON_MESSAGE_BYTES = 2**31 - 1
 class TritonServer:
     """One Triton server: its ready models, their configs, and batched inference."""
 
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, tls: Identity | None = None) -> None:
         self.url = url
         self.timeout_s = timeout_s
-        self._client = triton_aio.InferenceServerClient(url, channel_args=channel_options(_TRITON_MESSAGE_BYTES))
+        self._client = _client(url, tls)
 
     async def ready_models(self) -> list[str]:
         """Names of the models this server has loaded and can run now; [] if it does not answer."""
@@ -60,6 +61,18 @@ class TritonServer:
         await self._client.close()
 
 
+def _client(url: str, tls: Identity | None) -> triton_aio.InferenceServerClient:
+    """To Triton, over mutual TLS with the cell's certificate when the inference service has one."""
+    return triton_aio.InferenceServerClient(
+        url,
+        ssl=tls is not None,
+        root_certificates=str(tls.ca_file) if tls else None,
+        private_key=str(tls.key_file) if tls else None,
+        certificate_chain=str(tls.cert_file) if tls else None,
+        channel_args=channel_options(_TRITON_MESSAGE_BYTES),
+    )
+
+
 def _service_error(exc: InferenceServerException, timeout_s: float) -> ServiceError:
     status = str(exc.status() or "")
     message = str(exc.message() or "")
@@ -91,10 +104,10 @@ class TritonInpainter:
     [H, W, 3], MASK uint8 [H, W, 1] (255 where to fill), IMAGE_OUT uint8 [H, W, 3].
     """
 
-    def __init__(self, url: str, model_name: str, timeout_s: float) -> None:
+    def __init__(self, url: str, model_name: str, timeout_s: float, tls: Identity | None = None) -> None:
         self.model_name = model_name
         self.timeout_s = timeout_s
-        self._client = triton_aio.InferenceServerClient(url, channel_args=channel_options(_TRITON_MESSAGE_BYTES))
+        self._client = _client(url, tls)
 
     async def ready(self) -> bool:
         try:

@@ -19,6 +19,7 @@ import pytriton
 import tritonclient.grpc as triton_grpc
 
 from services.common.processes import terminate
+from services.common.tls import CellPki
 from services.inference.model import MODEL_REPOSITORY, REQUIRED_MODELS, TRITON_BACKENDS
 
 _PYTRITON = Path(pytriton.__file__).resolve().parent
@@ -44,9 +45,9 @@ def _backend_dir(work_dir: Path) -> Path:
     return backends
 
 
-def model_counts(url: str, model_name: str) -> tuple[int, int]:
+def model_counts(triton: LocalTriton, model_name: str) -> tuple[int, int]:
     """(inferences, executions) of a model from Triton's own statistics: their ratio is the mean batch."""
-    client = triton_grpc.InferenceServerClient(url)
+    client = triton.client()
     try:
         stats = client.get_inference_statistics(model_name, as_json=True)["model_stats"][0]
     finally:
@@ -60,7 +61,23 @@ class LocalTriton:
     work_dir: Path
     model_repository: Path = MODEL_REPOSITORY
     host: str = "127.0.0.1"
+    # The cell's CA: Triton's gRPC port then demands a certificate from it (mutual TLS,
+    # TLS 1.3 only through the GRPC_SSL_CIPHER_SUITES it inherits; services/__init__.py).
+    pki: CellPki | None = None
     process: subprocess.Popen[bytes] | None = None
+
+    def client(self, as_name: str = "mesh") -> triton_grpc.InferenceServerClient:
+        """A client of this server, with the cell certificate `as_name` when it has TLS."""
+        if self.pki is None:
+            return triton_grpc.InferenceServerClient(self.url)
+        own = self.pki.ensure(as_name)
+        return triton_grpc.InferenceServerClient(
+            self.url,
+            ssl=True,
+            root_certificates=str(own.ca_file),
+            private_key=str(own.key_file),
+            certificate_chain=str(own.cert_file),
+        )
 
     @property
     def url(self) -> str:
@@ -88,6 +105,14 @@ class LocalTriton:
             "--exit-timeout-secs=10",
             "--log-verbose=0",
         ]
+        if self.pki is not None:
+            served = self.pki.ensure("triton")
+            command += [
+                "--grpc-use-ssl-mutual=true",
+                f"--grpc-server-cert={served.cert_file}",
+                f"--grpc-server-key={served.key_file}",
+                f"--grpc-root-cert={served.ca_file}",
+            ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command,
@@ -100,7 +125,7 @@ class LocalTriton:
 
     def wait_ready(self, model_names: tuple[str, ...] = REQUIRED_MODELS, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
-        client = triton_grpc.InferenceServerClient(self.url)
+        client = self.client()
         try:
             while time.monotonic() < deadline:
                 if self.process and self.process.poll() is not None:
