@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -265,7 +266,7 @@ def test_ctrl_c_in_a_terminal_drains_the_mesh_and_everything_exits_zero(tmp_path
     try:
         wait_until(lambda: any("Ctrl-C stops everything" in line for line in lines), 240, "started")
         assert launcher.poll() is None, "".join(lines)
-        api_key = next(line.split("=", 1)[1].strip() for line in lines if "CUTOUT_API_KEY=" in line)
+        api_key = next(re.search(r"CUTOUT_API_KEY=(\S+)", line).group(1) for line in lines if "CUTOUT_API_KEY=" in line)
         address = next(line.split()[-1] for line in lines if line.startswith("gateway listening on"))
         login = json.loads((data_dir / "demo" / "account.json").read_text())
         credentials = channel_credentials(data_dir / "pki" / "ca.pem")  # the cell CA `make up` made
