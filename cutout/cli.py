@@ -151,7 +151,8 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
         "--format",
         choices=sorted(FORMATS),
         default="png",
-        help="png/webp: transparent background; mask: the alpha matte; jpeg/png-on-color: subject on --background",
+        help="png/webp: transparent background; mask: the alpha matte; jpeg/png-on-color: subject on --background; "
+        "auto: PNG if transparent, else JPEG; pair: colour JPEG + alpha PNG",
     )
     parser.add_argument("--background", default="", help="CSS colour for jpeg and png-on-color (default white)")
     parser.add_argument("--crop", action="store_true", help="crop to the subject")

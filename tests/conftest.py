@@ -4,6 +4,7 @@ gateway) and a funded account whose API key the `gateway` stub sends on every ca
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import os
 import random
@@ -20,7 +21,7 @@ from cutout.v1 import account_pb2, cutout_pb2_grpc
 from services.common.assets import ASTRONAUT
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
 from services.inference.model import fetch_models
-from services.mesh import ROOT, Mesh, free_port
+from services.mesh import ROOT, Mesh, ServiceProcess, free_port, gateway_process
 
 CACHE = ROOT / ".cache"
 SIGNUP_CREDITS = 3
@@ -146,6 +147,26 @@ def gateway(gateway_channel: grpc.Channel) -> cutout_pb2_grpc.CutoutStub:
 @pytest.fixture(scope="session")
 def admin(raw_channel: grpc.Channel) -> cutout_pb2_grpc.AdminStub:
     return cutout_pb2_grpc.AdminStub(raw_channel)
+
+
+@contextlib.contextmanager
+def another_gateway(mesh: Mesh, run_dir: Path, settings: dict[str, str]) -> Iterator[ServiceProcess]:
+    """A second gateway on the session's inference, accounts and retention, with other
+    gateway settings (say, prices); stopped, and its exit checked, on the way out."""
+    gateway = gateway_process(
+        run_dir,
+        {**mesh.env, **settings},
+        inference=mesh.inference.address,
+        accounts=mesh.accounts.address,
+        retention=mesh.retention.address,
+        pki=mesh.pki,
+    )
+    try:
+        gateway.start()
+        gateway.wait_serving()
+        yield gateway
+    finally:
+        assert gateway.stop() in (0, None)
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:

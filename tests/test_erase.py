@@ -31,8 +31,8 @@ from services.inference.inpainting import (
     read_mask,
 )
 from services.inference.inpainting import encode as inpainting_encode
-from services.mesh import Mesh, ServiceProcess, gateway_process
-from tests.conftest import decode, encode, new_account
+from services.mesh import Mesh, ServiceProcess
+from tests.conftest import another_gateway, decode, encode, new_account
 from tests.test_bad_input import field_violations, reasons
 from tests.test_credits import balance
 from tests.test_stream import stream
@@ -370,20 +370,8 @@ def test_a_stream_mixes_removal_and_erase_items(mesh: Mesh, raw_channel, photo_p
 @pytest.fixture(scope="module")
 def pricey_gateway(mesh: Mesh, tmp_path_factory) -> Iterator[ServiceProcess]:
     """A second gateway on the session's services whose erase costs 3 credits."""
-    gateway = gateway_process(
-        tmp_path_factory.mktemp("pricey"),
-        {**mesh.env, "CUTOUT_GATEWAY_PRICE_PER_ERASE": "3"},
-        inference=mesh.inference.address,
-        accounts=mesh.accounts.address,
-        retention=mesh.retention.address,
-        pki=mesh.pki,
-    )
-    try:
-        gateway.start()
-        gateway.wait_serving()
+    with another_gateway(mesh, tmp_path_factory.mktemp("pricey"), {"CUTOUT_GATEWAY_PRICE_PER_ERASE": "3"}) as gateway:
         yield gateway
-    finally:
-        assert gateway.stop() in (0, None)
 
 
 def test_erase_has_its_own_price(mesh: Mesh, raw_channel, photo_png, pricey_gateway):

@@ -15,8 +15,8 @@ from PIL import Image, ImageFilter
 
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.errors import error_details
-from services.mesh import Mesh, gateway_process
-from tests.conftest import decode, encode, new_account
+from services.mesh import Mesh
+from tests.conftest import another_gateway, decode, encode, new_account
 
 Opts = options_pb2.RemoveBackgroundOptions
 WALL = (0, 200, 40)  # a strongly coloured (green) wall
@@ -242,21 +242,9 @@ def test_clean_edges_removes_the_wall_colour_from_soft_edges(gateway, on_the_wal
 @pytest.fixture(scope="module")
 def priced(mesh: Mesh, tmp_path_factory) -> Iterator[grpc.Channel]:
     """A second gateway charging 4 credits for FULL and 1 for PREVIEW, on the session's services."""
-    gateway = gateway_process(
-        tmp_path_factory.mktemp("priced"),
-        {**mesh.env, "CUTOUT_GATEWAY_PRICE_FULL": "4", "CUTOUT_GATEWAY_PRICE_PREVIEW": "1"},
-        inference=mesh.inference.address,
-        accounts=mesh.accounts.address,
-        retention=mesh.retention.address,
-        pki=mesh.pki,
-    )
-    try:
-        gateway.start()
-        gateway.wait_serving()
-        with gateway.channel() as channel:
-            yield channel
-    finally:
-        assert gateway.stop() in (0, None)
+    prices = {"CUTOUT_GATEWAY_PRICE_FULL": "4", "CUTOUT_GATEWAY_PRICE_PREVIEW": "1"}
+    with another_gateway(mesh, tmp_path_factory.mktemp("priced"), prices) as gateway, gateway.channel() as channel:
+        yield channel
 
 
 def _ledger(channel: grpc.Channel, metadata) -> account_pb2.ListLedgerResponse:
