@@ -150,23 +150,23 @@ def admin(raw_channel: grpc.Channel) -> cutout_pb2_grpc.AdminStub:
 
 
 @contextlib.contextmanager
-def another_gateway(mesh: Mesh, run_dir: Path, settings: dict[str, str]) -> Iterator[ServiceProcess]:
-    """A second gateway on the session's inference, accounts and retention, with other
-    gateway settings (say, prices); stopped, and its exit checked, on the way out."""
+def another_gateway(mesh: Mesh, run_dir: Path, env: dict[str, str]) -> Iterator[ServiceProcess]:
+    """A second gateway on the session's inference, accounts and retention, with its own
+    environment (say, other prices or limits); stopped, and its exit checked, on the way out."""
     gateway = gateway_process(
         run_dir,
-        {**mesh.env, **settings},
+        env,
         inference=mesh.inference.address,
         accounts=mesh.accounts.address,
         retention=mesh.retention.address,
         pki=mesh.pki,
     )
+    gateway.start()
     try:
-        gateway.start()
         gateway.wait_serving()
         yield gateway
     finally:
-        assert gateway.stop() in (0, None)
+        assert gateway.stop() == 0
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:

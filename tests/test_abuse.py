@@ -15,8 +15,8 @@ from google.rpc import error_details_pb2
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc
 from services.common.errors import error_details
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
-from services.mesh import Mesh, ServiceProcess, gateway_process
-from tests.conftest import encode, new_account
+from services.mesh import Mesh, ServiceProcess
+from tests.conftest import another_gateway, encode, new_account
 
 
 def reasons(error: grpc.RpcError) -> list[str]:
@@ -127,20 +127,8 @@ def default_gateway(mesh: Mesh, tmp_path) -> Iterator[ServiceProcess]:
     """A gateway of the session's cell with the default per-source limits (the session's
     own gateway has them raised: the suite signs up hundreds of accounts from loopback)."""
     env = {key: value for key, value in mesh.env.items() if "SOURCE_RATE" not in key}
-    gateway = gateway_process(
-        tmp_path,
-        env,
-        inference=mesh.inference.address,
-        accounts=mesh.accounts.address,
-        retention=mesh.retention.address,
-        pki=mesh.pki,
-    )
-    gateway.start()
-    try:
-        gateway.wait_serving()
+    with another_gateway(mesh, tmp_path, env) as gateway:
         yield gateway
-    finally:
-        assert gateway.stop() == 0
 
 
 def outcomes(calls: list) -> tuple[int, list[grpc.RpcError]]:  # type: ignore[type-arg]

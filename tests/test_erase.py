@@ -370,7 +370,9 @@ def test_a_stream_mixes_removal_and_erase_items(mesh: Mesh, raw_channel, photo_p
 @pytest.fixture(scope="module")
 def pricey_gateway(mesh: Mesh, tmp_path_factory) -> Iterator[ServiceProcess]:
     """A second gateway on the session's services whose erase costs 3 credits."""
-    with another_gateway(mesh, tmp_path_factory.mktemp("pricey"), {"CUTOUT_GATEWAY_PRICE_PER_ERASE": "3"}) as gateway:
+    with another_gateway(
+        mesh, tmp_path_factory.mktemp("pricey"), {**mesh.env, "CUTOUT_GATEWAY_PRICE_PER_ERASE": "3"}
+    ) as gateway:
         yield gateway
 
 

@@ -18,7 +18,7 @@ from services.common.errors import error_details
 from services.common.limits import FairSlots
 from services.common.settings import API_KEY_METADATA
 from services.mesh import Mesh, ServiceProcess, gateway_process
-from tests.conftest import Customer, new_account
+from tests.conftest import Customer, another_gateway, new_account
 
 SIGN_UP = "/cutout.v1.Cutout/SignUp"
 GET_BALANCE = "/cutout.v1.Cutout/GetBalance"
@@ -111,20 +111,8 @@ def test_a_bad_key_is_refused_before_its_request_is_read(mesh: Mesh):
 def limited_gateway(mesh: Mesh, tmp_path, request) -> Iterator[ServiceProcess]:
     """A gateway of the session's cell with the limits the test asks for (indirect parameter)."""
     env = {**mesh.env, **{f"CUTOUT_GATEWAY_{name.upper()}": str(value) for name, value in request.param.items()}}
-    gateway = gateway_process(
-        tmp_path,
-        env,
-        inference=mesh.inference.address,
-        accounts=mesh.accounts.address,
-        retention=mesh.retention.address,
-        pki=mesh.pki,
-    )
-    gateway.start()
-    try:
-        gateway.wait_serving()
+    with another_gateway(mesh, tmp_path, env) as gateway:
         yield gateway
-    finally:
-        assert gateway.stop() == 0
 
 
 def balances(channel: grpc.Channel, customer: Customer, count: int) -> list[grpc.RpcError | None]:

@@ -242,7 +242,7 @@ def test_clean_edges_removes_the_wall_colour_from_soft_edges(gateway, on_the_wal
 @pytest.fixture(scope="module")
 def priced(mesh: Mesh, tmp_path_factory) -> Iterator[grpc.Channel]:
     """A second gateway charging 4 credits for FULL and 1 for PREVIEW, on the session's services."""
-    prices = {"CUTOUT_GATEWAY_PRICE_FULL": "4", "CUTOUT_GATEWAY_PRICE_PREVIEW": "1"}
+    prices = {**mesh.env, "CUTOUT_GATEWAY_PRICE_FULL": "4", "CUTOUT_GATEWAY_PRICE_PREVIEW": "1"}
     with another_gateway(mesh, tmp_path_factory.mktemp("priced"), prices) as gateway, gateway.channel() as channel:
         yield channel
 

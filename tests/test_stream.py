@@ -18,8 +18,8 @@ from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.errors import status_details
 from services.inference.model import PERSON_MODEL
 from services.inference.triton_local import model_counts
-from services.mesh import Mesh, gateway_process
-from tests.conftest import decode, encode, new_account, photo_variants
+from services.mesh import Mesh
+from tests.conftest import another_gateway, decode, encode, new_account, photo_variants
 from tests.test_credits import assert_ledger_adds_up, balance
 
 MIB = 1024 * 1024
@@ -253,17 +253,7 @@ def test_an_id_already_in_flight_is_refused_and_the_first_item_keeps_it(mesh: Me
 
 def test_a_key_revoked_during_a_stream_ends_it(mesh: Mesh, raw_channel, astronaut, tmp_path):
     """A gateway that re-checks the key before every item: the revocation ends the stream."""
-    gateway = gateway_process(
-        tmp_path,
-        {**mesh.env, "CUTOUT_GATEWAY_STREAM_REAUTHENTICATE_S": "0"},
-        inference=mesh.inference.address,
-        accounts=mesh.accounts.address,
-        retention=mesh.retention.address,
-        pki=mesh.pki,
-    )
-    gateway.start()
-    try:
-        gateway.wait_serving()
+    with another_gateway(mesh, tmp_path, {**mesh.env, "CUTOUT_GATEWAY_STREAM_REAUTHENTICATE_S": "0"}) as gateway:
         account = new_account(raw_channel, mesh.admin_token, credits=10)
         second = cutout_pb2_grpc.CutoutStub(raw_channel).CreateApiKey(
             account_pb2.CreateApiKeyRequest(name="stream", password=account.password),
@@ -299,5 +289,3 @@ def test_a_key_revoked_during_a_stream_ends_it(mesh: Mesh, raw_channel, astronau
         assert "revoked" in caught.value.details()
         shown = balance(raw_channel, account)
         assert (shown.available, shown.held) == (9, 0)
-    finally:
-        assert gateway.stop() == 0
