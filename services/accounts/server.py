@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cutout.v1 import account_pb2, accounts_pb2, accounts_pb2_grpc, cutout_pb2, cutout_pb2_grpc
 from services.accounts.credentials import normalise_email
-from services.accounts.db import make_engine, migrate
+from services.accounts.db import MIGRATIONS, VERSION_TABLE, make_engine, migrate
 from services.accounts.ledger import BalanceView, Ledger, Outcome, utc_now
 from services.accounts.models import Account, ApiKey
 from services.accounts.settings import AccountsSettings
@@ -32,7 +32,7 @@ from services.common.errors import ServiceError, abort
 from services.common.limits import Backoff, Budget, Refused
 from services.common.server import PeriodicJob, ServiceSpec
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
-from services.common.sql import database_ready
+from services.common.sql import MigrationsApplied, database_ready
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -467,7 +467,8 @@ def admin_token(settings: AccountsSettings) -> str:
 
 def open_database(settings: AccountsSettings) -> Engine:
     engine = make_engine(settings.database_url, busy_timeout_s=settings.sqlite_busy_timeout_s)
-    migrate(engine)
+    if settings.migrate_on_start:
+        migrate(engine)
     return engine
 
 
@@ -478,6 +479,7 @@ def build(settings: AccountsSettings) -> ServiceSpec:
         engine, ledger, regions=settings.regions, plan=settings.default_plan, scrypt_n=settings.scrypt_n
     )
     accounts = AccountsServicer(settings, store, ledger)
+    migrations_applied = MigrationsApplied(engine, MIGRATIONS, version_table=VERSION_TABLE)
     admin = AdminServicer(settings, store, ledger, admin_token(settings))
 
     def sweep() -> str:
@@ -497,7 +499,7 @@ def build(settings: AccountsSettings) -> ServiceSpec:
             cutout_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
         ],
         register=register,
-        ready=lambda: database_ready(engine),
+        ready=lambda: database_ready(engine, migrations_applied),
         close=close,
         jobs=[PeriodicJob("sweep", settings.sweep_interval_s, sweep)],
     )

@@ -19,6 +19,10 @@ class AccountsSettings(ServiceSettings):
     database_url: str = f"sqlite:///{DEFAULT_DATABASE}"
     # SQLite: how long a writer waits for the lock before giving up.
     sqlite_busy_timeout_s: float = 30.0
+    # Apply pending migrations at start-up (the embedded default). Kubernetes runs them as a
+    # step of their own (`python -m services.<name> migrate`, a Job) and sets this false:
+    # the service then stays NOT_SERVING until the schema is current.
+    migrate_on_start: bool = True
     # The admin credential: the token itself, or a file holding it (a mounted secret).
     # Neither set: administration is refused.
     admin_token: str = ""
