@@ -4,14 +4,23 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup up test bench protos model clean
+.PHONY: setup up test bench protos model clean lock
 
-# A virtualenv with the project and its dev tools; redone when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# A virtualenv with the project, its services and dev tools, at the locked versions
+# (requirements/dev.lock; the images install requirements/server.lock, the same pins).
+$(STAMP): pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -r requirements/dev.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# After changing pyproject.toml's dependencies: re-resolve both lock files (same pins).
+LOCK := $(PY) -m uv pip compile pyproject.toml --python-version 3.11 --python-platform x86_64-manylinux_2_35 \
+	--no-header --annotation-style line --quiet
+lock: $(STAMP)
+	$(LOCK) --extra server --extra dev -o requirements/dev.lock
+	$(LOCK) --extra server -c requirements/dev.lock -o requirements/server.lock
 
 # The segmentation model, fetched from the mediapipe wheel and checked by sha256.
 model: $(STAMP)
