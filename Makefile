@@ -26,7 +26,16 @@ lock: $(STAMP)
 model: $(STAMP)
 	$(PY) -m services.inference.model
 
-setup: $(STAMP) model
+# buf (contract lint and breaking checks) and the TypeScript client, from their npm lock;
+# without npm the tests that need them are skipped and say why.
+NODE_STAMP := clients/typescript/node_modules/.package-lock.json
+$(NODE_STAMP): clients/typescript/package-lock.json
+	@# `npm install` from the lock, not `npm ci`: the registry lacks some of buf's optional
+	@# per-platform packages, which `npm ci` insists the lock lists.
+	@if command -v npm >/dev/null; then npm install --prefix clients/typescript --no-save --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: buf and the TypeScript client tests will be skipped"; fi
+
+setup: $(STAMP) model $(NODE_STAMP)
 
 # Brings the embedded mesh up (Triton, inference, gateway), runs a demo removal,
 # serves on 127.0.0.1:50051 until Ctrl-C.
