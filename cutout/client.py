@@ -27,6 +27,17 @@ from services.common.tls import channel_credentials, is_loopback
 DEFAULT_GATEWAY = "127.0.0.1:50051"
 
 
+def credits_text(decimal: str, whole: int) -> str:
+    """An amount of credits as the server gave it: the exact decimal ("0.25"), or the whole
+    credits of the older field from a server that sends no decimal."""
+    return decimal or str(whole)
+
+
+def signed(credits: str) -> str:
+    """A change of credits with its sign: "+0.25", "-1", "+0"."""
+    return credits if credits.startswith("-") else f"+{credits}"
+
+
 def config_path() -> Path:
     if os.environ.get("CUTOUT_CONFIG"):
         return Path(os.environ["CUTOUT_CONFIG"])

@@ -55,13 +55,22 @@ def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
     return engine
 
 
-def migrate(engine: Engine, migrations: Path, *, version_table: str, revision: str = "head") -> None:
-    """Brings the schema to `revision` with the Alembic scripts in `migrations`."""
+def _alembic(engine: Engine, migrations: Path, version_table: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(migrations))
     config.attributes["engine"] = engine
     config.attributes["version_table"] = version_table
-    command.upgrade(config, revision)
+    return config
+
+
+def migrate(engine: Engine, migrations: Path, *, version_table: str, revision: str = "head") -> None:
+    """Brings the schema to `revision` with the Alembic scripts in `migrations`."""
+    command.upgrade(_alembic(engine, migrations, version_table), revision)
+
+
+def downgrade(engine: Engine, migrations: Path, *, version_table: str, revision: str) -> None:
+    """Takes the schema back to `revision` (an operator's way back from a release)."""
+    command.downgrade(_alembic(engine, migrations, version_table), revision)
 
 
 def aware(moment: datetime) -> datetime:
