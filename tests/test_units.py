@@ -18,7 +18,7 @@ from services.accounts.db import downgrade, make_engine, migrate
 from services.accounts.ledger import Ledger
 from services.common import credits
 from services.common.errors import error_details
-from services.common.settings import ADMIN_TOKEN_METADATA
+from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
 from services.gateway.settings import GatewaySettings
 from services.mesh import Mesh
 from tests.conftest import another_gateway, encode, new_account
@@ -280,3 +280,19 @@ def test_a_grant_source_with_the_session_mesh_default_signup_credits_is_whole(ra
         account_pb2.GetBalanceRequest(), metadata=account.metadata, timeout=30
     )
     assert (balance.available_decimal, balance.available) == ("3", 3)
+
+
+def test_the_demo_account_is_topped_up_to_exactly_its_credits(mesh: Mesh, tmp_path, astronaut):
+    """`make up`'s demo account after a preview (4.75 left) is topped up to 5, not 5.75."""
+    from services.mesh import demo_account
+
+    def top_up() -> str:
+        return demo_account(mesh.gateway.address, mesh.admin_token, tmp_path, credits=5, ca_file=mesh.ca_file)
+
+    metadata = [(API_KEY_METADATA, top_up())]
+    with mesh.gateway.channel() as channel:
+        stub = cutout_pb2_grpc.CutoutStub(channel)
+        _remove(stub, encode(astronaut.resize((320, 240)), "JPEG"), metadata, size=options_pb2.SIZE_PREVIEW)
+        assert stub.GetBalance(account_pb2.GetBalanceRequest(), metadata=metadata).available_decimal == "4.75"
+        metadata = [(API_KEY_METADATA, top_up())]
+        assert stub.GetBalance(account_pb2.GetBalanceRequest(), metadata=metadata).available_decimal == "5"
