@@ -261,8 +261,10 @@ class ReloadingChannel:
         return _Dispatch(self, "stream_stream", method, kwargs)
 
     async def close(self, grace: float | None = None) -> None:
-        for task in list(self._retiring):
+        retiring = list(self._retiring)
+        for task in retiring:  # channels already replaced: closed now, their calls cancelled
             task.cancel()
+        await asyncio.gather(*retiring, return_exceptions=True)
         await self._channel.close(grace)
 
     def __getattr__(self, name: str) -> Any:  # get_state, channel_ready, ...: the current channel's
