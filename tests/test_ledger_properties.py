@@ -409,7 +409,7 @@ def test_migrate_command_creates_the_schema_and_is_idempotent(tmp_path) -> None:
         assert done.returncode == 0, done.stderr
     engine = make_engine(url)
     with engine.connect() as connection:
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0003_units"
     engine.dispose()
 
 
@@ -460,7 +460,7 @@ def test_migration_0002_counts_what_existing_reservations_took(tmp_path) -> None
                 {"r": "released", "g": "g2", "n": 4},
             ],
         )
-    migrate(engine)
+    migrate(engine, "0002")  # (0003_units then counts in millicredits: tests/test_units.py)
     with engine.connect() as connection:
         used = dict(connection.execute(text("SELECT id, used FROM credit_grants")).all())
         disagreeing = connection.execute(text(f"SELECT count(*) FROM credit_grants g WHERE {USED_DISAGREES}"))

@@ -28,6 +28,7 @@ from services.accounts.ledger import BalanceView, Ledger, Outcome, utc_now
 from services.accounts.models import Account, ApiKey
 from services.accounts.settings import AccountsSettings
 from services.accounts.store import AccountStore, Caller
+from services.common import credits
 from services.common.errors import ServiceError, abort
 from services.common.limits import Backoff, Budget, Refused
 from services.common.server import PeriodicJob, ServiceSpec
@@ -160,7 +161,8 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             self.ledger.reserve,
             request.account_id,
             request.idempotency_key,
-            request.amount,
+            # The ledger's unit; a caller that sends whole credits (the older field) still works.
+            request.amount_millicredits or request.amount * credits.MILLI,
             request.request_hash,
         )
         return accounts_pb2.ReserveResponse(reservation_id=reserved.reservation_id, outcome=OUTCOMES[reserved.outcome])
@@ -190,7 +192,7 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
                 region=request.region,
                 age_confirmed=request.age_confirmed,
                 marketing_opt_in=request.marketing_opt_in,
-                signup_credits=self.settings.signup_credits,
+                signup_millicredits=credits.to_milli(self.settings.signup_credits),
                 credit_days=self.settings.signup_credit_days,
             )
             return account, self.ledger.balance(account.id)
@@ -366,12 +368,13 @@ class AdminServicer(cutout_pb2_grpc.AdminServicer):
         days = request.expires_in_days or self.settings.grant_credit_days
         source = request.source or "admin"
 
-        def grant() -> tuple[str, BalanceView]:
-            grant_id = self.ledger.grant(request.account_id, request.amount, source, utc_now() + timedelta(days=days))
-            return grant_id, self.ledger.balance(request.account_id)
+        def grant() -> tuple[str, int, BalanceView]:
+            amount = _granted(request)
+            grant_id = self.ledger.grant(request.account_id, amount, source, utc_now() + timedelta(days=days))
+            return grant_id, amount, self.ledger.balance(request.account_id)
 
-        grant_id, balance = await run_db(context, "GrantCredits", grant)
-        log.info("granted %d credits (%s) to %s", request.amount, source, request.account_id)
+        grant_id, amount, balance = await run_db(context, "GrantCredits", grant)
+        log.info("granted %s credits (%s) to %s", credits.text(amount), source, request.account_id)
         return account_pb2.GrantCreditsResponse(grant_id=grant_id, balance=balance_pb(balance))
 
     async def LookupAccount(
@@ -423,12 +426,29 @@ def profile_pb(account: Account) -> account_pb2.Profile:
     )
 
 
+def _granted(request: account_pb2.GrantCreditsRequest) -> int:
+    """The millicredits a grant asks for: `amount` (whole credits) or `amount_decimal`, not both."""
+    if request.amount_decimal and request.amount:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "give the amount once: amount (whole credits) or amount_decimal, not both",
+            field="amount_decimal",
+        )
+    if request.amount_decimal:
+        return credits.parse(request.amount_decimal, "amount_decimal")
+    return request.amount * credits.MILLI
+
+
 def balance_pb(balance: BalanceView) -> account_pb2.Balance:
+    """The ledger's millicredits as exact decimals, and their whole parts in the older fields."""
     return account_pb2.Balance(
-        available=balance.available,
-        held=balance.held,
+        available=credits.whole(balance.available),
+        held=credits.whole(balance.held),
         next_expiry=timestamp(balance.next_expiry),
-        expiring_next=balance.expiring_next,
+        expiring_next=credits.whole(balance.expiring_next),
+        available_decimal=credits.text(balance.available),
+        held_decimal=credits.text(balance.held),
+        expiring_next_decimal=credits.text(balance.expiring_next),
     )
 
 
@@ -447,8 +467,10 @@ def entry_pb(entry: Row[Any], idempotency_key: str) -> account_pb2.LedgerEntry:
     return account_pb2.LedgerEntry(
         id=str(entry.seq),
         kind=entry.kind,
-        amount=entry.amount,
-        held=entry.held,
+        amount=credits.whole(entry.amount),
+        held=credits.whole(entry.held),
+        amount_decimal=credits.text(entry.amount),
+        held_decimal=credits.text(entry.held),
         reservation_id=entry.reservation_id or "",
         grant_id=entry.grant_id or "",
         idempotency_key=idempotency_key,

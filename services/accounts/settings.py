@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -27,8 +29,8 @@ class AccountsSettings(ServiceSettings):
     # Neither set: administration is refused.
     admin_token: str = ""
     admin_token_file: Path | None = None
-    # Free credits at sign-up, and how long credits last.
-    signup_credits: int = 25
+    # Free credits at sign-up (a decimal, to 0.001), and how long credits last.
+    signup_credits: Decimal = Field(default=Decimal(25), ge=0, decimal_places=3)
     signup_credit_days: int = 30
     grant_credit_days: int = 365
     # A reservation not committed within this time is released (the request died).
