@@ -16,6 +16,9 @@ MAX_MESSAGE_BYTES = 256 * MIB
 # admin token for cutout.v1.Admin (never an API key).
 API_KEY_METADATA = "x-api-key"
 ADMIN_TOKEN_METADATA = "x-admin-token"
+# Set by the gateway on the calls it forwards (never taken from a client): the caller's
+# source address, IPv6 by its /64 (the cap on free sign-up grants counts by it).
+SOURCE_METADATA = "x-cutout-source"
 
 
 class ServiceSettings(BaseSettings):
