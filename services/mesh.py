@@ -507,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     port = int(os.environ.get("CUTOUT_GATEWAY_PORT", "50051"))
     data_dir = Path(os.environ.get("CUTOUT_DATA_DIR", DEFAULT_DATA_DIR))
     cells = cells_from(args.cells, port, data_dir)
+    for mesh in cells:
+        mesh.log_days = float(os.environ.get("CUTOUT_LOG_DAYS", DEFAULT_LOG_DAYS))
     statuses: dict[str, int | None] = {}
     started: list[Mesh] = []
     try:
