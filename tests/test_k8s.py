@@ -511,7 +511,7 @@ def test_every_pod_may_resolve_names_and_send_telemetry(cells):
 
 # What each workload may reach outside the cell: (cell ConfigMap key of the range, port).
 OUTSIDE_EGRESS = {
-    "accounts": {("DATABASE_CIDR", 5432)},
+    "accounts": {("DATABASE_CIDR", 5432), ("MAIL_CIDR", 587)},
     "retention": {("DATABASE_CIDR", 5432), ("STORAGE_CIDR", 443)},
     "otel-collector": {("TELEMETRY_CIDR", 4317)},
 }
@@ -521,7 +521,7 @@ def test_each_cells_egress_reaches_only_its_own_regions_storage_database_and_tel
     ranges: dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {}
     for region, objects in cells.items():
         (cell,) = [m["data"] for name, m in _of(objects, "ConfigMap").items() if name.startswith("cell-")]
-        own = {key: cell[key] for key in ("DATABASE_CIDR", "STORAGE_CIDR", "TELEMETRY_CIDR")}
+        own = {key: cell[key] for key in ("DATABASE_CIDR", "STORAGE_CIDR", "MAIL_CIDR", "TELEMETRY_CIDR")}
         networks = [ipaddress.ip_network(cidr) for cidr in own.values()]
         for network in networks:
             assert network.is_private and network.prefixlen >= 16, f"{region}: {network} is not one region's range"
@@ -547,6 +547,10 @@ def test_each_cells_egress_reaches_only_its_own_regions_storage_database_and_tel
         accounts = _env(objects, _container(objects, "accounts"))
         endpoints = json.loads(accounts["CUTOUT_ACCOUNTS_REGION_ENDPOINTS"])
         assert accounts["CUTOUT_ACCOUNTS_REGION"] == region and set(cells) <= set(endpoints)
+        assert (
+            accounts["CUTOUT_ACCOUNTS_SMTP_HOST"] == cell["MAIL_RELAY_HOST"]
+            and f".{region}." in cell["MAIL_RELAY_HOST"]
+        )
     regions = sorted(ranges)
     for i, a in enumerate(regions):
         for b in regions[i + 1 :]:

@@ -25,7 +25,7 @@ from cutout.v1 import account_pb2, accounts_pb2, accounts_pb2_grpc, cutout_pb2, 
 from services.accounts.credentials import normalise_email
 from services.accounts.db import make_engine, migrate
 from services.accounts.ledger import BalanceView, Ledger, Outcome, utc_now
-from services.accounts.mail import Outbox
+from services.accounts.mail import Mailer, Outbox, SmtpRelay
 from services.accounts.models import Account, ApiKey
 from services.accounts.settings import AccountsSettings
 from services.accounts.store import AccountStore, Caller
@@ -483,6 +483,20 @@ def entry_pb(entry: Row[Any], idempotency_key: str) -> account_pb2.LedgerEntry:
 # -- the service -----------------------------------------------------------------------
 
 
+def mailer(settings: AccountsSettings) -> Mailer:
+    """The region's SMTP relay if one is set, else the outbox folder."""
+    if not settings.smtp_host:
+        return Outbox(settings.mail_outbox_dir)
+    return SmtpRelay(
+        settings.smtp_host,
+        settings.smtp_port,
+        sender=settings.mail_from,
+        ca_file=settings.smtp_ca_file,
+        username=settings.smtp_username,
+        password=settings.smtp_password_file.read_text().strip() if settings.smtp_password_file else "",
+    )
+
+
 def sweep_all(ledger: Ledger, store: AccountStore, settings: AccountsSettings) -> str:
     """One pass of the schedule (README, "What is kept, and for how long"); a report if anything went."""
     settled = ledger.sweep()
@@ -520,7 +534,7 @@ def build(settings: AccountsSettings) -> ServiceSpec:
         region_endpoints=settings.region_endpoints,
         plan=settings.default_plan,
         scrypt_n=settings.scrypt_n,
-        outbox=Outbox(settings.mail_outbox_dir),
+        outbox=mailer(settings),
         free_credits=settings.signup_credits,
         credit_lifetime=timedelta(days=settings.signup_credit_days),
         grants_per_source=settings.free_grants_per_source,

@@ -64,6 +64,14 @@ class AccountsSettings(ServiceSettings):
     # (a mail relay or the developer picks them up); deleted after mail_outbox_hours.
     mail_outbox_dir: Path = DEFAULT_DATABASE.parent / "outbox"
     mail_outbox_hours: float = 24.0
+    # Or, with smtp_host set, the region's mail relay: SMTP with STARTTLS (required), its
+    # certificate checked against smtp_ca_file (else the system's roots); login if a user is set.
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_ca_file: Path | None = None
+    smtp_username: str = ""
+    smtp_password_file: Path | None = None
+    mail_from: str = "Cutout <no-reply@cutout.example.com>"
     # At most free_grants_per_source sign-ups with free credits per source address
     # (IPv6 by its /64) in free_grant_window_h; later ones get no free credits. 0: no cap.
     free_grants_per_source: int = 3

@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 
 from services.accounts import credentials
 from services.accounts.ledger import Clock, Ledger, utc_now
-from services.accounts.mail import CODE_HEADER, Outbox
+from services.accounts.mail import CODE_HEADER, Mailer, MailUnavailable
 from services.accounts.models import Account, ApiKey, PendingSignUp, SignUpSource
 from services.common.errors import ServiceError
 from services.common.sql import aware
@@ -73,7 +73,7 @@ class AccountStore:
         region_endpoints: dict[str, str],
         plan: str,
         scrypt_n: int,
-        outbox: Outbox,
+        outbox: Mailer,
         free_credits: int = 0,
         credit_lifetime: timedelta = timedelta(days=30),
         grants_per_source: int = 0,
@@ -155,6 +155,18 @@ class AccountStore:
                         expires_at=now + self.code_lifetime,
                     )
                 )
+        try:
+            self._send_sign_up_mail(email, code, exists)
+        except MailUnavailable:
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                "the e-mail with your code could not be sent; sign up again in a minute",
+                reason="MAIL_UNAVAILABLE",
+            ) from None
+        return SignUpAnswer(free_credits=credits, note=note)
+
+    def _send_sign_up_mail(self, email: str, code: str, exists: bool) -> None:
+        """A code to a new address, a notice to one with an account: one e-mail either way."""
         if exists:
             self.outbox.send(
                 email,
@@ -170,7 +182,6 @@ class AccountStore:
                 f"Your code: {code}\nFinish with `cutout signup --email {email} --code {code}` within {hours:.0f} h.",
                 {CODE_HEADER: code},
             )
-        return SignUpAnswer(free_credits=credits, note=note)
 
     def _free_credits(self, session: Session, source: str, now: datetime) -> tuple[int, str]:
         """The free credits a sign-up from `source` gets (0 past the cap), and why none."""
