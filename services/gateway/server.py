@@ -48,10 +48,10 @@ from services.common.errors import (
 )
 from services.common.limits import FairSlots
 from services.common.server import ServiceSpec
-from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
+from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA, SOURCE_METADATA
 from services.common.tasks import start_kept
 from services.common.telemetry import meter
-from services.gateway.admission import Admission, admitted_caller
+from services.gateway.admission import Admission, admitted_caller, source_address
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -736,8 +736,21 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         """Runs `work` as a task that a caller's cancellation does not stop (await it shielded)."""
         return start_kept(self._to_finish, work)
 
+    @aborts_on_service_error
+    async def SignUp(self, request: Message, context: grpc.aio.ServicerContext) -> Any:
+        # The source address, from the connection (never from the client's metadata), for
+        # accounts' cap on free grants per source.
+        return await self.down._call(
+            context,
+            self.down.accounts.SignUp,
+            request,
+            self.settings.accounts_timeout_s,
+            ACCOUNTS_UNAVAILABLE,
+            [(SOURCE_METADATA, source_address(context))],
+        )
+
     KEY = (API_KEY_METADATA,)
-    SignUp = _forwarded("SignUp", ())
+    VerifySignUp = _forwarded("VerifySignUp", ())
     CreateApiKey = _forwarded("CreateApiKey", KEY)
     ListApiKeys = _forwarded("ListApiKeys", KEY)
     RevokeApiKey = _forwarded("RevokeApiKey", KEY)

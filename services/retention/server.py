@@ -197,6 +197,7 @@ def build(settings: RetentionSettings) -> ServiceSpec:
         open_blob_store(settings),
         crypto.MasterKeys.parse(settings.master_key_spec()),
         pending_timeout=timedelta(seconds=settings.pending_timeout_s),
+        access_log_lifetime=timedelta(days=settings.access_log_days),
     )
     servicer = RetentionServicer(settings, store)
 

@@ -42,6 +42,8 @@ class RetentionSettings(ServiceSettings):
     sweep_interval_s: float = 60.0
     # A store that has not finished after this long was interrupted; the sweep removes it.
     pending_timeout_s: float = 600.0
+    # Access-log lines (who read, deleted, expired whose result) are deleted after this.
+    access_log_days: float = 180.0
 
     def master_key_spec(self) -> str:
         if self.master_keys_file:

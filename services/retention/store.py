@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 from sqlalchemy import Engine, delete
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from services.common.errors import ServiceError
 from services.common.sql import aware
@@ -69,9 +69,10 @@ class Fetched:
 class SweepReport:
     expired: int
     abandoned: int  # stores a crash interrupted
+    access_log: int = 0  # access-log lines past their lifetime
 
     def __bool__(self) -> bool:
-        return bool(self.expired or self.abandoned)
+        return bool(self.expired or self.abandoned or self.access_log)
 
 
 class ResultStore:
@@ -83,12 +84,14 @@ class ResultStore:
         *,
         clock: Clock = utc_now,
         pending_timeout: timedelta = timedelta(minutes=10),
+        access_log_lifetime: timedelta = timedelta(days=180),
     ) -> None:
         self.engine = engine
         self.blobs = blobs
         self.master_keys = master_keys
         self.clock = clock
         self.pending_timeout = pending_timeout
+        self.access_log_lifetime = access_log_lifetime
 
     # -- keys -------------------------------------------------------------------------
 
@@ -254,4 +257,10 @@ class ResultStore:
             self.blobs.delete(result_id)
             with Session(self.engine) as session, session.begin():
                 session.execute(delete(KeptResult).where(KeptResult.id == result_id))
-        return SweepReport(len(expired), len(abandoned))
+        # The access log is kept for its own lifetime (months), then goes: the owner can
+        # see who read their data for that long, and no longer than that is it kept.
+        with Session(self.engine) as session, session.begin():
+            old_lines = session.execute(
+                delete(AccessLogEntry).where(col(AccessLogEntry.at) <= now - self.access_log_lifetime)
+            ).rowcount
+        return SweepReport(len(expired), len(abandoned), old_lines)
