@@ -19,9 +19,9 @@ from PIL import Image, ImageOps
 
 from cutout.v1 import account_pb2, cutout_pb2_grpc
 from services.common.assets import ASTRONAUT
-from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
+from services.common.settings import API_KEY_METADATA
 from services.inference.model import fetch_models
-from services.mesh import ROOT, Mesh, ServiceProcess, free_port, gateway_process
+from services.mesh import ADMINS, ROOT, AdminEndpoint, Mesh, ServiceProcess, free_port, gateway_process
 
 CACHE = ROOT / ".cache"
 SIGNUP_CREDITS = 3
@@ -53,6 +53,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, model_paths: list[Path]) -> I
             # checks the default per-source limits on gateways of their own.
             "CUTOUT_GATEWAY_SOURCE_RATE_PER_S": "1000",
             "CUTOUT_GATEWAY_SOURCE_RATE_BURST": "1000",
+            # Likewise the admin listener's throttles (tests/test_rights.py checks the defaults).
+            "CUTOUT_ACCOUNTS_ADMIN_RATE_PER_S": "1000",
+            "CUTOUT_ACCOUNTS_ADMIN_RATE_BURST": "1000",
+            "CUTOUT_ACCOUNTS_ADMIN_FAILURES_FREE": "1000",
         },
     )
     mesh.start()
@@ -75,8 +79,11 @@ class Customer:
         return [(API_KEY_METADATA, self.api_key)]
 
 
-def new_account(channel: grpc.Channel, admin_token: str, credits: int | None = None) -> Customer:
-    """Signs up a fresh account, tops its balance up to exactly `credits` if given, makes a key."""
+def new_account(channel: grpc.Channel, admin: str | AdminEndpoint, credits: int | None = None) -> Customer:
+    """Signs up a fresh account, tops its balance up to exactly `credits` if given, makes a key.
+
+    `admin` is the admin endpoint of the accounts behind `channel`, or a running Mesh's admin
+    token (administration is not on the gateway: see Mesh.admin)."""
     cutout = cutout_pb2_grpc.CutoutStub(channel)
     email, password = f"test-{secrets.token_hex(6)}@example.com", secrets.token_urlsafe(15)
     signed_up = cutout.SignUp(
@@ -86,11 +93,15 @@ def new_account(channel: grpc.Channel, admin_token: str, credits: int | None = N
     if credits is not None:
         assert credits >= signed_up.balance.available, "cannot grant a negative amount"
         if credits > signed_up.balance.available:
-            cutout_pb2_grpc.AdminStub(channel).GrantCredits(
-                account_pb2.GrantCreditsRequest(account_id=account_id, amount=credits - signed_up.balance.available),
-                metadata=[(ADMIN_TOKEN_METADATA, admin_token)],
-                timeout=30,
-            )
+            endpoint = ADMINS[admin] if isinstance(admin, str) else admin
+            with endpoint.channel() as admin_channel:
+                cutout_pb2_grpc.AdminStub(admin_channel).GrantCredits(
+                    account_pb2.GrantCreditsRequest(
+                        account_id=account_id, amount=credits - signed_up.balance.available
+                    ),
+                    metadata=endpoint.metadata,
+                    timeout=30,
+                )
     created = cutout.CreateApiKey(account_pb2.CreateApiKeyRequest(email=email, password=password), timeout=30)
     return Customer(account_id, email, password, created.api_key)
 
@@ -145,8 +156,15 @@ def gateway(gateway_channel: grpc.Channel) -> cutout_pb2_grpc.CutoutStub:
 
 
 @pytest.fixture(scope="session")
-def admin(raw_channel: grpc.Channel) -> cutout_pb2_grpc.AdminStub:
-    return cutout_pb2_grpc.AdminStub(raw_channel)
+def admin_channel(mesh: Mesh) -> Iterator[grpc.Channel]:
+    """To accounts' admin listener (inside the cell; never the gateway), with no credentials."""
+    with mesh.admin.channel() as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def admin(admin_channel: grpc.Channel) -> cutout_pb2_grpc.AdminStub:
+    return cutout_pb2_grpc.AdminStub(admin_channel)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from cutout.v1 import accounts_pb2
 from services.common.errors import ServiceError, abort
 from services.common.limits import Budget, Refused, rate_limiter
 from services.common.settings import API_KEY_METADATA
+from services.common.telemetry import exclude_from_stats
 from services.gateway.settings import GatewaySettings
 
 # The caller authenticated at admission, for the handler of the same call.
@@ -97,6 +98,8 @@ class Admission(grpc.aio.ServerInterceptor):
         except Refused as error:
             await abort(context, refused(error, "TOO_MANY_CALLS_IN_FLIGHT"))
         admitted_caller.set(caller)
+        if caller.usage_stats_opt_out:  # objection: this call, and what it causes downstream, counts nowhere
+            exclude_from_stats()
         return lambda: self.per_key.release(caller.key_id)
 
     async def _first(self, requests: AsyncIterator[object], context: grpc.aio.ServicerContext) -> object:

@@ -17,7 +17,7 @@ from services.common.chunks import pieces
 from services.common.errors import ServiceError, abort, invalid_argument
 from services.common.server import PeriodicJob, ServiceSpec
 from services.common.sql import aware, database_ready, make_engine, migrate
-from services.common.telemetry import meter
+from services.common.telemetry import count, meter
 from services.retention import crypto
 from services.retention.blobstore import BlobStore, LocalBlobStore, S3BlobStore
 from services.retention.models import KeptResult
@@ -31,6 +31,7 @@ _swept = meter.create_counter("cutout.retention.swept", description="Results rem
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version_retention"
+RETENTION = retention_pb2.DESCRIPTOR.services_by_name["Retention"].full_name
 
 
 def _timestamp(moment) -> timestamp_pb2.Timestamp:  # type: ignore[no-untyped-def]
@@ -105,7 +106,7 @@ class RetentionServicer(retention_pb2_grpc.RetentionServicer):
             )
         except ServiceError as error:
             await abort(context, error)
-        _stored.add(1)
+        count(_stored, 1)
         return retention_pb2.StoreResponse(result=_described(stored.result, stored.token))
 
     async def FetchByToken(
@@ -153,7 +154,19 @@ class RetentionServicer(retention_pb2_grpc.RetentionServicer):
     ) -> retention_pb2.EraseAccountResponse:
         if not request.account_id:
             await abort(context, invalid_argument("which account? account_id is empty", field="account_id"))
-        erased = await asyncio.to_thread(self.store.erase_account, request.account_id)
+        try:
+            erased = await asyncio.to_thread(self.store.erase_account, request.account_id)
+        except Exception as error:  # the record stays unfinished: the sweep, or a retry, completes it
+            log.error("erasure interrupted: %s; it will be resumed", type(error).__name__)
+            await abort(
+                context,
+                ServiceError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the erasure started (the account's key is destroyed) but did not finish; it resumes by itself",
+                    reason="ERASURE_PENDING",
+                ),
+            )
+        log.info("account erased: %d results", erased)
         return retention_pb2.EraseAccountResponse(results_erased=erased)
 
     async def ListAccessLog(
@@ -189,7 +202,12 @@ def build(settings: RetentionSettings) -> ServiceSpec:
         open_blob_store(settings),
         crypto.MasterKeys.parse(settings.master_key_spec()),
         pending_timeout=timedelta(seconds=settings.pending_timeout_s),
+        erase_delete_interval_s=settings.erase_delete_interval_s,
     )
+    # An erasure a crash interrupted is finished before anything is served.
+    resumed = store.resume_erasures()
+    if resumed:
+        log.info("resumed %d interrupted erasures", resumed)
     servicer = RetentionServicer(settings, store)
 
     def sweep() -> SweepReport:
@@ -202,8 +220,9 @@ def build(settings: RetentionSettings) -> ServiceSpec:
         engine.dispose()
 
     return ServiceSpec(
-        service_names=[retention_pb2.DESCRIPTOR.services_by_name["Retention"].full_name],
+        service_names=[RETENTION],
         register=lambda server: retention_pb2_grpc.add_RetentionServicer_to_server(servicer, server),
+        callers_by_method={f"/{RETENTION}/EraseAccount": settings.erase_callers},
         ready=lambda: database_ready(engine),
         close=close,
         jobs=[PeriodicJob("sweep", settings.sweep_interval_s, sweep)],

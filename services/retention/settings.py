@@ -38,6 +38,11 @@ class RetentionSettings(ServiceSettings):
     sweep_interval_s: float = 60.0
     # A store that has not finished after this long was interrupted; the sweep removes it.
     pending_timeout_s: float = 600.0
+    # A pause between the blob deletions of an account's erasure (after its key is gone):
+    # spreads a large account's deletes under an object store's request rate. 0: none.
+    erase_delete_interval_s: float = 0.0
+    # Besides the gateway, EraseAccount answers these callers (accounts drives erasures).
+    erase_callers: tuple[str, ...] = ("accounts",)
 
     def master_key_spec(self) -> str:
         if self.master_keys_file:
