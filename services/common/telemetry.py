@@ -17,6 +17,7 @@ not traced.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import socket
@@ -137,6 +138,14 @@ def logging_format_ready() -> None:
 
 class _PrivateServerInterceptor(OpenTelemetryAioServerInterceptor):
     """The stock server interceptor minus the caller's address and user agent."""
+
+    def _intercept_aio_server_stream(self, behavior, handler_call_details):  # type: ignore[no-untyped-def]
+        # The stock wrapper consumes every streaming handler as an async generator; one that
+        # writes with context.write() (the gateway's RemoveBackgroundStream) is a coroutine,
+        # and failed with "'async for' requires an object with __aiter__" whenever tracing was on.
+        if not inspect.isasyncgenfunction(behavior):
+            return self._intercept_aio_server_unary(behavior, handler_call_details)
+        return super()._intercept_aio_server_stream(behavior, handler_call_details)
 
     def _start_span(self, handler_call_details, context, set_status_on_exception=False):  # type: ignore[no-untyped-def]
         service, _, method = handler_call_details.method.lstrip("/").partition("/")
