@@ -407,7 +407,8 @@ def demo_account(
     data_dir: Path,
     credits: int = DEMO_CREDITS,
     ca_file: Path | None = None,
-    admin: str | None = None,
+    *,
+    admin: str,
 ) -> str:
     """A demo account topped up to `credits`; returns a new API key for it.
 
@@ -436,7 +437,7 @@ def demo_account(
             if key.name == "demo" and key.id != created.key.id and not key.HasField("revoked_at"):
                 client.revoke_api_key(key.id, password=login["password"])
     # Administration is not on the public port: the admin listener, inside the cell.
-    with open_channel(admin or gateway, ca_file=ca_file) as channel:
+    with open_channel(admin, ca_file=ca_file) as channel:
         stub = cutout_pb2_grpc.AdminStub(channel)
         metadata = [(ADMIN_TOKEN_METADATA, admin_token)]
         looked_up = stub.LookupAccount(account_pb2.LookupAccountRequest(email=login["email"]), metadata=metadata)

@@ -32,7 +32,18 @@ from sqlmodel import SQLModel
 
 from services.accounts.db import make_engine, migrate
 from services.accounts.ledger import Ledger, Outcome
-from services.accounts.models import Account, ApiKey, CreditGrant, LedgerEntry, Reservation, ReservationAllocation
+from services.accounts.models import (
+    AccessLogEntry,
+    Account,
+    AdminAuditEntry,
+    ApiKey,
+    CreditGrant,
+    Erasure,
+    LedgerEntry,
+    Reservation,
+    ReservationAllocation,
+    RetainedFinancialRecord,
+)
 from services.common.errors import ServiceError
 
 HOLD = timedelta(seconds=300)
@@ -43,7 +54,19 @@ HASHES = ("h0", "h1")
 TTLS = (30, 301, 3600, 86_400)
 STEPS = (1, 29, 31, 299, 301, 3599, 86_400)
 ACCOUNTS_TABLES = {
-    model.__tablename__ for model in (Account, ApiKey, CreditGrant, Reservation, ReservationAllocation, LedgerEntry)
+    model.__tablename__
+    for model in (
+        Account,
+        ApiKey,
+        CreditGrant,
+        Reservation,
+        ReservationAllocation,
+        LedgerEntry,
+        AccessLogEntry,
+        Erasure,
+        RetainedFinancialRecord,
+        AdminAuditEntry,
+    )
 }
 
 

@@ -730,3 +730,52 @@ def test_the_audit_log_is_append_only_on_postgresql_too(postgres_url):
             assert "alice" in [row[0] for row in db.execute(text("SELECT admin FROM admin_audit"))]
     finally:
         engine.dispose()
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def test_the_cli_exports_corrects_restricts_and_erases_and_its_admin_verbs_work(mesh, raw_channel, tmp_path, photos):
+    import subprocess
+    import sys
+
+    customer = new_account(raw_channel, mesh.admin_token, credits=5)
+    keep(raw_channel, customer, photos[0])
+
+    def cli(*args: str, stdin: str = "", admin: bool = False) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "CUTOUT_GATEWAY": mesh.gateway.address,
+            "CUTOUT_CA_FILE": str(mesh.ca_file),
+            "CUTOUT_API_KEY": customer.api_key,
+            "CUTOUT_CONFIG": os.devnull,
+            "CUTOUT_ADMIN_ENDPOINT": mesh.admin_address if admin else "",
+            "CUTOUT_ADMIN_TOKEN": mesh.admin_token if admin else "",
+        }
+        command = [str(Path(sys.executable).parent / "cutout"), *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, input=stdin)
+
+    exported = cli("account", "export", "-o", str(tmp_path / "mine.zip"))
+    assert exported.returncode == 0, exported.stderr
+    with zipfile.ZipFile(tmp_path / "mine.zip") as archive:
+        assert json.loads(archive.read("profile.json"))["profile"]["email"] == customer.email
+        assert len([name for name in archive.namelist() if name.startswith("results/")]) == 1
+    restricted = cli("account", "restrict")
+    assert restricted.returncode == 0 and "processing restricted" in restricted.stdout, restricted.stderr
+    assert cli("account", "restrict", "--off").returncode == 0
+    new_email = f"cli-{secrets.token_hex(4)}@example.org"
+    corrected = cli("account", "email", new_email, "--password-stdin", stdin=customer.password + "\n")
+    assert corrected.returncode == 0 and new_email in corrected.stdout, corrected.stderr
+
+    assert cli("admin", "lookup", customer.account_id).returncode == 2, "no admin endpoint or token: refused"
+    looked_up = cli("admin", "lookup", "--email", new_email, admin=True)
+    assert looked_up.returncode == 0 and customer.account_id in looked_up.stdout, looked_up.stderr
+    granted = cli("admin", "grant", customer.account_id, "2", admin=True)
+    assert granted.returncode == 0 and "6 credits available" in granted.stdout, granted.stderr
+    log = cli("account", "access-log")
+    assert "admin:operator" in log.stdout and "lookup" in log.stdout and "export" in log.stdout, log.stdout
+
+    erased = cli("account", "delete", "--yes", "--password-stdin", stdin=customer.password + "\n")
+    assert erased.returncode == 0 and ": done" in erased.stdout, erased.stderr
+    after = cli("account", "show")
+    assert after.returncode == 1 and "UNAUTHENTICATED" in after.stderr

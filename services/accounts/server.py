@@ -1,4 +1,4 @@
-"""The servicers cutout.v1.Accounts (internal, for the gateway) and cutout.v1.Admin.
+"""The servicer cutout.v1.Accounts (internal, for the gateway); cutout.v1.Admin is in admin.py.
 
 The database work is synchronous (sqlmodel), so each call runs it in a thread.
 Logs carry reason codes and ids only: never an e-mail, a password or a key (and never

@@ -64,8 +64,8 @@ class Admission(grpc.aio.ServerInterceptor):
         self.rate = rate_limiter(
             settings.redis_url, settings.key_rate_per_s, settings.key_rate_burst, "calls per second for this API key"
         )
-        # Calls without a key are sign-ups, password logins, token fetches and admin
-        # tokens: what is guessed or farmed, so each source address has a slow rate.
+        # Calls without a key are sign-ups, password logins and token fetches: what is
+        # guessed or farmed, so each source address has a slow rate.
         self.source_rate = rate_limiter(
             settings.redis_url,
             settings.source_rate_per_s,
