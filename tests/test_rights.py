@@ -601,6 +601,61 @@ def test_an_erasure_interrupted_by_sigkill_of_retention_finishes_by_itself(cell,
     assert not [p for p in _files(cell.blob_dir) if p.name in ids]
 
 
+def test_an_erasure_interrupted_by_sigkill_of_accounts_finishes_by_itself(cell, channel, photos):
+    stub = cutout_pb2_grpc.CutoutStub(channel)
+    name = f"Accounts Crash {secrets.token_hex(4)}"
+    customer = sign_up(channel, cell, credits=5, name=name)
+    ids = [keep(channel, customer, photo).kept.result_id for photo in photos[:2]]
+    answer: list[object] = []
+
+    def delete() -> None:
+        try:
+            answer.append(
+                stub.DeleteAccount(
+                    rights_pb2.DeleteAccountRequest(password=customer.password), metadata=customer.metadata, timeout=120
+                )
+            )
+        except grpc.RpcError as error:
+            answer.append(error)
+
+    deleting = threading.Thread(target=delete)
+    deleting.start()
+    deadline = time.monotonic() + 60
+    while True:  # retention is shredding; accounts has recorded the erasure and waits for it
+        recorded, key, _ = _retention_state(cell, customer.account_id)
+        if recorded and not key:
+            break
+        assert time.monotonic() < deadline, "the erasure never started in retention"
+        time.sleep(0.02)
+    os.kill(cell.accounts.process.pid, signal.SIGKILL)
+    cell.accounts.process.wait()
+    deleting.join(timeout=120)
+    assert isinstance(answer[0], grpc.RpcError), "the caller learns that accounts went away"
+    with sqlite3.connect(f"file:{cell.accounts_db}?mode=ro", uri=True) as db:
+        pending = db.execute("SELECT state FROM erasures WHERE account_id = ?", (customer.account_id,)).fetchall()
+        revoked = db.execute("SELECT revoked_at FROM api_keys WHERE account_id = ?", (customer.account_id,)).fetchall()
+    assert pending == [("pending",)] and revoked and all(at is not None for (at,) in revoked)
+
+    cell.accounts.start()  # same port; its resume job finishes what the crash left
+    cell.accounts.wait_serving()
+    assert fails(stub.GetBalance, account_pb2.GetBalanceRequest(), metadata=customer.metadata).code() == (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+    deadline = time.monotonic() + 90
+    while True:
+        with sqlite3.connect(f"file:{cell.accounts_db}?mode=ro", uri=True) as db:
+            state = db.execute("SELECT state FROM erasures WHERE account_id = ?", (customer.account_id,)).fetchall()
+        if state == [("done",)]:
+            break
+        assert time.monotonic() < deadline, f"accounts never finished the erasure: {state}"
+        time.sleep(0.2)
+    assert _retention_state(cell, customer.account_id) == (True, False, 0)
+    assert not [p for p in _files(cell.blob_dir) if p.name in ids]
+    for path in (cell.accounts_db, cell.retention_db):
+        assert customer.email.encode() not in path.read_bytes() + _wal(path)
+        assert name.encode() not in path.read_bytes() + _wal(path)
+
+
 # -- administration ------------------------------------------------------------------------
 
 

@@ -38,7 +38,7 @@ class AccountsSettings(ServiceSettings):
     retention_timeout_s: float = 120.0
     # DeleteAccount waits this long for the erasure to finish; after that it answers
     # "pending" and the erasure finishes by itself.
-    erasure_wait_s: float = 20.0
+    erasure_wait_s: float = 5.0
     # How often unfinished erasures (a service was down or crashed midway) are resumed.
     erasure_resume_interval_s: float = 30.0
     # Free credits at sign-up, and how long credits last.

@@ -19,9 +19,10 @@ APPEND_ONLY = "admin_audit is append-only"
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("accounts", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("usage_stats_opt_out", sa.Boolean(), nullable=False, server_default=sa.false()))
-        batch_op.add_column(sa.Column("processing_restricted", sa.Boolean(), nullable=False, server_default=sa.false()))
+    # Plain ADD COLUMN (a constant default makes it valid on SQLite): a batch rebuild of
+    # `accounts` would drop a table the other tables' foreign keys point at.
+    op.add_column("accounts", sa.Column("usage_stats_opt_out", sa.Boolean(), nullable=False, server_default="0"))
+    op.add_column("accounts", sa.Column("processing_restricted", sa.Boolean(), nullable=False, server_default="0"))
     op.create_table(
         "account_access_log",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -100,6 +101,5 @@ def downgrade() -> None:
     op.drop_table("erasures")
     op.drop_index("ix_account_access_log_account", table_name="account_access_log")
     op.drop_table("account_access_log")
-    with op.batch_alter_table("accounts", schema=None) as batch_op:
-        batch_op.drop_column("processing_restricted")
-        batch_op.drop_column("usage_stats_opt_out")
+    for column in ("processing_restricted", "usage_stats_opt_out"):  # SQLite 3.35+ and PostgreSQL
+        op.execute(f"ALTER TABLE accounts DROP COLUMN {column}")
