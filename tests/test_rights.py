@@ -34,6 +34,7 @@ from services.mesh import (
     ServiceProcess,
     accounts_process,
     admin_address,
+    free_port,
     gateway_process,
     retention_process,
     write_secret,
@@ -93,7 +94,8 @@ def cell(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cell]
     }
     retention_dir = run_dir / "retention"
     retention = retention_process(run_dir, retention_dir, env, mesh.pki)
-    accounts = accounts_process(run_dir, f"sqlite:///{run_dir / 'accounts.db'}", admins, env, mesh.pki, retention="")
+    accounts = accounts_process(run_dir, f"sqlite:///{run_dir / 'accounts.db'}", admins, env, mesh.pki)
+    accounts.env["CUTOUT_ACCOUNTS_ADMIN_PORT"] = str(free_port())  # kept when a test restarts accounts
     gateway = gateway_process(run_dir, env, inference=mesh.inference.address, accounts="", retention="", pki=mesh.pki)
     started: list[ServiceProcess] = []
     try:
@@ -599,6 +601,29 @@ def test_an_erasure_interrupted_by_sigkill_of_retention_finishes_by_itself(cell,
             time.sleep(0.2)
     assert _retention_state(cell, customer.account_id) == (True, False, 0)
     assert not [p for p in _files(cell.blob_dir) if p.name in ids]
+    # The gateway finds the restarted retention again (for the tests after this one).
+    probe = sign_up(channel, cell)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            stub.ListResults(cutout_pb2.ListResultsRequest(), metadata=probe.metadata, timeout=10)
+            break
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline, error
+            time.sleep(0.1)
+
+
+def _until_the_gateway_reaches_accounts(stub: cutout_pb2_grpc.CutoutStub) -> None:
+    """Waits out the gateway's reconnection to a restarted accounts (backoff up to 1 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            stub.GetBalance(account_pb2.GetBalanceRequest(), metadata=[("x-api-key", "ck_probe")], timeout=10)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                return  # accounts answered (the probe key is unknown)
+        assert time.monotonic() < deadline, "the gateway never reached the restarted accounts"
+        time.sleep(0.1)
 
 
 def test_an_erasure_interrupted_by_sigkill_of_accounts_finishes_by_itself(cell, channel, photos):
@@ -638,6 +663,7 @@ def test_an_erasure_interrupted_by_sigkill_of_accounts_finishes_by_itself(cell, 
 
     cell.accounts.start()  # same port; its resume job finishes what the crash left
     cell.accounts.wait_serving()
+    _until_the_gateway_reaches_accounts(stub)
     assert fails(stub.GetBalance, account_pb2.GetBalanceRequest(), metadata=customer.metadata).code() == (
         grpc.StatusCode.UNAUTHENTICATED
     )
@@ -834,3 +860,22 @@ def test_the_cli_exports_corrects_restricts_and_erases_and_its_admin_verbs_work(
     assert erased.returncode == 0 and ": done" in erased.stdout, erased.stderr
     after = cli("account", "show")
     assert after.returncode == 1 and "UNAUTHENTICATED" in after.stderr
+
+
+def test_accounts_certificate_may_erase_in_retention_and_nothing_else(mesh, funded_account):
+    from cutout.v1 import retention_pb2, retention_pb2_grpc
+
+    with mesh.retention.channel(as_name="accounts") as retention_channel:
+        retention = retention_pb2_grpc.RetentionStub(retention_channel)
+        refused = fails(retention.ListOwned, retention_pb2.ListOwnedRequest(account_id=funded_account.account_id))
+        assert refused.code() == grpc.StatusCode.PERMISSION_DENIED and reason(refused) == "CALLER_NOT_ALLOWED"
+        erased = retention.EraseAccount(
+            retention_pb2.EraseAccountRequest(account_id=f"gone-{secrets.token_hex(8)}"), timeout=30
+        )
+        assert erased.results_erased == 0
+    with mesh.retention.channel(as_name="inference") as retention_channel:
+        other = fails(
+            retention_pb2_grpc.RetentionStub(retention_channel).EraseAccount,
+            retention_pb2.EraseAccountRequest(account_id=funded_account.account_id),
+        )
+        assert other.code() == grpc.StatusCode.PERMISSION_DENIED
