@@ -33,8 +33,8 @@ from google.protobuf import timestamp_pb2
 from cutout import batch as batches
 from cutout import watermark
 from cutout.client import DEFAULT_GATEWAY, CutoutClient, config_path, open_channel, save_config
+from cutout.transport import ADMIN_TOKEN_METADATA
 from cutout.v1 import account_pb2, cutout_pb2_grpc, erase_pb2, options_pb2, rights_pb2
-from services.common.settings import ADMIN_TOKEN_METADATA
 
 FORMATS = {
     "png": (options_pb2.OUTPUT_FORMAT_PNG, ".png"),

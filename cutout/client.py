@@ -20,10 +20,8 @@ from typing import BinaryIO
 
 import grpc
 
+from cutout.transport import API_KEY_METADATA, channel_credentials, channel_options, is_loopback
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, erase_pb2, options_pb2, rights_pb2
-from services.common.channels import channel_options
-from services.common.settings import API_KEY_METADATA
-from services.common.tls import channel_credentials, is_loopback
 
 DEFAULT_GATEWAY = "127.0.0.1:50051"
 

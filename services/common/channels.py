@@ -4,27 +4,11 @@ from __future__ import annotations
 
 import grpc
 
+# The client's channel options (cutout/transport.py) serve the services' channels too.
+from cutout.transport import RECONNECT_OPTIONS as RECONNECT_OPTIONS
+from cutout.transport import channel_options as channel_options
 from services.common.settings import MAX_MESSAGE_BYTES, ServiceSettings
 from services.common.tls import channel_credentials, is_loopback
-
-# A restarted dependency should be found again within about a second, not after
-# gRPC's default reconnect backoff of up to two minutes.
-RECONNECT_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
-
-
-def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int | str]]:
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        *RECONNECT_OPTIONS,
-        # A "dns:///name:port" target that resolves to several pods (a headless
-        # Kubernetes Service) spreads calls over all of them, not one connection's pod.
-        ("grpc.lb_policy_name", "round_robin"),
-    ]
 
 
 def mesh_channel(

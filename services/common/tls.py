@@ -29,6 +29,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+# Defined with the client (cutout/transport.py); the services' channels use them too.
+from cutout.transport import channel_credentials as channel_credentials
+from cutout.transport import is_loopback as is_loopback
+
 log = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
@@ -171,29 +175,6 @@ class CallerCheck(grpc.aio.ServerInterceptor):
 
 
 # --- channels --------------------------------------------------------------------
-
-
-def channel_credentials(
-    ca_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None
-) -> grpc.ChannelCredentials:
-    """TLS trusting `ca_file` (else the system roots), presenting a certificate if given."""
-    return grpc.ssl_channel_credentials(
-        root_certificates=ca_file.read_bytes() if ca_file else None,
-        private_key=key_file.read_bytes() if key_file else None,
-        certificate_chain=cert_file.read_bytes() if cert_file else None,
-    )
-
-
-def is_loopback(target: str) -> bool:
-    """Whether a gRPC target ("host:port", "dns:///host:port", "[::1]:port") names this machine."""
-    host = target.split("///", 1)[-1]
-    host = host[1 : host.index("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # --- the cell's CA and certificates (embedded mesh) ------------------------------

@@ -11,12 +11,14 @@ from pathlib import Path
 import boto3
 import grpc
 from google.protobuf import timestamp_pb2
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from cutout.v1 import options_pb2, retention_pb2, retention_pb2_grpc
 from services.common.chunks import pieces
 from services.common.errors import ServiceError, abort, invalid_argument
 from services.common.server import PeriodicJob, ServiceSpec
-from services.common.sql import aware, database_ready, make_engine, migrate
+from services.common.sql import MigrationsApplied, aware, database_ready, make_engine, migrate
 from services.common.telemetry import count, meter
 from services.retention import crypto
 from services.retention.blobstore import BlobStore, LocalBlobStore, S3BlobStore
@@ -194,9 +196,16 @@ def open_blob_store(settings: RetentionSettings) -> BlobStore:
     raise ValueError(f"CUTOUT_RETENTION_BLOB_STORE must be local or s3, not {settings.blob_store!r}")
 
 
-def build(settings: RetentionSettings) -> ServiceSpec:
+def open_database(settings: RetentionSettings) -> Engine:
     engine = make_engine(settings.database_url)
-    migrate(engine, MIGRATIONS, version_table=VERSION_TABLE)
+    if settings.migrate_on_start:
+        migrate(engine, MIGRATIONS, version_table=VERSION_TABLE)
+    return engine
+
+
+def build(settings: RetentionSettings) -> ServiceSpec:
+    engine = open_database(settings)
+    migrations_applied = MigrationsApplied(engine, MIGRATIONS, version_table=VERSION_TABLE)
     store = ResultStore(
         engine,
         open_blob_store(settings),
@@ -204,10 +213,15 @@ def build(settings: RetentionSettings) -> ServiceSpec:
         pending_timeout=timedelta(seconds=settings.pending_timeout_s),
         erase_delete_interval_s=settings.erase_delete_interval_s,
     )
-    # An erasure a crash interrupted is finished before anything is served.
-    resumed = store.resume_erasures()
-    if resumed:
-        log.info("resumed %d interrupted erasures", resumed)
+    # An erasure a crash interrupted is finished before anything is served (when the schema
+    # is not current yet, the migration Job's turn, the sweep finishes it later).
+    try:
+        resumed = store.resume_erasures()
+    except SQLAlchemyError as error:
+        log.warning("interrupted erasures not resumed at start (%s); the sweep will", type(error).__name__)
+    else:
+        if resumed:
+            log.info("resumed %d interrupted erasures", resumed)
     servicer = RetentionServicer(settings, store)
 
     def sweep() -> SweepReport:
@@ -223,7 +237,7 @@ def build(settings: RetentionSettings) -> ServiceSpec:
         service_names=[RETENTION],
         register=lambda server: retention_pb2_grpc.add_RetentionServicer_to_server(servicer, server),
         callers_by_method={f"/{RETENTION}/EraseAccount": settings.erase_callers},
-        ready=lambda: database_ready(engine),
+        ready=lambda: database_ready(engine, migrations_applied),
         close=close,
         jobs=[PeriodicJob("sweep", settings.sweep_interval_s, sweep)],
     )
