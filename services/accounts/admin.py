@@ -28,6 +28,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from cutout.v1 import account_pb2, cutout_pb2_grpc, rights_pb2
+from services.accounts.convert import balance_pb, profile_pb
 from services.accounts.ledger import BalanceView, Ledger, utc_now
 from services.accounts.models import Account, AdminAuditEntry
 from services.accounts.rights import Erasures, record_access
@@ -222,8 +223,6 @@ class AdminServicer(cutout_pb2_grpc.AdminServicer):
     async def GrantCredits(
         self, request: account_pb2.GrantCreditsRequest, context: grpc.aio.ServicerContext
     ) -> account_pb2.GrantCreditsResponse:
-        from services.accounts.server import balance_pb
-
         days = request.expires_in_days or self.settings.grant_credit_days
         source = request.source or "admin"
 
@@ -240,8 +239,6 @@ class AdminServicer(cutout_pb2_grpc.AdminServicer):
     async def LookupAccount(
         self, request: account_pb2.LookupAccountRequest, context: grpc.aio.ServicerContext
     ) -> account_pb2.LookupAccountResponse:
-        from services.accounts.server import balance_pb, profile_pb
-
         def lookup(admin: str) -> tuple[Account, BalanceView, int]:
             if bool(request.account_id) == bool(request.email):
                 raise ServiceError(

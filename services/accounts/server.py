@@ -12,21 +12,21 @@ import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import timestamp_pb2
 from sqlalchemy import Engine, Row
 from sqlalchemy.exc import SQLAlchemyError
 
 from cutout.v1 import account_pb2, accounts_pb2, accounts_pb2_grpc, retention_pb2, retention_pb2_grpc, rights_pb2
 from services.accounts import rights
 from services.accounts.admin import AdminServicer, start_admin_server
+from services.accounts.convert import access_pb, balance_pb, entry_pb, key_pb, profile_pb
 from services.accounts.credentials import normalise_email
 from services.accounts.db import MIGRATIONS, VERSION_TABLE, make_engine, migrate
 from services.accounts.ledger import BalanceView, Ledger, Outcome
-from services.accounts.models import Account, ApiKey
+from services.accounts.models import Account
 from services.accounts.settings import AccountsSettings
 from services.accounts.store import AccountStore, Caller
 from services.common.channels import channel_options
@@ -34,7 +34,7 @@ from services.common.errors import ServiceError, abort
 from services.common.limits import Backoff, Budget, Refused
 from services.common.server import PeriodicJob, ServiceSpec
 from services.common.settings import API_KEY_METADATA
-from services.common.sql import MigrationsApplied, aware, database_ready
+from services.common.sql import MigrationsApplied, database_ready
 from services.common.tasks import start_kept
 from services.common.tls import channel_credentials, is_loopback
 
@@ -439,70 +439,6 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             min(request.limit or 1000, 10000),
         )
         return rights_pb2.OwnerAccessLogResponse(entries=[access_pb(entry) for entry in entries])
-
-
-# -- proto conversions ---------------------------------------------------------------
-
-
-def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def profile_pb(account: Account) -> account_pb2.Profile:
-    return account_pb2.Profile(
-        account_id=account.id,
-        email=account.email,
-        display_name=account.display_name,
-        region=account.region,
-        plan=account.plan,
-        marketing_opt_in=account.marketing_opt_in,
-        created_at=timestamp(account.created_at),
-        usage_stats_opt_out=account.usage_stats_opt_out,
-        processing_restricted=account.processing_restricted,
-    )
-
-
-def access_pb(entry: rights.AccessLogEntry) -> rights_pb2.AccessRecord:
-    return rights_pb2.AccessRecord(
-        at=timestamp(aware(entry.at)), actor=entry.actor, action=entry.action, service="accounts"
-    )
-
-
-def balance_pb(balance: BalanceView) -> account_pb2.Balance:
-    return account_pb2.Balance(
-        available=balance.available,
-        held=balance.held,
-        next_expiry=timestamp(balance.next_expiry),
-        expiring_next=balance.expiring_next,
-    )
-
-
-def key_pb(key: ApiKey) -> account_pb2.ApiKey:
-    return account_pb2.ApiKey(
-        id=key.id,
-        name=key.name,
-        prefix=key.prefix,
-        created_at=timestamp(key.created_at),
-        last_used_at=timestamp(key.last_used_at),
-        revoked_at=timestamp(key.revoked_at),
-    )
-
-
-def entry_pb(entry: Row[Any], idempotency_key: str) -> account_pb2.LedgerEntry:
-    return account_pb2.LedgerEntry(
-        id=str(entry.seq),
-        kind=entry.kind,
-        amount=entry.amount,
-        held=entry.held,
-        reservation_id=entry.reservation_id or "",
-        grant_id=entry.grant_id or "",
-        idempotency_key=idempotency_key,
-        created_at=timestamp(entry.created_at),
-    )
 
 
 # -- the service -----------------------------------------------------------------------
