@@ -75,8 +75,11 @@ RUN python3 -m pip install --no-cache-dir $(grep -oE '^(numpy|ai-edge-litert)==[
 # Only "litert": ONNX models run on Triton's own onnxruntime backend here, which the
 # embedded server's stand-in (triton_backends/onnxruntime) must never shadow.
 COPY services/inference/triton_backends/litert/model.py /opt/tritonserver/backends/litert/model.py
+# The exec probes and the metrics-tls sidecar (standard library only): Triton's HTTP and
+# metrics ports have no TLS, so they stay on the pod's loopback (k8s/base/triton.yaml).
+COPY services/inference/triton_sidecar.py /opt/cutout/triton_sidecar.py
 COPY --from=model --chown=1000:1000 /src/services/inference/model_repository /models
 # triton-server, the NGC image's own unprivileged user.
 USER 1000:1000
-EXPOSE 8000 8001 8002
+EXPOSE 8001 8443
 CMD ["tritonserver", "--model-repository=/models", "--model-control-mode=none", "--strict-readiness=true"]

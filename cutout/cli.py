@@ -32,7 +32,7 @@ from google.protobuf import timestamp_pb2
 
 from cutout import batch as batches
 from cutout import watermark
-from cutout.client import DEFAULT_GATEWAY, CutoutClient, config_path, open_channel, save_config
+from cutout.client import DEFAULT_GATEWAY, CutoutClient, config_path, credits_text, open_channel, save_config, signed
 from cutout.transport import ADMIN_TOKEN_METADATA
 from cutout.v1 import account_pb2, cutout_pb2_grpc, erase_pb2, options_pb2, rights_pb2
 
@@ -357,7 +357,8 @@ def signup(args: argparse.Namespace) -> int:
             age_confirmed=True,
             marketing_opt_in=args.marketing,
         )
-        print(f"account {created.profile.account_id} ({created.profile.region}): {created.balance.available} credits")
+        granted = credits_text(created.balance.available_decimal, created.balance.available)
+        print(f"account {created.profile.account_id} ({created.profile.region}): {granted} credits")
         key = client.create_api_key("cli", email=args.email, password=password)
     _show_new_key(args, key.api_key, key.key.id)
     return 0
@@ -387,14 +388,18 @@ def keys(args: argparse.Namespace) -> int:
 def balance(args: argparse.Namespace) -> int:
     with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
         shown = client.balance()
-        line = f"{shown.available} credits available, {shown.held} held"
-        if shown.expiring_next:
-            line += f"; {shown.expiring_next} expire {_when(shown.next_expiry)}"
+        available = credits_text(shown.available_decimal, shown.available)
+        line = f"{available} credits available, {credits_text(shown.held_decimal, shown.held)} held"
+        if shown.HasField("next_expiry"):
+            expiring = credits_text(shown.expiring_next_decimal, shown.expiring_next)
+            line += f"; {expiring} expire {_when(shown.next_expiry)}"
         print(line)
         if args.ledger:
             for entry in client.ledger(args.ledger).entries:
+                amount = signed(credits_text(entry.amount_decimal, entry.amount))
+                held = signed(credits_text(entry.held_decimal, entry.held))
                 print(
-                    f"{_when(entry.created_at)}  {entry.kind:8} {entry.amount:+6d} available {entry.held:+6d} held"
+                    f"{_when(entry.created_at)}  {entry.kind:8} {amount:>9} available {held:>9} held"
                     f"  {entry.idempotency_key}"
                 )
     return 0
@@ -419,7 +424,8 @@ def remove(args: argparse.Namespace) -> int:
     )
     subject = f"subject at {box.left},{box.top} {box.width}x{box.height}" if result.HasField("foreground_box") else ""
     replay = " (a replay of an earlier call)" if response.idempotent_replay else ""
-    print(f"{subject}{'; ' if subject else ''}{response.credits_charged} credits charged{replay}")
+    charged = credits_text(response.credits_charged_decimal, response.credits_charged)
+    print(f"{subject}{'; ' if subject else ''}{charged} credits charged{replay}")
     if response.HasField("kept"):
         kept = response.kept
         print(f"kept as {kept.result_id} until {_when(kept.expires_at)}; token (shown once): {kept.token}")

@@ -26,6 +26,17 @@ from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, erase_pb2, optio
 DEFAULT_GATEWAY = "127.0.0.1:50051"
 
 
+def credits_text(decimal: str, whole: int) -> str:
+    """An amount of credits as the server gave it: the exact decimal ("0.25"), or the whole
+    credits of the older field from a server that sends no decimal."""
+    return decimal or str(whole)
+
+
+def signed(credits: str) -> str:
+    """A change of credits with its sign: "+0.25", "-1", "+0"."""
+    return credits if credits.startswith("-") else f"+{credits}"
+
+
 def config_path() -> Path:
     if os.environ.get("CUTOUT_CONFIG"):
         return Path(os.environ["CUTOUT_CONFIG"])

@@ -126,8 +126,11 @@ def _env(objects: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, 
     return env
 
 
-def _container(objects: list[dict[str, Any]], workload: str) -> dict[str, Any]:
-    (container,) = [c for w, _, c in _containers(objects) if w["metadata"]["name"] == workload]
+def _container(objects: list[dict[str, Any]], workload: str, name: str | None = None) -> dict[str, Any]:
+    """The workload's container of that name (default: the workload's own name)."""
+    (container,) = [
+        c for w, _, c in _containers(objects) if w["metadata"]["name"] == workload and c["name"] == (name or workload)
+    ]
     return container
 
 
@@ -296,6 +299,65 @@ def test_every_service_has_a_cell_certificate_and_serves_tls_only(cells):
             pod = _pod_spec(_of(objects, "Deployment")[name])
             (volume,) = [v for v in pod["volumes"] if v["name"] == "mesh-tls"]
             assert volume["secret"]["secretName"] == f"{name}-mesh-tls"
+
+
+def test_triton_http_and_metrics_stay_on_the_pod_loopback_and_metrics_leave_over_tls(cells):
+    """Triton has no TLS but on gRPC: its HTTP (health) and metrics ports listen on the pod's
+    loopback; the kubelet's probes ask from inside the container, and the metrics leave
+    only through the metrics-tls sidecar (TLS 1.3, the pod's cell certificate; its own
+    behaviour is tested in tests/test_triton_ports.py)."""
+    sidecar = "/opt/cutout/triton_sidecar.py"
+    for region, objects in cells.items():
+        for name in TRITONS:
+            where = f"{region}/{name}"
+            triton = _container(objects, name)
+            args = triton["args"]
+            assert {"--http-address=127.0.0.1", "--metrics-address=127.0.0.1"} <= set(args), where
+            assert not any(a.startswith(("--allow-http=true", "--http-address=0", "--metrics-address=0")) for a in args)
+            assert [p["containerPort"] for p in triton["ports"]] == [8001], f"{where}: only gRPC on the pod's network"
+            for probe, which in (("startupProbe", "ready"), ("readinessProbe", "ready"), ("livenessProbe", "live")):
+                assert triton[probe]["exec"]["command"] == ["python3", sidecar, "probe", which], where
+            metrics = _container(objects, name, "metrics-tls")
+            assert metrics["image"] == triton["image"], "the sidecar ships in the Triton image"
+            command = metrics["command"]
+            assert command[:3] == ["python3", sidecar, "metrics"]
+            assert {f"--cert={TLS_DIR}/mesh/tls.crt", f"--key={TLS_DIR}/mesh/tls.key", "--port=8443"} <= set(command)
+            assert "--upstream=http://127.0.0.1:8002/metrics" in command
+            assert [p["containerPort"] for p in metrics["ports"]] == [8443]
+            assert {"name": "mesh-tls", "mountPath": f"{TLS_DIR}/mesh", "readOnly": True} in metrics["volumeMounts"]
+            for probe in ("readinessProbe", "livenessProbe"):
+                assert metrics[probe]["httpGet"]["scheme"] == "HTTPS", where
+            # Scraped there by its PodMonitor (k8s/monitoring/cell, checked below).
+            service_ports = {p["port"] for p in _of(objects, "Service")[name]["spec"]["ports"]}
+            assert service_ports == {8001, 8443}, where
+    stage = _dockerfile_stages()["triton"]["lines"]
+    assert f"COPY services/inference/triton_sidecar.py {sidecar}" in stage
+
+
+def test_telemetry_reaches_the_collector_over_tls(cells):
+    """OTLP from every pod to the cell's collector is TLS 1.3: the collector serves its cell
+    certificate and every service verifies it against the cell CA."""
+    for region, objects in cells.items():
+        certificate = _certificates(objects)["otel-collector-mesh"]["spec"]
+        assert (certificate["commonName"], certificate["dnsNames"]) == ("otel-collector", ["otel-collector"])
+        assert certificate["issuerRef"]["name"] == "cell" and certificate["secretName"] == "otel-collector-mesh-tls"
+        config = yaml.safe_load(_of(objects, "ConfigMap")["otel-collector"]["data"]["config.yaml"])
+        tls = config["receivers"]["otlp"]["protocols"]["grpc"]["tls"]
+        assert tls["cert_file"] == f"{TLS_DIR}/mesh/tls.crt" and tls["key_file"] == f"{TLS_DIR}/mesh/tls.key"
+        assert tls["min_version"] == "1.3" and tls["reload_interval"]
+        assert set(config["receivers"]["otlp"]["protocols"]) == {"grpc"}, "no plaintext HTTP receiver"
+        collector = _container(objects, "otel-collector")
+        assert {"name": "mesh-tls", "mountPath": f"{TLS_DIR}/mesh", "readOnly": True} in collector["volumeMounts"]
+        (volume,) = [v for v in _pod_spec(_of(objects, "Deployment")["otel-collector"])["volumes"] if "secret" in v]
+        assert volume["secret"]["secretName"] == "otel-collector-mesh-tls"
+        for name in CUTOUT_SERVICES:
+            env = _env(objects, _container(objects, name))
+            assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "https://otel-collector:4317", f"{region}/{name}"
+            assert env["OTEL_EXPORTER_OTLP_CERTIFICATE"] == f"{TLS_DIR}/mesh/ca.crt", f"{region}/{name}"
+        for workload, _, container in _containers(objects):
+            env = _env(objects, container)
+            assert env.get("OTEL_EXPORTER_OTLP_INSECURE", "false").lower() != "true", workload["metadata"]["name"]
+            assert not any(v.startswith("http://") for k, v in env.items() if k.startswith("OTEL_EXPORTER_OTLP"))
 
 
 def test_liveness_health_name_serves_while_dependencies_are_down():
@@ -487,7 +549,7 @@ def test_only_the_gateway_is_reachable_from_outside_and_each_service_only_from_i
             for port, peers in _ingress_sources(objects, workload).items():
                 assert port != 0, f"{region}/{workload}: a rule open on every port"
                 outside = [p for p in peers if p is None or "namespaceSelector" in p or "ipBlock" in p]
-                if (workload in TRITONS and port == 8002) or (workload == "otel-collector" and port in {8888, 8889}):
+                if (workload in TRITONS and port == 8443) or (workload == "otel-collector" and port in {8888, 8889}):
                     # Metrics, for the cluster's Prometheus, and nothing else.
                     assert outside == [{"namespaceSelector": {"matchLabels": MONITORING}}]
                 elif workload != "gateway":
@@ -508,7 +570,7 @@ def test_only_the_gateway_is_reachable_from_outside_and_each_service_only_from_i
         assert admin_service["spec"].get("type", "ClusterIP") == "ClusterIP", "never a LoadBalancer or NodePort"
         for triton in TRITONS:
             only_from(_ingress_sources(objects, triton), 8001, "inference")
-            assert set(_ingress_sources(objects, triton)) == {8001, 8002}
+            assert set(_ingress_sources(objects, triton)) == {8001, 8443}
         # OTLP from the cell's pods; its Prometheus endpoints for the monitoring namespace.
         assert _ingress_sources(objects, "otel-collector") == {
             4317: [{"podSelector": {}}],
@@ -759,15 +821,24 @@ def test_services_use_the_current_opentelemetry_rpc_metric_name():
 
 def test_the_prometheus_operator_scrapes_triton_and_the_services_of_every_cell(cells):
     for region, objects in cells.items():
-        (pod_monitor,) = [o for o in objects if o["apiVersion"] == PROMETHEUS_OPERATOR and o["kind"] == "PodMonitor"]
-        scraped = [
-            d for d in _of(objects, "Deployment").values() if _matches(pod_monitor["spec"]["selector"], _pod_labels(d))
-        ]
-        assert {d["metadata"]["name"] for d in scraped} == TRITONS, region
-        for endpoint in pod_monitor["spec"]["podMetricsEndpoints"]:
-            for triton in scraped:
-                ports = {p["name"]: p["containerPort"] for c in _pod_spec(triton)["containers"] for p in c["ports"]}
-                assert ports[endpoint["port"]] in _ingress_sources(objects, triton["metadata"]["name"]), region
+        monitors = [o for o in objects if o["apiVersion"] == PROMETHEUS_OPERATOR and o["kind"] == "PodMonitor"]
+        certificates = _certificates(objects)
+        scraped = set()
+        for monitor in monitors:
+            (triton,) = [
+                d for d in _of(objects, "Deployment").values() if _matches(monitor["spec"]["selector"], _pod_labels(d))
+            ]
+            name = triton["metadata"]["name"]
+            scraped.add(name)
+            ports = {p["name"]: p["containerPort"] for c in _pod_spec(triton)["containers"] for p in c.get("ports", [])}
+            for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+                assert ports[endpoint["port"]] in _ingress_sources(objects, name), region
+                # Over TLS, the name on the pod's own cell certificate checked against the cell CA.
+                assert endpoint["scheme"] == "https", region
+                tls = endpoint["tlsConfig"]
+                assert tls["serverName"] in certificates[f"{name}-mesh"]["spec"]["dnsNames"], region
+                assert tls["ca"]["secret"]["key"] == "ca.crt", "the CA's certificate, never a key"
+        assert scraped == TRITONS, region
 
         (service_monitor,) = [
             o for o in objects if o["apiVersion"] == PROMETHEUS_OPERATOR and o["kind"] == "ServiceMonitor"
@@ -782,10 +853,15 @@ def test_the_prometheus_operator_scrapes_triton_and_the_services_of_every_cell(c
         scraped_ports = {service_ports[e["port"]] for e in service_monitor["spec"]["endpoints"]}
         assert scraped_ports <= set(_ingress_sources(objects, "otel-collector")), region
 
-        # The collector serves the services' metrics for Prometheus and its own metrics are on.
+        # The collector serves the services' metrics for Prometheus (over TLS 1.3) and its
+        # own metrics are on.
         config = yaml.safe_load(_of(objects, "ConfigMap")["otel-collector"]["data"]["config.yaml"])
         assert "prometheus" in config["service"]["pipelines"]["metrics"]["exporters"]
-        assert config["exporters"]["prometheus"]["endpoint"].endswith(":8889") and 8889 in scraped_ports
+        exporter = config["exporters"]["prometheus"]
+        assert exporter["endpoint"].endswith(":8889") and 8889 in scraped_ports
+        assert exporter["tls"]["min_version"] == "1.3"
+        (services_endpoint,) = [e for e in service_monitor["spec"]["endpoints"] if e["port"] == "prometheus"]
+        assert services_endpoint["scheme"] == "https" and services_endpoint["honorLabels"] is True
         self_metrics = config["service"]["telemetry"]["metrics"]
         assert self_metrics["level"] != "none"
         assert self_metrics["readers"][0]["pull"]["exporter"]["prometheus"]["port"] == 8888 in scraped_ports

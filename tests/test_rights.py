@@ -518,7 +518,7 @@ def test_deleting_an_account_erases_it_everywhere(cell, channel, photos):
         for table in ("api_keys", "credit_grants", "reservations", "ledger_entries", "account_access_log"):
             rows = db.execute(f"SELECT count(*) FROM {table} WHERE account_id = ?", (customer.account_id,)).fetchone()
             assert rows == (0,), table
-    mine = [row for row in retained if row[1:] == ("purchase", 4)]
+    mine = [row for row in retained if row[1:] == ("purchase", 4000)]  # millicredits
     assert mine and all(row[0] != customer.account_id for row in mine)
     with cell.admin.channel() as admin_channel:
         lookup = fails(

@@ -25,13 +25,23 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63utout/v1/account.proto\x12\tcutout.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x01\n\rSignUpRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x15\n\rage_confirmed\x18\x05 \x01(\x08\x12\x18\n\x10marketing_opt_in\x18\x06 \x01(\x08\"Z\n\x0eSignUpResponse\x12#\n\x07profile\x18\x01 \x01(\x0b\x32\x12.cutout.v1.Profile\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\"D\n\x13\x43reateApiKeyRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"G\n\x14\x43reateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x1e\n\x03key\x18\x02 \x01(\x0b\x32\x11.cutout.v1.ApiKey\"\xc4\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06prefix\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ListApiKeysRequest\"6\n\x13ListApiKeysResponse\x12\x1f\n\x04keys\x18\x01 \x03(\x0b\x32\x11.cutout.v1.ApiKey\"3\n\x13RevokeApiKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"6\n\x14RevokeApiKeyResponse\x12\x1e\n\x03key\x18\x01 \x01(\x0b\x32\x11.cutout.v1.ApiKey\"\x13\n\x11GetBalanceRequest\"r\n\x07\x42\x61lance\x12\x11\n\tavailable\x18\x01 \x01(\x03\x12\x0c\n\x04held\x18\x02 \x01(\x03\x12/\n\x0bnext_expiry\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rexpiring_next\x18\x04 \x01(\x03\"\"\n\x11ListLedgerRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\xb8\x01\n\x0bLedgerEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x0c\n\x04held\x18\x04 \x01(\x03\x12\x16\n\x0ereservation_id\x18\x05 \x01(\t\x12\x10\n\x08grant_id\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x12ListLedgerResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.cutout.v1.LedgerEntry\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\"\x13\n\x11GetProfileRequest\"\xe6\x01\n\x07Profile\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0c\n\x04plan\x18\x05 \x01(\t\x12\x18\n\x10marketing_opt_in\x18\x06 \x01(\x08\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13usage_stats_opt_out\x18( \x01(\x08\x12\x1d\n\x15processing_restricted\x18) \x01(\x08\"\x99\x01\n\x14UpdateProfileRequest\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x18\n\x10marketing_opt_in\x18\x02 \x01(\x08\x12\x15\n\rupdate_fields\x18\x03 \x03(\t\x12\x1b\n\x13usage_stats_opt_out\x18( \x01(\x08\x12\x1d\n\x15processing_restricted\x18) \x01(\x08\"G\n\x15\x43hangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"\x18\n\x16\x43hangePasswordResponse\"b\n\x13GrantCreditsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x17\n\x0f\x65xpires_in_days\x18\x04 \x01(\r\"M\n\x14GrantCreditsResponse\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\"9\n\x14LookupAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\"z\n\x15LookupAccountResponse\x12#\n\x07profile\x18\x01 \x01(\x0b\x32\x12.cutout.v1.Profile\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\x12\x17\n\x0f\x61\x63tive_api_keys\x18\x03 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63utout/v1/account.proto\x12\tcutout.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x01\n\rSignUpRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x15\n\rage_confirmed\x18\x05 \x01(\x08\x12\x18\n\x10marketing_opt_in\x18\x06 \x01(\x08\"Z\n\x0eSignUpResponse\x12#\n\x07profile\x18\x01 \x01(\x0b\x32\x12.cutout.v1.Profile\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\"D\n\x13\x43reateApiKeyRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"G\n\x14\x43reateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x1e\n\x03key\x18\x02 \x01(\x0b\x32\x11.cutout.v1.ApiKey\"\xc4\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06prefix\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ListApiKeysRequest\"6\n\x13ListApiKeysResponse\x12\x1f\n\x04keys\x18\x01 \x03(\x0b\x32\x11.cutout.v1.ApiKey\"3\n\x13RevokeApiKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"6\n\x14RevokeApiKeyResponse\x12\x1e\n\x03key\x18\x01 \x01(\x0b\x32\x11.cutout.v1.ApiKey\"\x13\n\x11GetBalanceRequest\"\xce\x01\n\x07\x42\x61lance\x12\x15\n\tavailable\x18\x01 \x01(\x03\x42\x02\x18\x01\x12\x10\n\x04held\x18\x02 \x01(\x03\x42\x02\x18\x01\x12/\n\x0bnext_expiry\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\rexpiring_next\x18\x04 \x01(\x03\x42\x02\x18\x01\x12\x19\n\x11\x61vailable_decimal\x18< \x01(\t\x12\x14\n\x0cheld_decimal\x18= \x01(\t\x12\x1d\n\x15\x65xpiring_next_decimal\x18> \x01(\t\"\"\n\x11ListLedgerRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\xee\x01\n\x0bLedgerEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\x06\x61mount\x18\x03 \x01(\x03\x42\x02\x18\x01\x12\x10\n\x04held\x18\x04 \x01(\x03\x42\x02\x18\x01\x12\x16\n\x0ereservation_id\x18\x05 \x01(\t\x12\x10\n\x08grant_id\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61mount_decimal\x18< \x01(\t\x12\x14\n\x0cheld_decimal\x18= \x01(\t\"b\n\x12ListLedgerResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.cutout.v1.LedgerEntry\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\"\x13\n\x11GetProfileRequest\"\xe6\x01\n\x07Profile\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0c\n\x04plan\x18\x05 \x01(\t\x12\x18\n\x10marketing_opt_in\x18\x06 \x01(\x08\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13usage_stats_opt_out\x18( \x01(\x08\x12\x1d\n\x15processing_restricted\x18) \x01(\x08\"\x99\x01\n\x14UpdateProfileRequest\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x18\n\x10marketing_opt_in\x18\x02 \x01(\x08\x12\x15\n\rupdate_fields\x18\x03 \x03(\t\x12\x1b\n\x13usage_stats_opt_out\x18( \x01(\x08\x12\x1d\n\x15processing_restricted\x18) \x01(\x08\"G\n\x15\x43hangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"\x18\n\x16\x43hangePasswordResponse\"z\n\x13GrantCreditsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x16\n\x0e\x61mount_decimal\x18< \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x17\n\x0f\x65xpires_in_days\x18\x04 \x01(\r\"M\n\x14GrantCreditsResponse\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\"9\n\x14LookupAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\"z\n\x15LookupAccountResponse\x12#\n\x07profile\x18\x01 \x01(\x0b\x32\x12.cutout.v1.Profile\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\x12\x17\n\x0f\x61\x63tive_api_keys\x18\x03 \x01(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cutout.v1.account_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_BALANCE'].fields_by_name['available']._loaded_options = None
+  _globals['_BALANCE'].fields_by_name['available']._serialized_options = b'\030\001'
+  _globals['_BALANCE'].fields_by_name['held']._loaded_options = None
+  _globals['_BALANCE'].fields_by_name['held']._serialized_options = b'\030\001'
+  _globals['_BALANCE'].fields_by_name['expiring_next']._loaded_options = None
+  _globals['_BALANCE'].fields_by_name['expiring_next']._serialized_options = b'\030\001'
+  _globals['_LEDGERENTRY'].fields_by_name['amount']._loaded_options = None
+  _globals['_LEDGERENTRY'].fields_by_name['amount']._serialized_options = b'\030\001'
+  _globals['_LEDGERENTRY'].fields_by_name['held']._loaded_options = None
+  _globals['_LEDGERENTRY'].fields_by_name['held']._serialized_options = b'\030\001'
   _globals['_SIGNUPREQUEST']._serialized_start=72
   _globals['_SIGNUPREQUEST']._serialized_end=207
   _globals['_SIGNUPRESPONSE']._serialized_start=209
@@ -52,30 +62,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=828
   _globals['_GETBALANCEREQUEST']._serialized_start=830
   _globals['_GETBALANCEREQUEST']._serialized_end=849
-  _globals['_BALANCE']._serialized_start=851
-  _globals['_BALANCE']._serialized_end=965
-  _globals['_LISTLEDGERREQUEST']._serialized_start=967
-  _globals['_LISTLEDGERREQUEST']._serialized_end=1001
-  _globals['_LEDGERENTRY']._serialized_start=1004
-  _globals['_LEDGERENTRY']._serialized_end=1188
-  _globals['_LISTLEDGERRESPONSE']._serialized_start=1190
-  _globals['_LISTLEDGERRESPONSE']._serialized_end=1288
-  _globals['_GETPROFILEREQUEST']._serialized_start=1290
-  _globals['_GETPROFILEREQUEST']._serialized_end=1309
-  _globals['_PROFILE']._serialized_start=1312
-  _globals['_PROFILE']._serialized_end=1542
-  _globals['_UPDATEPROFILEREQUEST']._serialized_start=1545
-  _globals['_UPDATEPROFILEREQUEST']._serialized_end=1698
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=1700
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1771
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1773
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1797
-  _globals['_GRANTCREDITSREQUEST']._serialized_start=1799
-  _globals['_GRANTCREDITSREQUEST']._serialized_end=1897
-  _globals['_GRANTCREDITSRESPONSE']._serialized_start=1899
-  _globals['_GRANTCREDITSRESPONSE']._serialized_end=1976
-  _globals['_LOOKUPACCOUNTREQUEST']._serialized_start=1978
-  _globals['_LOOKUPACCOUNTREQUEST']._serialized_end=2035
-  _globals['_LOOKUPACCOUNTRESPONSE']._serialized_start=2037
-  _globals['_LOOKUPACCOUNTRESPONSE']._serialized_end=2159
+  _globals['_BALANCE']._serialized_start=852
+  _globals['_BALANCE']._serialized_end=1058
+  _globals['_LISTLEDGERREQUEST']._serialized_start=1060
+  _globals['_LISTLEDGERREQUEST']._serialized_end=1094
+  _globals['_LEDGERENTRY']._serialized_start=1097
+  _globals['_LEDGERENTRY']._serialized_end=1335
+  _globals['_LISTLEDGERRESPONSE']._serialized_start=1337
+  _globals['_LISTLEDGERRESPONSE']._serialized_end=1435
+  _globals['_GETPROFILEREQUEST']._serialized_start=1437
+  _globals['_GETPROFILEREQUEST']._serialized_end=1456
+  _globals['_PROFILE']._serialized_start=1459
+  _globals['_PROFILE']._serialized_end=1689
+  _globals['_UPDATEPROFILEREQUEST']._serialized_start=1692
+  _globals['_UPDATEPROFILEREQUEST']._serialized_end=1845
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=1847
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1918
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1920
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1944
+  _globals['_GRANTCREDITSREQUEST']._serialized_start=1946
+  _globals['_GRANTCREDITSREQUEST']._serialized_end=2068
+  _globals['_GRANTCREDITSRESPONSE']._serialized_start=2070
+  _globals['_GRANTCREDITSRESPONSE']._serialized_end=2147
+  _globals['_LOOKUPACCOUNTREQUEST']._serialized_start=2149
+  _globals['_LOOKUPACCOUNTREQUEST']._serialized_end=2206
+  _globals['_LOOKUPACCOUNTRESPONSE']._serialized_start=2208
+  _globals['_LOOKUPACCOUNTRESPONSE']._serialized_end=2330
 # @@protoc_insertion_point(module_scope)

@@ -34,6 +34,7 @@ from services.accounts.models import Account, AdminAuditEntry
 from services.accounts.rights import Erasures, record_access
 from services.accounts.settings import AccountsSettings
 from services.accounts.store import AccountStore
+from services.common import credits
 from services.common.errors import ServiceError, abort
 from services.common.limits import Backoff, LocalRate, Refused
 from services.common.settings import ADMIN_TOKEN_METADATA
@@ -227,12 +228,14 @@ class AdminServicer(cutout_pb2_grpc.AdminServicer):
         source = request.source or "admin"
 
         def grant(admin: str) -> tuple[str, BalanceView]:
-            grant_id = self.ledger.grant(request.account_id, request.amount, source, utc_now() + timedelta(days=days))
+            amount = _granted(request)
+            grant_id = self.ledger.grant(request.account_id, amount, source, utc_now() + timedelta(days=days))
             record_access(self.engine, request.account_id, f"admin:{admin}", "grant")
             return grant_id, self.ledger.balance(request.account_id)
 
+        asked = request.amount_decimal or str(request.amount)
         grant_id, balance = await self._call(
-            context, "GrantCredits", grant, request.account_id, f"{request.amount} credits ({source})"
+            context, "GrantCredits", grant, request.account_id, f"{asked[:40]} credits ({source})"
         )
         return account_pb2.GrantCreditsResponse(grant_id=grant_id, balance=balance_pb(balance))
 
@@ -279,6 +282,19 @@ class AdminServicer(cutout_pb2_grpc.AdminServicer):
         if state != "done":
             state = await self.run_erasure(erasure_id)
         return rights_pb2.DeleteAccountResponse(erasure_id=erasure_id, state=state)
+
+
+def _granted(request: account_pb2.GrantCreditsRequest) -> int:
+    """The millicredits a grant asks for: `amount` (whole credits) or `amount_decimal`, not both."""
+    if request.amount_decimal and request.amount:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "give the amount once: amount (whole credits) or amount_decimal, not both",
+            field="amount_decimal",
+        )
+    if request.amount_decimal:
+        return credits.parse(request.amount_decimal, "amount_decimal")
+    return request.amount * credits.MILLI
 
 
 async def start_admin_server(

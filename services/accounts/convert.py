@@ -11,6 +11,7 @@ from sqlalchemy import Row
 from cutout.v1 import account_pb2, rights_pb2
 from services.accounts.ledger import BalanceView
 from services.accounts.models import AccessLogEntry, Account, ApiKey
+from services.common import credits
 from services.common.sql import aware
 
 
@@ -43,11 +44,15 @@ def access_pb(entry: AccessLogEntry) -> rights_pb2.AccessRecord:
 
 
 def balance_pb(balance: BalanceView) -> account_pb2.Balance:
+    """The ledger's millicredits as exact decimals, and their whole parts in the older fields."""
     return account_pb2.Balance(
-        available=balance.available,
-        held=balance.held,
+        available=credits.whole(balance.available),
+        held=credits.whole(balance.held),
         next_expiry=timestamp(balance.next_expiry),
-        expiring_next=balance.expiring_next,
+        expiring_next=credits.whole(balance.expiring_next),
+        available_decimal=credits.text(balance.available),
+        held_decimal=credits.text(balance.held),
+        expiring_next_decimal=credits.text(balance.expiring_next),
     )
 
 
@@ -66,8 +71,10 @@ def entry_pb(entry: Row[Any], idempotency_key: str) -> account_pb2.LedgerEntry:
     return account_pb2.LedgerEntry(
         id=str(entry.seq),
         kind=entry.kind,
-        amount=entry.amount,
-        held=entry.held,
+        amount=credits.whole(entry.amount),
+        held=credits.whole(entry.held),
+        amount_decimal=credits.text(entry.amount),
+        held_decimal=credits.text(entry.held),
         reservation_id=entry.reservation_id or "",
         grant_id=entry.grant_id or "",
         idempotency_key=idempotency_key,

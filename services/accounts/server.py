@@ -29,6 +29,7 @@ from services.accounts.ledger import BalanceView, Ledger, Outcome
 from services.accounts.models import Account
 from services.accounts.settings import AccountsSettings
 from services.accounts.store import AccountStore, Caller
+from services.common import credits
 from services.common.channels import channel_options
 from services.common.errors import ServiceError, abort
 from services.common.limits import Backoff, Budget, Refused
@@ -173,7 +174,8 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             self.ledger.reserve,
             request.account_id,
             request.idempotency_key,
-            request.amount,
+            # The ledger's unit; a caller that sends whole credits (the older field) still works.
+            request.amount_millicredits or request.amount * credits.MILLI,
             request.request_hash,
         )
         return accounts_pb2.ReserveResponse(reservation_id=reserved.reservation_id, outcome=OUTCOMES[reserved.outcome])
@@ -203,7 +205,7 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
                 region=request.region,
                 age_confirmed=request.age_confirmed,
                 marketing_opt_in=request.marketing_opt_in,
-                signup_credits=self.settings.signup_credits,
+                signup_millicredits=credits.to_milli(self.settings.signup_credits),
                 credit_days=self.settings.signup_credit_days,
             )
             return account, self.ledger.balance(account.id)

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -45,8 +47,8 @@ class AccountsSettings(ServiceSettings):
     erasure_wait_s: float = 5.0
     # How often unfinished erasures (a service was down or crashed midway) are resumed.
     erasure_resume_interval_s: float = 30.0
-    # Free credits at sign-up, and how long credits last.
-    signup_credits: int = 25
+    # Free credits at sign-up (a decimal, to 0.001), and how long credits last.
+    signup_credits: Decimal = Field(default=Decimal(25), ge=0, decimal_places=3)
     signup_credit_days: int = 30
     grant_credit_days: int = 365
     # A reservation not committed within this time is released (the request died).

@@ -78,7 +78,7 @@ class AccountStore:
         region: str,
         age_confirmed: bool,
         marketing_opt_in: bool,
-        signup_credits: int,
+        signup_millicredits: int,
         credit_days: int,
     ) -> Account:
         email = _check_email(email)
@@ -118,9 +118,13 @@ class AccountStore:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
                 session.add(account)
                 session.flush()
-                if signup_credits > 0:
+                if signup_millicredits > 0:
                     self.ledger.grant_in(
-                        session.connection(), account.id, signup_credits, "signup", now + timedelta(days=credit_days)
+                        session.connection(),
+                        account.id,
+                        signup_millicredits,
+                        "signup",
+                        now + timedelta(days=credit_days),
                     )
         except IntegrityError:
             raise ServiceError(

@@ -61,7 +61,7 @@ def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
     return engine
 
 
-def _config(engine: Engine, migrations: Path, version_table: str) -> Config:
+def _alembic(engine: Engine, migrations: Path, version_table: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(migrations))
     config.attributes["engine"] = engine
@@ -71,7 +71,12 @@ def _config(engine: Engine, migrations: Path, version_table: str) -> Config:
 
 def migrate(engine: Engine, migrations: Path, *, version_table: str, revision: str = "head") -> None:
     """Brings the schema to `revision` with the Alembic scripts in `migrations`."""
-    command.upgrade(_config(engine, migrations, version_table), revision)
+    command.upgrade(_alembic(engine, migrations, version_table), revision)
+
+
+def downgrade(engine: Engine, migrations: Path, *, version_table: str, revision: str) -> None:
+    """Takes the schema back to `revision` (an operator's way back from a release)."""
+    command.downgrade(_alembic(engine, migrations, version_table), revision)
 
 
 def schema_is_current(engine: Engine, migrations: Path, *, version_table: str) -> bool:
@@ -81,7 +86,7 @@ def schema_is_current(engine: Engine, migrations: Path, *, version_table: str) -
     migration step runs first, and the pods still on the old code must stay ready
     (migrations only add, so the old code keeps working on the newer schema).
     """
-    script = ScriptDirectory.from_config(_config(engine, migrations, version_table))
+    script = ScriptDirectory.from_config(_alembic(engine, migrations, version_table))
     with engine.connect() as connection:
         applied = set(MigrationContext.configure(connection, opts={"version_table": version_table}).get_current_heads())
     known = {revision.revision for revision in script.walk_revisions()}

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cutout/v1/account.proto.
  */
 export const file_cutout_v1_account: GenFile = /*@__PURE__*/
-  fileDesc("ChdjdXRvdXQvdjEvYWNjb3VudC5wcm90bxIJY3V0b3V0LnYxIocBCg1TaWduVXBSZXF1ZXN0Eg0KBWVtYWlsGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIOCgZyZWdpb24YBCABKAkSFQoNYWdlX2NvbmZpcm1lZBgFIAEoCBIYChBtYXJrZXRpbmdfb3B0X2luGAYgASgIIloKDlNpZ25VcFJlc3BvbnNlEiMKB3Byb2ZpbGUYASABKAsyEi5jdXRvdXQudjEuUHJvZmlsZRIjCgdiYWxhbmNlGAIgASgLMhIuY3V0b3V0LnYxLkJhbGFuY2UiRAoTQ3JlYXRlQXBpS2V5UmVxdWVzdBINCgVlbWFpbBgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIMCgRuYW1lGAMgASgJIkcKFENyZWF0ZUFwaUtleVJlc3BvbnNlEg8KB2FwaV9rZXkYASABKAkSHgoDa2V5GAIgASgLMhEuY3V0b3V0LnYxLkFwaUtleSLEAQoGQXBpS2V5EgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSDgoGcHJlZml4GAMgASgJEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3RfdXNlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcmV2b2tlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFAoSTGlzdEFwaUtleXNSZXF1ZXN0IjYKE0xpc3RBcGlLZXlzUmVzcG9uc2USHwoEa2V5cxgBIAMoCzIRLmN1dG91dC52MS5BcGlLZXkiMwoTUmV2b2tlQXBpS2V5UmVxdWVzdBIKCgJpZBgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSI2ChRSZXZva2VBcGlLZXlSZXNwb25zZRIeCgNrZXkYASABKAsyES5jdXRvdXQudjEuQXBpS2V5IhMKEUdldEJhbGFuY2VSZXF1ZXN0InIKB0JhbGFuY2USEQoJYXZhaWxhYmxlGAEgASgDEgwKBGhlbGQYAiABKAMSLwoLbmV4dF9leHBpcnkYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWV4cGlyaW5nX25leHQYBCABKAMiIgoRTGlzdExlZGdlclJlcXVlc3QSDQoFbGltaXQYASABKA0iuAEKC0xlZGdlckVudHJ5EgoKAmlkGAEgASgJEgwKBGtpbmQYAiABKAkSDgoGYW1vdW50GAMgASgDEgwKBGhlbGQYBCABKAMSFgoOcmVzZXJ2YXRpb25faWQYBSABKAkSEAoIZ3JhbnRfaWQYBiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAcgASgJEi4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImIKEkxpc3RMZWRnZXJSZXNwb25zZRInCgdlbnRyaWVzGAEgAygLMhYuY3V0b3V0LnYxLkxlZGdlckVudHJ5EiMKB2JhbGFuY2UYAiABKAsyEi5jdXRvdXQudjEuQmFsYW5jZSITChFHZXRQcm9maWxlUmVxdWVzdCKqAQoHUHJvZmlsZRISCgphY2NvdW50X2lkGAEgASgJEg0KBWVtYWlsGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIOCgZyZWdpb24YBCABKAkSDAoEcGxhbhgFIAEoCRIYChBtYXJrZXRpbmdfb3B0X2luGAYgASgIEi4KCmNyZWF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIl0KFFVwZGF0ZVByb2ZpbGVSZXF1ZXN0EhQKDGRpc3BsYXlfbmFtZRgBIAEoCRIYChBtYXJrZXRpbmdfb3B0X2luGAIgASgIEhUKDXVwZGF0ZV9maWVsZHMYAyADKAkiRwoVQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0EhgKEGN1cnJlbnRfcGFzc3dvcmQYASABKAkSFAoMbmV3X3Bhc3N3b3JkGAIgASgJIhgKFkNoYW5nZVBhc3N3b3JkUmVzcG9uc2UiYgoTR3JhbnRDcmVkaXRzUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxIOCgZzb3VyY2UYAyABKAkSFwoPZXhwaXJlc19pbl9kYXlzGAQgASgNIk0KFEdyYW50Q3JlZGl0c1Jlc3BvbnNlEhAKCGdyYW50X2lkGAEgASgJEiMKB2JhbGFuY2UYAiABKAsyEi5jdXRvdXQudjEuQmFsYW5jZSI5ChRMb29rdXBBY2NvdW50UmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWVtYWlsGAIgASgJInoKFUxvb2t1cEFjY291bnRSZXNwb25zZRIjCgdwcm9maWxlGAEgASgLMhIuY3V0b3V0LnYxLlByb2ZpbGUSIwoHYmFsYW5jZRgCIAEoCzISLmN1dG91dC52MS5CYWxhbmNlEhcKD2FjdGl2ZV9hcGlfa2V5cxgDIAEoDWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChdjdXRvdXQvdjEvYWNjb3VudC5wcm90bxIJY3V0b3V0LnYxIocBCg1TaWduVXBSZXF1ZXN0Eg0KBWVtYWlsGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIOCgZyZWdpb24YBCABKAkSFQoNYWdlX2NvbmZpcm1lZBgFIAEoCBIYChBtYXJrZXRpbmdfb3B0X2luGAYgASgIIloKDlNpZ25VcFJlc3BvbnNlEiMKB3Byb2ZpbGUYASABKAsyEi5jdXRvdXQudjEuUHJvZmlsZRIjCgdiYWxhbmNlGAIgASgLMhIuY3V0b3V0LnYxLkJhbGFuY2UiRAoTQ3JlYXRlQXBpS2V5UmVxdWVzdBINCgVlbWFpbBgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIMCgRuYW1lGAMgASgJIkcKFENyZWF0ZUFwaUtleVJlc3BvbnNlEg8KB2FwaV9rZXkYASABKAkSHgoDa2V5GAIgASgLMhEuY3V0b3V0LnYxLkFwaUtleSLEAQoGQXBpS2V5EgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSDgoGcHJlZml4GAMgASgJEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3RfdXNlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcmV2b2tlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFAoSTGlzdEFwaUtleXNSZXF1ZXN0IjYKE0xpc3RBcGlLZXlzUmVzcG9uc2USHwoEa2V5cxgBIAMoCzIRLmN1dG91dC52MS5BcGlLZXkiMwoTUmV2b2tlQXBpS2V5UmVxdWVzdBIKCgJpZBgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSI2ChRSZXZva2VBcGlLZXlSZXNwb25zZRIeCgNrZXkYASABKAsyES5jdXRvdXQudjEuQXBpS2V5IhMKEUdldEJhbGFuY2VSZXF1ZXN0Is4BCgdCYWxhbmNlEhUKCWF2YWlsYWJsZRgBIAEoA0ICGAESEAoEaGVsZBgCIAEoA0ICGAESLwoLbmV4dF9leHBpcnkYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKDWV4cGlyaW5nX25leHQYBCABKANCAhgBEhkKEWF2YWlsYWJsZV9kZWNpbWFsGDwgASgJEhQKDGhlbGRfZGVjaW1hbBg9IAEoCRIdChVleHBpcmluZ19uZXh0X2RlY2ltYWwYPiABKAkiIgoRTGlzdExlZGdlclJlcXVlc3QSDQoFbGltaXQYASABKA0i7gEKC0xlZGdlckVudHJ5EgoKAmlkGAEgASgJEgwKBGtpbmQYAiABKAkSEgoGYW1vdW50GAMgASgDQgIYARIQCgRoZWxkGAQgASgDQgIYARIWCg5yZXNlcnZhdGlvbl9pZBgFIAEoCRIQCghncmFudF9pZBgGIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYByABKAkSLgoKY3JlYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOYW1vdW50X2RlY2ltYWwYPCABKAkSFAoMaGVsZF9kZWNpbWFsGD0gASgJImIKEkxpc3RMZWRnZXJSZXNwb25zZRInCgdlbnRyaWVzGAEgAygLMhYuY3V0b3V0LnYxLkxlZGdlckVudHJ5EiMKB2JhbGFuY2UYAiABKAsyEi5jdXRvdXQudjEuQmFsYW5jZSITChFHZXRQcm9maWxlUmVxdWVzdCKqAQoHUHJvZmlsZRISCgphY2NvdW50X2lkGAEgASgJEg0KBWVtYWlsGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIOCgZyZWdpb24YBCABKAkSDAoEcGxhbhgFIAEoCRIYChBtYXJrZXRpbmdfb3B0X2luGAYgASgIEi4KCmNyZWF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIl0KFFVwZGF0ZVByb2ZpbGVSZXF1ZXN0EhQKDGRpc3BsYXlfbmFtZRgBIAEoCRIYChBtYXJrZXRpbmdfb3B0X2luGAIgASgIEhUKDXVwZGF0ZV9maWVsZHMYAyADKAkiRwoVQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0EhgKEGN1cnJlbnRfcGFzc3dvcmQYASABKAkSFAoMbmV3X3Bhc3N3b3JkGAIgASgJIhgKFkNoYW5nZVBhc3N3b3JkUmVzcG9uc2UiegoTR3JhbnRDcmVkaXRzUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxIWCg5hbW91bnRfZGVjaW1hbBg8IAEoCRIOCgZzb3VyY2UYAyABKAkSFwoPZXhwaXJlc19pbl9kYXlzGAQgASgNIk0KFEdyYW50Q3JlZGl0c1Jlc3BvbnNlEhAKCGdyYW50X2lkGAEgASgJEiMKB2JhbGFuY2UYAiABKAsyEi5jdXRvdXQudjEuQmFsYW5jZSI5ChRMb29rdXBBY2NvdW50UmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWVtYWlsGAIgASgJInoKFUxvb2t1cEFjY291bnRSZXNwb25zZRIjCgdwcm9maWxlGAEgASgLMhIuY3V0b3V0LnYxLlByb2ZpbGUSIwoHYmFsYW5jZRgCIAEoCzISLmN1dG91dC52MS5CYWxhbmNlEhcKD2FjdGl2ZV9hcGlfa2V5cxgDIAEoDWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message cutout.v1.SignUpRequest
@@ -282,20 +282,27 @@ export const GetBalanceRequestSchema: GenMessage<GetBalanceRequest> = /*@__PURE_
   messageDesc(file_cutout_v1_account, 9);
 
 /**
+ * Credits are exact decimals: a price may be 0.25. Each amount is given as a decimal
+ * string (`*_decimal`: "24.75", "-0.25", "0"; at most 3 decimal places) and, in the older
+ * int64 field beside it, as its whole part (toward zero), for clients that knew only
+ * whole credits. Read the `*_decimal` fields.
+ *
  * @generated from message cutout.v1.Balance
  */
 export type Balance = Message<"cutout.v1.Balance"> & {
   /**
-   * spendable now
+   * whole part of available_decimal
    *
-   * @generated from field: int64 available = 1;
+   * @generated from field: int64 available = 1 [deprecated = true];
+   * @deprecated
    */
   available: bigint;
 
   /**
-   * reserved by requests in flight
+   * whole part of held_decimal
    *
-   * @generated from field: int64 held = 2;
+   * @generated from field: int64 held = 2 [deprecated = true];
+   * @deprecated
    */
   held: bigint;
 
@@ -307,9 +314,31 @@ export type Balance = Message<"cutout.v1.Balance"> & {
   nextExpiry?: Timestamp | undefined;
 
   /**
-   * @generated from field: int64 expiring_next = 4;
+   * whole part of expiring_next_decimal
+   *
+   * @generated from field: int64 expiring_next = 4 [deprecated = true];
+   * @deprecated
    */
   expiringNext: bigint;
+
+  /**
+   * spendable now
+   *
+   * @generated from field: string available_decimal = 60;
+   */
+  availableDecimal: string;
+
+  /**
+   * reserved by requests in flight
+   *
+   * @generated from field: string held_decimal = 61;
+   */
+  heldDecimal: string;
+
+  /**
+   * @generated from field: string expiring_next_decimal = 62;
+   */
+  expiringNextDecimal: string;
 };
 
 /**
@@ -355,16 +384,20 @@ export type LedgerEntry = Message<"cutout.v1.LedgerEntry"> & {
   kind: string;
 
   /**
-   * Change of the available balance (grant and release +, reserve and expire -, commit 0).
+   * Change of the available balance (grant and release +, reserve and expire -, commit 0):
+   * amount_decimal; `amount` is its whole part.
    *
-   * @generated from field: int64 amount = 3;
+   * @generated from field: int64 amount = 3 [deprecated = true];
+   * @deprecated
    */
   amount: bigint;
 
   /**
-   * Change of the held credits (reserve +, commit and release -).
+   * Change of the held credits (reserve +, commit and release -): held_decimal; `held`
+   * is its whole part.
    *
-   * @generated from field: int64 held = 4;
+   * @generated from field: int64 held = 4 [deprecated = true];
+   * @deprecated
    */
   held: bigint;
 
@@ -387,6 +420,16 @@ export type LedgerEntry = Message<"cutout.v1.LedgerEntry"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 8;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string amount_decimal = 60;
+   */
+  amountDecimal: string;
+
+  /**
+   * @generated from field: string held_decimal = 61;
+   */
+  heldDecimal: string;
 };
 
 /**
@@ -553,9 +596,17 @@ export type GrantCreditsRequest = Message<"cutout.v1.GrantCreditsRequest"> & {
   accountId: string;
 
   /**
+   * Whole credits; or, for any amount, amount_decimal ("2.5", at most 3 decimal
+   * places). Exactly one of the two.
+   *
    * @generated from field: int64 amount = 2;
    */
   amount: bigint;
+
+  /**
+   * @generated from field: string amount_decimal = 60;
+   */
+  amountDecimal: string;
 
   /**
    * "admin" (default) or "purchase".
