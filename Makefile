@@ -38,9 +38,11 @@ $(NODE_STAMP): clients/typescript/package-lock.json
 setup: $(STAMP) model $(NODE_STAMP)
 
 # Brings the embedded mesh up (Triton, inference, gateway), runs a demo removal,
-# serves on 127.0.0.1:50051 until Ctrl-C.
+# serves on 127.0.0.1:50051 until Ctrl-C. `make up CELLS=eu,us`: one cell per region,
+# side by side (ports 50051, 50061; data under .data/cells/<region>/).
+CELLS ?= eu
 up: setup
-	$(PY) -m services.mesh
+	$(PY) -m services.mesh --cells $(CELLS)
 
 # Lint, generated-code check, then the whole suite against the real mesh.
 test: setup

@@ -118,8 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     erase_batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     _erase_options(erase_batch)
 
-    signup = commands.add_parser("signup", help="create an account and its first API key")
+    signup = commands.add_parser(
+        "signup", help="ask for an account (a code goes to the e-mail); with --code, open it and make its first key"
+    )
     signup.add_argument("--email", required=True)
+    signup.add_argument("--code", default="", help="the code from the sign-up e-mail: opens the account")
     signup.add_argument("--name", default="", help="display name")
     signup.add_argument("--region", default="eu", help="where your data is processed and kept: eu or us (fixed)")
     signup.add_argument("--confirm-age", action="store_true", help="confirm that you are at least 13 years old")
@@ -344,12 +347,20 @@ def _show_new_key(args: argparse.Namespace, api_key: str, key_id: str) -> None:
 
 
 def signup(args: argparse.Namespace) -> int:
+    if args.code:  # the second step: the code from the e-mail opens the account
+        password = _password(args, confirm=False)
+        with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None, api_key="") as client:
+            verified = client.verify_sign_up(args.email, password, args.code, key_name="cli")
+        granted = credits_text(verified.balance.available_decimal, verified.balance.available)
+        print(f"account {verified.profile.account_id} ({verified.profile.region}): {granted} credits")
+        _show_new_key(args, verified.api_key, verified.key.id)
+        return 0
     if not args.confirm_age and not _yes("are you at least 13 years old?", default=False):
         print("cutout: you must be at least 13 years old to sign up (--confirm-age)", file=sys.stderr)
         return 1
     password = _password(args, confirm=True)
     with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None, api_key="") as client:
-        created = client.sign_up(
+        answer = client.sign_up(
             args.email,
             password,
             display_name=args.name,
@@ -357,10 +368,11 @@ def signup(args: argparse.Namespace) -> int:
             age_confirmed=True,
             marketing_opt_in=args.marketing,
         )
-        granted = credits_text(created.balance.available_decimal, created.balance.available)
-        print(f"account {created.profile.account_id} ({created.profile.region}): {granted} credits")
-        key = client.create_api_key("cli", email=args.email, password=password)
-    _show_new_key(args, key.api_key, key.key.id)
+    print(f"check {args.email} for a code, then: cutout signup --email {args.email} --code CODE")
+    free = answer.free_credits_decimal or str(answer.free_credits)  # an older server sends whole credits only
+    print(f"(the account gets {free} free credits once verified)")
+    if answer.free_credits_note:
+        print(answer.free_credits_note)
     return 0
 
 

@@ -161,6 +161,13 @@ class CutoutClient:
         )
         return self._stub.SignUp(request, timeout=30)
 
+    def verify_sign_up(
+        self, email: str, password: str, code: str, *, key_name: str = ""
+    ) -> account_pb2.VerifySignUpResponse:
+        """Opens the account a sign-up asked for (the code from the e-mail); returns its first key."""
+        request = account_pb2.VerifySignUpRequest(email=email, password=password, code=code, key_name=key_name)
+        return self._stub.VerifySignUp(request, timeout=30)
+
     def create_api_key(
         self, name: str = "", *, email: str = "", password: str = ""
     ) -> account_pb2.CreateApiKeyResponse:

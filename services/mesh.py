@@ -1,6 +1,7 @@
 """The embedded mesh on one machine: Triton, then inference, accounts, retention, then the gateway.
 
-    python -m services.mesh      # `make up`: start, run a demo removal, serve until Ctrl-C
+    python -m services.mesh                  # `make up`: start, run a demo removal, serve until Ctrl-C
+    python -m services.mesh --cells eu,us    # `make up CELLS=eu,us`: one cell per region, side by side
 
 Each service runs as its own process (`python -m services.<name>`), configured only
 through its environment variables, exactly as on Kubernetes. Tests use `Mesh` too.
@@ -34,6 +35,10 @@ from services.inference.triton_local import LocalTriton
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = ROOT / ".data"
+# Service logs of earlier starts are kept this many days (CUTOUT_LOG_DAYS), then deleted.
+DEFAULT_LOG_DAYS = 14.0
+# Cell i of `--cells` serves its gateway on the base port + CELL_PORT_STEP * i.
+CELL_PORT_STEP = 10
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -289,6 +294,11 @@ class Mesh:
     services: list[ServiceProcess] = field(default_factory=list)
     # The cell's CA and certificates (keys 0600), under data_dir/pki; made at start.
     pki: CellPki | None = None
+    # The region this cell serves (accounts refuses sign-ups for any other), and where
+    # the other regions' cells answer (named in that refusal).
+    region: str = "eu"
+    region_endpoints: dict[str, str] = field(default_factory=dict)
+    log_days: float = DEFAULT_LOG_DAYS
 
     @property
     def run_dir(self) -> Path:
@@ -327,12 +337,26 @@ class Mesh:
         return AdminEndpoint(self.admin_address, self.admin_token, self.pki)
 
     @property
+    def outbox(self) -> Path:
+        """Where accounts puts the e-mails it sends (sign-up codes, notices)."""
+        return self.data_dir / "outbox"
+
+    @property
+    def cell_env(self) -> dict[str, str]:
+        """What every service of the cell is told about the cell (under the caller's `env`)."""
+        env = {"CUTOUT_ACCOUNTS_REGION": self.region, "CUTOUT_ACCOUNTS_MAIL_OUTBOX_DIR": str(self.outbox)}
+        if self.region_endpoints:
+            env["CUTOUT_ACCOUNTS_REGION_ENDPOINTS"] = json.dumps(self.region_endpoints)
+        return {**env, **self.env}
+
+    @property
     def ca_file(self) -> Path:
         """The CA a client of the gateway trusts (`cutout --ca`, CUTOUT_CA_FILE)."""
         return self.data_dir / "pki" / "ca.pem"
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        rotate_logs(self.run_dir, time.time(), self.log_days)
         self.pki = CellPki(self.data_dir / "pki")
         for name in ("triton", "inference", "accounts", "retention", "gateway"):
             self.pki.issue(name)  # a fresh certificate for every start
@@ -347,13 +371,16 @@ class Mesh:
             self.triton.start()
             self.triton.wait_ready()
             inference = ServiceProcess(
-                "inference", {**self.env, "CUTOUT_INFERENCE_TRITON_URL": self.triton.url}, self.run_dir, pki=self.pki
+                "inference",
+                {**self.cell_env, "CUTOUT_INFERENCE_TRITON_URL": self.triton.url},
+                self.run_dir,
+                pki=self.pki,
             )
             self.services.append(inference)
             inference.start()
             inference.wait_serving()
             # Retention first: accounts' erasures call it.
-            retention = retention_process(self.run_dir, self.data_dir / "retention", self.env, self.pki)
+            retention = retention_process(self.run_dir, self.data_dir / "retention", self.cell_env, self.pki)
             self.services.append(retention)
             retention.start()
             retention.wait_serving()
@@ -361,7 +388,7 @@ class Mesh:
                 self.run_dir,
                 self.database_url or f"sqlite:///{self.sqlite_path}",
                 write_secret(self.run_dir / "admins", admins_line(self.admin_name, self.admin_token) + "\n"),
-                self.env,
+                self.cell_env,
                 self.pki,
                 retention=retention.address,
             )
@@ -371,7 +398,7 @@ class Mesh:
             ADMINS[self.admin_token] = self.admin
             gateway = gateway_process(
                 self.run_dir,
-                self.env,
+                self.cell_env,
                 inference=inference.address,
                 accounts=accounts.address,
                 retention=retention.address,
@@ -399,6 +426,21 @@ class Mesh:
         return statuses
 
 
+def rotate_logs(run_dir: Path, now: float, keep_days: float) -> list[Path]:
+    """Moves the last start's service logs aside (`name.log.<time>`) and deletes those older
+    than `keep_days` (log lines carry ids, never e-mails or images, but ids are personal
+    data too); returns the deleted files."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    for log in run_dir.glob("*.log"):
+        log.rename(log.with_name(f"{log.name}.{stamp}"))
+    deleted = []
+    for old in run_dir.glob("*.log.*"):
+        if old.stat().st_mtime <= now - keep_days * 86400:
+            old.unlink()
+            deleted.append(old)
+    return deleted
+
+
 DEMO_CREDITS = 100
 
 
@@ -408,13 +450,15 @@ def demo_account(
     data_dir: Path,
     credits: int = DEMO_CREDITS,
     ca_file: Path | None = None,
+    region: str = "eu",
     *,
     admin: str,
 ) -> str:
     """A demo account topped up to `credits`; returns a new API key for it.
 
     Its e-mail and password are kept in a private file under data_dir, so later runs
-    log in to the same account; the previous demo keys are revoked.
+    log in to the same account; the previous demo keys are revoked. A new one is signed
+    up and verified with the code from the cell's outbox (data_dir/outbox).
     """
     from cutout.client import CutoutClient, open_channel
     from cutout.v1 import account_pb2, cutout_pb2_grpc
@@ -428,11 +472,13 @@ def demo_account(
         write_secret(credentials_file, json.dumps(login))
     with CutoutClient(gateway, api_key="", ca_file=ca_file) as client:
         try:
-            client.sign_up(login["email"], login["password"], display_name="Demo", region="eu", age_confirmed=True)
+            created = client.create_api_key(name="demo", email=login["email"], password=login["password"])
         except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.ALREADY_EXISTS:  # type: ignore[attr-defined]
+            if error.code() != grpc.StatusCode.UNAUTHENTICATED:  # type: ignore[attr-defined]
                 raise
-        created = client.create_api_key(name="demo", email=login["email"], password=login["password"])
+            client.sign_up(login["email"], login["password"], display_name="Demo", region=region, age_confirmed=True)
+            code = wait_for_code(data_dir / "outbox", login["email"])
+            created = client.verify_sign_up(login["email"], login["password"], code, key_name="demo")
         client.api_key = created.api_key
         for key in client.list_api_keys().keys:
             if key.name == "demo" and key.id != created.key.id and not key.HasField("revoked_at"):
@@ -452,6 +498,20 @@ def demo_account(
     return created.api_key
 
 
+def wait_for_code(outbox: Path, email: str, timeout_s: float = 10.0) -> str:
+    """The newest sign-up code in a cell's outbox for `email` (normalised), waiting a little for it."""
+    from services.accounts.mail import latest_code
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        code = latest_code(outbox, email)
+        if code is not None:
+            return code
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no sign-up code for that address in {outbox}")
+        time.sleep(0.05)
+
+
 def run_demo(gateway: str, data_dir: Path, api_key: str, ca_file: Path | None = None) -> Path:
     """The main job: remove the background of a real photo through the running mesh."""
     from cutout.client import CutoutClient
@@ -469,8 +529,33 @@ def run_demo(gateway: str, data_dir: Path, api_key: str, ca_file: Path | None = 
     return output
 
 
-def main() -> int:
+def cells_from(spec: str, base_port: int, data_dir: Path) -> list[Mesh]:
+    """`eu,us` -> one Mesh per region, each with its own data folder (databases, blobs, PKI,
+    outbox, logs) and gateway port, and every other cell's address as its region's endpoint."""
+    regions = [region.strip() for region in spec.split(",") if region.strip()]
+    if len(regions) <= 1:
+        return [Mesh(data_dir=data_dir, gateway_port=base_port, region=regions[0] if regions else "eu")]
+    ports = {region: base_port + CELL_PORT_STEP * i for i, region in enumerate(regions)}
+    endpoints = {region: f"127.0.0.1:{port}" for region, port in ports.items()}
+    return [
+        Mesh(
+            data_dir=data_dir / "cells" / region, gateway_port=ports[region], region=region, region_endpoints=endpoints
+        )
+        for region in regions
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
     """`make up`; exits 0 once everything has stopped with status 0 (after Ctrl-C too)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m services.mesh", description="the embedded Cutout mesh")
+    parser.add_argument(
+        "--cells",
+        default=os.environ.get("CUTOUT_CELLS", "eu"),
+        help="regions to run, one cell each, side by side (e.g. eu,us); default eu",
+    )
+    args = parser.parse_args(argv)
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -484,31 +569,49 @@ def main() -> int:
         signal.signal(signum, request_stop)
     fetch_models()
     port = int(os.environ.get("CUTOUT_GATEWAY_PORT", "50051"))
-    mesh = Mesh(data_dir=Path(os.environ.get("CUTOUT_DATA_DIR", DEFAULT_DATA_DIR)), gateway_port=port)
+    data_dir = Path(os.environ.get("CUTOUT_DATA_DIR", DEFAULT_DATA_DIR))
+    cells = cells_from(args.cells, port, data_dir)
+    for mesh in cells:
+        mesh.log_days = float(os.environ.get("CUTOUT_LOG_DAYS", DEFAULT_LOG_DAYS))
+    statuses: dict[str, int | None] = {}
+    started: list[Mesh] = []
     try:
-        print("starting Triton, inference, accounts, retention and gateway ...", flush=True)
-        mesh.start()
-        api_key = demo_account(
-            mesh.gateway.address, mesh.admin_token, mesh.data_dir, ca_file=mesh.ca_file, admin=mesh.admin_address
-        )
-        run_demo(mesh.gateway.address, mesh.data_dir, api_key, ca_file=mesh.ca_file)
-        print(f"gateway listening on {mesh.gateway.address}")
-        print(f"a demo account (topped up to {DEMO_CREDITS} credits before the demo); its new API key, shown once:")
-        print(f"  export CUTOUT_API_KEY={api_key} CUTOUT_CA_FILE={mesh.ca_file}")
-        print("  cutout balance; cutout remove photo.jpg -o photo.png")
-        print(f"administration (inside the cell only) on {mesh.admin_address}; admin {mesh.admin_name}'s token:")
-        print(f"  export CUTOUT_ADMIN_ENDPOINT={mesh.admin_address} CUTOUT_ADMIN_TOKEN={mesh.admin_token}")
-        print(f"logs in {mesh.run_dir}; Ctrl-C stops everything", flush=True)
+        for mesh in cells:
+            print(f"[{mesh.region}] starting Triton, inference, accounts, retention and gateway ...", flush=True)
+            started.append(mesh)
+            mesh.start()
+            api_key = demo_account(
+                mesh.gateway.address,
+                mesh.admin_token,
+                mesh.data_dir,
+                ca_file=mesh.ca_file,
+                region=mesh.region,
+                admin=mesh.admin_address,
+            )
+            run_demo(mesh.gateway.address, mesh.data_dir, api_key, ca_file=mesh.ca_file)
+            print(f"[{mesh.region}] gateway listening on {mesh.gateway.address}")
+            print(f"[{mesh.region}] a demo account (topped up to {DEMO_CREDITS} credits); its new API key, shown once:")
+            print(
+                f"  export CUTOUT_GATEWAY={mesh.gateway.address} CUTOUT_API_KEY={api_key} CUTOUT_CA_FILE={mesh.ca_file}"
+            )
+            print("  cutout balance; cutout remove photo.jpg -o photo.png")
+            print(f"[{mesh.region}] administration (inside the cell only), admin {mesh.admin_name}'s token:")
+            print(f"  export CUTOUT_ADMIN_ENDPOINT={mesh.admin_address} CUTOUT_ADMIN_TOKEN={mesh.admin_token}")
+            print(f"[{mesh.region}] logs in {mesh.run_dir}, e-mails (sign-up codes) in {mesh.outbox}", flush=True)
+        print("Ctrl-C stops everything", flush=True)
         while True:
-            for service in mesh.services:
-                service.check_alive()
+            for mesh in cells:
+                for service in mesh.services:
+                    service.check_alive()
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
         stopping = True  # from here on, signals change nothing
         print("stopping ...", flush=True)
-        statuses = mesh.stop()
+        for mesh in reversed(started):
+            for name, code in mesh.stop().items():
+                statuses[f"{mesh.region}/{name}" if len(cells) > 1 else name] = code
         print("stopped: " + ", ".join(f"{name} exit {code}" for name, code in statuses.items()), flush=True)
     return 0 if all(code == 0 for code in statuses.values()) else 1
 

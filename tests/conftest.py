@@ -9,6 +9,7 @@ import io
 import os
 import random
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from cutout.v1 import account_pb2, cutout_pb2_grpc
+from services.accounts.credentials import canonical_email
+from services.accounts.mail import latest_code
 from services.common.assets import ASTRONAUT
 from services.common.settings import API_KEY_METADATA
 from services.inference.model import fetch_models
@@ -57,6 +60,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, model_paths: list[Path]) -> I
             "CUTOUT_ACCOUNTS_ADMIN_RATE_PER_S": "1000",
             "CUTOUT_ACCOUNTS_ADMIN_RATE_BURST": "1000",
             "CUTOUT_ACCOUNTS_ADMIN_FAILURES_FREE": "1000",
+            # ... and the cap on free grants per source (tests/test_signup.py checks it on
+            # an accounts service of its own).
+            "CUTOUT_ACCOUNTS_FREE_GRANTS_PER_SOURCE": "0",
         },
     )
     mesh.start()
@@ -79,31 +85,60 @@ class Customer:
         return [(API_KEY_METADATA, self.api_key)]
 
 
+_BASETEMP: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remember_basetemp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _BASETEMP.append(tmp_path_factory.getbasetemp())
+
+
+def sign_up_code(email: str, timeout_s: float = 10.0) -> str:
+    """The code a cell of this session e-mailed to `email` (every mesh's outbox is under basetemp)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for pattern in ("*/outbox", "*/*/outbox", "*/*/*/outbox"):
+            for outbox in _BASETEMP[0].glob(pattern):
+                code = latest_code(outbox, email)
+                if code is not None:
+                    return code
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no sign-up code for {email} in any outbox")
+        time.sleep(0.05)
+
+
+def sign_up(
+    channel: grpc.Channel, email: str, password: str, region: str = "eu", **fields: object
+) -> account_pb2.VerifySignUpResponse:
+    """SignUp, then VerifySignUp with the code from the outbox: the account and its first key."""
+    cutout = cutout_pb2_grpc.CutoutStub(channel)
+    cutout.SignUp(
+        account_pb2.SignUpRequest(email=email, password=password, region=region, age_confirmed=True, **fields),
+        timeout=30,
+    )
+    code = sign_up_code(canonical_email(email))
+    return cutout.VerifySignUp(account_pb2.VerifySignUpRequest(email=email, password=password, code=code), timeout=30)
+
+
 def new_account(channel: grpc.Channel, admin: str | AdminEndpoint, credits: int | None = None) -> Customer:
     """Signs up a fresh account, tops its balance up to exactly `credits` if given, makes a key.
 
     `admin` is the admin endpoint of the accounts behind `channel`, or a running Mesh's admin
     token (administration is not on the gateway: see Mesh.admin)."""
-    cutout = cutout_pb2_grpc.CutoutStub(channel)
     email, password = f"test-{secrets.token_hex(6)}@example.com", secrets.token_urlsafe(15)
-    signed_up = cutout.SignUp(
-        account_pb2.SignUpRequest(email=email, password=password, region="eu", age_confirmed=True), timeout=30
-    )
-    account_id = signed_up.profile.account_id
+    verified = sign_up(channel, email, password)
+    account_id = verified.profile.account_id
     if credits is not None:
-        assert credits >= signed_up.balance.available, "cannot grant a negative amount"
-        if credits > signed_up.balance.available:
+        assert credits >= verified.balance.available, "cannot grant a negative amount"
+        if credits > verified.balance.available:
             endpoint = ADMINS[admin] if isinstance(admin, str) else admin
             with endpoint.channel() as admin_channel:
                 cutout_pb2_grpc.AdminStub(admin_channel).GrantCredits(
-                    account_pb2.GrantCreditsRequest(
-                        account_id=account_id, amount=credits - signed_up.balance.available
-                    ),
+                    account_pb2.GrantCreditsRequest(account_id=account_id, amount=credits - verified.balance.available),
                     metadata=endpoint.metadata,
                     timeout=30,
                 )
-    created = cutout.CreateApiKey(account_pb2.CreateApiKeyRequest(email=email, password=password), timeout=30)
-    return Customer(account_id, email, password, created.api_key)
+    return Customer(account_id, email, password, verified.api_key)
 
 
 @pytest.fixture(scope="session")

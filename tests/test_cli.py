@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import decode, encode
+from tests.conftest import decode, encode, sign_up_code
 
 CUTOUT = Path(sys.executable).parent / "cutout"
 
@@ -84,7 +84,11 @@ def test_signup_save_balance_keys_and_remove_with_the_key_from_the_config_file(m
 
     refused = cutout("signup", "--email", email, "--password-stdin", stdin=password + "\n")
     assert refused.returncode == 1 and "13" in refused.stderr
-    done = cutout("signup", "--email", email, "--confirm-age", "--password-stdin", "--save", stdin=password + "\n")
+    asked = cutout("signup", "--email", email, "--confirm-age", "--password-stdin", stdin=password + "\n")
+    assert asked.returncode == 0, asked.stderr
+    assert f"check {email} for a code" in asked.stdout and "--code" in asked.stdout
+    code = sign_up_code(email)
+    done = cutout("signup", "--email", email, "--code", code, "--password-stdin", "--save", stdin=password + "\n")
     assert done.returncode == 0, done.stderr
     assert "credits" in done.stdout and str(config) in done.stdout
     assert config.stat().st_mode & 0o077 == 0, "the config file holds a key: owner only"
@@ -102,7 +106,7 @@ def test_signup_save_balance_keys_and_remove_with_the_key_from_the_config_file(m
     second = cutout("keys", "create", "--name", "ci", "--password-stdin", stdin=password + "\n")
     assert second.returncode == 0 and "API key" in second.stdout
     listed = cutout("keys", "list")
-    assert listed.returncode == 0 and "ci" in listed.stdout and "cli" in listed.stdout
+    assert listed.returncode == 0 and "ci" in listed.stdout and "cli" in listed.stdout  # "cli": the first key
     first_id = next(line.split()[0] for line in listed.stdout.splitlines() if first_key[:11] in line)
     revoked = cutout("keys", "revoke", first_id, "--password-stdin", stdin=password + "\n")
     assert revoked.returncode == 0, revoked.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import decode
+from tests.conftest import decode, sign_up_code
 from tools.protos import ROOT
 
 TYPESCRIPT = ROOT / "clients" / "typescript"
@@ -51,19 +52,33 @@ def test_the_typescript_client_signs_up_and_removes_a_background(mesh, astronaut
     _toolchain()
     photo, output = tmp_path / "astronaut.png", tmp_path / "cutout.png"
     photo.write_bytes(astronaut_png)
+    email = f"ts-smoke-{secrets.token_hex(6)}@example.com"
     env = {
         **os.environ,
         "CUTOUT_GATEWAY": mesh.gateway.address,
         "CUTOUT_CA_FILE": str(mesh.ca_file),
         "CUTOUT_REGION": "eu",
+        "CUTOUT_EMAIL": email,
         "CUTOUT_PHOTO": str(photo),
         "CUTOUT_OUTPUT": str(output),
     }
-    result = subprocess.run(
-        [str(BIN / "tsx"), "smoke.ts"], cwd=TYPESCRIPT, env=env, capture_output=True, text=True, timeout=180
+    smoke = subprocess.Popen(
+        [str(BIN / "tsx"), "smoke.ts"],
+        cwd=TYPESCRIPT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    try:
+        # It signs up, then asks for the code the sign-up e-mail carries (the mesh's outbox).
+        assert smoke.stdout is not None and smoke.stdout.readline().strip() == "code?", smoke.stderr
+        out, err = smoke.communicate(sign_up_code(email) + "\n", timeout=180)
+    finally:
+        smoke.kill()
+    assert smoke.returncode == 0, out + err
+    report = json.loads(out.strip().splitlines()[-1])
     assert (report["width"], report["height"]) == (512, 512) and report["creditsCharged"] >= 1
     alpha = np.asarray(decode(output.read_bytes()).getchannel("A"))
     # The astronaut kept, the background gone: a real cut-out, not an echo of the photo.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import re
 import shutil
@@ -587,6 +588,56 @@ def test_every_pod_may_resolve_names_and_send_telemetry(cells):
             ]
             ports = {(port.get("protocol", "TCP"), port["port"]) for rule in egress for port in rule.get("ports", [])}
             assert {("UDP", 53), ("TCP", 53), ("TCP", 4317)} <= ports, f"{region}/{workload['metadata']['name']}"
+
+
+# What each workload may reach outside the cell: (cell ConfigMap key of the range, port).
+OUTSIDE_EGRESS = {
+    "accounts": {("DATABASE_CIDR", 5432), ("MAIL_CIDR", 587)},
+    "retention": {("DATABASE_CIDR", 5432), ("STORAGE_CIDR", 443)},
+    "otel-collector": {("TELEMETRY_CIDR", 4317)},
+    "migrate": {("DATABASE_CIDR", 5432)},  # the migration Job (k8s/base/migrate.yaml)
+}
+
+
+def test_each_cells_egress_reaches_only_its_own_regions_storage_database_and_telemetry(cells):
+    ranges: dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {}
+    for region, objects in cells.items():
+        (cell,) = [m["data"] for name, m in _of(objects, "ConfigMap").items() if name.startswith("cell-")]
+        own = {key: cell[key] for key in ("DATABASE_CIDR", "STORAGE_CIDR", "MAIL_CIDR", "TELEMETRY_CIDR")}
+        networks = [ipaddress.ip_network(cidr) for cidr in own.values()]
+        for network in networks:
+            assert network.is_private and network.prefixlen >= 16, f"{region}: {network} is not one region's range"
+        ranges[region] = networks
+        # Whatever the policy's name, every pod's outside egress (ipBlock peers) is exactly its line above.
+        for workload in _workloads(objects):
+            name = workload["metadata"]["name"]
+            outside = set()
+            for policy in _policies_for(objects, _pod_labels(workload)):
+                for rule in policy["spec"].get("egress", []):
+                    for peer in rule.get("to", []):
+                        if "ipBlock" in peer:
+                            assert not peer["ipBlock"].get("except"), f"{region}/{name}: an ipBlock with holes"
+                            assert rule.get("ports"), f"{region}/{name}: egress to every port of {peer}"
+                            outside |= {(peer["ipBlock"]["cidr"], port["port"]) for port in rule["ports"]}
+                    assert rule.get("to"), f"{region}/{name}: an egress rule open to every address"
+            expected = {(own[key], port) for key, port in OUTSIDE_EGRESS.get(name, set())}
+            assert outside == expected, f"{region}/{name}: egress outside the cell {outside}, expected {expected}"
+        # The services are configured for those same endpoints.
+        retention = _env(objects, _container(objects, "retention"))
+        assert retention["CUTOUT_RETENTION_S3_ENDPOINT_URL"] == cell["S3_ENDPOINT_URL"]
+        assert f".{region}." in cell["S3_ENDPOINT_URL"] and f".{region}." in cell["TELEMETRY_BACKEND_ENDPOINT"]
+        accounts = _env(objects, _container(objects, "accounts"))
+        endpoints = json.loads(accounts["CUTOUT_ACCOUNTS_REGION_ENDPOINTS"])
+        assert accounts["CUTOUT_ACCOUNTS_REGION"] == region and set(cells) <= set(endpoints)
+        assert (
+            accounts["CUTOUT_ACCOUNTS_SMTP_HOST"] == cell["MAIL_RELAY_HOST"]
+            and f".{region}." in cell["MAIL_RELAY_HOST"]
+        )
+    regions = sorted(ranges)
+    for i, a in enumerate(regions):
+        for b in regions[i + 1 :]:
+            overlapping = [(x, y) for x in ranges[a] for y in ranges[b] if x.overlaps(y)]
+            assert not overlapping, f"{a} and {b} may reach the same addresses: {overlapping}"
 
 
 # --- Triton, availability, autoscaling ---

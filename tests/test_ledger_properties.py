@@ -9,7 +9,9 @@ injected clock, next to a small model of what the balance must be:
 - the ledger adds up: entries sum to the balance and held credits, and every credit
   granted is available, held, spent or expired;
 - nothing moves between accounts (entries, allocations and settlements stay in one account);
-- each grant's running `used` count equals what its live allocations add up to.
+- each grant's running `used` count equals what its live allocations add up to;
+- compaction (the sweep dropping old idempotency keys and fingerprints, and old released
+  reservations) changes no balance: a compacted key is simply new again.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import grpc
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlmodel import SQLModel
 
-from services.accounts.db import make_engine, migrate
+from services.accounts.db import MIGRATIONS, make_engine, migrate
 from services.accounts.ledger import Ledger, Outcome
 from services.accounts.models import (
     AccessLogEntry,
@@ -40,9 +43,11 @@ from services.accounts.models import (
     CreditGrant,
     Erasure,
     LedgerEntry,
+    PendingSignUp,
     Reservation,
     ReservationAllocation,
     RetainedFinancialRecord,
+    SignUpSource,
 )
 from services.common.errors import ServiceError
 
@@ -53,6 +58,8 @@ KEYS = ("k0", "k1", "k2", "k3")
 HASHES = ("h0", "h1")
 TTLS = (30, 301, 3600, 86_400)
 STEPS = (1, 29, 31, 299, 301, 3599, 86_400)
+FINGERPRINT_TTLS = (3600, 86_400)
+RELEASED_TTLS = (3600, 7 * 86_400)
 ACCOUNTS_TABLES = {
     model.__tablename__
     for model in (
@@ -66,6 +73,8 @@ ACCOUNTS_TABLES = {
         Erasure,
         RetainedFinancialRecord,
         AdminAuditEntry,
+        PendingSignUp,
+        SignUpSource,
     )
 }
 
@@ -85,14 +94,15 @@ class ModelAccount:
     id: str
     grants: dict[str, tuple[int, datetime]] = field(default_factory=dict)
     reservations: dict[str, ModelReservation] = field(default_factory=dict)
+    # Settled reservations whose key the compaction dropped: they still count, under no key.
+    forgotten: list[ModelReservation] = field(default_factory=list)
+
+    def all(self) -> list[ModelReservation]:
+        return [*self.reservations.values(), *self.forgotten]
 
     def live(self, now: datetime) -> list[ModelReservation]:
         """Reservations whose credits are taken: committed, or held and not lapsed."""
-        return [
-            r
-            for r in self.reservations.values()
-            if r.state == "committed" or (r.state == "held" and r.hold_expires_at > now)
-        ]
+        return [r for r in self.all() if r.state == "committed" or (r.state == "held" and r.hold_expires_at > now)]
 
     def remaining(self, now: datetime) -> list[tuple[datetime, str, int]]:
         used: dict[str, int] = {}
@@ -112,7 +122,7 @@ class ModelAccount:
         return sum(r.amount for r in self.live(now) if r.state == "held")
 
     def committed(self) -> int:
-        return sum(r.amount for r in self.reservations.values() if r.state == "committed")
+        return sum(r.amount for r in self.all() if r.state == "committed")
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +264,27 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule()
     def sweep(self) -> None:
         self.ledger.sweep()
+
+    @rule(fingerprint_ttl=st.sampled_from(FINGERPRINT_TTLS), released_ttl=st.sampled_from(RELEASED_TTLS))
+    def compact(self, fingerprint_ttl: int, released_ttl: int) -> None:
+        """The accounts sweep: settle, then drop old keys and fingerprints, and old released rows."""
+        self.ledger.sweep()
+        self.ledger.compact(timedelta(seconds=fingerprint_ttl), timedelta(seconds=released_ttl))
+        stale = self.now - timedelta(seconds=fingerprint_ttl) + HOLD
+        for account in self.model.values():
+            for key, reservation in list(account.reservations.items()):
+                if reservation.state == "held" and reservation.hold_expires_at <= self.now:
+                    reservation.state = "released"  # the sweep released the lapsed hold
+                if reservation.state != "held" and reservation.hold_expires_at <= stale:
+                    account.forgotten.append(account.reservations.pop(key))
+        table = Reservation.__table__  # type: ignore[attr-defined]
+        with self.engine.connect() as connection:
+            kept = connection.execute(
+                select(func.count())
+                .select_from(table)
+                .where(table.c.state != "held", table.c.request_hash != "", table.c.hold_expires_at <= stale)
+            ).scalar_one()
+        assert kept == 0, "a settled reservation kept its fingerprint past its lifetime"
 
     # -- invariants ------------------------------------------------------------------
 
@@ -432,21 +463,9 @@ def test_migrate_command_creates_the_schema_and_is_idempotent(tmp_path) -> None:
         assert done.returncode == 0, done.stderr
     engine = make_engine(url)
     with engine.connect() as connection:
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == _head()
+        head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == head
     engine.dispose()
-
-
-def _head() -> str:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    from services.accounts.db import MIGRATIONS
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    head = ScriptDirectory.from_config(config).get_current_head()
-    assert head is not None
-    return head
 
 
 def test_the_migrations_build_exactly_the_tables_of_the_models(tmp_path) -> None:

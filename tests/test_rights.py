@@ -84,7 +84,8 @@ def cell(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cell]
         f"# named admins\n{admins_line(mesh.admin_name, mesh.admin_token)}\n{admins_line('alice', alice_token)}\n",
     )
     env = {
-        **mesh.env,
+        **mesh.cell_env,
+        "CUTOUT_ACCOUNTS_MAIL_OUTBOX_DIR": str(run_dir / "outbox"),  # sign-up codes (tests.conftest finds them)
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
@@ -261,12 +262,6 @@ def test_after_an_email_correction_the_old_address_cannot_log_in_and_the_new_one
     assert old_login.code() == grpc.StatusCode.UNAUTHENTICATED and reason(old_login) == "WRONG_CREDENTIALS"
     created = stub.CreateApiKey(account_pb2.CreateApiKeyRequest(email=new, password=customer.password), timeout=30)
     assert created.api_key.startswith("ck_")
-    # Nothing else may take the corrected address either.
-    again = fails(
-        stub.SignUp,
-        account_pb2.SignUpRequest(email=canonical, password=secrets.token_urlsafe(15), region="eu", age_confirmed=True),
-    )
-    assert again.code() == grpc.StatusCode.ALREADY_EXISTS
     # The old address is gone from the database file, not only from the row.
     assert customer.email.encode() not in cell.accounts_db.read_bytes()
 

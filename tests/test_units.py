@@ -289,7 +289,9 @@ def test_the_demo_account_is_topped_up_to_exactly_its_credits(mesh: Mesh, tmp_pa
     from services.mesh import demo_account
 
     def top_up() -> str:
-        return demo_account(mesh.gateway.address, mesh.admin_token, tmp_path, credits=5, ca_file=mesh.ca_file)
+        return demo_account(
+            mesh.gateway.address, mesh.admin_token, tmp_path, credits=5, ca_file=mesh.ca_file, admin=mesh.admin_address
+        )
 
     metadata = [(API_KEY_METADATA, top_up())]
     with mesh.gateway.channel() as channel:

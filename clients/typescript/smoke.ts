@@ -1,9 +1,11 @@
 // A smoke test of the generated TypeScript client against a running gateway: sign up,
-// make a key, remove the background of one photo, check what comes back.
-// tests/test_clients.py runs it against the embedded mesh:
-//   CUTOUT_GATEWAY=127.0.0.1:50051 CUTOUT_CA_FILE=.data/pki/ca.pem CUTOUT_PHOTO=photo.png npm run smoke
+// type in the code the sign-up e-mail brought (one line on stdin), which opens the account
+// and makes its first key, remove the background of one photo, check what comes back.
+// tests/test_clients.py runs it against the embedded mesh, reading the code from its outbox:
+//   CUTOUT_GATEWAY=127.0.0.1:50051 CUTOUT_CA_FILE=.data/pki/ca.pem CUTOUT_REGION=eu \
+//   CUTOUT_EMAIL=me@example.com CUTOUT_PHOTO=photo.png CUTOUT_OUTPUT=out.png npm run smoke
 import { readFileSync, writeFileSync } from "node:fs";
-import { randomBytes } from "node:crypto";
+import { createInterface } from "node:readline/promises";
 import { create } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -23,10 +25,15 @@ const transport = createGrpcTransport({
 });
 const cutout = createClient(Cutout, transport);
 
-const email = `ts-smoke-${randomBytes(6).toString("hex")}@example.com`;
+const email = need("CUTOUT_EMAIL");
 const password = "correct horse battery staple 42";
-await cutout.signUp({ email, password, displayName: "TypeScript smoke", region: need("CUTOUT_REGION"), ageConfirmed: true });
-const { apiKey } = await cutout.createApiKey({ email, password, name: "smoke" });
+const answer = await cutout.signUp({ email, password, displayName: "TypeScript smoke", region: need("CUTOUT_REGION"), ageConfirmed: true });
+if (!answer.verificationRequired) throw new Error("sign-up did not ask for the e-mailed code");
+const stdin = createInterface({ input: process.stdin });
+console.log("code?");
+const code = (await stdin[Symbol.asyncIterator]().next()).value?.trim() ?? "";
+stdin.close();
+const { apiKey } = await cutout.verifySignUp({ email, password, code, keyName: "smoke" });
 if (!apiKey.startsWith("ck_")) throw new Error("no API key came back");
 
 const request = create(RemoveBackgroundRequestSchema, {

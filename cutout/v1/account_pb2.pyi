@@ -26,12 +26,44 @@ class SignUpRequest(_message.Message):
     def __init__(self, email: _Optional[str] = ..., password: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., age_confirmed: _Optional[bool] = ..., marketing_opt_in: _Optional[bool] = ...) -> None: ...
 
 class SignUpResponse(_message.Message):
-    __slots__ = ("profile", "balance")
+    __slots__ = ("profile", "balance", "verification_required", "free_credits", "free_credits_note", "free_credits_decimal")
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     BALANCE_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    FREE_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    FREE_CREDITS_NOTE_FIELD_NUMBER: _ClassVar[int]
+    FREE_CREDITS_DECIMAL_FIELD_NUMBER: _ClassVar[int]
     profile: Profile
     balance: Balance
-    def __init__(self, profile: _Optional[_Union[Profile, _Mapping]] = ..., balance: _Optional[_Union[Balance, _Mapping]] = ...) -> None: ...
+    verification_required: bool
+    free_credits: int
+    free_credits_note: str
+    free_credits_decimal: str
+    def __init__(self, profile: _Optional[_Union[Profile, _Mapping]] = ..., balance: _Optional[_Union[Balance, _Mapping]] = ..., verification_required: _Optional[bool] = ..., free_credits: _Optional[int] = ..., free_credits_note: _Optional[str] = ..., free_credits_decimal: _Optional[str] = ...) -> None: ...
+
+class VerifySignUpRequest(_message.Message):
+    __slots__ = ("email", "password", "code", "key_name")
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    email: str
+    password: str
+    code: str
+    key_name: str
+    def __init__(self, email: _Optional[str] = ..., password: _Optional[str] = ..., code: _Optional[str] = ..., key_name: _Optional[str] = ...) -> None: ...
+
+class VerifySignUpResponse(_message.Message):
+    __slots__ = ("profile", "balance", "api_key", "key")
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    profile: Profile
+    balance: Balance
+    api_key: str
+    key: ApiKey
+    def __init__(self, profile: _Optional[_Union[Profile, _Mapping]] = ..., balance: _Optional[_Union[Balance, _Mapping]] = ..., api_key: _Optional[str] = ..., key: _Optional[_Union[ApiKey, _Mapping]] = ...) -> None: ...
 
 class CreateApiKeyRequest(_message.Message):
     __slots__ = ("email", "password", "name")

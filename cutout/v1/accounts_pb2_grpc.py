@@ -64,6 +64,11 @@ class AccountsStub:
                 request_serializer=cutout_dot_v1_dot_account__pb2.SignUpRequest.SerializeToString,
                 response_deserializer=cutout_dot_v1_dot_account__pb2.SignUpResponse.FromString,
                 _registered_method=True)
+        self.VerifySignUp = channel.unary_unary(
+                '/cutout.v1.Accounts/VerifySignUp',
+                request_serializer=cutout_dot_v1_dot_account__pb2.VerifySignUpRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_account__pb2.VerifySignUpResponse.FromString,
+                _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
                 '/cutout.v1.Accounts/CreateApiKey',
                 request_serializer=cutout_dot_v1_dot_account__pb2.CreateApiKeyRequest.SerializeToString,
@@ -157,6 +162,12 @@ class AccountsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SignUp(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifySignUp(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -262,6 +273,11 @@ def add_AccountsServicer_to_server(servicer, server):
                     servicer.SignUp,
                     request_deserializer=cutout_dot_v1_dot_account__pb2.SignUpRequest.FromString,
                     response_serializer=cutout_dot_v1_dot_account__pb2.SignUpResponse.SerializeToString,
+            ),
+            'VerifySignUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifySignUp,
+                    request_deserializer=cutout_dot_v1_dot_account__pb2.VerifySignUpRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_account__pb2.VerifySignUpResponse.SerializeToString,
             ),
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateApiKey,
@@ -462,6 +478,33 @@ class Accounts:
             '/cutout.v1.Accounts/SignUp',
             cutout_dot_v1_dot_account__pb2.SignUpRequest.SerializeToString,
             cutout_dot_v1_dot_account__pb2.SignUpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifySignUp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Accounts/VerifySignUp',
+            cutout_dot_v1_dot_account__pb2.VerifySignUpRequest.SerializeToString,
+            cutout_dot_v1_dot_account__pb2.VerifySignUpResponse.FromString,
             options,
             channel_credentials,
             insecure,

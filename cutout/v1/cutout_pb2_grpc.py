@@ -31,7 +31,7 @@ if _version_not_supported:
 
 class CutoutStub:
     """The public API. Callers authenticate with an API key in the `x-api-key`
-    metadata entry; only SignUp and CreateApiKey (with email and password) work without one.
+    metadata entry; only SignUp, VerifySignUp and CreateApiKey (with email and password) work without one.
     """
 
     def __init__(self, channel):
@@ -59,6 +59,11 @@ class CutoutStub:
                 '/cutout.v1.Cutout/SignUp',
                 request_serializer=cutout_dot_v1_dot_account__pb2.SignUpRequest.SerializeToString,
                 response_deserializer=cutout_dot_v1_dot_account__pb2.SignUpResponse.FromString,
+                _registered_method=True)
+        self.VerifySignUp = channel.unary_unary(
+                '/cutout.v1.Cutout/VerifySignUp',
+                request_serializer=cutout_dot_v1_dot_account__pb2.VerifySignUpRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_account__pb2.VerifySignUpResponse.FromString,
                 _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
                 '/cutout.v1.Cutout/CreateApiKey',
@@ -139,7 +144,7 @@ class CutoutStub:
 
 class CutoutServicer:
     """The public API. Callers authenticate with an API key in the `x-api-key`
-    metadata entry; only SignUp and CreateApiKey (with email and password) work without one.
+    metadata entry; only SignUp, VerifySignUp and CreateApiKey (with email and password) work without one.
     """
 
     def RemoveBackground(self, request, context):
@@ -171,6 +176,12 @@ class CutoutServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SignUp(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifySignUp(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -293,6 +304,11 @@ def add_CutoutServicer_to_server(servicer, server):
                     request_deserializer=cutout_dot_v1_dot_account__pb2.SignUpRequest.FromString,
                     response_serializer=cutout_dot_v1_dot_account__pb2.SignUpResponse.SerializeToString,
             ),
+            'VerifySignUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifySignUp,
+                    request_deserializer=cutout_dot_v1_dot_account__pb2.VerifySignUpRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_account__pb2.VerifySignUpResponse.SerializeToString,
+            ),
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateApiKey,
                     request_deserializer=cutout_dot_v1_dot_account__pb2.CreateApiKeyRequest.FromString,
@@ -378,7 +394,7 @@ def add_CutoutServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Cutout:
     """The public API. Callers authenticate with an API key in the `x-api-key`
-    metadata entry; only SignUp and CreateApiKey (with email and password) work without one.
+    metadata entry; only SignUp, VerifySignUp and CreateApiKey (with email and password) work without one.
     """
 
     @staticmethod
@@ -479,6 +495,33 @@ class Cutout:
             '/cutout.v1.Cutout/SignUp',
             cutout_dot_v1_dot_account__pb2.SignUpRequest.SerializeToString,
             cutout_dot_v1_dot_account__pb2.SignUpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifySignUp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Cutout/VerifySignUp',
+            cutout_dot_v1_dot_account__pb2.VerifySignUpRequest.SerializeToString,
+            cutout_dot_v1_dot_account__pb2.VerifySignUpResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -93,6 +93,11 @@ def new_api_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)  # 256 bits from the OS's CSPRNG
 
 
+def new_signup_code() -> str:
+    """The code a sign-up e-mail carries: 128 random bits (stored, like keys, only as sha256)."""
+    return secrets.token_urlsafe(16)
+
+
 def hash_api_key(api_key: str) -> str:
     # A fast hash is safe here, unlike for passwords: the key is 256 random bits, so
     # nothing can be guessed from the hash, and a deterministic hash lets a key be

@@ -45,6 +45,8 @@ from services.common.errors import ServiceError
 from services.common.sql import aware
 
 HELD, COMMITTED, RELEASED = "held", "committed", "released"
+# The request hash of a compacted reservation: no request hashes to it.
+COMPACTED = ""
 GRANT_SOURCES = ("signup", "purchase", "admin")
 Clock = Callable[[], datetime]
 
@@ -268,6 +270,44 @@ class Ledger:
             self.settle(account_id)
         return len(accounts)
 
+    def compact(self, fingerprint_ttl: timedelta, released_ttl: timedelta) -> tuple[int, int]:
+        """Forgets what the ledger no longer needs; returns (reservations compacted, deleted).
+
+        - a settled (committed or released) reservation whose last reserve is older than
+          `fingerprint_ttl` loses its idempotency key and request fingerprint (sha256 of the
+          image and options): the key becomes the reservation's own id, the hash "" (which
+          no request has); its amount, state and allocations stay, so no balance changes;
+        - a released reservation older than `released_ttl` goes with its allocations (its
+          credits went back to their grants at release, so `used` does not count them).
+
+        The hold's end stands for the last reserve (a retry after a release renews it).
+        Each account is locked while its rows change, like every other ledger write.
+        """
+        now = self.clock()
+        stale_key = now - fingerprint_ttl + self.hold_timeout
+        stale_release = now - released_ttl + self.hold_timeout
+        columns = RESERVATIONS.c
+        to_compact = (
+            (columns.state != HELD) & columns.request_hash.is_not(None) & (columns.hold_expires_at <= stale_key)
+        )
+        to_delete = (columns.state == RELEASED) & (columns.hold_expires_at <= stale_release)
+        with self.engine.begin() as db:
+            accounts = set(db.execute(select(columns.account_id).where(to_compact | to_delete).distinct()).scalars())
+        compacted = deleted = 0
+        for account_id in sorted(accounts):
+            with self.engine.begin() as db:
+                self._lock(db, account_id)
+                mine = columns.account_id == account_id
+                gone = select(columns.id).where(mine & to_delete)
+                db.execute(delete(ALLOCATIONS).where(ALLOCATIONS.c.reservation_id.in_(gone)))
+                deleted += db.execute(delete(RESERVATIONS).where(mine & to_delete)).rowcount
+                compacted += db.execute(
+                    update(RESERVATIONS)
+                    .where(mine & to_compact)
+                    .values(idempotency_key=columns.id, request_hash=COMPACTED)
+                ).rowcount
+        return compacted, deleted
+
     # -- reads ----------------------------------------------------------------------
 
     def balance(self, account_id: str) -> BalanceView:
@@ -286,7 +326,10 @@ class Ledger:
                 .order_by(ENTRIES.c.seq.desc())
                 .limit(limit)
             ).all()
-            return [(row, row.idempotency_key or "") for row in rows], self._balance(db, account_id, now)
+            # A compacted reservation's key is gone (it holds the reservation's own id).
+            return [
+                (row, "" if row.idempotency_key == row.reservation_id else row.idempotency_key or "") for row in rows
+            ], self._balance(db, account_id, now)
 
     # -- inside a transaction -------------------------------------------------------
 

@@ -65,6 +65,9 @@ class Reservation(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=36)
     account_id: str = Field(foreign_key="accounts.id", max_length=36)
+    # Once the reservation is settled and IDEMPOTENCY_HOURS old, the sweep compacts it: the
+    # key becomes the reservation's own id and the hash "" (the fingerprint of the image
+    # goes); the amounts stay for the ledger.
     idempotency_key: str = Field(max_length=200)
     request_hash: str = Field(max_length=64)  # sha256 of the request; never the request itself
     amount: int = Field(sa_column=Column(BigInteger, nullable=False))
@@ -159,3 +162,33 @@ class AdminAuditEntry(SQLModel, table=True):
     outcome: str = Field(max_length=32)  # ok, or the status code
     source: str = Field(default="", max_length=64)  # the caller's address
     detail: str = Field(default="", max_length=200)  # e.g. an erasure's reason, a grant's amount
+
+
+class PendingSignUp(SQLModel, table=True):
+    """A sign-up waiting for its e-mail code; the account is made from it by VerifySignUp.
+    Deleted then, or by the sweep once expired (SIGNUP_CODE_HOURS)."""
+
+    __tablename__ = "pending_signups"
+
+    email: str = Field(primary_key=True, max_length=320)  # normalised, as Account.email
+    display_name: str = Field(default="", max_length=200)
+    password_hash: str = Field(max_length=200)
+    region: str = Field(max_length=16)
+    marketing_opt_in: bool = False
+    code_hash: str = Field(max_length=64)  # sha256 of the code sent; never the code
+    # Decided at sign-up (the cap), in the ledger's unit (millicredits).
+    free_millicredits: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created_at: datetime
+    expires_at: datetime = Field(index=True)
+
+
+class SignUpSource(SQLModel, table=True):
+    """One sign-up from one source address (sha256 of it), for the cap on free grants;
+    deleted once older than the cap's window (FREE_GRANT_WINDOW_H)."""
+
+    __tablename__ = "signup_sources"
+    __table_args__ = (Index("ix_signup_sources_source_at", "source_hash", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    source_hash: str = Field(max_length=64)
+    at: datetime = Field(index=True)

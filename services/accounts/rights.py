@@ -35,6 +35,7 @@ from services.accounts.models import (
     CreditGrant,
     Erasure,
     LedgerEntry,
+    PendingSignUp,
     Reservation,
     ReservationAllocation,
     RetainedFinancialRecord,
@@ -107,9 +108,17 @@ class ErasureState:
 class Erasures:
     """The erasure saga (see the module's docstring)."""
 
-    def __init__(self, engine: Engine, erase_retention: EraseRetention, *, clock: Clock = utc_now) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        erase_retention: EraseRetention,
+        *,
+        forget_mail: Callable[[str], int] = lambda address: 0,
+        clock: Clock = utc_now,
+    ) -> None:
         self.engine = engine
         self.erase_retention = erase_retention
+        self.forget_mail = forget_mail  # deletes what the outbox keeps for an address
         self.clock = clock
         self._running: set[str] = set()
         self._guard = threading.Lock()
@@ -174,6 +183,11 @@ class Erasures:
     def _delete_rows(self, erasure_id: str, account_id: str) -> None:
         now = self.clock()
         pseudonym = str(uuid.uuid4())  # random: nothing leads from it back to the account
+        with Session(self.engine) as session:
+            account = session.get(Account, account_id)
+            email = account.email if account is not None else ""
+        if email:  # first, while the address is still known (a crash here is simply redone)
+            self.forget_mail(email)
         with Session(self.engine) as session, session.begin():
             purchases = session.exec(
                 select(CreditGrant.amount, CreditGrant.created_at).where(
@@ -193,6 +207,8 @@ class Erasures:
             for table in (LedgerEntry, Reservation, CreditGrant, ApiKey, AccessLogEntry):
                 session.execute(delete(table).where(table.account_id == account_id))  # type: ignore[attr-defined]
             session.execute(delete(Account).where(col(Account.id) == account_id))
+            if email:  # a sign-up of the same address waiting for its code
+                session.execute(delete(PendingSignUp).where(col(PendingSignUp.email) == email))
             session.execute(update(Erasure).where(col(Erasure.id) == erasure_id).values(state=DONE, finished_at=now))
         compact_sqlite(self.engine)
 

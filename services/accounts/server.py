@@ -26,6 +26,7 @@ from services.accounts.convert import access_pb, balance_pb, entry_pb, key_pb, p
 from services.accounts.credentials import normalise_email
 from services.accounts.db import MIGRATIONS, VERSION_TABLE, make_engine, migrate
 from services.accounts.ledger import BalanceView, Ledger, Outcome
+from services.accounts.mail import Mailer, Outbox, SmtpRelay
 from services.accounts.models import Account
 from services.accounts.settings import AccountsSettings
 from services.accounts.store import AccountStore, Caller
@@ -34,7 +35,7 @@ from services.common.channels import channel_options
 from services.common.errors import ServiceError, abort
 from services.common.limits import Backoff, Budget, Refused
 from services.common.server import PeriodicJob, ServiceSpec
-from services.common.settings import API_KEY_METADATA
+from services.common.settings import API_KEY_METADATA, SOURCE_METADATA
 from services.common.sql import MigrationsApplied, database_ready
 from services.common.tasks import start_kept
 from services.common.tls import channel_credentials, is_loopback
@@ -197,22 +198,48 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
     async def SignUp(
         self, request: account_pb2.SignUpRequest, context: grpc.aio.ServicerContext
     ) -> account_pb2.SignUpResponse:
-        def sign_up() -> tuple[Account, BalanceView]:
-            account = self.store.sign_up(
+        answer = await run_db(
+            context,
+            "SignUp",
+            functools.partial(
+                self.store.sign_up,
                 email=request.email,
                 password=request.password,
                 display_name=request.display_name,
                 region=request.region,
                 age_confirmed=request.age_confirmed,
                 marketing_opt_in=request.marketing_opt_in,
-                signup_millicredits=credits.to_milli(self.settings.signup_credits),
-                credit_days=self.settings.signup_credit_days,
-            )
-            return account, self.ledger.balance(account.id)
+                source=metadata_value(context, SOURCE_METADATA),
+            ),
+            pool=self.passwords,
+        )
+        # The same answer whether or not the address has an account (the e-mail tells).
+        return account_pb2.SignUpResponse(
+            verification_required=True,
+            free_credits=credits.whole(answer.free_millicredits),
+            free_credits_decimal=credits.text(answer.free_millicredits),
+            free_credits_note=answer.note,
+        )
 
-        account, balance = await run_db(context, "SignUp", sign_up, pool=self.passwords)
+    async def VerifySignUp(
+        self, request: account_pb2.VerifySignUpRequest, context: grpc.aio.ServicerContext
+    ) -> account_pb2.VerifySignUpResponse:
+        account, api_key, key = await run_db(
+            context,
+            "VerifySignUp",
+            _checked,
+            self.logins,
+            normalise_email(request.email),
+            functools.partial(
+                self.store.verify_sign_up, request.email, request.password, request.code, request.key_name
+            ),
+            pool=self.passwords,
+        )
+        balance = await run_db(context, "VerifySignUp", self.ledger.balance, account.id)
         log.info("account created: %s", account.id)
-        return account_pb2.SignUpResponse(profile=profile_pb(account), balance=balance_pb(balance))
+        return account_pb2.VerifySignUpResponse(
+            profile=profile_pb(account), balance=balance_pb(balance), api_key=api_key, key=key_pb(key)
+        )
 
     async def CreateApiKey(
         self, request: account_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext
@@ -446,6 +473,35 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
 # -- the service -----------------------------------------------------------------------
 
 
+def mailer(settings: AccountsSettings) -> Mailer:
+    """The region's SMTP relay if one is set, else the outbox folder."""
+    if not settings.smtp_host:
+        return Outbox(settings.mail_outbox_dir)
+    return SmtpRelay(
+        settings.smtp_host,
+        settings.smtp_port,
+        sender=settings.mail_from,
+        ca_file=settings.smtp_ca_file,
+        username=settings.smtp_username,
+        password=settings.smtp_password_file.read_text().strip() if settings.smtp_password_file else "",
+    )
+
+
+def sweep_all(ledger: Ledger, store: AccountStore, settings: AccountsSettings) -> str:
+    """One pass of the schedule (README, "What is kept, and for how long"); a report if anything went."""
+    settled = ledger.sweep()
+    compacted, deleted = ledger.compact(
+        timedelta(hours=settings.idempotency_hours), timedelta(days=settings.released_reservation_days)
+    )
+    done = {
+        "accounts settled (lapsed holds released, expired credits written off)": settled,
+        "reservations compacted (idempotency key and fingerprint dropped)": compacted,
+        "released reservations deleted": deleted,
+        **store.sweep(),
+    }
+    return ", ".join(f"{what}: {count}" for what, count in done.items() if count)
+
+
 def open_database(settings: AccountsSettings) -> Engine:
     engine = make_engine(settings.database_url, busy_timeout_s=settings.sqlite_busy_timeout_s)
     if settings.migrate_on_start:
@@ -485,18 +541,30 @@ def build(settings: AccountsSettings) -> ServiceSpec:
     engine = open_database(settings)
     ledger = Ledger(engine, hold_timeout=timedelta(seconds=settings.hold_timeout_s))
     store = AccountStore(
-        engine, ledger, regions=settings.regions, plan=settings.default_plan, scrypt_n=settings.scrypt_n
+        engine,
+        ledger,
+        region=settings.region,
+        region_endpoints=settings.region_endpoints,
+        plan=settings.default_plan,
+        scrypt_n=settings.scrypt_n,
+        outbox=mailer(settings),
+        free_millicredits=credits.to_milli(settings.signup_credits),
+        credit_lifetime=timedelta(days=settings.signup_credit_days),
+        grants_per_source=settings.free_grants_per_source,
+        grant_window=timedelta(hours=settings.free_grant_window_h),
+        code_lifetime=timedelta(hours=settings.signup_code_hours),
+        revoked_key_lifetime=timedelta(days=settings.revoked_key_days),
+        mail_lifetime=timedelta(hours=settings.mail_outbox_hours),
     )
     erase_retention, close_retention = retention_eraser(settings)
-    erasures = rights.Erasures(engine, erase_retention)
+    erasures = rights.Erasures(engine, erase_retention, forget_mail=store.outbox.erase)
     accounts = AccountsServicer(settings, store, ledger, erasures)
     migrations_applied = MigrationsApplied(engine, MIGRATIONS, version_table=VERSION_TABLE)
     admin = AdminServicer(settings, store, ledger, engine, erasures, accounts.run_erasure)
     admin_server: list[grpc.aio.Server] = []
 
     def sweep() -> str:
-        settled = ledger.sweep()
-        return f"settled {settled} accounts (lapsed holds released, expired credits written off)" if settled else ""
+        return sweep_all(ledger, store, settings)
 
     def resume_erasures() -> str:
         finished = erasures.resume()

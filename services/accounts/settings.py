@@ -55,7 +55,12 @@ class AccountsSettings(ServiceSettings):
     hold_timeout_s: float = 300.0
     # How often the sweep releases lapsed holds and writes off expired grants.
     sweep_interval_s: float = 30.0
-    regions: tuple[str, ...] = ("eu", "us")
+    # The cell's own region: it signs up only accounts of this region; a sign-up for
+    # another region is refused with that region's endpoint from region_endpoints.
+    region: str = "eu"
+    region_endpoints: dict[str, str] = Field(
+        default_factory=lambda: {"eu": "eu.api.cutout.example.com:443", "us": "us.api.cutout.example.com:443"}
+    )
     default_plan: str = "free"
     # scrypt cost (N); the parameters are stored in each hash, so raising it later
     # keeps old passwords valid.
@@ -68,3 +73,29 @@ class AccountsSettings(ServiceSettings):
     # then 4, 8, ... up to login_backoff_max_s after each further failure.
     login_failures_free: int = 5
     login_backoff_max_s: float = 900.0
+    # Lifetimes of what is not an image (README, "What is kept, and for how long"):
+    # a settled reservation's idempotency key and request fingerprint (sha256 of the
+    # image and options) are dropped this long after its last reserve (the amounts stay);
+    idempotency_hours: float = 24.0
+    # released (failed or lapsed) reservations are deleted after this many days;
+    released_reservation_days: float = 7.0
+    # revoked API keys are deleted this long after their revocation.
+    revoked_key_days: float = 30.0
+    # A sign-up waits this long for its e-mail code, then it (and its hashed password) is deleted.
+    signup_code_hours: float = 24.0
+    # Where the e-mails go (codes, notices): a folder, one .eml file per message, owner-only
+    # (a mail relay or the developer picks them up); deleted after mail_outbox_hours.
+    mail_outbox_dir: Path = DEFAULT_DATABASE.parent / "outbox"
+    mail_outbox_hours: float = 24.0
+    # Or, with smtp_host set, the region's mail relay: SMTP with STARTTLS (required), its
+    # certificate checked against smtp_ca_file (else the system's roots); login if a user is set.
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_ca_file: Path | None = None
+    smtp_username: str = ""
+    smtp_password_file: Path | None = None
+    mail_from: str = "Cutout <no-reply@cutout.example.com>"
+    # At most free_grants_per_source sign-ups with free credits per source address
+    # (IPv6 by its /64) in free_grant_window_h; later ones get no free credits. 0: no cap.
+    free_grants_per_source: int = 3
+    free_grant_window_h: float = 24.0

@@ -6,19 +6,23 @@ e-mail, a password or a key.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import grpc
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, delete, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from services.accounts import credentials
 from services.accounts.ledger import Clock, Ledger, utc_now
-from services.accounts.models import Account, ApiKey
+from services.accounts.mail import CODE_HEADER, Mailer, MailUnavailable
+from services.accounts.models import Account, ApiKey, PendingSignUp, SignUpSource
 from services.common.errors import ServiceError
+from services.common.sql import aware
 
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 1024
@@ -35,6 +39,12 @@ WRONG_LOGIN_MESSAGE = "e-mail or password is wrong"
 
 
 @dataclass(frozen=True)
+class SignUpAnswer:
+    free_millicredits: int  # the ledger's unit (services/common/credits.py)
+    note: str  # why no free credits, when none
+
+
+@dataclass(frozen=True)
 class Caller:
     account_id: str
     key_id: str
@@ -48,22 +58,47 @@ def unauthenticated(message: str, reason: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.UNAUTHENTICATED, message, reason=reason)
 
 
+def verification_failed() -> ServiceError:
+    return unauthenticated(
+        "the code, e-mail or password is wrong, or the code expired; sign up again for a new code",
+        "VERIFICATION_FAILED",
+    )
+
+
 class AccountStore:
     def __init__(
         self,
         engine: Engine,
         ledger: Ledger,
         *,
-        regions: tuple[str, ...],
+        region: str,
+        region_endpoints: dict[str, str],
         plan: str,
         scrypt_n: int,
+        outbox: Mailer,
+        free_millicredits: int = 0,
+        credit_lifetime: timedelta = timedelta(days=30),
+        grants_per_source: int = 0,
+        grant_window: timedelta = timedelta(hours=24),
+        code_lifetime: timedelta = timedelta(hours=24),
+        revoked_key_lifetime: timedelta = timedelta(days=30),
+        mail_lifetime: timedelta = timedelta(hours=24),
         clock: Clock = utc_now,
     ) -> None:
         self.engine = engine
         self.ledger = ledger
-        self.regions = regions
+        self.region = region
+        self.region_endpoints = region_endpoints
         self.plan = plan
         self.scrypt_n = scrypt_n
+        self.outbox = outbox
+        self.free_millicredits = free_millicredits
+        self.credit_lifetime = credit_lifetime
+        self.grants_per_source = grants_per_source
+        self.grant_window = grant_window
+        self.code_lifetime = code_lifetime
+        self.revoked_key_lifetime = revoked_key_lifetime
+        self.mail_lifetime = mail_lifetime
         self.clock = clock
         self._dummy_hash = credentials.dummy_password_hash(scrypt_n)
 
@@ -78,19 +113,19 @@ class AccountStore:
         region: str,
         age_confirmed: bool,
         marketing_opt_in: bool,
-        signup_millicredits: int,
-        credit_days: int,
-    ) -> Account:
+        source: str,
+    ) -> SignUpAnswer:
+        """Asks for an account; the same answer whether or not the e-mail has one.
+
+        Whatever the address, the same work runs (checks, one scrypt hash, the free-grant
+        count of the source, one e-mail): a new address gets a code (VerifySignUp opens the
+        account), one with an account gets a notice instead, and the answer is the same.
+        """
         email = _check_email(email)
         _check_password(password, "password")
         _check_display_name(display_name)
         _check_strength(password, "password", [email, email.split("@")[0], display_name])
-        if region not in self.regions:
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"region must be one of {', '.join(self.regions)}; it is fixed once the account exists",
-                field="region",
-            )
+        self.check_region(region)
         if not age_confirmed:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -98,42 +133,176 @@ class AccountStore:
                 field="age_confirmed",
                 reason="AGE_NOT_CONFIRMED",
             )
-        if len(display_name) > 200:
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT, "display_name is at most 200 characters", field="display_name"
-            )
+        password_hash = credentials.hash_password(password, n=self.scrypt_n)
+        code = credentials.new_signup_code()
         now = self.clock()
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            credits, note = self._free_credits(session, source, now)
+            exists = session.exec(select(Account.id).where(Account.email == email)).first() is not None
+            if not exists:
+                pending = session.get(PendingSignUp, email)
+                if pending is not None:  # signed up again before verifying: the newest sign-up wins
+                    session.delete(pending)
+                    session.flush()
+                session.add(
+                    PendingSignUp(
+                        email=email,
+                        display_name=display_name.strip(),
+                        password_hash=password_hash,
+                        region=region,
+                        marketing_opt_in=marketing_opt_in,
+                        code_hash=credentials.hash_api_key(code),
+                        free_millicredits=credits,
+                        created_at=now,
+                        expires_at=now + self.code_lifetime,
+                    )
+                )
+        try:
+            self._send_sign_up_mail(email, code, exists)
+        except MailUnavailable:
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                "the e-mail with your code could not be sent; sign up again in a minute",
+                reason="MAIL_UNAVAILABLE",
+            ) from None
+        return SignUpAnswer(free_millicredits=credits, note=note)
+
+    def _send_sign_up_mail(self, email: str, code: str, exists: bool) -> None:
+        """A code to a new address, a notice to one with an account: one e-mail either way."""
+        if exists:
+            self.outbox.send(
+                email,
+                "Someone asked for a Cutout account with your address",
+                "Your address already has a Cutout account, so no new one was made. If this was you, "
+                "create a key with your password (`cutout keys create --email ...`); if not, ignore this.",
+            )
+        else:
+            hours = self.code_lifetime.total_seconds() / 3600
+            self.outbox.send(
+                email,
+                "Your Cutout sign-up code",
+                f"Your code: {code}\nFinish with `cutout signup --email {email} --code {code}` within {hours:.0f} h.",
+                {CODE_HEADER: code},
+            )
+
+    def _free_credits(self, session: Session, source: str, now: datetime) -> tuple[int, str]:
+        """The free millicredits a sign-up from `source` gets (0 past the cap), and why none."""
+        if self.free_millicredits <= 0:
+            return 0, ""
+        if self.grants_per_source <= 0 or not source:
+            return self.free_millicredits, ""
+        source_hash = hashlib.sha256(source.encode()).hexdigest()
+        recent = session.exec(
+            select(func.count())
+            .select_from(SignUpSource)
+            .where(SignUpSource.source_hash == source_hash, SignUpSource.at > now - self.grant_window)
+        ).one()
+        session.add(SignUpSource(source_hash=source_hash, at=now))
+        if recent >= self.grants_per_source:
+            hours = self.grant_window.total_seconds() / 3600
+            return 0, (
+                f"FREE_GRANTS_PER_SOURCE_EXCEEDED: {self.grants_per_source} sign-ups with free credits from "
+                f"your network in {hours:.0f} h already; this account starts without free credits (buy credits)"
+            )
+        return self.free_millicredits, ""
+
+    def check_region(self, region: str) -> None:
+        """This cell serves its own region only; another region's sign-up goes to that region's endpoint."""
+        known = sorted({self.region, *self.region_endpoints})
+        if region not in known:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"region must be one of {', '.join(known)}; it is fixed once the account exists",
+                field="region",
+            )
+        if region != self.region:
+            endpoint = self.region_endpoints.get(region, "") or "that region's endpoint"
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this is the {self.region} cell; accounts of region {region} live in that region only: "
+                f"sign up at {endpoint}",
+                reason="WRONG_REGION",
+                field="region",
+                metadata={"region": region, "endpoint": endpoint},
+            )
+
+    def verify_sign_up(self, email: str, password: str, code: str, key_name: str) -> tuple[Account, str, ApiKey]:
+        """Opens the account a sign-up asked for: the code sent to the address, and its password.
+
+        Any mistake (no such sign-up, expired, wrong code or password) is the same answer,
+        and scrypt runs whatever the mistake.
+        """
+        email = credentials.normalise_email(email)
+        now = self.clock()
+        with Session(self.engine, expire_on_commit=False) as session:
+            pending = session.get(PendingSignUp, email)
+        stored = pending.password_hash if pending is not None else self._dummy_hash
+        password_ok = credentials.verify_password(password[:MAX_PASSWORD_LENGTH], stored)
+        code_ok = pending is not None and hmac.compare_digest(
+            pending.code_hash, credentials.hash_api_key(code.strip()[:200])
+        )
+        if pending is None or not (password_ok and code_ok) or aware(pending.expires_at) <= now:
+            raise verification_failed()
         account = Account(
             id=str(uuid.uuid4()),
             email=email,
-            display_name=display_name.strip(),
-            password_hash=credentials.hash_password(password, n=self.scrypt_n),
-            region=region,
+            display_name=pending.display_name,
+            password_hash=pending.password_hash,
+            region=pending.region,
             plan=self.plan,
             age_confirmed=True,
-            marketing_opt_in=marketing_opt_in,
+            marketing_opt_in=pending.marketing_opt_in,
+            created_at=now,
+        )
+        api_key = credentials.new_api_key()
+        key = ApiKey(
+            id=str(uuid.uuid4()),
+            account_id=account.id,
+            name=(key_name or "first").strip()[:200],
+            prefix=credentials.shown_prefix(api_key),
+            key_hash=credentials.hash_api_key(api_key),
             created_at=now,
         )
         try:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                gone = session.execute(
+                    delete(PendingSignUp).where(
+                        col(PendingSignUp.email) == email, col(PendingSignUp.code_hash) == pending.code_hash
+                    )
+                )
+                if gone.rowcount != 1:  # verified (or replaced) meanwhile
+                    raise verification_failed()
                 session.add(account)
                 session.flush()
-                if signup_millicredits > 0:
+                if pending.free_millicredits > 0:
                     self.ledger.grant_in(
                         session.connection(),
                         account.id,
-                        signup_millicredits,
+                        pending.free_millicredits,
                         "signup",
-                        now + timedelta(days=credit_days),
+                        now + self.credit_lifetime,
                     )
+                session.add(key)
+                session.flush()
         except IntegrityError:
-            raise ServiceError(
-                grpc.StatusCode.ALREADY_EXISTS,
-                "an account with this e-mail already exists; create a key with your password instead",
-                reason="ACCOUNT_EXISTS",
-                field="email",
-            ) from None
-        return account
+            raise verification_failed() from None
+        return account, api_key, key
+
+    def sweep(self) -> dict[str, int]:
+        """Deletes what has outlived its lifetime here; returns how many of each."""
+        now = self.clock()
+        with Session(self.engine) as session, session.begin():
+            pending = session.execute(delete(PendingSignUp).where(col(PendingSignUp.expires_at) <= now)).rowcount
+            sources = session.execute(
+                delete(SignUpSource).where(col(SignUpSource.at) <= now - self.grant_window)
+            ).rowcount
+            keys = session.execute(
+                delete(ApiKey).where(
+                    col(ApiKey.revoked_at).is_not(None), col(ApiKey.revoked_at) <= now - self.revoked_key_lifetime
+                )
+            ).rowcount
+        mail = self.outbox.sweep(now, self.mail_lifetime)
+        return {"pending sign-ups": pending, "sign-up sources": sources, "revoked keys": keys, "e-mails": mail}
 
     def login(self, email: str, password: str) -> Account:
         """The account for an e-mail and password, or UNAUTHENTICATED (same answer for either mistake)."""

@@ -12,6 +12,10 @@ from cutout.transport import API_KEY_METADATA as API_KEY_METADATA
 from cutout.transport import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
 from cutout.transport import MIB as MIB
 
+# Set by the gateway on the calls it forwards (never taken from a client): the caller's
+# source address, IPv6 by its /64 (the cap on free sign-up grants counts by it).
+SOURCE_METADATA = "x-cutout-source"
+
 
 class ServiceSettings(BaseSettings):
     """Read from environment variables `<prefix>HOST`, `<prefix>PORT`, ..."""

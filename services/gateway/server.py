@@ -50,11 +50,11 @@ from services.common.errors import (
 )
 from services.common.limits import FairSlots
 from services.common.server import ServiceSpec
-from services.common.settings import API_KEY_METADATA
+from services.common.settings import API_KEY_METADATA, SOURCE_METADATA
 from services.common.tasks import start_kept
 from services.common.telemetry import count, meter
 from services.gateway import export
-from services.gateway.admission import Admission, admitted_caller
+from services.gateway.admission import Admission, admitted_caller, source_address
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -820,10 +820,23 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         entries = await self._access_log(context, caller, min(request.limit or 1000, 10_000))
         return rights_pb2.OwnerAccessLogResponse(entries=entries)
 
+    @aborts_on_service_error
+    async def SignUp(self, request: Message, context: grpc.aio.ServicerContext) -> Any:
+        # The source address, from the connection (never from the client's metadata), for
+        # accounts' cap on free grants per source.
+        return await self.down._call(
+            context,
+            self.down.accounts.SignUp,
+            request,
+            self.settings.accounts_timeout_s,
+            ACCOUNTS_UNAVAILABLE,
+            [(SOURCE_METADATA, source_address(context))],
+        )
+
     KEY = (API_KEY_METADATA,)
+    VerifySignUp = _forwarded("VerifySignUp", ())
     ChangeEmail = _forwarded("ChangeEmail", KEY)
     DeleteAccount = _forwarded("DeleteAccount", KEY)
-    SignUp = _forwarded("SignUp", ())
     CreateApiKey = _forwarded("CreateApiKey", KEY)
     ListApiKeys = _forwarded("ListApiKeys", KEY)
     RevokeApiKey = _forwarded("RevokeApiKey", KEY)

@@ -212,6 +212,7 @@ def build(settings: RetentionSettings) -> ServiceSpec:
         crypto.MasterKeys.parse(settings.master_key_spec()),
         pending_timeout=timedelta(seconds=settings.pending_timeout_s),
         erase_delete_interval_s=settings.erase_delete_interval_s,
+        access_log_lifetime=timedelta(days=settings.access_log_days),
     )
     # An erasure a crash interrupted is finished before anything is served (when the schema
     # is not current yet, the migration Job's turn, the sweep finishes it later).

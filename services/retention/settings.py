@@ -47,6 +47,8 @@ class RetentionSettings(ServiceSettings):
     erase_delete_interval_s: float = 0.0
     # Besides the gateway, EraseAccount answers these callers (accounts drives erasures).
     erase_callers: tuple[str, ...] = ("accounts",)
+    # Access-log lines (who read, deleted, expired whose result) are deleted after this.
+    access_log_days: float = 180.0
 
     def master_key_spec(self) -> str:
         if self.master_keys_file:

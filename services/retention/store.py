@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 from sqlalchemy import Engine, delete
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from services.common.errors import ServiceError
 from services.common.sql import aware, compact_sqlite
@@ -73,9 +73,10 @@ class Fetched:
 class SweepReport:
     expired: int
     abandoned: int  # stores a crash interrupted
+    access_log: int = 0  # access-log lines past their lifetime
 
     def __bool__(self) -> bool:
-        return bool(self.expired or self.abandoned)
+        return bool(self.expired or self.abandoned or self.access_log)
 
 
 class ResultStore:
@@ -88,6 +89,7 @@ class ResultStore:
         clock: Clock = utc_now,
         pending_timeout: timedelta = timedelta(minutes=10),
         erase_delete_interval_s: float = 0.0,
+        access_log_lifetime: timedelta = timedelta(days=180),
     ) -> None:
         self.engine = engine
         self.blobs = blobs
@@ -95,6 +97,7 @@ class ResultStore:
         self.clock = clock
         self.pending_timeout = pending_timeout
         self.erase_delete_interval_s = erase_delete_interval_s
+        self.access_log_lifetime = access_log_lifetime
 
     # -- keys -------------------------------------------------------------------------
 
@@ -301,4 +304,10 @@ class ResultStore:
             self.blobs.delete(result_id)
             with Session(self.engine) as session, session.begin():
                 session.execute(delete(KeptResult).where(KeptResult.id == result_id))
-        return SweepReport(len(expired), len(abandoned))
+        # The access log is kept for its own lifetime (months), then goes: the owner can
+        # see who read their data for that long, and no longer than that is it kept.
+        with Session(self.engine) as session, session.begin():
+            old_lines = session.execute(
+                delete(AccessLogEntry).where(col(AccessLogEntry.at) <= now - self.access_log_lifetime)
+            ).rowcount
+        return SweepReport(len(expired), len(abandoned), old_lines)

@@ -2,7 +2,7 @@
 erasures, pseudonymous financial records, and the append-only admin audit log
 
 Revision ID: 0004_rights
-Revises: 0003_units
+Revises: 0005_cells
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_rights"
-down_revision = "0003_units"
+down_revision = "0005_cells"
 branch_labels = None
 depends_on = None
 

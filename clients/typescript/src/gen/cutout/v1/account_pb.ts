@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cutout/v1/account.proto.
  */
 export const file_cutout_v1_account: GenFile = /*@__PURE__*/
-  fileDesc("ChdjdXRvdXQvdjEvYWNjb3VudC5wcm90bxIJY3V0b3V0LnYxIocBCg1TaWduVXBSZXF1ZXN0Eg0KBWVtYWlsGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIOCgZyZWdpb24YBCABKAkSFQoNYWdlX2NvbmZpcm1lZBgFIAEoCBIYChBtYXJrZXRpbmdfb3B0X2luGAYgASgIIloKDlNpZ25VcFJlc3BvbnNlEiMKB3Byb2ZpbGUYASABKAsyEi5jdXRvdXQudjEuUHJvZmlsZRIjCgdiYWxhbmNlGAIgASgLMhIuY3V0b3V0LnYxLkJhbGFuY2UiRAoTQ3JlYXRlQXBpS2V5UmVxdWVzdBINCgVlbWFpbBgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIMCgRuYW1lGAMgASgJIkcKFENyZWF0ZUFwaUtleVJlc3BvbnNlEg8KB2FwaV9rZXkYASABKAkSHgoDa2V5GAIgASgLMhEuY3V0b3V0LnYxLkFwaUtleSLEAQoGQXBpS2V5EgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSDgoGcHJlZml4GAMgASgJEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3RfdXNlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcmV2b2tlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFAoSTGlzdEFwaUtleXNSZXF1ZXN0IjYKE0xpc3RBcGlLZXlzUmVzcG9uc2USHwoEa2V5cxgBIAMoCzIRLmN1dG91dC52MS5BcGlLZXkiMwoTUmV2b2tlQXBpS2V5UmVxdWVzdBIKCgJpZBgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSI2ChRSZXZva2VBcGlLZXlSZXNwb25zZRIeCgNrZXkYASABKAsyES5jdXRvdXQudjEuQXBpS2V5IhMKEUdldEJhbGFuY2VSZXF1ZXN0Is4BCgdCYWxhbmNlEhUKCWF2YWlsYWJsZRgBIAEoA0ICGAESEAoEaGVsZBgCIAEoA0ICGAESLwoLbmV4dF9leHBpcnkYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKDWV4cGlyaW5nX25leHQYBCABKANCAhgBEhkKEWF2YWlsYWJsZV9kZWNpbWFsGDwgASgJEhQKDGhlbGRfZGVjaW1hbBg9IAEoCRIdChVleHBpcmluZ19uZXh0X2RlY2ltYWwYPiABKAkiIgoRTGlzdExlZGdlclJlcXVlc3QSDQoFbGltaXQYASABKA0i7gEKC0xlZGdlckVudHJ5EgoKAmlkGAEgASgJEgwKBGtpbmQYAiABKAkSEgoGYW1vdW50GAMgASgDQgIYARIQCgRoZWxkGAQgASgDQgIYARIWCg5yZXNlcnZhdGlvbl9pZBgFIAEoCRIQCghncmFudF9pZBgGIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYByABKAkSLgoKY3JlYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOYW1vdW50X2RlY2ltYWwYPCABKAkSFAoMaGVsZF9kZWNpbWFsGD0gASgJImIKEkxpc3RMZWRnZXJSZXNwb25zZRInCgdlbnRyaWVzGAEgAygLMhYuY3V0b3V0LnYxLkxlZGdlckVudHJ5EiMKB2JhbGFuY2UYAiABKAsyEi5jdXRvdXQudjEuQmFsYW5jZSITChFHZXRQcm9maWxlUmVxdWVzdCLmAQoHUHJvZmlsZRISCgphY2NvdW50X2lkGAEgASgJEg0KBWVtYWlsGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIOCgZyZWdpb24YBCABKAkSDAoEcGxhbhgFIAEoCRIYChBtYXJrZXRpbmdfb3B0X2luGAYgASgIEi4KCmNyZWF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKE3VzYWdlX3N0YXRzX29wdF9vdXQYKCABKAgSHQoVcHJvY2Vzc2luZ19yZXN0cmljdGVkGCkgASgIIpkBChRVcGRhdGVQcm9maWxlUmVxdWVzdBIUCgxkaXNwbGF5X25hbWUYASABKAkSGAoQbWFya2V0aW5nX29wdF9pbhgCIAEoCBIVCg11cGRhdGVfZmllbGRzGAMgAygJEhsKE3VzYWdlX3N0YXRzX29wdF9vdXQYKCABKAgSHQoVcHJvY2Vzc2luZ19yZXN0cmljdGVkGCkgASgIIkcKFUNoYW5nZVBhc3N3b3JkUmVxdWVzdBIYChBjdXJyZW50X3Bhc3N3b3JkGAEgASgJEhQKDG5ld19wYXNzd29yZBgCIAEoCSIYChZDaGFuZ2VQYXNzd29yZFJlc3BvbnNlInoKE0dyYW50Q3JlZGl0c1JlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRIOCgZhbW91bnQYAiABKAMSFgoOYW1vdW50X2RlY2ltYWwYPCABKAkSDgoGc291cmNlGAMgASgJEhcKD2V4cGlyZXNfaW5fZGF5cxgEIAEoDSJNChRHcmFudENyZWRpdHNSZXNwb25zZRIQCghncmFudF9pZBgBIAEoCRIjCgdiYWxhbmNlGAIgASgLMhIuY3V0b3V0LnYxLkJhbGFuY2UiOQoUTG9va3VwQWNjb3VudFJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRINCgVlbWFpbBgCIAEoCSJ6ChVMb29rdXBBY2NvdW50UmVzcG9uc2USIwoHcHJvZmlsZRgBIAEoCzISLmN1dG91dC52MS5Qcm9maWxlEiMKB2JhbGFuY2UYAiABKAsyEi5jdXRvdXQudjEuQmFsYW5jZRIXCg9hY3RpdmVfYXBpX2tleXMYAyABKA1iBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChdjdXRvdXQvdjEvYWNjb3VudC5wcm90bxIJY3V0b3V0LnYxIocBCg1TaWduVXBSZXF1ZXN0Eg0KBWVtYWlsGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIOCgZyZWdpb24YBCABKAkSFQoNYWdlX2NvbmZpcm1lZBgFIAEoCBIYChBtYXJrZXRpbmdfb3B0X2luGAYgASgIIsgBCg5TaWduVXBSZXNwb25zZRIjCgdwcm9maWxlGAEgASgLMhIuY3V0b3V0LnYxLlByb2ZpbGUSIwoHYmFsYW5jZRgCIAEoCzISLmN1dG91dC52MS5CYWxhbmNlEh0KFXZlcmlmaWNhdGlvbl9yZXF1aXJlZBgyIAEoCBIUCgxmcmVlX2NyZWRpdHMYMyABKAMSGQoRZnJlZV9jcmVkaXRzX25vdGUYNCABKAkSHAoUZnJlZV9jcmVkaXRzX2RlY2ltYWwYNSABKAkiVgoTVmVyaWZ5U2lnblVwUmVxdWVzdBINCgVlbWFpbBgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIMCgRjb2RlGAMgASgJEhAKCGtleV9uYW1lGAQgASgJIpEBChRWZXJpZnlTaWduVXBSZXNwb25zZRIjCgdwcm9maWxlGAEgASgLMhIuY3V0b3V0LnYxLlByb2ZpbGUSIwoHYmFsYW5jZRgCIAEoCzISLmN1dG91dC52MS5CYWxhbmNlEg8KB2FwaV9rZXkYAyABKAkSHgoDa2V5GAQgASgLMhEuY3V0b3V0LnYxLkFwaUtleSJEChNDcmVhdGVBcGlLZXlSZXF1ZXN0Eg0KBWVtYWlsGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEgwKBG5hbWUYAyABKAkiRwoUQ3JlYXRlQXBpS2V5UmVzcG9uc2USDwoHYXBpX2tleRgBIAEoCRIeCgNrZXkYAiABKAsyES5jdXRvdXQudjEuQXBpS2V5IsQBCgZBcGlLZXkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIOCgZwcmVmaXgYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpyZXZva2VkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIUChJMaXN0QXBpS2V5c1JlcXVlc3QiNgoTTGlzdEFwaUtleXNSZXNwb25zZRIfCgRrZXlzGAEgAygLMhEuY3V0b3V0LnYxLkFwaUtleSIzChNSZXZva2VBcGlLZXlSZXF1ZXN0EgoKAmlkGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJIjYKFFJldm9rZUFwaUtleVJlc3BvbnNlEh4KA2tleRgBIAEoCzIRLmN1dG91dC52MS5BcGlLZXkiEwoRR2V0QmFsYW5jZVJlcXVlc3QizgEKB0JhbGFuY2USFQoJYXZhaWxhYmxlGAEgASgDQgIYARIQCgRoZWxkGAIgASgDQgIYARIvCgtuZXh0X2V4cGlyeRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGQoNZXhwaXJpbmdfbmV4dBgEIAEoA0ICGAESGQoRYXZhaWxhYmxlX2RlY2ltYWwYPCABKAkSFAoMaGVsZF9kZWNpbWFsGD0gASgJEh0KFWV4cGlyaW5nX25leHRfZGVjaW1hbBg+IAEoCSIiChFMaXN0TGVkZ2VyUmVxdWVzdBINCgVsaW1pdBgBIAEoDSLuAQoLTGVkZ2VyRW50cnkSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRISCgZhbW91bnQYAyABKANCAhgBEhAKBGhlbGQYBCABKANCAhgBEhYKDnJlc2VydmF0aW9uX2lkGAUgASgJEhAKCGdyYW50X2lkGAYgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5hbW91bnRfZGVjaW1hbBg8IAEoCRIUCgxoZWxkX2RlY2ltYWwYPSABKAkiYgoSTGlzdExlZGdlclJlc3BvbnNlEicKB2VudHJpZXMYASADKAsyFi5jdXRvdXQudjEuTGVkZ2VyRW50cnkSIwoHYmFsYW5jZRgCIAEoCzISLmN1dG91dC52MS5CYWxhbmNlIhMKEUdldFByb2ZpbGVSZXF1ZXN0IuYBCgdQcm9maWxlEhIKCmFjY291bnRfaWQYASABKAkSDQoFZW1haWwYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJEg4KBnJlZ2lvbhgEIAEoCRIMCgRwbGFuGAUgASgJEhgKEG1hcmtldGluZ19vcHRfaW4YBiABKAgSLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGwoTdXNhZ2Vfc3RhdHNfb3B0X291dBgoIAEoCBIdChVwcm9jZXNzaW5nX3Jlc3RyaWN0ZWQYKSABKAgimQEKFFVwZGF0ZVByb2ZpbGVSZXF1ZXN0EhQKDGRpc3BsYXlfbmFtZRgBIAEoCRIYChBtYXJrZXRpbmdfb3B0X2luGAIgASgIEhUKDXVwZGF0ZV9maWVsZHMYAyADKAkSGwoTdXNhZ2Vfc3RhdHNfb3B0X291dBgoIAEoCBIdChVwcm9jZXNzaW5nX3Jlc3RyaWN0ZWQYKSABKAgiRwoVQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0EhgKEGN1cnJlbnRfcGFzc3dvcmQYASABKAkSFAoMbmV3X3Bhc3N3b3JkGAIgASgJIhgKFkNoYW5nZVBhc3N3b3JkUmVzcG9uc2UiegoTR3JhbnRDcmVkaXRzUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxIWCg5hbW91bnRfZGVjaW1hbBg8IAEoCRIOCgZzb3VyY2UYAyABKAkSFwoPZXhwaXJlc19pbl9kYXlzGAQgASgNIk0KFEdyYW50Q3JlZGl0c1Jlc3BvbnNlEhAKCGdyYW50X2lkGAEgASgJEiMKB2JhbGFuY2UYAiABKAsyEi5jdXRvdXQudjEuQmFsYW5jZSI5ChRMb29rdXBBY2NvdW50UmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWVtYWlsGAIgASgJInoKFUxvb2t1cEFjY291bnRSZXNwb25zZRIjCgdwcm9maWxlGAEgASgLMhIuY3V0b3V0LnYxLlByb2ZpbGUSIwoHYmFsYW5jZRgCIAEoCzISLmN1dG91dC52MS5CYWxhbmNlEhcKD2FjdGl2ZV9hcGlfa2V5cxgDIAEoDWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message cutout.v1.SignUpRequest
@@ -65,9 +65,105 @@ export const SignUpRequestSchema: GenMessage<SignUpRequest> = /*@__PURE__*/
   messageDesc(file_cutout_v1_account, 0);
 
 /**
+ * The same answer whether or not the e-mail already has an account (nothing tells
+ * who is signed up): a code goes to the address, and VerifySignUp with it, the e-mail
+ * and the password opens the account. An address that already has an account gets a
+ * notice instead. `profile` and `balance` are no longer set.
+ *
  * @generated from message cutout.v1.SignUpResponse
  */
 export type SignUpResponse = Message<"cutout.v1.SignUpResponse"> & {
+  /**
+   * unset (see above)
+   *
+   * @generated from field: cutout.v1.Profile profile = 1;
+   */
+  profile?: Profile | undefined;
+
+  /**
+   * unset (see above)
+   *
+   * @generated from field: cutout.v1.Balance balance = 2;
+   */
+  balance?: Balance | undefined;
+
+  /**
+   * Always true: the account exists only once VerifySignUp succeeds.
+   *
+   * @generated from field: bool verification_required = 50;
+   */
+  verificationRequired: boolean;
+
+  /**
+   * Free credits the account gets when verified (0 past the cap on free grants).
+   *
+   * @generated from field: int64 free_credits = 51;
+   */
+  freeCredits: bigint;
+
+  /**
+   * Why there are none, when there are none (say, FREE_GRANTS_PER_SOURCE_EXCEEDED: ...).
+   *
+   * @generated from field: string free_credits_note = 52;
+   */
+  freeCreditsNote: string;
+
+  /**
+   * free_credits exactly, as a decimal string (free_credits is its whole part).
+   *
+   * @generated from field: string free_credits_decimal = 53;
+   */
+  freeCreditsDecimal: string;
+};
+
+/**
+ * Describes the message cutout.v1.SignUpResponse.
+ * Use `create(SignUpResponseSchema)` to create a new message.
+ */
+export const SignUpResponseSchema: GenMessage<SignUpResponse> = /*@__PURE__*/
+  messageDesc(file_cutout_v1_account, 1);
+
+/**
+ * Opens the account that a SignUp asked for: the code from the e-mail, and the same
+ * e-mail and password. Answers with the first API key.
+ *
+ * @generated from message cutout.v1.VerifySignUpRequest
+ */
+export type VerifySignUpRequest = Message<"cutout.v1.VerifySignUpRequest"> & {
+  /**
+   * @generated from field: string email = 1;
+   */
+  email: string;
+
+  /**
+   * @generated from field: string password = 2;
+   */
+  password: string;
+
+  /**
+   * @generated from field: string code = 3;
+   */
+  code: string;
+
+  /**
+   * a label for the first key; "" means "first"
+   *
+   * @generated from field: string key_name = 4;
+   */
+  keyName: string;
+};
+
+/**
+ * Describes the message cutout.v1.VerifySignUpRequest.
+ * Use `create(VerifySignUpRequestSchema)` to create a new message.
+ */
+export const VerifySignUpRequestSchema: GenMessage<VerifySignUpRequest> = /*@__PURE__*/
+  messageDesc(file_cutout_v1_account, 2);
+
+/**
+ * @generated from message cutout.v1.VerifySignUpResponse
+ */
+export type VerifySignUpResponse = Message<"cutout.v1.VerifySignUpResponse"> & {
   /**
    * @generated from field: cutout.v1.Profile profile = 1;
    */
@@ -79,14 +175,26 @@ export type SignUpResponse = Message<"cutout.v1.SignUpResponse"> & {
    * @generated from field: cutout.v1.Balance balance = 2;
    */
   balance?: Balance | undefined;
+
+  /**
+   * shown this once
+   *
+   * @generated from field: string api_key = 3;
+   */
+  apiKey: string;
+
+  /**
+   * @generated from field: cutout.v1.ApiKey key = 4;
+   */
+  key?: ApiKey | undefined;
 };
 
 /**
- * Describes the message cutout.v1.SignUpResponse.
- * Use `create(SignUpResponseSchema)` to create a new message.
+ * Describes the message cutout.v1.VerifySignUpResponse.
+ * Use `create(VerifySignUpResponseSchema)` to create a new message.
  */
-export const SignUpResponseSchema: GenMessage<SignUpResponse> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 1);
+export const VerifySignUpResponseSchema: GenMessage<VerifySignUpResponse> = /*@__PURE__*/
+  messageDesc(file_cutout_v1_account, 3);
 
 /**
  * The first key needs email and password; later keys can instead be created
@@ -121,7 +229,7 @@ export type CreateApiKeyRequest = Message<"cutout.v1.CreateApiKeyRequest"> & {
  * Use `create(CreateApiKeyRequestSchema)` to create a new message.
  */
 export const CreateApiKeyRequestSchema: GenMessage<CreateApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 2);
+  messageDesc(file_cutout_v1_account, 4);
 
 /**
  * @generated from message cutout.v1.CreateApiKeyResponse
@@ -145,7 +253,7 @@ export type CreateApiKeyResponse = Message<"cutout.v1.CreateApiKeyResponse"> & {
  * Use `create(CreateApiKeyResponseSchema)` to create a new message.
  */
 export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 3);
+  messageDesc(file_cutout_v1_account, 5);
 
 /**
  * @generated from message cutout.v1.ApiKey
@@ -193,7 +301,7 @@ export type ApiKey = Message<"cutout.v1.ApiKey"> & {
  * Use `create(ApiKeySchema)` to create a new message.
  */
 export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 4);
+  messageDesc(file_cutout_v1_account, 6);
 
 /**
  * @generated from message cutout.v1.ListApiKeysRequest
@@ -206,7 +314,7 @@ export type ListApiKeysRequest = Message<"cutout.v1.ListApiKeysRequest"> & {
  * Use `create(ListApiKeysRequestSchema)` to create a new message.
  */
 export const ListApiKeysRequestSchema: GenMessage<ListApiKeysRequest> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 5);
+  messageDesc(file_cutout_v1_account, 7);
 
 /**
  * @generated from message cutout.v1.ListApiKeysResponse
@@ -223,7 +331,7 @@ export type ListApiKeysResponse = Message<"cutout.v1.ListApiKeysResponse"> & {
  * Use `create(ListApiKeysResponseSchema)` to create a new message.
  */
 export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 6);
+  messageDesc(file_cutout_v1_account, 8);
 
 /**
  * @generated from message cutout.v1.RevokeApiKeyRequest
@@ -249,7 +357,7 @@ export type RevokeApiKeyRequest = Message<"cutout.v1.RevokeApiKeyRequest"> & {
  * Use `create(RevokeApiKeyRequestSchema)` to create a new message.
  */
 export const RevokeApiKeyRequestSchema: GenMessage<RevokeApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 7);
+  messageDesc(file_cutout_v1_account, 9);
 
 /**
  * @generated from message cutout.v1.RevokeApiKeyResponse
@@ -266,7 +374,7 @@ export type RevokeApiKeyResponse = Message<"cutout.v1.RevokeApiKeyResponse"> & {
  * Use `create(RevokeApiKeyResponseSchema)` to create a new message.
  */
 export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 8);
+  messageDesc(file_cutout_v1_account, 10);
 
 /**
  * @generated from message cutout.v1.GetBalanceRequest
@@ -279,7 +387,7 @@ export type GetBalanceRequest = Message<"cutout.v1.GetBalanceRequest"> & {
  * Use `create(GetBalanceRequestSchema)` to create a new message.
  */
 export const GetBalanceRequestSchema: GenMessage<GetBalanceRequest> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 9);
+  messageDesc(file_cutout_v1_account, 11);
 
 /**
  * Credits are exact decimals: a price may be 0.25. Each amount is given as a decimal
@@ -346,7 +454,7 @@ export type Balance = Message<"cutout.v1.Balance"> & {
  * Use `create(BalanceSchema)` to create a new message.
  */
 export const BalanceSchema: GenMessage<Balance> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 10);
+  messageDesc(file_cutout_v1_account, 12);
 
 /**
  * @generated from message cutout.v1.ListLedgerRequest
@@ -365,7 +473,7 @@ export type ListLedgerRequest = Message<"cutout.v1.ListLedgerRequest"> & {
  * Use `create(ListLedgerRequestSchema)` to create a new message.
  */
 export const ListLedgerRequestSchema: GenMessage<ListLedgerRequest> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 11);
+  messageDesc(file_cutout_v1_account, 13);
 
 /**
  * @generated from message cutout.v1.LedgerEntry
@@ -437,7 +545,7 @@ export type LedgerEntry = Message<"cutout.v1.LedgerEntry"> & {
  * Use `create(LedgerEntrySchema)` to create a new message.
  */
 export const LedgerEntrySchema: GenMessage<LedgerEntry> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 12);
+  messageDesc(file_cutout_v1_account, 14);
 
 /**
  * @generated from message cutout.v1.ListLedgerResponse
@@ -459,7 +567,7 @@ export type ListLedgerResponse = Message<"cutout.v1.ListLedgerResponse"> & {
  * Use `create(ListLedgerResponseSchema)` to create a new message.
  */
 export const ListLedgerResponseSchema: GenMessage<ListLedgerResponse> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 13);
+  messageDesc(file_cutout_v1_account, 15);
 
 /**
  * @generated from message cutout.v1.GetProfileRequest
@@ -472,7 +580,7 @@ export type GetProfileRequest = Message<"cutout.v1.GetProfileRequest"> & {
  * Use `create(GetProfileRequestSchema)` to create a new message.
  */
 export const GetProfileRequestSchema: GenMessage<GetProfileRequest> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 14);
+  messageDesc(file_cutout_v1_account, 16);
 
 /**
  * @generated from message cutout.v1.Profile
@@ -534,7 +642,7 @@ export type Profile = Message<"cutout.v1.Profile"> & {
  * Use `create(ProfileSchema)` to create a new message.
  */
 export const ProfileSchema: GenMessage<Profile> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 15);
+  messageDesc(file_cutout_v1_account, 17);
 
 /**
  * Only the fields named in `update_fields` change ("display_name", "marketing_opt_in",
@@ -575,7 +683,7 @@ export type UpdateProfileRequest = Message<"cutout.v1.UpdateProfileRequest"> & {
  * Use `create(UpdateProfileRequestSchema)` to create a new message.
  */
 export const UpdateProfileRequestSchema: GenMessage<UpdateProfileRequest> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 16);
+  messageDesc(file_cutout_v1_account, 18);
 
 /**
  * @generated from message cutout.v1.ChangePasswordRequest
@@ -597,7 +705,7 @@ export type ChangePasswordRequest = Message<"cutout.v1.ChangePasswordRequest"> &
  * Use `create(ChangePasswordRequestSchema)` to create a new message.
  */
 export const ChangePasswordRequestSchema: GenMessage<ChangePasswordRequest> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 17);
+  messageDesc(file_cutout_v1_account, 19);
 
 /**
  * @generated from message cutout.v1.ChangePasswordResponse
@@ -610,7 +718,7 @@ export type ChangePasswordResponse = Message<"cutout.v1.ChangePasswordResponse">
  * Use `create(ChangePasswordResponseSchema)` to create a new message.
  */
 export const ChangePasswordResponseSchema: GenMessage<ChangePasswordResponse> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 18);
+  messageDesc(file_cutout_v1_account, 20);
 
 /**
  * @generated from message cutout.v1.GrantCreditsRequest
@@ -654,7 +762,7 @@ export type GrantCreditsRequest = Message<"cutout.v1.GrantCreditsRequest"> & {
  * Use `create(GrantCreditsRequestSchema)` to create a new message.
  */
 export const GrantCreditsRequestSchema: GenMessage<GrantCreditsRequest> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 19);
+  messageDesc(file_cutout_v1_account, 21);
 
 /**
  * @generated from message cutout.v1.GrantCreditsResponse
@@ -676,7 +784,7 @@ export type GrantCreditsResponse = Message<"cutout.v1.GrantCreditsResponse"> & {
  * Use `create(GrantCreditsResponseSchema)` to create a new message.
  */
 export const GrantCreditsResponseSchema: GenMessage<GrantCreditsResponse> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 20);
+  messageDesc(file_cutout_v1_account, 22);
 
 /**
  * Exactly one of account_id or email.
@@ -700,7 +808,7 @@ export type LookupAccountRequest = Message<"cutout.v1.LookupAccountRequest"> & {
  * Use `create(LookupAccountRequestSchema)` to create a new message.
  */
 export const LookupAccountRequestSchema: GenMessage<LookupAccountRequest> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 21);
+  messageDesc(file_cutout_v1_account, 23);
 
 /**
  * @generated from message cutout.v1.LookupAccountResponse
@@ -727,5 +835,5 @@ export type LookupAccountResponse = Message<"cutout.v1.LookupAccountResponse"> &
  * Use `create(LookupAccountResponseSchema)` to create a new message.
  */
 export const LookupAccountResponseSchema: GenMessage<LookupAccountResponse> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_account, 22);
+  messageDesc(file_cutout_v1_account, 24);
 
