@@ -271,7 +271,14 @@ def main() -> int:
     mesh = Mesh(data_dir=data_dir)
     mesh.start()
     try:
-        api_key = demo_account(mesh.gateway.address, mesh.admin_token, data_dir, credits=1000, ca_file=mesh.ca_file)
+        api_key = demo_account(
+            mesh.gateway.address,
+            mesh.admin_token,
+            data_dir,
+            credits=1000,
+            ca_file=mesh.ca_file,
+            admin=mesh.admin_address,
+        )
         _, table = run(mesh, api_key, quick=True)
     finally:
         mesh.stop()

@@ -353,7 +353,12 @@ def main() -> int:
     results: list[CaseResult] = []
     try:
         api_key = demo_account(
-            mesh.gateway.address, mesh.admin_token, data_dir, credits=BENCH_CREDITS, ca_file=mesh.ca_file
+            mesh.gateway.address,
+            mesh.admin_token,
+            data_dir,
+            credits=BENCH_CREDITS,
+            ca_file=mesh.ca_file,
+            admin=mesh.admin_address,
         )
         watch = ProcessWatch(mesh)
         for size in sizes:

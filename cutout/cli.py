@@ -10,6 +10,9 @@ cutout batch photos/ -o cutouts/ [--concurrency 16] [same options as remove]   #
 cutout erase photo.jpg (--mask marks.png | --box x,y,w,h ...) -o clean.png [--method auto|telea|ns|patch]
 cutout erase-batch photos/ -o clean/ (--mask mark.png | --color white [--tolerance 40] [--within x,y,w,h]) [--box ...]
 cutout results list|fetch (ID | --token TOKEN) -o FILE|delete ID
+cutout account show|export -o FILE [--no-results]|access-log|name NAME|email NEW|delete
+cutout account restrict [--off]|stats (--opt-out|--opt-in)
+cutout admin lookup (ID | --email E)|grant ID AMOUNT|delete ID --reason R   # CUTOUT_ADMIN_ENDPOINT, _TOKEN
 
 The API key comes from CUTOUT_API_KEY or the config file (~/.config/cutout/config.toml).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 import time
 from datetime import UTC
@@ -28,8 +32,9 @@ from google.protobuf import timestamp_pb2
 
 from cutout import batch as batches
 from cutout import watermark
-from cutout.client import DEFAULT_GATEWAY, CutoutClient, config_path, credits_text, save_config, signed
-from cutout.v1 import erase_pb2, options_pb2
+from cutout.client import DEFAULT_GATEWAY, CutoutClient, config_path, credits_text, open_channel, save_config, signed
+from cutout.transport import ADMIN_TOKEN_METADATA
+from cutout.v1 import account_pb2, cutout_pb2_grpc, erase_pb2, options_pb2, rights_pb2
 
 FORMATS = {
     "png": (options_pb2.OUTPUT_FORMAT_PNG, ".png"),
@@ -146,6 +151,43 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("-o", "--output", type=Path, required=True)
     delete = results.add_parser("delete", help="delete a kept result now")
     delete.add_argument("id")
+
+    account = commands.add_parser("account", help="your data: see, export, correct, restrict, erase").add_subparsers(
+        dest="account_command", required=True
+    )
+    account.add_parser("show", help="your profile and consents")
+    export = account.add_parser("export", help="everything held about you, as a zip archive")
+    export.add_argument("-o", "--output", type=Path, required=True, help="the archive to write, e.g. my-data.zip")
+    export.add_argument("--no-results", action="store_true", help="leave the kept results out (their metadata stays)")
+    account.add_parser("access-log", help="who accessed your data, when, and how")
+    name = account.add_parser("name", help="correct your display name")
+    name.add_argument("name")
+    email = account.add_parser("email", help="correct your e-mail address (needs your password)")
+    email.add_argument("new_email")
+    email.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    restrict = account.add_parser("restrict", help="keep the account but process no image of it (--off lifts it)")
+    restrict.add_argument("--off", action="store_true")
+    stats = account.add_parser("stats", help="object to (or allow) your use being counted in usage statistics")
+    choice = stats.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--opt-out", action="store_true")
+    choice.add_argument("--opt-in", action="store_true")
+    erase_account = account.add_parser("delete", help="erase your account and everything kept for it (final)")
+    erase_account.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    erase_account.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    admin = commands.add_parser(
+        "admin", help="administration, inside the cell (CUTOUT_ADMIN_ENDPOINT, CUTOUT_ADMIN_TOKEN)"
+    ).add_subparsers(dest="admin_command", required=True)
+    lookup = admin.add_parser("lookup", help="an account by id or e-mail (written to its owner's access log)")
+    lookup.add_argument("id", nargs="?", default="")
+    lookup.add_argument("--email", default="")
+    grant = admin.add_parser("grant", help="grant credits")
+    grant.add_argument("id")
+    grant.add_argument("amount", type=int)
+    grant.add_argument("--source", default="admin", choices=["admin", "purchase"])
+    admin_delete = admin.add_parser("delete", help="erase an account (e.g. a child's, at a guardian's request)")
+    admin_delete.add_argument("id")
+    admin_delete.add_argument("--reason", required=True, help="why; kept in the audit log (no personal data)")
     return parser
 
 
@@ -516,6 +558,82 @@ def results(args: argparse.Namespace) -> int:
     return 0
 
 
+def account(args: argparse.Namespace) -> int:
+    with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
+        command = args.account_command
+        if command == "export":
+            with args.output.open("wb") as out:
+                size = client.export_account(out, include_results=not args.no_results)
+            print(f"{args.output}: {size} bytes (zip: profile, keys, ledger, kept results, access log)")
+            return 0
+        if command == "access-log":
+            for entry in client.access_log().entries:
+                print(f"{_when(entry.at)}  {entry.service:9}  {entry.actor:16}  {entry.action:14}  {entry.result_id}")
+            return 0
+        if command == "delete":
+            if not args.yes and not _yes("erase your account and everything kept for it? this cannot be undone", False):
+                print("cutout: not erased (--yes to skip this question)", file=sys.stderr)
+                return 1
+            erased = client.delete_account(_password(args, confirm=False))
+            print(
+                f"erasure {erased.erasure_id}: {erased.state}"
+                + (" (it finishes by itself)" if erased.state == "pending" else "")
+            )
+            return 0
+        if command == "email":
+            profile = client.change_email(args.new_email, _password(args, confirm=False))
+        elif command == "name":
+            profile = client.update_profile(display_name=args.name)
+        elif command == "restrict":
+            profile = client.update_profile(processing_restricted=not args.off)
+        elif command == "stats":
+            profile = client.update_profile(usage_stats_opt_out=args.opt_out)
+        else:
+            profile = client.profile()
+        print(
+            f"account {profile.account_id} ({profile.region}, {profile.plan}): {profile.email}, "
+            f"name {profile.display_name!r}\n  marketing e-mails {'on' if profile.marketing_opt_in else 'off'}; "
+            f"usage statistics {'objected to' if profile.usage_stats_opt_out else 'counted'}; "
+            f"processing {'restricted' if profile.processing_restricted else 'allowed'}"
+        )
+    return 0
+
+
+def admin(args: argparse.Namespace) -> int:
+    endpoint = os.environ.get("CUTOUT_ADMIN_ENDPOINT", "")
+    token = os.environ.get("CUTOUT_ADMIN_TOKEN", "")
+    if not endpoint or not token:
+        print("cutout: set CUTOUT_ADMIN_ENDPOINT (the admin listener) and CUTOUT_ADMIN_TOKEN (yours)", file=sys.stderr)
+        return 2
+    ca_file = args.ca or os.environ.get("CUTOUT_CA_FILE") or None
+    metadata = [(ADMIN_TOKEN_METADATA, token)]
+    with open_channel(endpoint, ca_file, plaintext=bool(args.plaintext)) as channel:
+        stub = cutout_pb2_grpc.AdminStub(channel)
+        if args.admin_command == "lookup":
+            found = stub.LookupAccount(
+                account_pb2.LookupAccountRequest(account_id=args.id, email=args.email), metadata=metadata, timeout=30
+            )
+            print(
+                f"account {found.profile.account_id} ({found.profile.region}, {found.profile.plan}): "
+                f"{found.balance.available} credits, {found.active_api_keys} active keys"
+            )
+        elif args.admin_command == "grant":
+            granted = stub.GrantCredits(
+                account_pb2.GrantCreditsRequest(account_id=args.id, amount=args.amount, source=args.source),
+                metadata=metadata,
+                timeout=30,
+            )
+            print(f"grant {granted.grant_id}: {granted.balance.available} credits available")
+        else:
+            erased = stub.DeleteAccount(
+                rights_pb2.AdminDeleteAccountRequest(account_id=args.id, reason=args.reason),
+                metadata=metadata,
+                timeout=120,
+            )
+            print(f"erasure {erased.erasure_id}: {erased.state}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -535,6 +653,10 @@ def main(argv: list[str] | None = None) -> int:
             return balance(args)
         if args.command == "results":
             return results(args)
+        if args.command == "account":
+            return account(args)
+        if args.command == "admin":
+            return admin(args)
     except grpc.RpcError as error:
         print(f"cutout: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
         return 1

@@ -16,11 +16,12 @@ import os
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import grpc
 
 from cutout.transport import API_KEY_METADATA, channel_credentials, channel_options, is_loopback
-from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, erase_pb2, options_pb2
+from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, erase_pb2, options_pb2, rights_pb2
 
 DEFAULT_GATEWAY = "127.0.0.1:50051"
 
@@ -189,6 +190,38 @@ class CutoutClient:
 
     def ledger(self, limit: int = 0) -> account_pb2.ListLedgerResponse:
         return self._stub.ListLedger(account_pb2.ListLedgerRequest(limit=limit), timeout=30, metadata=self._metadata())
+
+    # -- your data --------------------------------------------------------------------
+
+    def export_account(self, out: BinaryIO, *, include_results: bool = True, timeout_s: float = 600.0) -> int:
+        """Writes the export archive (a zip) to `out` as it arrives; returns its size in bytes."""
+        written = 0
+        request = rights_pb2.ExportAccountRequest(include_results=include_results)
+        for chunk in self._stub.ExportAccount(request, timeout=timeout_s, metadata=self._metadata()):
+            out.write(chunk.data)
+            written += len(chunk.data)
+        return written
+
+    def profile(self) -> account_pb2.Profile:
+        return self._stub.GetProfile(account_pb2.GetProfileRequest(), timeout=30, metadata=self._metadata())
+
+    def update_profile(self, **fields: object) -> account_pb2.Profile:
+        """Changes only the fields given: display_name, marketing_opt_in, usage_stats_opt_out,
+        processing_restricted."""
+        request = account_pb2.UpdateProfileRequest(update_fields=list(fields), **fields)  # type: ignore[arg-type]
+        return self._stub.UpdateProfile(request, timeout=30, metadata=self._metadata())
+
+    def change_email(self, new_email: str, password: str) -> account_pb2.Profile:
+        request = rights_pb2.ChangeEmailRequest(new_email=new_email, password=password)
+        return self._stub.ChangeEmail(request, timeout=30, metadata=self._metadata())
+
+    def delete_account(self, password: str) -> rights_pb2.DeleteAccountResponse:
+        request = rights_pb2.DeleteAccountRequest(password=password)
+        return self._stub.DeleteAccount(request, timeout=120, metadata=self._metadata())
+
+    def access_log(self, limit: int = 0) -> rights_pb2.OwnerAccessLogResponse:
+        request = rights_pb2.OwnerAccessLogRequest(limit=limit)
+        return self._stub.ListAccessLog(request, timeout=30, metadata=self._metadata())
 
     def _metadata(self) -> list[tuple[str, str]]:
         return [(API_KEY_METADATA, self.api_key)] if self.api_key else []

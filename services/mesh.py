@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.accounts.admin import admins_line
 from services.common.assets import ASTRONAUT
 from services.common.channels import channel_options
 from services.common.processes import terminate
@@ -170,18 +171,61 @@ def write_secret(path: Path, text: str) -> Path:
 
 
 def accounts_process(
-    run_dir: Path, database_url: str, admin_token_file: Path, env: dict[str, str], pki: CellPki | None = None
+    run_dir: Path,
+    database_url: str,
+    admins_file: Path,
+    env: dict[str, str],
+    pki: CellPki | None = None,
+    *,
+    retention: str = "",
 ) -> ServiceProcess:
+    """Accounts, with its admin listener on a free loopback port (written to
+    run_dir/accounts-admin.port) and the named admins of `admins_file`."""
     return ServiceProcess(
         "accounts",
         {
             **env,
             "CUTOUT_ACCOUNTS_DATABASE_URL": database_url,
-            "CUTOUT_ACCOUNTS_ADMIN_TOKEN_FILE": str(admin_token_file),
+            "CUTOUT_ACCOUNTS_ADMINS_FILE": str(admins_file),
+            "CUTOUT_ACCOUNTS_ADMIN_PORT": "0",
+            "CUTOUT_ACCOUNTS_ADMIN_PORT_FILE": str(run_dir / "accounts-admin.port"),
+            "CUTOUT_ACCOUNTS_RETENTION_TARGET": retention,
         },
         run_dir,
         pki=pki,
     )
+
+
+def admin_address(run_dir: Path) -> str:
+    """The admin listener of the accounts process started under run_dir."""
+    return f"127.0.0.1:{(run_dir / 'accounts-admin.port').read_text()}"
+
+
+@dataclass(frozen=True)
+class AdminEndpoint:
+    """Where a named admin reaches cutout.v1.Admin (an accounts admin listener), with their token."""
+
+    address: str
+    token: str
+    pki: CellPki | None = None
+
+    def channel(self) -> grpc.Channel:
+        """TLS trusting the cell's CA (admins present a token, no client certificate)."""
+        if self.pki is None:
+            return grpc.insecure_channel(self.address, options=channel_options())
+        return grpc.secure_channel(
+            self.address, self.pki.ensure("mesh").channel_credentials(), options=channel_options()
+        )
+
+    @property
+    def metadata(self) -> list[tuple[str, str]]:
+        from services.common.settings import ADMIN_TOKEN_METADATA
+
+        return [(ADMIN_TOKEN_METADATA, self.token)]
+
+
+# The admin endpoint of each running Mesh, by its admin token (tests find it from the token).
+ADMINS: dict[str, AdminEndpoint] = {}
 
 
 def retention_process(run_dir: Path, data_dir: Path, env: dict[str, str], pki: CellPki | None = None) -> ServiceProcess:
@@ -240,8 +284,10 @@ class Mesh:
     env: dict[str, str] = field(default_factory=dict)
     # Accounts' database: a SQLite file under data_dir unless given (e.g. PostgreSQL).
     database_url: str | None = None
-    # The credential for cutout.v1.Admin, new for every start; passed to accounts as a secret file.
+    # The token of the named admin "operator" for cutout.v1.Admin, new for every start; accounts
+    # gets only its hash, in the admins file.
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    admin_name: str = "operator"
     # The Triton model repository (tests add models in a copy of it).
     model_repository: Path = MODEL_REPOSITORY
     triton: LocalTriton | None = None
@@ -280,6 +326,15 @@ class Mesh:
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "accounts" / "accounts.db"
+
+    @property
+    def admin_address(self) -> str:
+        """Accounts' admin listener (loopback only), where cutout.v1.Admin is served."""
+        return admin_address(self.run_dir)
+
+    @property
+    def admin(self) -> AdminEndpoint:
+        return AdminEndpoint(self.admin_address, self.admin_token, self.pki)
 
     @property
     def outbox(self) -> Path:
@@ -324,20 +379,23 @@ class Mesh:
             self.services.append(inference)
             inference.start()
             inference.wait_serving()
-            accounts = accounts_process(
-                self.run_dir,
-                self.database_url or f"sqlite:///{self.sqlite_path}",
-                write_secret(self.run_dir / "admin-token", self.admin_token),
-                self.cell_env,
-                self.pki,
-            )
-            self.services.append(accounts)
-            accounts.start()
-            accounts.wait_serving()
+            # Retention first: accounts' erasures call it.
             retention = retention_process(self.run_dir, self.data_dir / "retention", self.cell_env, self.pki)
             self.services.append(retention)
             retention.start()
             retention.wait_serving()
+            accounts = accounts_process(
+                self.run_dir,
+                self.database_url or f"sqlite:///{self.sqlite_path}",
+                write_secret(self.run_dir / "admins", admins_line(self.admin_name, self.admin_token) + "\n"),
+                self.cell_env,
+                self.pki,
+                retention=retention.address,
+            )
+            self.services.append(accounts)
+            accounts.start()
+            accounts.wait_serving()
+            ADMINS[self.admin_token] = self.admin
             gateway = gateway_process(
                 self.run_dir,
                 self.cell_env,
@@ -393,6 +451,8 @@ def demo_account(
     credits: int = DEMO_CREDITS,
     ca_file: Path | None = None,
     region: str = "eu",
+    *,
+    admin: str,
 ) -> str:
     """A demo account topped up to `credits`; returns a new API key for it.
 
@@ -400,7 +460,7 @@ def demo_account(
     log in to the same account; the previous demo keys are revoked. A new one is signed
     up and verified with the code from the cell's outbox (data_dir/outbox).
     """
-    from cutout.client import CutoutClient
+    from cutout.client import CutoutClient, open_channel
     from cutout.v1 import account_pb2, cutout_pb2_grpc
     from services.common.settings import ADMIN_TOKEN_METADATA
 
@@ -423,13 +483,15 @@ def demo_account(
         for key in client.list_api_keys().keys:
             if key.name == "demo" and key.id != created.key.id and not key.HasField("revoked_at"):
                 client.revoke_api_key(key.id, password=login["password"])
-        admin = cutout_pb2_grpc.AdminStub(client.channel)
+    # Administration is not on the public port: the admin listener, inside the cell.
+    with open_channel(admin, ca_file=ca_file) as channel:
+        stub = cutout_pb2_grpc.AdminStub(channel)
         metadata = [(ADMIN_TOKEN_METADATA, admin_token)]
-        looked_up = admin.LookupAccount(account_pb2.LookupAccountRequest(email=login["email"]), metadata=metadata)
+        looked_up = stub.LookupAccount(account_pb2.LookupAccountRequest(email=login["email"]), metadata=metadata)
         # Exactly up to `credits`: the balance may hold fractions (previews at 0.25).
         missing = Decimal(credits) - Decimal(looked_up.balance.available_decimal or looked_up.balance.available)
         if missing > 0:
-            admin.GrantCredits(
+            stub.GrantCredits(
                 account_pb2.GrantCreditsRequest(account_id=looked_up.profile.account_id, amount_decimal=str(missing)),
                 metadata=metadata,
             )
@@ -519,7 +581,12 @@ def main(argv: list[str] | None = None) -> int:
             started.append(mesh)
             mesh.start()
             api_key = demo_account(
-                mesh.gateway.address, mesh.admin_token, mesh.data_dir, ca_file=mesh.ca_file, region=mesh.region
+                mesh.gateway.address,
+                mesh.admin_token,
+                mesh.data_dir,
+                ca_file=mesh.ca_file,
+                region=mesh.region,
+                admin=mesh.admin_address,
             )
             run_demo(mesh.gateway.address, mesh.data_dir, api_key, ca_file=mesh.ca_file)
             print(f"[{mesh.region}] gateway listening on {mesh.gateway.address}")
@@ -528,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"  export CUTOUT_GATEWAY={mesh.gateway.address} CUTOUT_API_KEY={api_key} CUTOUT_CA_FILE={mesh.ca_file}"
             )
             print("  cutout balance; cutout remove photo.jpg -o photo.png")
+            print(f"[{mesh.region}] administration (inside the cell only), admin {mesh.admin_name}'s token:")
+            print(f"  export CUTOUT_ADMIN_ENDPOINT={mesh.admin_address} CUTOUT_ADMIN_TOKEN={mesh.admin_token}")
             print(f"[{mesh.region}] logs in {mesh.run_dir}, e-mails (sign-up codes) in {mesh.outbox}", flush=True)
         print("Ctrl-C stops everything", flush=True)
         while True:

@@ -22,9 +22,9 @@ from cutout.v1 import account_pb2, cutout_pb2_grpc
 from services.accounts.credentials import canonical_email
 from services.accounts.mail import latest_code
 from services.common.assets import ASTRONAUT
-from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
+from services.common.settings import API_KEY_METADATA
 from services.inference.model import fetch_models
-from services.mesh import ROOT, Mesh, ServiceProcess, free_port, gateway_process
+from services.mesh import ADMINS, ROOT, AdminEndpoint, Mesh, ServiceProcess, free_port, gateway_process
 
 CACHE = ROOT / ".cache"
 SIGNUP_CREDITS = 3
@@ -56,6 +56,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, model_paths: list[Path]) -> I
             # checks the default per-source limits on gateways of their own.
             "CUTOUT_GATEWAY_SOURCE_RATE_PER_S": "1000",
             "CUTOUT_GATEWAY_SOURCE_RATE_BURST": "1000",
+            # Likewise the admin listener's throttles (tests/test_rights.py checks the defaults).
+            "CUTOUT_ACCOUNTS_ADMIN_RATE_PER_S": "1000",
+            "CUTOUT_ACCOUNTS_ADMIN_RATE_BURST": "1000",
+            "CUTOUT_ACCOUNTS_ADMIN_FAILURES_FREE": "1000",
             # ... and the cap on free grants per source (tests/test_signup.py checks it on
             # an accounts service of its own).
             "CUTOUT_ACCOUNTS_FREE_GRANTS_PER_SOURCE": "0",
@@ -116,19 +120,24 @@ def sign_up(
     return cutout.VerifySignUp(account_pb2.VerifySignUpRequest(email=email, password=password, code=code), timeout=30)
 
 
-def new_account(channel: grpc.Channel, admin_token: str, credits: int | None = None) -> Customer:
-    """Signs up a fresh account, tops its balance up to exactly `credits` if given, makes a key."""
+def new_account(channel: grpc.Channel, admin: str | AdminEndpoint, credits: int | None = None) -> Customer:
+    """Signs up a fresh account, tops its balance up to exactly `credits` if given, makes a key.
+
+    `admin` is the admin endpoint of the accounts behind `channel`, or a running Mesh's admin
+    token (administration is not on the gateway: see Mesh.admin)."""
     email, password = f"test-{secrets.token_hex(6)}@example.com", secrets.token_urlsafe(15)
     verified = sign_up(channel, email, password)
     account_id = verified.profile.account_id
     if credits is not None:
         assert credits >= verified.balance.available, "cannot grant a negative amount"
         if credits > verified.balance.available:
-            cutout_pb2_grpc.AdminStub(channel).GrantCredits(
-                account_pb2.GrantCreditsRequest(account_id=account_id, amount=credits - verified.balance.available),
-                metadata=[(ADMIN_TOKEN_METADATA, admin_token)],
-                timeout=30,
-            )
+            endpoint = ADMINS[admin] if isinstance(admin, str) else admin
+            with endpoint.channel() as admin_channel:
+                cutout_pb2_grpc.AdminStub(admin_channel).GrantCredits(
+                    account_pb2.GrantCreditsRequest(account_id=account_id, amount=credits - verified.balance.available),
+                    metadata=endpoint.metadata,
+                    timeout=30,
+                )
     return Customer(account_id, email, password, verified.api_key)
 
 
@@ -182,8 +191,15 @@ def gateway(gateway_channel: grpc.Channel) -> cutout_pb2_grpc.CutoutStub:
 
 
 @pytest.fixture(scope="session")
-def admin(raw_channel: grpc.Channel) -> cutout_pb2_grpc.AdminStub:
-    return cutout_pb2_grpc.AdminStub(raw_channel)
+def admin_channel(mesh: Mesh) -> Iterator[grpc.Channel]:
+    """To accounts' admin listener (inside the cell; never the gateway), with no credentials."""
+    with mesh.admin.channel() as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def admin(admin_channel: grpc.Channel) -> cutout_pb2_grpc.AdminStub:
+    return cutout_pb2_grpc.AdminStub(admin_channel)
 
 
 @contextlib.contextmanager

@@ -14,8 +14,17 @@ import pytest
 from google.rpc import error_details_pb2
 
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
+from services.accounts.admin import admins_line
 from services.common.errors import error_details
-from services.mesh import Mesh, ServiceProcess, accounts_process, gateway_process, write_secret
+from services.mesh import (
+    AdminEndpoint,
+    Mesh,
+    ServiceProcess,
+    accounts_process,
+    admin_address,
+    gateway_process,
+    write_secret,
+)
 from tests.conftest import Customer, encode, new_account
 
 
@@ -25,12 +34,12 @@ def small_jpeg(astronaut) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def postgres_gateway(mesh: Mesh, postgres_url: str, tmp_path_factory) -> Iterator[ServiceProcess]:
-    """Accounts on PostgreSQL and a gateway in front of it, sharing the session's inference."""
+def postgres_gateway(mesh: Mesh, postgres_url: str, tmp_path_factory) -> Iterator[tuple[ServiceProcess, AdminEndpoint]]:
+    """Accounts on PostgreSQL and a gateway in front of it, sharing the session's inference;
+    and that accounts' admin endpoint."""
     run_dir = tmp_path_factory.mktemp("postgres-pair")
-    accounts = accounts_process(
-        run_dir, postgres_url, write_secret(run_dir / "admin-token", mesh.admin_token), mesh.env, mesh.pki
-    )
+    admins = write_secret(run_dir / "admins", admins_line(mesh.admin_name, mesh.admin_token) + "\n")
+    accounts = accounts_process(run_dir, postgres_url, admins, mesh.env, mesh.pki, retention=mesh.retention.address)
     gateway = gateway_process(
         run_dir,
         mesh.env,
@@ -45,18 +54,21 @@ def postgres_gateway(mesh: Mesh, postgres_url: str, tmp_path_factory) -> Iterato
         gateway.env["CUTOUT_GATEWAY_ACCOUNTS_TARGET"] = accounts.address
         gateway.start()
         gateway.wait_serving()
-        yield gateway
+        yield gateway, AdminEndpoint(admin_address(run_dir), mesh.admin_token, mesh.pki)
     finally:
         assert gateway.stop() in (0, None)
         assert accounts.stop() in (0, None)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request, mesh: Mesh) -> Iterator[tuple[grpc.Channel, str]]:
-    """A channel to a gateway whose accounts service uses the given database, and the admin token."""
-    gateway = mesh.gateway if request.param == "sqlite" else request.getfixturevalue("postgres_gateway")
+def backend(request, mesh: Mesh) -> Iterator[tuple[grpc.Channel, AdminEndpoint]]:
+    """A channel to a gateway whose accounts service uses the given database, and its admin endpoint."""
+    if request.param == "sqlite":
+        gateway, admin = mesh.gateway, mesh.admin
+    else:
+        gateway, admin = request.getfixturevalue("postgres_gateway")
     with gateway.channel() as channel:
-        yield channel, mesh.admin_token
+        yield channel, admin
 
 
 def remove(

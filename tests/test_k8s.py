@@ -558,7 +558,17 @@ def test_only_the_gateway_is_reachable_from_outside_and_each_service_only_from_i
         assert _ingress_sources(objects, "gateway") == {50051: [None]}
         only_from(_ingress_sources(objects, "inference"), 50052, "gateway")
         only_from(_ingress_sources(objects, "accounts"), 50053, "gateway")
-        only_from(_ingress_sources(objects, "retention"), 50054, "gateway")
+        # Administration has a port of its own, open to the cell's admin pods only (issue #14).
+        admins = _ingress_sources(objects, "accounts").get(50055)
+        assert admins == [{"podSelector": {"matchLabels": {"cutout.example.com/admin": "true"}}}], admins
+        assert set(_ingress_sources(objects, "accounts")) == {50053, 50055}
+        # Retention: the gateway, and accounts for erasures (retention answers it EraseAccount only).
+        assert _ingress_sources(objects, "retention")[50054] == [
+            {"podSelector": {"matchLabels": {"app.kubernetes.io/name": app}}} for app in ("gateway", "accounts")
+        ]
+        admin_service = _of(objects, "Service")["accounts-admin"]
+        assert [p["port"] for p in admin_service["spec"]["ports"]] == [50055]
+        assert admin_service["spec"].get("type", "ClusterIP") == "ClusterIP", "never a LoadBalancer or NodePort"
         for triton in TRITONS:
             only_from(_ingress_sources(objects, triton), 8001, "inference")
             assert set(_ingress_sources(objects, triton)) == {8001, 8443}

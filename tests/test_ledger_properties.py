@@ -36,13 +36,17 @@ from sqlmodel import SQLModel
 from services.accounts.db import MIGRATIONS, make_engine, migrate
 from services.accounts.ledger import Ledger, Outcome
 from services.accounts.models import (
+    AccessLogEntry,
     Account,
+    AdminAuditEntry,
     ApiKey,
     CreditGrant,
+    Erasure,
     LedgerEntry,
     PendingSignUp,
     Reservation,
     ReservationAllocation,
+    RetainedFinancialRecord,
     SignUpSource,
 )
 from services.common.errors import ServiceError
@@ -65,6 +69,10 @@ ACCOUNTS_TABLES = {
         Reservation,
         ReservationAllocation,
         LedgerEntry,
+        AccessLogEntry,
+        Erasure,
+        RetainedFinancialRecord,
+        AdminAuditEntry,
         PendingSignUp,
         SignUpSource,
     )

@@ -63,10 +63,10 @@ def test_requests_write_nothing_and_log_nothing_of_the_image(mesh, gateway, raw_
         assert MARKER not in path.read_bytes(), f"{path} holds image bytes"
 
 
-def test_no_api_key_password_or_email_in_any_log_line(mesh, raw_channel, funded_account, astronaut_jpeg):
+def test_no_api_key_password_or_email_in_any_log_line(mesh, raw_channel, admin_channel, funded_account, astronaut_jpeg):
     """Every account path (good and bad) runs, then every service log is searched."""
     public = cutout_pb2_grpc.CutoutStub(raw_channel)
-    admin = cutout_pb2_grpc.AdminStub(raw_channel)
+    admin = cutout_pb2_grpc.AdminStub(admin_channel)
     account = new_account(raw_channel, mesh.admin_token, credits=5)
     new_password = "privacy: a brand new password"
     calls = [

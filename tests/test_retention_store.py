@@ -14,7 +14,7 @@ from services.common.errors import ServiceError
 from services.common.sql import make_engine, migrate
 from services.retention import crypto
 from services.retention.blobstore import LocalBlobStore
-from services.retention.models import AccessLogEntry, AccountKey, KeptResult
+from services.retention.models import AccessLogEntry, AccountKey, Erasure, KeptResult
 from services.retention.server import MIGRATIONS, VERSION_TABLE
 from services.retention.store import ResultStore
 from tests.conftest import encode
@@ -52,7 +52,7 @@ def store(database_url, tmp_path, clock, master_keys) -> ResultStore:
     engine = make_engine(database_url)
     migrate(engine, MIGRATIONS, version_table=VERSION_TABLE)
     with Session(engine) as session, session.begin():  # PostgreSQL: the database is per session
-        for table in (KeptResult, AccountKey, AccessLogEntry):
+        for table in (KeptResult, AccountKey, AccessLogEntry, Erasure):
             for row in session.exec(select(table)).all():
                 session.delete(row)
     return ResultStore(engine, LocalBlobStore(tmp_path / "blobs"), master_keys, clock=clock)

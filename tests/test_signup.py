@@ -14,6 +14,7 @@ from google.rpc import error_details_pb2
 
 from cutout.v1 import account_pb2, cutout_pb2_grpc
 from services.accounts import credentials
+from services.accounts.admin import admins_line
 from services.accounts.db import make_engine, migrate
 from services.accounts.ledger import Ledger
 from services.accounts.mail import CODE_HEADER, Outbox, messages_to
@@ -134,7 +135,7 @@ def capped_gateway(mesh: Mesh, tmp_path: Path) -> Iterator[ServiceProcess]:
     accounts = accounts_process(
         run_dir,
         f"sqlite:///{tmp_path / 'accounts.db'}",
-        write_secret(run_dir / "admin-token", "capped-admin"),
+        write_secret(run_dir / "admins", admins_line("capped", "capped-admin") + "\n"),
         {
             **mesh.env,
             "CUTOUT_ACCOUNTS_FREE_GRANTS_PER_SOURCE": "2",

@@ -39,9 +39,11 @@ def _ledger(channel: grpc.Channel, metadata) -> account_pb2.ListLedgerResponse:
 
 
 def _grant(channel: grpc.Channel, mesh: Mesh, **request: object) -> account_pb2.GrantCreditsResponse:
-    return cutout_pb2_grpc.AdminStub(channel).GrantCredits(
-        account_pb2.GrantCreditsRequest(**request), metadata=[(ADMIN_TOKEN_METADATA, mesh.admin_token)], timeout=30
-    )
+    """A grant by the mesh's admin, on accounts' admin listener (`channel`'s gateway serves no Admin)."""
+    with mesh.admin.channel() as admin_channel:
+        return cutout_pb2_grpc.AdminStub(admin_channel).GrantCredits(
+            account_pb2.GrantCreditsRequest(**request), metadata=[(ADMIN_TOKEN_METADATA, mesh.admin_token)], timeout=30
+        )
 
 
 # The unit ------------------------------------------------------------------------------
@@ -288,7 +290,8 @@ def test_the_demo_account_is_topped_up_to_exactly_its_credits(mesh: Mesh, tmp_pa
 
     def top_up() -> str:
         # The mesh's own data folder: the demo account's code arrives in its outbox.
-        return demo_account(mesh.gateway.address, mesh.admin_token, mesh.data_dir, credits=5, ca_file=mesh.ca_file)
+        gateway, admin = mesh.gateway.address, mesh.admin_address
+        return demo_account(gateway, mesh.admin_token, mesh.data_dir, credits=5, ca_file=mesh.ca_file, admin=admin)
 
     metadata = [(API_KEY_METADATA, top_up())]
     with mesh.gateway.channel() as channel:

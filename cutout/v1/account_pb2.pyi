@@ -188,7 +188,7 @@ class GetProfileRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Profile(_message.Message):
-    __slots__ = ("account_id", "email", "display_name", "region", "plan", "marketing_opt_in", "created_at")
+    __slots__ = ("account_id", "email", "display_name", "region", "plan", "marketing_opt_in", "created_at", "usage_stats_opt_out", "processing_restricted")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +196,8 @@ class Profile(_message.Message):
     PLAN_FIELD_NUMBER: _ClassVar[int]
     MARKETING_OPT_IN_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    USAGE_STATS_OPT_OUT_FIELD_NUMBER: _ClassVar[int]
+    PROCESSING_RESTRICTED_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     email: str
     display_name: str
@@ -203,17 +205,23 @@ class Profile(_message.Message):
     plan: str
     marketing_opt_in: bool
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    usage_stats_opt_out: bool
+    processing_restricted: bool
+    def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ...) -> None: ...
 
 class UpdateProfileRequest(_message.Message):
-    __slots__ = ("display_name", "marketing_opt_in", "update_fields")
+    __slots__ = ("display_name", "marketing_opt_in", "update_fields", "usage_stats_opt_out", "processing_restricted")
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     MARKETING_OPT_IN_FIELD_NUMBER: _ClassVar[int]
     UPDATE_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_STATS_OPT_OUT_FIELD_NUMBER: _ClassVar[int]
+    PROCESSING_RESTRICTED_FIELD_NUMBER: _ClassVar[int]
     display_name: str
     marketing_opt_in: bool
     update_fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, display_name: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., update_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    usage_stats_opt_out: bool
+    processing_restricted: bool
+    def __init__(self, display_name: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., update_fields: _Optional[_Iterable[str]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ...) -> None: ...
 
 class ChangePasswordRequest(_message.Message):
     __slots__ = ("current_password", "new_password")

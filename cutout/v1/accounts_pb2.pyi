@@ -1,4 +1,5 @@
 from cutout.v1 import account_pb2 as _account_pb2
+from cutout.v1 import rights_pb2 as _rights_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -26,16 +27,20 @@ class AuthenticateRequest(_message.Message):
     def __init__(self, api_key: _Optional[str] = ...) -> None: ...
 
 class AuthenticateResponse(_message.Message):
-    __slots__ = ("account_id", "region", "plan", "key_id")
+    __slots__ = ("account_id", "region", "plan", "key_id", "processing_restricted", "usage_stats_opt_out")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PROCESSING_RESTRICTED_FIELD_NUMBER: _ClassVar[int]
+    USAGE_STATS_OPT_OUT_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     region: str
     plan: str
     key_id: str
-    def __init__(self, account_id: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
+    processing_restricted: bool
+    usage_stats_opt_out: bool
+    def __init__(self, account_id: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., key_id: _Optional[str] = ..., processing_restricted: _Optional[bool] = ..., usage_stats_opt_out: _Optional[bool] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
     __slots__ = ("account_id", "idempotency_key", "amount", "amount_millicredits", "request_hash")

@@ -5,6 +5,7 @@ import warnings
 
 from cutout.v1 import account_pb2 as cutout_dot_v1_dot_account__pb2
 from cutout.v1 import accounts_pb2 as cutout_dot_v1_dot_accounts__pb2
+from cutout.v1 import rights_pb2 as cutout_dot_v1_dot_rights__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -108,6 +109,26 @@ class AccountsStub:
                 request_serializer=cutout_dot_v1_dot_account__pb2.ChangePasswordRequest.SerializeToString,
                 response_deserializer=cutout_dot_v1_dot_account__pb2.ChangePasswordResponse.FromString,
                 _registered_method=True)
+        self.ChangeEmail = channel.unary_unary(
+                '/cutout.v1.Accounts/ChangeEmail',
+                request_serializer=cutout_dot_v1_dot_rights__pb2.ChangeEmailRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_account__pb2.Profile.FromString,
+                _registered_method=True)
+        self.DeleteAccount = channel.unary_unary(
+                '/cutout.v1.Accounts/DeleteAccount',
+                request_serializer=cutout_dot_v1_dot_rights__pb2.DeleteAccountRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_rights__pb2.DeleteAccountResponse.FromString,
+                _registered_method=True)
+        self.ExportAccount = channel.unary_unary(
+                '/cutout.v1.Accounts/ExportAccount',
+                request_serializer=cutout_dot_v1_dot_rights__pb2.AccountExportRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_rights__pb2.AccountExport.FromString,
+                _registered_method=True)
+        self.ListAccessLog = channel.unary_unary(
+                '/cutout.v1.Accounts/ListAccessLog',
+                request_serializer=cutout_dot_v1_dot_rights__pb2.OwnerAccessLogRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_rights__pb2.OwnerAccessLogResponse.FromString,
+                _registered_method=True)
 
 
 class AccountsServicer:
@@ -200,6 +221,31 @@ class AccountsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangeEmail(self, request, context):
+        """The user's rights (the gateway forwards the caller's key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAccount(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportAccount(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccessLog(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -272,6 +318,26 @@ def add_AccountsServicer_to_server(servicer, server):
                     servicer.ChangePassword,
                     request_deserializer=cutout_dot_v1_dot_account__pb2.ChangePasswordRequest.FromString,
                     response_serializer=cutout_dot_v1_dot_account__pb2.ChangePasswordResponse.SerializeToString,
+            ),
+            'ChangeEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeEmail,
+                    request_deserializer=cutout_dot_v1_dot_rights__pb2.ChangeEmailRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_account__pb2.Profile.SerializeToString,
+            ),
+            'DeleteAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAccount,
+                    request_deserializer=cutout_dot_v1_dot_rights__pb2.DeleteAccountRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_rights__pb2.DeleteAccountResponse.SerializeToString,
+            ),
+            'ExportAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportAccount,
+                    request_deserializer=cutout_dot_v1_dot_rights__pb2.AccountExportRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_rights__pb2.AccountExport.SerializeToString,
+            ),
+            'ListAccessLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccessLog,
+                    request_deserializer=cutout_dot_v1_dot_rights__pb2.OwnerAccessLogRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_rights__pb2.OwnerAccessLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -655,6 +721,114 @@ class Accounts:
             '/cutout.v1.Accounts/ChangePassword',
             cutout_dot_v1_dot_account__pb2.ChangePasswordRequest.SerializeToString,
             cutout_dot_v1_dot_account__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Accounts/ChangeEmail',
+            cutout_dot_v1_dot_rights__pb2.ChangeEmailRequest.SerializeToString,
+            cutout_dot_v1_dot_account__pb2.Profile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Accounts/DeleteAccount',
+            cutout_dot_v1_dot_rights__pb2.DeleteAccountRequest.SerializeToString,
+            cutout_dot_v1_dot_rights__pb2.DeleteAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Accounts/ExportAccount',
+            cutout_dot_v1_dot_rights__pb2.AccountExportRequest.SerializeToString,
+            cutout_dot_v1_dot_rights__pb2.AccountExport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccessLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Accounts/ListAccessLog',
+            cutout_dot_v1_dot_rights__pb2.OwnerAccessLogRequest.SerializeToString,
+            cutout_dot_v1_dot_rights__pb2.OwnerAccessLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

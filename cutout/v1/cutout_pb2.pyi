@@ -3,6 +3,7 @@ import datetime
 from cutout.v1 import account_pb2 as _account_pb2
 from cutout.v1 import erase_pb2 as _erase_pb2
 from cutout.v1 import options_pb2 as _options_pb2
+from cutout.v1 import rights_pb2 as _rights_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers

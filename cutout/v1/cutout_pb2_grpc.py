@@ -7,6 +7,7 @@ from cutout.v1 import account_pb2 as cutout_dot_v1_dot_account__pb2
 from cutout.v1 import cutout_pb2 as cutout_dot_v1_dot_cutout__pb2
 from cutout.v1 import erase_pb2 as cutout_dot_v1_dot_erase__pb2
 from cutout.v1 import options_pb2 as cutout_dot_v1_dot_options__pb2
+from cutout.v1 import rights_pb2 as cutout_dot_v1_dot_rights__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -118,6 +119,26 @@ class CutoutStub:
                 '/cutout.v1.Cutout/DeleteResult',
                 request_serializer=cutout_dot_v1_dot_cutout__pb2.DeleteResultRequest.SerializeToString,
                 response_deserializer=cutout_dot_v1_dot_cutout__pb2.DeleteResultResponse.FromString,
+                _registered_method=True)
+        self.ExportAccount = channel.unary_stream(
+                '/cutout.v1.Cutout/ExportAccount',
+                request_serializer=cutout_dot_v1_dot_rights__pb2.ExportAccountRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_rights__pb2.ExportChunk.FromString,
+                _registered_method=True)
+        self.ChangeEmail = channel.unary_unary(
+                '/cutout.v1.Cutout/ChangeEmail',
+                request_serializer=cutout_dot_v1_dot_rights__pb2.ChangeEmailRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_account__pb2.Profile.FromString,
+                _registered_method=True)
+        self.DeleteAccount = channel.unary_unary(
+                '/cutout.v1.Cutout/DeleteAccount',
+                request_serializer=cutout_dot_v1_dot_rights__pb2.DeleteAccountRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_rights__pb2.DeleteAccountResponse.FromString,
+                _registered_method=True)
+        self.ListAccessLog = channel.unary_unary(
+                '/cutout.v1.Cutout/ListAccessLog',
+                request_serializer=cutout_dot_v1_dot_rights__pb2.OwnerAccessLogRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_rights__pb2.OwnerAccessLogResponse.FromString,
                 _registered_method=True)
 
 
@@ -234,6 +255,32 @@ class CutoutServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportAccount(self, request, context):
+        """Your data (see the README's "Your data"): everything held about you as a zip
+        archive; correcting the e-mail; erasing the account; who accessed your data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeEmail(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAccount(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccessLog(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CutoutServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -316,6 +363,26 @@ def add_CutoutServicer_to_server(servicer, server):
                     servicer.DeleteResult,
                     request_deserializer=cutout_dot_v1_dot_cutout__pb2.DeleteResultRequest.FromString,
                     response_serializer=cutout_dot_v1_dot_cutout__pb2.DeleteResultResponse.SerializeToString,
+            ),
+            'ExportAccount': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportAccount,
+                    request_deserializer=cutout_dot_v1_dot_rights__pb2.ExportAccountRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_rights__pb2.ExportChunk.SerializeToString,
+            ),
+            'ChangeEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeEmail,
+                    request_deserializer=cutout_dot_v1_dot_rights__pb2.ChangeEmailRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_account__pb2.Profile.SerializeToString,
+            ),
+            'DeleteAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAccount,
+                    request_deserializer=cutout_dot_v1_dot_rights__pb2.DeleteAccountRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_rights__pb2.DeleteAccountResponse.SerializeToString,
+            ),
+            'ListAccessLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccessLog,
+                    request_deserializer=cutout_dot_v1_dot_rights__pb2.OwnerAccessLogRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_rights__pb2.OwnerAccessLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -762,10 +829,119 @@ class Cutout:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ExportAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cutout.v1.Cutout/ExportAccount',
+            cutout_dot_v1_dot_rights__pb2.ExportAccountRequest.SerializeToString,
+            cutout_dot_v1_dot_rights__pb2.ExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Cutout/ChangeEmail',
+            cutout_dot_v1_dot_rights__pb2.ChangeEmailRequest.SerializeToString,
+            cutout_dot_v1_dot_account__pb2.Profile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Cutout/DeleteAccount',
+            cutout_dot_v1_dot_rights__pb2.DeleteAccountRequest.SerializeToString,
+            cutout_dot_v1_dot_rights__pb2.DeleteAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccessLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Cutout/ListAccessLog',
+            cutout_dot_v1_dot_rights__pb2.OwnerAccessLogRequest.SerializeToString,
+            cutout_dot_v1_dot_rights__pb2.OwnerAccessLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AdminStub:
-    """Administration, authorised by an admin token in the `x-admin-token` metadata
-    (an API key never works here). Served by the gateway, decided by accounts.
+    """Administration, authorised by a named admin's token in the `x-admin-token` metadata
+    (an API key never works here). Served by accounts on its own admin listener, inside
+    the cell only (never the public port); every call is written to an append-only audit log.
     """
 
     def __init__(self, channel):
@@ -784,11 +960,17 @@ class AdminStub:
                 request_serializer=cutout_dot_v1_dot_account__pb2.LookupAccountRequest.SerializeToString,
                 response_deserializer=cutout_dot_v1_dot_account__pb2.LookupAccountResponse.FromString,
                 _registered_method=True)
+        self.DeleteAccount = channel.unary_unary(
+                '/cutout.v1.Admin/DeleteAccount',
+                request_serializer=cutout_dot_v1_dot_rights__pb2.AdminDeleteAccountRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_rights__pb2.DeleteAccountResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
-    """Administration, authorised by an admin token in the `x-admin-token` metadata
-    (an API key never works here). Served by the gateway, decided by accounts.
+    """Administration, authorised by a named admin's token in the `x-admin-token` metadata
+    (an API key never works here). Served by accounts on its own admin listener, inside
+    the cell only (never the public port); every call is written to an append-only audit log.
     """
 
     def GrantCredits(self, request, context):
@@ -798,6 +980,12 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LookupAccount(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAccount(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -816,6 +1004,11 @@ def add_AdminServicer_to_server(servicer, server):
                     request_deserializer=cutout_dot_v1_dot_account__pb2.LookupAccountRequest.FromString,
                     response_serializer=cutout_dot_v1_dot_account__pb2.LookupAccountResponse.SerializeToString,
             ),
+            'DeleteAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAccount,
+                    request_deserializer=cutout_dot_v1_dot_rights__pb2.AdminDeleteAccountRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_rights__pb2.DeleteAccountResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'cutout.v1.Admin', rpc_method_handlers)
@@ -825,8 +1018,9 @@ def add_AdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Admin:
-    """Administration, authorised by an admin token in the `x-admin-token` metadata
-    (an API key never works here). Served by the gateway, decided by accounts.
+    """Administration, authorised by a named admin's token in the `x-admin-token` metadata
+    (an API key never works here). Served by accounts on its own admin listener, inside
+    the cell only (never the public port); every call is written to an append-only audit log.
     """
 
     @staticmethod
@@ -873,6 +1067,33 @@ class Admin:
             '/cutout.v1.Admin/LookupAccount',
             cutout_dot_v1_dot_account__pb2.LookupAccountRequest.SerializeToString,
             cutout_dot_v1_dot_account__pb2.LookupAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Admin/DeleteAccount',
+            cutout_dot_v1_dot_rights__pb2.AdminDeleteAccountRequest.SerializeToString,
+            cutout_dot_v1_dot_rights__pb2.DeleteAccountResponse.FromString,
             options,
             channel_credentials,
             insecure,

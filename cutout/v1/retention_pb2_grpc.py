@@ -112,7 +112,9 @@ class RetentionServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EraseAccount(self, request, context):
-        """Destroys the account's key first, then its results.
+        """Destroys the account's key first, then its results and their access log; durable:
+        an erasure a crash interrupted finishes when the service starts again. Idempotent.
+        Called by the gateway or by accounts (whose erasure saga drives it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

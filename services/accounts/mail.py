@@ -32,6 +32,8 @@ class Mailer(Protocol):
 
     def sweep(self, now: datetime, max_age: timedelta) -> int: ...
 
+    def erase(self, to: str) -> int: ...  # what is kept here for one address (an erasure)
+
 
 class MailUnavailable(Exception):
     """The relay did not take the message (its text is not kept: it may quote the address)."""
@@ -78,6 +80,9 @@ class SmtpRelay:
     def sweep(self, now: datetime, max_age: timedelta) -> int:
         return 0  # nothing is kept here
 
+    def erase(self, to: str) -> int:
+        return 0  # nothing is kept here
+
 
 class Outbox:
     def __init__(self, folder: Path) -> None:
@@ -104,6 +109,19 @@ class Outbox:
         for path in self.folder.glob("*.eml"):
             try:
                 if path.stat().st_mtime <= cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def erase(self, to: str) -> int:
+        """Deletes every message to `to` (an erased account's address); returns how many."""
+        parser = BytesParser(policy=email.policy.default)
+        removed = 0
+        for path in self.folder.glob("*.eml") if self.folder.is_dir() else ():
+            try:
+                if parser.parsebytes(path.read_bytes())["To"] == to:
                     path.unlink()
                     removed += 1
             except FileNotFoundError:

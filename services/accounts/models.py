@@ -20,6 +20,10 @@ class Account(SQLModel, table=True):
     age_confirmed: bool
     marketing_opt_in: bool = False
     created_at: datetime
+    # Objection to usage statistics: the account's calls stay out of every metric.
+    usage_stats_opt_out: bool = False
+    # Restriction of processing: kept, but no image of it is processed.
+    processing_restricted: bool = False
 
 
 class ApiKey(SQLModel, table=True):
@@ -97,6 +101,67 @@ class LedgerEntry(SQLModel, table=True):
     reservation_id: str | None = Field(default=None, max_length=36)
     grant_id: str | None = Field(default=None, index=True, max_length=36)
     created_at: datetime
+
+
+class AccessLogEntry(SQLModel, table=True):
+    """Who read or changed an account's data in accounts (export, admin look-ups, corrections):
+    the owner's own access log, with retention's. Deleted with the account."""
+
+    __tablename__ = "account_access_log"
+    __table_args__ = (Index("ix_account_access_log_account", "account_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime
+    account_id: str = Field(max_length=36)
+    actor: str = Field(max_length=80)  # owner, admin:<name>, system
+    action: str = Field(max_length=32)
+
+
+class Erasure(SQLModel, table=True):
+    """The durable record of an account's erasure (a saga): written with the revocation of its
+    keys, then retention is erased, then accounts' rows; a periodic job resumes what a crash
+    interrupted. Holds the pseudonymous account id only, never an e-mail or a name."""
+
+    __tablename__ = "erasures"
+
+    id: str = Field(primary_key=True, max_length=36)
+    account_id: str = Field(max_length=36, unique=True)
+    requested_by: str = Field(max_length=80)  # owner, admin:<name>
+    state: str = Field(max_length=16)  # pending, done
+    requested_at: datetime
+    retention_erased_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+
+
+class RetainedFinancialRecord(SQLModel, table=True):
+    """What must outlive an erased account: its purchases (amount, date), under a random
+    pseudonym drawn at erasure, with no path back to the account, its e-mail or its name."""
+
+    __tablename__ = "retained_financial_records"
+
+    id: int | None = Field(default=None, primary_key=True)
+    pseudonym: str = Field(max_length=36, index=True)
+    kind: str = Field(max_length=16)  # purchase
+    amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    occurred_at: datetime
+    erased_at: datetime
+
+
+class AdminAuditEntry(SQLModel, table=True):
+    """Every admin call, allowed or refused: append-only (the database refuses UPDATE and
+    DELETE on this table; see migration 0004_rights)."""
+
+    __tablename__ = "admin_audit"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime
+    admin: str = Field(max_length=80)  # the named admin, or "unknown" for a refused token
+    method: str = Field(max_length=64)  # GrantCredits, LookupAccount, DeleteAccount
+    account_id: str = Field(default="", max_length=36)  # the target, when known (never an e-mail)
+    outcome: str = Field(max_length=32)  # ok, or the status code
+    source: str = Field(default="", max_length=64)  # the caller's address
+    detail: str = Field(default="", max_length=200)  # e.g. an erasure's reason, a grant's amount
 
 
 class PendingSignUp(SQLModel, table=True):

@@ -1,4 +1,4 @@
-"""The servicers cutout.v1.Accounts (internal, for the gateway) and cutout.v1.Admin.
+"""The servicer cutout.v1.Accounts (internal, for the gateway); cutout.v1.Admin is in admin.py.
 
 The database work is synchronous (sqlmodel), so each call runs it in a thread.
 Logs carry reason codes and ids only: never an e-mail, a password or a key (and never
@@ -9,32 +9,36 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import timestamp_pb2
 from sqlalchemy import Engine, Row
 from sqlalchemy.exc import SQLAlchemyError
 
-from cutout.v1 import account_pb2, accounts_pb2, accounts_pb2_grpc, cutout_pb2, cutout_pb2_grpc
+from cutout.v1 import account_pb2, accounts_pb2, accounts_pb2_grpc, retention_pb2, retention_pb2_grpc, rights_pb2
+from services.accounts import rights
+from services.accounts.admin import AdminServicer, start_admin_server
+from services.accounts.convert import access_pb, balance_pb, entry_pb, key_pb, profile_pb
 from services.accounts.credentials import normalise_email
 from services.accounts.db import MIGRATIONS, VERSION_TABLE, make_engine, migrate
-from services.accounts.ledger import BalanceView, Ledger, Outcome, utc_now
+from services.accounts.ledger import BalanceView, Ledger, Outcome
 from services.accounts.mail import Mailer, Outbox, SmtpRelay
-from services.accounts.models import Account, ApiKey
+from services.accounts.models import Account
 from services.accounts.settings import AccountsSettings
 from services.accounts.store import AccountStore, Caller
 from services.common import credits
+from services.common.channels import channel_options
 from services.common.errors import ServiceError, abort
 from services.common.limits import Backoff, Budget, Refused
 from services.common.server import PeriodicJob, ServiceSpec
-from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA, SOURCE_METADATA
+from services.common.settings import API_KEY_METADATA, SOURCE_METADATA
 from services.common.sql import MigrationsApplied, database_ready
+from services.common.tasks import start_kept
+from services.common.tls import channel_credentials, is_loopback
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,7 +49,7 @@ OUTCOMES = {
     Outcome.DUPLICATE_COMMITTED: accounts_pb2.RESERVE_OUTCOME_DUPLICATE_COMMITTED,
     Outcome.DUPLICATE_RELEASED: accounts_pb2.RESERVE_OUTCOME_DUPLICATE_RELEASED,
 }
-PROFILE_FIELDS = ("display_name", "marketing_opt_in")
+PROFILE_FIELDS = ("display_name", "marketing_opt_in", "usage_stats_opt_out", "processing_restricted")
 
 
 async def run_db(
@@ -131,10 +135,14 @@ def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str:
 
 
 class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
-    def __init__(self, settings: AccountsSettings, store: AccountStore, ledger: Ledger) -> None:
+    def __init__(
+        self, settings: AccountsSettings, store: AccountStore, ledger: Ledger, erasures: rights.Erasures
+    ) -> None:
         self.settings = settings
         self.store = store
         self.ledger = ledger
+        self.erasures = erasures
+        self._erasing: set[asyncio.Task[str]] = set()
         self.passwords = PasswordPool(settings.password_workers, settings.password_queue)
         # Wrong passwords per account (and per e-mail, known or not, so that the answer
         # says nothing about which exist): backoff after LOGIN_FAILURES_FREE in a row.
@@ -150,7 +158,12 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
     ) -> accounts_pb2.AuthenticateResponse:
         caller = await run_db(context, "Authenticate", self.store.authenticate, request.api_key)
         return accounts_pb2.AuthenticateResponse(
-            account_id=caller.account_id, region=caller.region, plan=caller.plan, key_id=caller.key_id
+            account_id=caller.account_id,
+            region=caller.region,
+            plan=caller.plan,
+            key_id=caller.key_id,
+            processing_restricted=caller.processing_restricted,
+            usage_stats_opt_out=caller.usage_stats_opt_out,
         )
 
     async def Reserve(
@@ -302,7 +315,12 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
     ) -> account_pb2.ListLedgerResponse:
         caller = await self._caller(context, "ListLedger")
         limit = min(request.limit or 100, 1000)
-        entries, balance = await run_db(context, "ListLedger", self.ledger.entries, caller.account_id, limit)
+
+        def read() -> tuple[list[tuple[Row[Any], str]], BalanceView]:
+            rights.record_access(self.store.engine, caller.account_id, "owner", "read_ledger")
+            return self.ledger.entries(caller.account_id, limit)
+
+        entries, balance = await run_db(context, "ListLedger", read)
         return account_pb2.ListLedgerResponse(
             entries=[entry_pb(entry, key) for entry, key in entries], balance=balance_pb(balance)
         )
@@ -311,7 +329,12 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         self, request: account_pb2.GetProfileRequest, context: grpc.aio.ServicerContext
     ) -> account_pb2.Profile:
         caller = await self._caller(context, "GetProfile")
-        return profile_pb(await run_db(context, "GetProfile", self.store.get, caller.account_id))
+
+        def read() -> Account:
+            rights.record_access(self.store.engine, caller.account_id, "owner", "read_profile")
+            return self.store.get(caller.account_id)
+
+        return profile_pb(await run_db(context, "GetProfile", read))
 
     async def UpdateProfile(
         self, request: account_pb2.UpdateProfileRequest, context: grpc.aio.ServicerContext
@@ -330,11 +353,17 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         fields = set(request.update_fields)
 
         def update() -> Account:
-            return self.store.update_profile(
+            account = self.store.update_profile(
                 caller.account_id,
                 display_name=request.display_name if "display_name" in fields else None,
                 marketing_opt_in=request.marketing_opt_in if "marketing_opt_in" in fields else None,
+                usage_stats_opt_out=request.usage_stats_opt_out if "usage_stats_opt_out" in fields else None,
+                processing_restricted=request.processing_restricted if "processing_restricted" in fields else None,
             )
+            if "processing_restricted" in fields:
+                action = "restrict" if request.processing_restricted else "lift_restriction"
+                rights.record_access(self.store.engine, caller.account_id, "owner", action)
+            return account
 
         return profile_pb(await run_db(context, "UpdateProfile", update))
 
@@ -356,153 +385,89 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         log.info("password changed: %s", caller.account_id)
         return account_pb2.ChangePasswordResponse()
 
+    # -- the user's rights (services/accounts/rights.py) ------------------------------
 
-class AdminServicer(cutout_pb2_grpc.AdminServicer):
-    """Authorised by the admin token only; an API key means nothing here."""
-
-    def __init__(self, settings: AccountsSettings, store: AccountStore, ledger: Ledger, token: str) -> None:
-        self.settings = settings
-        self.store = store
-        self.ledger = ledger
-        self._token = token.encode()
-
-    async def _authorise(self, context: grpc.aio.ServicerContext) -> None:
-        if not self._token:
-            await abort(
-                context,
-                ServiceError(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    "administration is disabled: no CUTOUT_ACCOUNTS_ADMIN_TOKEN or _ADMIN_TOKEN_FILE is set",
-                    reason="ADMIN_DISABLED",
-                ),
-            )
-        given = metadata_value(context, ADMIN_TOKEN_METADATA).encode()
-        if not given or not hmac.compare_digest(given, self._token):
-            log.warning("admin call refused: %s", "no token" if not given else "wrong token")
-            await abort(
-                context,
-                ServiceError(
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    "administration needs the admin token in the `x-admin-token` metadata",
-                    reason="ADMIN_TOKEN_INVALID",
-                ),
-            )
-
-    async def GrantCredits(
-        self, request: account_pb2.GrantCreditsRequest, context: grpc.aio.ServicerContext
-    ) -> account_pb2.GrantCreditsResponse:
-        await self._authorise(context)
-        days = request.expires_in_days or self.settings.grant_credit_days
-        source = request.source or "admin"
-
-        def grant() -> tuple[str, int, BalanceView]:
-            amount = _granted(request)
-            grant_id = self.ledger.grant(request.account_id, amount, source, utc_now() + timedelta(days=days))
-            return grant_id, amount, self.ledger.balance(request.account_id)
-
-        grant_id, amount, balance = await run_db(context, "GrantCredits", grant)
-        log.info("granted %s credits (%s) to %s", credits.text(amount), source, request.account_id)
-        return account_pb2.GrantCreditsResponse(grant_id=grant_id, balance=balance_pb(balance))
-
-    async def LookupAccount(
-        self, request: account_pb2.LookupAccountRequest, context: grpc.aio.ServicerContext
-    ) -> account_pb2.LookupAccountResponse:
-        await self._authorise(context)
-        if bool(request.account_id) == bool(request.email):
-            await abort(
-                context,
-                ServiceError(
-                    grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of account_id or email", field="account_id"
-                ),
-            )
-
-        def lookup() -> tuple[Account, BalanceView, int]:
-            account = (
-                self.store.get(request.account_id) if request.account_id else self.store.find_by_email(request.email)
-            )
-            return account, self.ledger.balance(account.id), self.store.count_active_keys(account.id)
-
-        account, balance, keys = await run_db(context, "LookupAccount", lookup)
-        # Access to personal data is logged: who (the admin), what (which account), when (the log time).
-        log.info("admin looked up account %s", account.id)
-        return account_pb2.LookupAccountResponse(
-            profile=profile_pb(account), balance=balance_pb(balance), active_api_keys=keys
+    async def _password(self, context: grpc.aio.ServicerContext, method: str, caller: Caller, password: str) -> None:
+        await run_db(
+            context,
+            method,
+            _checked,
+            self.logins,
+            caller.account_id,
+            functools.partial(self.store.check_password, caller.account_id, password),
+            pool=self.passwords,
         )
 
-
-# -- proto conversions ---------------------------------------------------------------
-
-
-def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def profile_pb(account: Account) -> account_pb2.Profile:
-    return account_pb2.Profile(
-        account_id=account.id,
-        email=account.email,
-        display_name=account.display_name,
-        region=account.region,
-        plan=account.plan,
-        marketing_opt_in=account.marketing_opt_in,
-        created_at=timestamp(account.created_at),
-    )
-
-
-def _granted(request: account_pb2.GrantCreditsRequest) -> int:
-    """The millicredits a grant asks for: `amount` (whole credits) or `amount_decimal`, not both."""
-    if request.amount_decimal and request.amount:
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "give the amount once: amount (whole credits) or amount_decimal, not both",
-            field="amount_decimal",
+    async def ChangeEmail(
+        self, request: rights_pb2.ChangeEmailRequest, context: grpc.aio.ServicerContext
+    ) -> account_pb2.Profile:
+        caller = await self._caller(context, "ChangeEmail")
+        await self._password(context, "ChangeEmail", caller, request.password)
+        account = await run_db(
+            context, "ChangeEmail", rights.change_email, self.store.engine, caller.account_id, request.new_email
         )
-    if request.amount_decimal:
-        return credits.parse(request.amount_decimal, "amount_decimal")
-    return request.amount * credits.MILLI
+        log.info("e-mail corrected: %s", caller.account_id)
+        return profile_pb(account)
 
+    async def DeleteAccount(
+        self, request: rights_pb2.DeleteAccountRequest, context: grpc.aio.ServicerContext
+    ) -> rights_pb2.DeleteAccountResponse:
+        caller = await self._caller(context, "DeleteAccount")
+        await self._password(context, "DeleteAccount", caller, request.password)
+        requested = await run_db(context, "DeleteAccount", self.erasures.request, caller.account_id, "owner")
+        state = await self.run_erasure(requested.erasure_id)
+        return rights_pb2.DeleteAccountResponse(erasure_id=requested.erasure_id, state=state)
 
-def balance_pb(balance: BalanceView) -> account_pb2.Balance:
-    """The ledger's millicredits as exact decimals, and their whole parts in the older fields."""
-    return account_pb2.Balance(
-        available=credits.whole(balance.available),
-        held=credits.whole(balance.held),
-        next_expiry=timestamp(balance.next_expiry),
-        expiring_next=credits.whole(balance.expiring_next),
-        available_decimal=credits.text(balance.available),
-        held_decimal=credits.text(balance.held),
-        expiring_next_decimal=credits.text(balance.expiring_next),
-    )
+    async def run_erasure(self, erasure_id: str) -> str:
+        """Runs the rest of an erasure, waiting up to ERASURE_WAIT_S for it: "done", or
+        "pending" (it goes on, or the resume job finishes it)."""
 
+        async def run() -> str:
+            try:
+                return await asyncio.to_thread(self.erasures.run, erasure_id)
+            except Exception as error:  # retention down, a crash: the resume job finishes it
+                log.warning("erasure %s pending: %s", erasure_id, type(error).__name__)
+                return rights.PENDING
 
-def key_pb(key: ApiKey) -> account_pb2.ApiKey:
-    return account_pb2.ApiKey(
-        id=key.id,
-        name=key.name,
-        prefix=key.prefix,
-        created_at=timestamp(key.created_at),
-        last_used_at=timestamp(key.last_used_at),
-        revoked_at=timestamp(key.revoked_at),
-    )
+        task = start_kept(self._erasing, run())
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self.settings.erasure_wait_s)
+        except TimeoutError:
+            return rights.PENDING
 
+    async def ExportAccount(
+        self, request: rights_pb2.AccountExportRequest, context: grpc.aio.ServicerContext
+    ) -> rights_pb2.AccountExport:
+        caller = await self._caller(context, "ExportAccount")
 
-def entry_pb(entry: Row[Any], idempotency_key: str) -> account_pb2.LedgerEntry:
-    return account_pb2.LedgerEntry(
-        id=str(entry.seq),
-        kind=entry.kind,
-        amount=credits.whole(entry.amount),
-        held=credits.whole(entry.held),
-        amount_decimal=credits.text(entry.amount),
-        held_decimal=credits.text(entry.held),
-        reservation_id=entry.reservation_id or "",
-        grant_id=entry.grant_id or "",
-        idempotency_key=idempotency_key,
-        created_at=timestamp(entry.created_at),
-    )
+        def gather() -> rights_pb2.AccountExport:
+            rights.record_access(self.store.engine, caller.account_id, "owner", "export")
+            account = self.store.get(caller.account_id)
+            entries, balance = self.ledger.entries(caller.account_id, limit=10**9)
+            return rights_pb2.AccountExport(
+                profile=profile_pb(account),
+                age_confirmed=account.age_confirmed,
+                keys=[key_pb(key) for key in self.store.list_keys(caller.account_id)],
+                ledger=[entry_pb(entry, key) for entry, key in entries],
+                balance=balance_pb(balance),
+                access_log=[access_pb(entry) for entry in rights.access_log(self.store.engine, caller.account_id)],
+            )
+
+        return await run_db(context, "ExportAccount", gather)
+
+    async def ListAccessLog(
+        self, request: rights_pb2.OwnerAccessLogRequest, context: grpc.aio.ServicerContext
+    ) -> rights_pb2.OwnerAccessLogResponse:
+        caller = await self._caller(context, "ListAccessLog")
+        entries = await run_db(
+            context,
+            "ListAccessLog",
+            rights.access_log,
+            self.store.engine,
+            caller.account_id,
+            min(request.limit or 1000, 10000),
+        )
+        return rights_pb2.OwnerAccessLogResponse(entries=[access_pb(entry) for entry in entries])
 
 
 # -- the service -----------------------------------------------------------------------
@@ -537,17 +502,39 @@ def sweep_all(ledger: Ledger, store: AccountStore, settings: AccountsSettings) -
     return ", ".join(f"{what}: {count}" for what, count in done.items() if count)
 
 
-def admin_token(settings: AccountsSettings) -> str:
-    if settings.admin_token_file is not None:
-        return settings.admin_token_file.read_text().strip()
-    return settings.admin_token.strip()
-
-
 def open_database(settings: AccountsSettings) -> Engine:
     engine = make_engine(settings.database_url, busy_timeout_s=settings.sqlite_busy_timeout_s)
     if settings.migrate_on_start:
         migrate(engine)
     return engine
+
+
+def retention_eraser(settings: AccountsSettings) -> tuple[rights.EraseRetention, Callable[[], None]]:
+    """Erases an account in retention (a blocking call, for the saga's thread), and a closer."""
+    if not settings.retention_target:
+        log.warning("no CUTOUT_ACCOUNTS_RETENTION_TARGET: erasures will not reach retention and stay pending")
+
+        def unreachable(account_id: str) -> None:
+            raise RuntimeError("no retention target configured")
+
+        return unreachable, lambda: None
+    if settings.mesh_ca_file:
+        credentials = channel_credentials(settings.mesh_ca_file, settings.mesh_cert_file, settings.mesh_key_file)
+        channel = grpc.secure_channel(settings.retention_target, credentials, options=channel_options())
+    elif is_loopback(settings.retention_target):
+        channel = grpc.insecure_channel(settings.retention_target, options=channel_options())
+    else:
+        raise ValueError(
+            f"no mesh certificate configured (MESH_CA_FILE): plaintext to {settings.retention_target} refused"
+        )
+    stub = retention_pb2_grpc.RetentionStub(channel)
+
+    def erase(account_id: str) -> None:
+        stub.EraseAccount(
+            retention_pb2.EraseAccountRequest(account_id=account_id), timeout=settings.retention_timeout_s
+        )
+
+    return erase, channel.close
 
 
 def build(settings: AccountsSettings) -> ServiceSpec:
@@ -569,27 +556,41 @@ def build(settings: AccountsSettings) -> ServiceSpec:
         revoked_key_lifetime=timedelta(days=settings.revoked_key_days),
         mail_lifetime=timedelta(hours=settings.mail_outbox_hours),
     )
-    accounts = AccountsServicer(settings, store, ledger)
+    erase_retention, close_retention = retention_eraser(settings)
+    erasures = rights.Erasures(engine, erase_retention, forget_mail=store.outbox.erase)
+    accounts = AccountsServicer(settings, store, ledger, erasures)
     migrations_applied = MigrationsApplied(engine, MIGRATIONS, version_table=VERSION_TABLE)
-    admin = AdminServicer(settings, store, ledger, admin_token(settings))
+    admin = AdminServicer(settings, store, ledger, engine, erasures, accounts.run_erasure)
+    admin_server: list[grpc.aio.Server] = []
 
     def sweep() -> str:
         return sweep_all(ledger, store, settings)
 
+    def resume_erasures() -> str:
+        finished = erasures.resume()
+        return f"finished {finished} interrupted erasures" if finished else ""
+
+    async def start_admin() -> None:
+        server, _ = await start_admin_server(settings, admin, [])
+        admin_server.append(server)
+
     async def close() -> None:
+        for server in admin_server:
+            await server.stop(settings.shutdown_grace_s)
+        close_retention()
         engine.dispose()
 
     def register(server: grpc.aio.Server) -> None:
         accounts_pb2_grpc.add_AccountsServicer_to_server(accounts, server)
-        cutout_pb2_grpc.add_AdminServicer_to_server(admin, server)
 
     return ServiceSpec(
-        service_names=[
-            accounts_pb2.DESCRIPTOR.services_by_name["Accounts"].full_name,
-            cutout_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-        ],
+        service_names=[accounts_pb2.DESCRIPTOR.services_by_name["Accounts"].full_name],
         register=register,
         ready=lambda: database_ready(engine, migrations_applied),
         close=close,
-        jobs=[PeriodicJob("sweep", settings.sweep_interval_s, sweep)],
+        on_start=start_admin,
+        jobs=[
+            PeriodicJob("sweep", settings.sweep_interval_s, sweep),
+            PeriodicJob("erasures", settings.erasure_resume_interval_s, resume_erasures),
+        ],
     )

@@ -25,10 +25,28 @@ class AccountsSettings(ServiceSettings):
     # step of their own (`python -m services.<name> migrate`, a Job) and sets this false:
     # the service then stays NOT_SERVING until the schema is current.
     migrate_on_start: bool = True
-    # The admin credential: the token itself, or a file holding it (a mounted secret).
-    # Neither set: administration is refused.
-    admin_token: str = ""
-    admin_token_file: Path | None = None
+    # Administration (cutout.v1.Admin) has a listener of its own, inside the cell only:
+    # loopback by default (the pod's own address on Kubernetes, behind its NetworkPolicy).
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 50055
+    admin_port_file: Path | None = None  # the bound port is written here (port 0 picks one)
+    # The named admins: one line per admin, `name sha256:<hex of sha256(token)>` (a mounted
+    # secret; re-read when it changes). None or empty: administration is refused.
+    admins_file: Path | None = None
+    # Wrong admin tokens per source address before backoff (2 s, 4 s, ... up to the max),
+    # and each admin's rate of calls.
+    admin_failures_free: int = 3
+    admin_backoff_max_s: float = 300.0
+    admin_rate_per_s: float = 5.0
+    admin_rate_burst: int = 20
+    # Retention, which an erasure crypto-shreds (accounts drives the erasure saga).
+    retention_target: str = ""
+    retention_timeout_s: float = 120.0
+    # DeleteAccount waits this long for the erasure to finish; after that it answers
+    # "pending" and the erasure finishes by itself.
+    erasure_wait_s: float = 5.0
+    # How often unfinished erasures (a service was down or crashed midway) are resumed.
+    erasure_resume_interval_s: float = 30.0
     # Free credits at sign-up (a decimal, to 0.001), and how long credits last.
     signup_credits: Decimal = Field(default=Decimal(25), ge=0, decimal_places=3)
     signup_credit_days: int = 30

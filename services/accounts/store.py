@@ -50,6 +50,8 @@ class Caller:
     key_id: str
     region: str
     plan: str
+    processing_restricted: bool = False
+    usage_stats_opt_out: bool = False
 
 
 def unauthenticated(message: str, reason: str) -> ServiceError:
@@ -334,7 +336,14 @@ class AccountStore:
                 raise unauthenticated(
                     "this API key was revoked; create a new one with `cutout keys create`", "API_KEY_REVOKED"
                 )
-            caller = Caller(account_id=account.id, key_id=key.id, region=account.region, plan=account.plan)
+            caller = Caller(
+                account_id=account.id,
+                key_id=key.id,
+                region=account.region,
+                plan=account.plan,
+                processing_restricted=account.processing_restricted,
+                usage_stats_opt_out=account.usage_stats_opt_out,
+            )
             stale = key.last_used_at is None or key.last_used_at <= now - LAST_USED_RESOLUTION
         if stale:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
@@ -420,7 +429,13 @@ class AccountStore:
             ).one()
 
     def update_profile(
-        self, account_id: str, *, display_name: str | None = None, marketing_opt_in: bool | None = None
+        self,
+        account_id: str,
+        *,
+        display_name: str | None = None,
+        marketing_opt_in: bool | None = None,
+        usage_stats_opt_out: bool | None = None,
+        processing_restricted: bool | None = None,
     ) -> Account:
         if display_name is not None:
             _check_display_name(display_name)
@@ -432,6 +447,10 @@ class AccountStore:
                 account.display_name = display_name.strip()
             if marketing_opt_in is not None:
                 account.marketing_opt_in = marketing_opt_in
+            if usage_stats_opt_out is not None:
+                account.usage_stats_opt_out = usage_stats_opt_out
+            if processing_restricted is not None:
+                account.processing_restricted = processing_restricted
             session.add(account)
             session.flush()
             return account

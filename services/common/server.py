@@ -14,8 +14,8 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -76,6 +76,10 @@ class ServiceSpec:
     jobs: Sequence[PeriodicJob] = ()
     # Run after the caller check and telemetry's, before the handler (the gateway's admission).
     interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+    # Methods ("/pkg.Service/Method") that also answer callers beyond settings.allowed_callers.
+    callers_by_method: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # Runs once the server has started (a second listener of the service, say).
+    on_start: Callable[[], Awaitable[None]] = _nothing
 
 
 def grpc_message_options(settings: ServiceSettings) -> list[tuple[str, int]]:
@@ -159,7 +163,10 @@ async def start_service(
     interceptors = [*interceptors, *spec.interceptors]
     if settings.tls_client_ca_file is not None:
         # Mutual TLS: only the allowed services may call this one's own RPCs.
-        interceptors = [CallerCheck(spec.service_names, settings.allowed_callers), *interceptors]
+        interceptors = [
+            CallerCheck(spec.service_names, settings.allowed_callers, spec.callers_by_method),
+            *interceptors,
+        ]
     server = grpc.aio.server(
         interceptors=list(interceptors),
         options=[*grpc_message_options(settings), *CONNECTION_AGE_OPTIONS],
@@ -190,6 +197,7 @@ async def start_service(
         server,
     )
     await server.start()
+    await spec.on_start()
     running._health_task = asyncio.create_task(running._watch_health())
     running._jobs = [asyncio.create_task(running._repeat(job)) for job in spec.jobs]
     if settings.port_file:

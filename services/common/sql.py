@@ -49,6 +49,9 @@ def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # Deleted and overwritten rows are zeroed on disk, not left in free pages: an erased
+        # account's e-mail or wrapped key must not be recoverable from the file.
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -88,6 +91,21 @@ def schema_is_current(engine: Engine, migrations: Path, *, version_table: str) -
         applied = set(MigrationContext.configure(connection, opts={"version_table": version_table}).get_current_heads())
     known = {revision.revision for revision in script.walk_revisions()}
     return bool(applied) and (applied == set(script.get_heads()) or not applied <= known)
+
+
+def compact_sqlite(engine: Engine) -> None:
+    """SQLite: folds the write-ahead log into the database file and empties it, so that no
+    earlier version of a page (holding an erased row) survives in the -wal file. No-op
+    elsewhere (PostgreSQL reclaims dead rows with VACUUM)."""
+    if engine.dialect.name != "sqlite":
+        return
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        cursor.close()
+    finally:
+        connection.close()
 
 
 def aware(moment: datetime) -> datetime:

@@ -17,6 +17,7 @@ not traced.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import socket
@@ -26,7 +27,8 @@ from dataclasses import dataclass
 from importlib import metadata
 
 import grpc
-from opentelemetry import metrics, trace
+from opentelemetry import baggage, metrics, trace
+from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, filters
 from opentelemetry.instrumentation.grpc._aio_server import OpenTelemetryAioServerInterceptor
 from opentelemetry.instrumentation.logging import LoggingInstrumentor
@@ -137,22 +139,33 @@ def logging_format_ready() -> None:
 class _PrivateServerInterceptor(OpenTelemetryAioServerInterceptor):
     """The stock server interceptor minus the caller's address and user agent."""
 
+    def _intercept_aio_server_stream(self, behavior, handler_call_details):  # type: ignore[no-untyped-def]
+        # The stock wrapper consumes every streaming handler as an async generator; one that
+        # writes with context.write() (the gateway's RemoveBackgroundStream) is a coroutine,
+        # and failed with "'async for' requires an object with __aiter__" whenever tracing was on.
+        if not inspect.isasyncgenfunction(behavior):
+            return self._intercept_aio_server_unary(behavior, handler_call_details)
+        return super()._intercept_aio_server_stream(behavior, handler_call_details)
+
     def _start_span(self, handler_call_details, context, set_status_on_exception=False):  # type: ignore[no-untyped-def]
         service, _, method = handler_call_details.method.lstrip("/").partition("/")
+        # OpenTelemetry's RPC conventions: the current names (rpc.system.name, the
+        # fully qualified rpc.method, rpc.response.status_code), and the older ones
+        # that the stock instrumentation still sets on errors and trace tools still read.
+        attributes: dict[str, str | int | bool] = {
+            "rpc.system.name": "grpc",
+            "rpc.method": f"{service}/{method}",
+            "rpc.response.status_code": grpc.StatusCode.OK.name,
+            "rpc.system": "grpc",
+            "rpc.service": service,
+            "rpc.grpc.status_code": grpc.StatusCode.OK.value[0],
+        }
+        if stats_excluded():  # a call made for an account that objected to usage statistics
+            attributes[EXCLUDED_ATTRIBUTE] = True
         return self._tracer.start_as_current_span(
             name=handler_call_details.method,
             kind=SpanKind.SERVER,
-            # OpenTelemetry's RPC conventions: the current names (rpc.system.name, the
-            # fully qualified rpc.method, rpc.response.status_code), and the older ones
-            # that the stock instrumentation still sets on errors and trace tools still read.
-            attributes={
-                "rpc.system.name": "grpc",
-                "rpc.method": f"{service}/{method}",
-                "rpc.response.status_code": grpc.StatusCode.OK.name,
-                "rpc.system": "grpc",
-                "rpc.service": service,
-                "rpc.grpc.status_code": grpc.StatusCode.OK.value[0],
-            },
+            attributes=attributes,
             set_status_on_exception=set_status_on_exception,
         )
 
@@ -173,9 +186,11 @@ class _RpcMetrics(SpanProcessor):
         )
 
     def on_end(self, span: ReadableSpan) -> None:
+        attributes = span.attributes or {}
         if span.kind != SpanKind.SERVER or span.start_time is None or span.end_time is None:
             return
-        attributes = span.attributes or {}
+        if attributes.get(EXCLUDED_ATTRIBUTE):
+            return
         # Read from the numeric code, which the stock instrumentation also sets on errors.
         code = grpc_status(int(attributes.get("rpc.grpc.status_code", 0)))  # type: ignore[arg-type]
         self._duration.record(
@@ -205,6 +220,28 @@ def mark_error(code: grpc.StatusCode) -> None:
 
 tracer = trace.get_tracer("cutout")
 meter = metrics.get_meter("cutout")
+
+# Objection to usage statistics: the gateway marks the calls of an account that opted out
+# with this W3C baggage entry, which travels with every call it makes inside the cell (the
+# instrumented channels propagate it); no service then counts that call in any metric.
+STATS_BAGGAGE = "cutout.stats"
+EXCLUDED_ATTRIBUTE = "cutout.stats_excluded"
+
+
+def exclude_from_stats() -> None:
+    """Keeps the current call, and every call it makes downstream, out of every metric."""
+    trace.get_current_span().set_attribute(EXCLUDED_ATTRIBUTE, True)
+    otel_context.attach(baggage.set_baggage(STATS_BAGGAGE, "off"))
+
+
+def stats_excluded() -> bool:
+    return baggage.get_baggage(STATS_BAGGAGE) == "off"
+
+
+def count(counter: metrics.Counter, amount: int | float, attributes: dict[str, str] | None = None) -> None:
+    """`counter.add`, unless the call is for an account that objected to usage statistics."""
+    if not stats_excluded():
+        counter.add(amount, attributes)
 
 
 @contextlib.contextmanager

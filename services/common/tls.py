@@ -22,7 +22,7 @@ import datetime
 import ipaddress
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,15 +120,19 @@ class CallerCheck(grpc.aio.ServerInterceptor):
     """Lets only the named services call `guarded` gRPC services (health and reflection
     stay open to any holder of a cell certificate, e.g. a probe)."""
 
-    def __init__(self, guarded: Sequence[str], allowed: Sequence[str]) -> None:
+    def __init__(
+        self, guarded: Sequence[str], allowed: Sequence[str], by_method: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
         self.guarded = tuple(f"/{name}/" for name in guarded)
         self.allowed = frozenset(allowed)
+        # Methods ("/pkg.Service/Method") that also answer other callers than `allowed`.
+        self.by_method = {method: frozenset(names) for method, names in (by_method or {}).items()}
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(self.guarded):
             return handler
-        allowed = self.allowed
+        allowed = self.allowed | self.by_method.get(handler_call_details.method, frozenset())
 
         async def refuse(context: grpc.aio.ServicerContext) -> None:
             from services.common.errors import ServiceError, abort

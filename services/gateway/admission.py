@@ -23,6 +23,7 @@ from cutout.v1 import accounts_pb2
 from services.common.errors import ServiceError, abort
 from services.common.limits import Budget, Refused, rate_limiter
 from services.common.settings import API_KEY_METADATA
+from services.common.telemetry import exclude_from_stats
 from services.gateway.settings import GatewaySettings
 
 # The caller authenticated at admission, for the handler of the same call.
@@ -63,8 +64,8 @@ class Admission(grpc.aio.ServerInterceptor):
         self.rate = rate_limiter(
             settings.redis_url, settings.key_rate_per_s, settings.key_rate_burst, "calls per second for this API key"
         )
-        # Calls without a key are sign-ups, password logins, token fetches and admin
-        # tokens: what is guessed or farmed, so each source address has a slow rate.
+        # Calls without a key are sign-ups, password logins and token fetches: what is
+        # guessed or farmed, so each source address has a slow rate.
         self.source_rate = rate_limiter(
             settings.redis_url,
             settings.source_rate_per_s,
@@ -97,6 +98,8 @@ class Admission(grpc.aio.ServerInterceptor):
         except Refused as error:
             await abort(context, refused(error, "TOO_MANY_CALLS_IN_FLIGHT"))
         admitted_caller.set(caller)
+        if caller.usage_stats_opt_out:  # objection: this call, and what it causes downstream, counts nowhere
+            exclude_from_stats()
         return lambda: self.per_key.release(caller.key_id)
 
     async def _first(self, requests: AsyncIterator[object], context: grpc.aio.ServicerContext) -> object:

@@ -1,4 +1,5 @@
-"""The public servicers cutout.v1.Cutout and cutout.v1.Admin.
+"""The public servicer cutout.v1.Cutout (administration is not served here: accounts
+serves cutout.v1.Admin on a listener of its own, inside the cell).
 
 The gateway is thin: it authenticates the caller (accounts looks the key up on every
 call), charges RemoveBackground through the credit ledger (reserve, then commit on
@@ -34,6 +35,7 @@ from cutout.v1 import (
     options_pb2,
     retention_pb2,
     retention_pb2_grpc,
+    rights_pb2,
 )
 from services.common import credits
 from services.common.channels import mesh_channel
@@ -48,9 +50,10 @@ from services.common.errors import (
 )
 from services.common.limits import FairSlots
 from services.common.server import ServiceSpec
-from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA, SOURCE_METADATA
+from services.common.settings import API_KEY_METADATA, SOURCE_METADATA
 from services.common.tasks import start_kept
-from services.common.telemetry import meter
+from services.common.telemetry import count, meter
+from services.gateway import export
 from services.gateway.admission import Admission, admitted_caller, source_address
 from services.gateway.settings import GatewaySettings
 
@@ -97,7 +100,6 @@ class Downstreams:
         self.inference = inference_pb2_grpc.InferenceStub(self.inference_channel)
         self.accounts_channel = mesh_channel(settings.accounts_target, settings)
         self.accounts = accounts_pb2_grpc.AccountsStub(self.accounts_channel)
-        self.admin = cutout_pb2_grpc.AdminStub(self.accounts_channel)
         self.retention_channel = mesh_channel(settings.retention_target, settings, settings.max_message_bytes)
         self.retention = retention_pb2_grpc.RetentionStub(self.retention_channel)
 
@@ -177,6 +179,17 @@ def _reason(error: ServiceError) -> str | None:
         if isinstance(detail, error_details_pb2.ErrorInfo):
             return detail.reason
     return None
+
+
+def refuse_if_restricted(caller: accounts_pb2.AuthenticateResponse) -> None:
+    """Restriction of processing: the account is kept, its images are not processed."""
+    if caller.processing_restricted:
+        raise ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "processing is restricted on this account at your request, so no image is processed; lift it "
+            "with UpdateProfile (processing_restricted=false) or `cutout account restrict --off`",
+            reason="ACCOUNT_RESTRICTED",
+        )
 
 
 def _report_charge(response: cutout_pb2.RemoveBackgroundResponse, millicredits: int) -> None:
@@ -408,6 +421,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         `deliver`, once it has been handed to the caller), else released; any failure,
         cancellation included, leaves nothing charged. Errors are raised as ServiceError.
         """
+        refuse_if_restricted(caller)
         size = request.options.size or options_pb2.SIZE_FULL
         if size not in (options_pb2.SIZE_PREVIEW, options_pb2.SIZE_FULL, options_pb2.SIZE_AUTO):
             raise invalid_argument(
@@ -454,6 +468,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         deliver: Callable[[erase_pb2.EraseRegionsResponse], Awaitable[None]] | None = None,
     ) -> tuple[erase_pb2.EraseRegionsResponse, int]:
         """One charged erase (EraseRegions or a stream item carrying regions), as `_remove`."""
+        refuse_if_restricted(caller)
         erasing = asyncio.ensure_future(
             self.down.inference.Erase(
                 inference_pb2.EraseRequest(image=request.image, regions=request.regions),
@@ -520,7 +535,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         settle = accounts_pb2.SettleRequest(account_id=caller.account_id, reservation_id=reserved.reservation_id)
         owned = reserved.outcome in OWNED
         if owned:
-            _credits.add(reserve.amount_millicredits / credits.MILLI, {"operation": "reserve"})
+            count(_credits, reserve.amount_millicredits / credits.MILLI, {"operation": "reserve"})
         succeeded = committed = False
         try:
             try:
@@ -700,14 +715,14 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             if commit:
                 try:
                     await self.down.accounts.Commit(settle, timeout=self.settings.accounts_timeout_s)
-                    _credits.add(millicredits / credits.MILLI, {"operation": "commit"})
+                    count(_credits, millicredits / credits.MILLI, {"operation": "commit"})
                     return True
                 except grpc.aio.AioRpcError as error:
                     # The result exists; the caller gets it and the hold is released, not charged.
                     log.warning("commit failed (%s); serving the result uncharged", error.code().name)
             try:
                 await self.down.accounts.Release(settle, timeout=self.settings.accounts_timeout_s)
-                _credits.add(millicredits / credits.MILLI, {"operation": "release"})
+                count(_credits, millicredits / credits.MILLI, {"operation": "release"})
             except grpc.aio.AioRpcError as error:
                 # The hold lapses by itself after the accounts service's hold timeout.
                 log.warning("release failed (%s); the hold will lapse", error.code().name)
@@ -736,6 +751,75 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         """Runs `work` as a task that a caller's cancellation does not stop (await it shielded)."""
         return start_kept(self._to_finish, work)
 
+    # -- your data (README, "Your data") ---------------------------------------------------
+
+    async def ExportAccount(
+        self, request: rights_pb2.ExportAccountRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[rights_pb2.ExportChunk]:
+        """Everything held about the caller, as a zip archive built and sent piece by piece
+        (one kept result in memory at a time)."""
+        try:
+            caller = await self._authenticate(context)
+            held = await self.down.accounts_call(
+                context, self.down.accounts.ExportAccount, rights_pb2.AccountExportRequest(), self.KEY
+            )
+            listed = await self.down.retention_call(
+                context,
+                self.down.retention.ListOwned,
+                retention_pb2.ListOwnedRequest(account_id=caller.account_id, limit=1000),
+            )
+            access = await self._access_log(context, caller, limit=10_000)
+        except ServiceError as error:
+            await abort(context, error)
+        archive = export.Archive()
+        for name, document in export.documents(held, listed.results, access):
+            archive.add_json(name, document)
+            yield rights_pb2.ExportChunk(data=archive.take())
+        if request.include_results:
+            for kept in listed.results:
+                call = self.down.retention.FetchOwned(
+                    retention_pb2.OwnedResultRequest(account_id=caller.account_id, result_id=kept.result_id),
+                    timeout=self.down.deadline(context, self.settings.retention_timeout_s),
+                )
+                try:
+                    data = b"".join([chunk.data async for chunk in call])
+                except grpc.aio.AioRpcError as error:
+                    if error.code() == grpc.StatusCode.NOT_FOUND:
+                        continue  # expired or deleted since the listing
+                    await relay(context, error, RETENTION_UNAVAILABLE)
+                archive.add_file(export.result_name(kept), data)
+                for piece in pieces(archive.take(), self.settings.retention_chunk_bytes):
+                    yield rights_pb2.ExportChunk(data=piece)
+        archive.close()
+        yield rights_pb2.ExportChunk(data=archive.take())
+
+    async def _access_log(
+        self, context: grpc.aio.ServicerContext, caller: accounts_pb2.AuthenticateResponse, limit: int
+    ) -> list[rights_pb2.AccessRecord]:
+        """The owner's access log from accounts and retention, newest first."""
+        held = await self.down.accounts_call(
+            context, self.down.accounts.ListAccessLog, rights_pb2.OwnerAccessLogRequest(limit=limit), self.KEY
+        )
+        kept = await self.down.retention_call(
+            context, self.down.retention.ListAccessLog, retention_pb2.ListAccessLogRequest(account_id=caller.account_id)
+        )
+        records = list(held.entries) + [
+            rights_pb2.AccessRecord(
+                at=entry.at, actor=entry.actor, action=entry.action, service="retention", result_id=entry.result_id
+            )
+            for entry in kept.entries
+        ]
+        records.sort(key=lambda record: (record.at.seconds, record.at.nanos), reverse=True)
+        return records[:limit]
+
+    @aborts_on_service_error
+    async def ListAccessLog(
+        self, request: rights_pb2.OwnerAccessLogRequest, context: grpc.aio.ServicerContext
+    ) -> rights_pb2.OwnerAccessLogResponse:
+        caller = await self._authenticate(context)
+        entries = await self._access_log(context, caller, min(request.limit or 1000, 10_000))
+        return rights_pb2.OwnerAccessLogResponse(entries=entries)
+
     @aborts_on_service_error
     async def SignUp(self, request: Message, context: grpc.aio.ServicerContext) -> Any:
         # The source address, from the connection (never from the client's metadata), for
@@ -751,6 +835,8 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
 
     KEY = (API_KEY_METADATA,)
     VerifySignUp = _forwarded("VerifySignUp", ())
+    ChangeEmail = _forwarded("ChangeEmail", KEY)
+    DeleteAccount = _forwarded("DeleteAccount", KEY)
     CreateApiKey = _forwarded("CreateApiKey", KEY)
     ListApiKeys = _forwarded("ListApiKeys", KEY)
     RevokeApiKey = _forwarded("RevokeApiKey", KEY)
@@ -761,29 +847,14 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
     ChangePassword = _forwarded("ChangePassword", KEY)
 
 
-class AdminServicer(cutout_pb2_grpc.AdminServicer):
-    """Forwards the admin token only (never an API key); accounts decides."""
-
-    def __init__(self, down: Downstreams) -> None:
-        self.down = down
-
-    GrantCredits = _forwarded("GrantCredits", (ADMIN_TOKEN_METADATA,), stub="admin")
-    LookupAccount = _forwarded("LookupAccount", (ADMIN_TOKEN_METADATA,), stub="admin")
-
-
 def build(settings: GatewaySettings) -> ServiceSpec:
     down = Downstreams(settings)
     cutout = CutoutServicer(settings, down)
-    admin = AdminServicer(down)
 
     def register(server: grpc.aio.Server) -> None:
         cutout_pb2_grpc.add_CutoutServicer_to_server(cutout, server)
-        cutout_pb2_grpc.add_AdminServicer_to_server(admin, server)
 
-    service_names = [
-        cutout_pb2.DESCRIPTOR.services_by_name["Cutout"].full_name,
-        cutout_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-    ]
+    service_names = [cutout_pb2.DESCRIPTOR.services_by_name["Cutout"].full_name]
     return ServiceSpec(
         service_names=service_names,
         interceptors=[Admission(settings, service_names, down.authenticate)],

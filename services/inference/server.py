@@ -19,7 +19,7 @@ from PIL import Image
 from cutout.v1 import erase_pb2, inference_pb2, inference_pb2_grpc, options_pb2
 from services.common.errors import ServiceError, abort, invalid_argument
 from services.common.server import ServiceSpec
-from services.common.telemetry import meter, stage
+from services.common.telemetry import count, meter, stage
 from services.common.tls import Identity
 from services.inference import imaging, inpainting
 from services.inference.budget import PixelBudget
@@ -166,7 +166,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             span.set_attribute("cutout.output_format", format_name)
             rendered = await self._cpu(imaging.render, image, alpha, spec, backdrop)
         timings.total_ms = _ms_since(started)
-        _images.add(1, {"cutout.output_format": format_name})
+        count(_images, 1, {"cutout.output_format": format_name})
         return inference_pb2.SegmentResponse(
             result=options_pb2.CutoutImage(
                 image=rendered.data,
@@ -207,7 +207,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             with _stage(timings, "encode"):
                 encoded = await self._cpu(inpainting.encode, picture, filled, spec.format, spec.quality)
         timings.total_ms = _ms_since(started)
-        _erased.add(1, {"cutout.erase.format": erase_pb2.EraseFormat.Name(spec.format)})
+        count(_erased, 1, {"cutout.erase.format": erase_pb2.EraseFormat.Name(spec.format)})
         return erase_pb2.EraseRegionsResponse(
             result=options_pb2.CutoutImage(
                 image=encoded.data,

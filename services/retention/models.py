@@ -56,3 +56,14 @@ class AccessLogEntry(SQLModel, table=True):
     actor: str = Field(max_length=16)  # owner, token (a holder of the link), system
     action: str = Field(max_length=16)  # store, read, delete, erase, expire
     result_id: str = Field(default="", max_length=32)
+
+
+class Erasure(SQLModel, table=True):
+    """An account's erasure, written with the destruction of its key: while `finished_at` is
+    unset, the service finishes it (blobs, rows, access log) at start and in every sweep."""
+
+    __tablename__ = "retention_erasures"
+
+    account_id: str = Field(primary_key=True, max_length=36)
+    requested_at: datetime
+    finished_at: datetime | None = None

@@ -12,13 +12,14 @@ import boto3
 import grpc
 from google.protobuf import timestamp_pb2
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from cutout.v1 import options_pb2, retention_pb2, retention_pb2_grpc
 from services.common.chunks import pieces
 from services.common.errors import ServiceError, abort, invalid_argument
 from services.common.server import PeriodicJob, ServiceSpec
 from services.common.sql import MigrationsApplied, aware, database_ready, make_engine, migrate
-from services.common.telemetry import meter
+from services.common.telemetry import count, meter
 from services.retention import crypto
 from services.retention.blobstore import BlobStore, LocalBlobStore, S3BlobStore
 from services.retention.models import KeptResult
@@ -32,6 +33,7 @@ _swept = meter.create_counter("cutout.retention.swept", description="Results rem
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version_retention"
+RETENTION = retention_pb2.DESCRIPTOR.services_by_name["Retention"].full_name
 
 
 def _timestamp(moment) -> timestamp_pb2.Timestamp:  # type: ignore[no-untyped-def]
@@ -106,7 +108,7 @@ class RetentionServicer(retention_pb2_grpc.RetentionServicer):
             )
         except ServiceError as error:
             await abort(context, error)
-        _stored.add(1)
+        count(_stored, 1)
         return retention_pb2.StoreResponse(result=_described(stored.result, stored.token))
 
     async def FetchByToken(
@@ -154,7 +156,19 @@ class RetentionServicer(retention_pb2_grpc.RetentionServicer):
     ) -> retention_pb2.EraseAccountResponse:
         if not request.account_id:
             await abort(context, invalid_argument("which account? account_id is empty", field="account_id"))
-        erased = await asyncio.to_thread(self.store.erase_account, request.account_id)
+        try:
+            erased = await asyncio.to_thread(self.store.erase_account, request.account_id)
+        except Exception as error:  # the record stays unfinished: the sweep, or a retry, completes it
+            log.error("erasure interrupted: %s; it will be resumed", type(error).__name__)
+            await abort(
+                context,
+                ServiceError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the erasure started (the account's key is destroyed) but did not finish; it resumes by itself",
+                    reason="ERASURE_PENDING",
+                ),
+            )
+        log.info("account erased: %d results", erased)
         return retention_pb2.EraseAccountResponse(results_erased=erased)
 
     async def ListAccessLog(
@@ -197,8 +211,18 @@ def build(settings: RetentionSettings) -> ServiceSpec:
         open_blob_store(settings),
         crypto.MasterKeys.parse(settings.master_key_spec()),
         pending_timeout=timedelta(seconds=settings.pending_timeout_s),
+        erase_delete_interval_s=settings.erase_delete_interval_s,
         access_log_lifetime=timedelta(days=settings.access_log_days),
     )
+    # An erasure a crash interrupted is finished before anything is served (when the schema
+    # is not current yet, the migration Job's turn, the sweep finishes it later).
+    try:
+        resumed = store.resume_erasures()
+    except SQLAlchemyError as error:
+        log.warning("interrupted erasures not resumed at start (%s); the sweep will", type(error).__name__)
+    else:
+        if resumed:
+            log.info("resumed %d interrupted erasures", resumed)
     servicer = RetentionServicer(settings, store)
 
     def sweep() -> SweepReport:
@@ -211,8 +235,9 @@ def build(settings: RetentionSettings) -> ServiceSpec:
         engine.dispose()
 
     return ServiceSpec(
-        service_names=[retention_pb2.DESCRIPTOR.services_by_name["Retention"].full_name],
+        service_names=[RETENTION],
         register=lambda server: retention_pb2_grpc.add_RetentionServicer_to_server(servicer, server),
+        callers_by_method={f"/{RETENTION}/EraseAccount": settings.erase_callers},
         ready=lambda: database_ready(engine, migrations_applied),
         close=close,
         jobs=[PeriodicJob("sweep", settings.sweep_interval_s, sweep)],

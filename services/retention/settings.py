@@ -42,6 +42,11 @@ class RetentionSettings(ServiceSettings):
     sweep_interval_s: float = 60.0
     # A store that has not finished after this long was interrupted; the sweep removes it.
     pending_timeout_s: float = 600.0
+    # A pause between the blob deletions of an account's erasure (after its key is gone):
+    # spreads a large account's deletes under an object store's request rate. 0: none.
+    erase_delete_interval_s: float = 0.0
+    # Besides the gateway, EraseAccount answers these callers (accounts drives erasures).
+    erase_callers: tuple[str, ...] = ("accounts",)
     # Access-log lines (who read, deleted, expired whose result) are deleted after this.
     access_log_days: float = 180.0
 

@@ -7,7 +7,9 @@ every store, read, delete, erase and expiry is written to the access log.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,10 +19,12 @@ from sqlalchemy import Engine, delete
 from sqlmodel import Session, col, select
 
 from services.common.errors import ServiceError
-from services.common.sql import aware
+from services.common.sql import aware, compact_sqlite
 from services.retention import crypto
 from services.retention.blobstore import BlobNotFound, BlobStore
-from services.retention.models import AccessLogEntry, AccountKey, KeptResult
+from services.retention.models import AccessLogEntry, AccountKey, Erasure, KeptResult
+
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 PENDING, READY = "pending", "ready"
@@ -84,6 +88,7 @@ class ResultStore:
         *,
         clock: Clock = utc_now,
         pending_timeout: timedelta = timedelta(minutes=10),
+        erase_delete_interval_s: float = 0.0,
         access_log_lifetime: timedelta = timedelta(days=180),
     ) -> None:
         self.engine = engine
@@ -91,6 +96,7 @@ class ResultStore:
         self.master_keys = master_keys
         self.clock = clock
         self.pending_timeout = pending_timeout
+        self.erase_delete_interval_s = erase_delete_interval_s
         self.access_log_lifetime = access_log_lifetime
 
     # -- keys -------------------------------------------------------------------------
@@ -100,6 +106,13 @@ class ResultStore:
         if row is None:
             if not create:
                 return None
+            if session.get(Erasure, account_id) is not None:
+                # An erased account gets no new key: nothing of it may be stored again.
+                raise ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "this account has been erased; nothing can be kept for it",
+                    reason="ACCOUNT_ERASED",
+                )
             key = crypto.new_key()
             master_key_id, wrapped = self.master_keys.wrap(key, account_id)
             session.add(
@@ -223,19 +236,53 @@ class ResultStore:
         self.blobs.delete(result_id)
 
     def erase_account(self, account_id: str) -> int:
-        """Destroys the account's key first: from then on no copy of its blobs can be opened."""
+        """Crypto-shreds the account, then removes what is left of it; returns the results removed.
+
+        First, in one transaction, the account's key is destroyed and the erasure recorded:
+        from that instant no copy of its blobs (a backup, a disk) can be opened, even with the
+        master key. Then the blobs go, then the rows and the access log. Idempotent: a crash
+        at any point leaves the record unfinished, and `resume_erasures` (at start and in
+        every sweep) or the next call completes it.
+        """
         with Session(self.engine) as session, session.begin():
             session.execute(delete(AccountKey).where(AccountKey.account_id == account_id))
+            if session.get(Erasure, account_id) is None:
+                session.add(Erasure(account_id=account_id, requested_at=self.clock()))
+        with Session(self.engine) as session:
             result_ids = list(session.exec(select(KeptResult.id).where(KeptResult.account_id == account_id)).all())
-            self._log(session, account_id, "owner", "erase")
         for result_id in result_ids:
+            if self.erase_delete_interval_s:
+                time.sleep(self.erase_delete_interval_s)
             self.blobs.delete(result_id)
         with Session(self.engine) as session, session.begin():
             session.execute(delete(KeptResult).where(KeptResult.account_id == account_id))
+            session.execute(delete(AccessLogEntry).where(AccessLogEntry.account_id == account_id))
+            erasure = session.get(Erasure, account_id)
+            if erasure is not None and erasure.finished_at is None:
+                erasure.finished_at = self.clock()
+        self._compact()
         return len(result_ids)
 
+    def resume_erasures(self) -> int:
+        """Finishes the erasures a crash interrupted; returns how many."""
+        with Session(self.engine) as session:
+            pending = list(session.exec(select(Erasure.account_id).where(Erasure.finished_at.is_(None))).all())  # type: ignore[union-attr]
+        for account_id in pending:
+            self.erase_account(account_id)
+            log.info("resumed an interrupted erasure")
+        return len(pending)
+
+    def _compact(self) -> None:
+        """SQLite: fold the write-ahead log into the file and empty it, so that no old page
+        (holding an erased row) stays in the -wal file; deleted cells are already zeroed
+        (secure_delete)."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        compact_sqlite(self.engine)
+
     def sweep(self) -> SweepReport:
-        """Removes expired results and what interrupted stores left behind."""
+        """Removes expired results and what interrupted stores and erasures left behind."""
+        self.resume_erasures()
         now = self.clock()
         with Session(self.engine) as session:
             expired = session.exec(
