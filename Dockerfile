@@ -21,11 +21,14 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/cutout
 COPY pyproject.toml README.md ./
+COPY requirements ./requirements
 COPY cutout ./cutout
 COPY services ./services
 COPY tools ./tools
 COPY bench ./bench
-RUN /opt/cutout/bin/pip install . \
+# The versions CI tested (requirements/server.lock), then the project itself.
+RUN /opt/cutout/bin/pip install -r requirements/server.lock \
+    && /opt/cutout/bin/pip install --no-deps . \
     # The embedded Triton binary (nvidia-pytriton) is for `make up`; a cell runs NGC Triton.
     && /opt/cutout/bin/pip uninstall --yes nvidia-pytriton
 
@@ -64,13 +67,19 @@ CMD ["services.retention"]
 
 # --- triton: NGC Triton + the "litert" Python-based backend + the model repository ---
 FROM ${TRITON_IMAGE} AS triton
-# The Python backend's stub runs the image's own python3 (3.10 in 24.10).
-RUN python3 -m pip install --no-cache-dir numpy==1.26.4 ai-edge-litert==1.4.0
+# The Python backend's stub runs the image's own python3 (3.10 in 24.10): numpy and LiteRT
+# at the versions the tests ran with (requirements/server.lock; LiteRT is pinned there to
+# 1.4.0, the newest with wheels for Python 3.10).
+COPY requirements/server.lock /tmp/server.lock
+RUN python3 -m pip install --no-cache-dir $(grep -oE '^(numpy|ai-edge-litert)==[^ ]+' /tmp/server.lock)
 # Only "litert": ONNX models run on Triton's own onnxruntime backend here, which the
 # embedded server's stand-in (triton_backends/onnxruntime) must never shadow.
 COPY services/inference/triton_backends/litert/model.py /opt/tritonserver/backends/litert/model.py
+# The exec probes and the metrics-tls sidecar (standard library only): Triton's HTTP and
+# metrics ports have no TLS, so they stay on the pod's loopback (k8s/base/triton.yaml).
+COPY services/inference/triton_sidecar.py /opt/cutout/triton_sidecar.py
 COPY --from=model --chown=1000:1000 /src/services/inference/model_repository /models
 # triton-server, the NGC image's own unprivileged user.
 USER 1000:1000
-EXPOSE 8000 8001 8002
+EXPOSE 8001 8443
 CMD ["tritonserver", "--model-repository=/models", "--model-control-mode=none", "--strict-readiness=true"]

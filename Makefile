@@ -4,20 +4,38 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup up test bench protos model clean
+.PHONY: setup up test bench protos model clean lock
 
-# A virtualenv with the project and its dev tools; redone when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# A virtualenv with the project, its services and dev tools, at the locked versions
+# (requirements/dev.lock; the images install requirements/server.lock, the same pins).
+$(STAMP): pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -r requirements/dev.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# After changing pyproject.toml's dependencies: re-resolve both lock files (same pins).
+LOCK := $(PY) -m uv pip compile pyproject.toml --python-version 3.11 --python-platform x86_64-manylinux_2_35 \
+	--no-header --annotation-style line --quiet
+lock: $(STAMP)
+	$(LOCK) --extra server --extra dev -o requirements/dev.lock
+	$(LOCK) --extra server -c requirements/dev.lock -o requirements/server.lock
 
 # The segmentation model, fetched from the mediapipe wheel and checked by sha256.
 model: $(STAMP)
 	$(PY) -m services.inference.model
 
-setup: $(STAMP) model
+# buf (contract lint and breaking checks) and the TypeScript client, from their npm lock;
+# without npm the tests that need them are skipped and say why.
+NODE_STAMP := clients/typescript/node_modules/.package-lock.json
+$(NODE_STAMP): clients/typescript/package-lock.json
+	@# `npm install` from the lock, not `npm ci`: the registry lacks some of buf's optional
+	@# per-platform packages, which `npm ci` insists the lock lists.
+	@if command -v npm >/dev/null; then npm install --prefix clients/typescript --no-save --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: buf and the TypeScript client tests will be skipped"; fi
+
+setup: $(STAMP) model $(NODE_STAMP)
 
 # Brings the embedded mesh up (Triton, inference, gateway), runs a demo removal,
 # serves on 127.0.0.1:50051 until Ctrl-C. `make up CELLS=eu,us`: one cell per region,

@@ -269,7 +269,34 @@ def markdown(results: list[CaseResult], info: dict[str, object]) -> str:
         "| --- | --- | ---: | ---: |",
     ]
     lines += [f"| {size} | {output} | {ips:.1f} | {p50:.0f} |" for (size, output), (ips, p50) in floors.items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + pair_against_png(results)
+
+
+def pair_against_png(results: list[CaseResult]) -> str:
+    """The colour + alpha pair against the RGBA PNG, photo by photo and load by load, from
+    the same run's unary cases: throughput, median latency and inference's CPU per image."""
+    cases = {(r.size, r.output, r.concurrency): r for r in results if r.mode == "unary"}
+    rows = []
+    for (size, output, concurrency), png in cases.items():
+        pair = cases.get((size, "pair", concurrency))
+        if output != "png" or pair is None:
+            continue
+        png_cpu, pair_cpu = png.cpu_s_per_image["inference"], pair.cpu_s_per_image["inference"]
+        rows.append(
+            f"| {size} | {concurrency} | {png.images_per_s:.1f} → {pair.images_per_s:.1f} "
+            f"| {pair.images_per_s / png.images_per_s:.2f} | {png.p50_ms:.0f} → {pair.p50_ms:.0f} "
+            f"| {png_cpu:.3f} → {pair_cpu:.3f} | {pair_cpu / png_cpu:.2f} |"
+        )
+    if not rows:
+        return ""
+    header = [
+        "",
+        "The colour + alpha pair against the RGBA PNG (same run, same photos; PNG → pair):",
+        "",
+        "| photo | load | img/s | x PNG | p50 ms | inference CPU s/img | x PNG |",
+        "| --- | ---: | --- | ---: | --- | --- | ---: |",
+    ]
+    return "\n".join(header + rows) + "\n"
 
 
 def _load(result: CaseResult) -> str:

@@ -30,7 +30,7 @@ import grpc
 from google.rpc import code_pb2
 from tqdm import tqdm
 
-from cutout.client import CutoutClient
+from cutout.client import CutoutClient, credits_text
 from cutout.v1 import cutout_pb2, erase_pb2, options_pb2
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
@@ -63,7 +63,7 @@ class EraseRule:
 class Outcome:
     done: int = 0
     skipped: int = 0
-    credits_charged: int | None = None  # from the stream's summary; None if the stream ended without one
+    credits_charged: str | None = None  # from the stream's summary (a decimal); None if the stream ended without one
     failures: dict[Path, str] = field(default_factory=dict)  # input -> reason
     interrupted: bool = False
 
@@ -232,7 +232,7 @@ def run_batch(
 ) -> Outcome:
     outcome = Outcome()
     if not pending:
-        outcome.credits_charged = 0
+        outcome.credits_charged = "0"
         return outcome
     sender = _Sender(pending, batch_id(out_dir), options, concurrency, erase)
     answered: set[str] = set()
@@ -241,7 +241,8 @@ def run_batch(
     try:
         for answer in call:
             if answer.HasField("summary"):
-                outcome.credits_charged = answer.summary.credits_charged
+                summary = answer.summary
+                outcome.credits_charged = credits_text(summary.credits_charged_decimal, summary.credits_charged)
                 continue
             item = answer.item
             answered.add(item.id)

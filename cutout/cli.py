@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2
 
 from cutout import batch as batches
 from cutout import watermark
-from cutout.client import DEFAULT_GATEWAY, CutoutClient, config_path, save_config
+from cutout.client import DEFAULT_GATEWAY, CutoutClient, config_path, credits_text, save_config, signed
 from cutout.v1 import erase_pb2, options_pb2
 
 FORMATS = {
@@ -309,9 +309,8 @@ def signup(args: argparse.Namespace) -> int:
         password = _password(args, confirm=False)
         with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None, api_key="") as client:
             verified = client.verify_sign_up(args.email, password, args.code, key_name="cli")
-        print(
-            f"account {verified.profile.account_id} ({verified.profile.region}): {verified.balance.available} credits"
-        )
+        granted = credits_text(verified.balance.available_decimal, verified.balance.available)
+        print(f"account {verified.profile.account_id} ({verified.profile.region}): {granted} credits")
         _show_new_key(args, verified.api_key, verified.key.id)
         return 0
     if not args.confirm_age and not _yes("are you at least 13 years old?", default=False):
@@ -328,7 +327,8 @@ def signup(args: argparse.Namespace) -> int:
             marketing_opt_in=args.marketing,
         )
     print(f"check {args.email} for a code, then: cutout signup --email {args.email} --code CODE")
-    print(f"(the account gets {answer.free_credits} free credits once verified)")
+    free = answer.free_credits_decimal or str(answer.free_credits)  # an older server sends whole credits only
+    print(f"(the account gets {free} free credits once verified)")
     if answer.free_credits_note:
         print(answer.free_credits_note)
     return 0
@@ -358,14 +358,18 @@ def keys(args: argparse.Namespace) -> int:
 def balance(args: argparse.Namespace) -> int:
     with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
         shown = client.balance()
-        line = f"{shown.available} credits available, {shown.held} held"
-        if shown.expiring_next:
-            line += f"; {shown.expiring_next} expire {_when(shown.next_expiry)}"
+        available = credits_text(shown.available_decimal, shown.available)
+        line = f"{available} credits available, {credits_text(shown.held_decimal, shown.held)} held"
+        if shown.HasField("next_expiry"):
+            expiring = credits_text(shown.expiring_next_decimal, shown.expiring_next)
+            line += f"; {expiring} expire {_when(shown.next_expiry)}"
         print(line)
         if args.ledger:
             for entry in client.ledger(args.ledger).entries:
+                amount = signed(credits_text(entry.amount_decimal, entry.amount))
+                held = signed(credits_text(entry.held_decimal, entry.held))
                 print(
-                    f"{_when(entry.created_at)}  {entry.kind:8} {entry.amount:+6d} available {entry.held:+6d} held"
+                    f"{_when(entry.created_at)}  {entry.kind:8} {amount:>9} available {held:>9} held"
                     f"  {entry.idempotency_key}"
                 )
     return 0
@@ -390,7 +394,8 @@ def remove(args: argparse.Namespace) -> int:
     )
     subject = f"subject at {box.left},{box.top} {box.width}x{box.height}" if result.HasField("foreground_box") else ""
     replay = " (a replay of an earlier call)" if response.idempotent_replay else ""
-    print(f"{subject}{'; ' if subject else ''}{response.credits_charged} credits charged{replay}")
+    charged = credits_text(response.credits_charged_decimal, response.credits_charged)
+    print(f"{subject}{'; ' if subject else ''}{charged} credits charged{replay}")
     if response.HasField("kept"):
         kept = response.kept
         print(f"kept as {kept.result_id} until {_when(kept.expires_at)}; token (shown once): {kept.token}")

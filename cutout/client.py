@@ -19,12 +19,21 @@ from pathlib import Path
 
 import grpc
 
+from cutout.transport import API_KEY_METADATA, channel_credentials, channel_options, is_loopback
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, erase_pb2, options_pb2
-from services.common.channels import channel_options
-from services.common.settings import API_KEY_METADATA
-from services.common.tls import channel_credentials, is_loopback
 
 DEFAULT_GATEWAY = "127.0.0.1:50051"
+
+
+def credits_text(decimal: str, whole: int) -> str:
+    """An amount of credits as the server gave it: the exact decimal ("0.25"), or the whole
+    credits of the older field from a server that sends no decimal."""
+    return decimal or str(whole)
+
+
+def signed(credits: str) -> str:
+    """A change of credits with its sign: "+0.25", "-1", "+0"."""
+    return credits if credits.startswith("-") else f"+{credits}"
 
 
 def config_path() -> Path:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
@@ -427,10 +428,11 @@ def demo_account(
         admin = cutout_pb2_grpc.AdminStub(client.channel)
         metadata = [(ADMIN_TOKEN_METADATA, admin_token)]
         looked_up = admin.LookupAccount(account_pb2.LookupAccountRequest(email=login["email"]), metadata=metadata)
-        missing = credits - looked_up.balance.available
+        # Exactly up to `credits`: the balance may hold fractions (previews at 0.25).
+        missing = Decimal(credits) - Decimal(looked_up.balance.available_decimal or looked_up.balance.available)
         if missing > 0:
             admin.GrantCredits(
-                account_pb2.GrantCreditsRequest(account_id=looked_up.profile.account_id, amount=missing),
+                account_pb2.GrantCreditsRequest(account_id=looked_up.profile.account_id, amount_decimal=str(missing)),
                 metadata=metadata,
             )
     return created.api_key

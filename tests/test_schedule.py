@@ -24,6 +24,7 @@ from services.accounts.models import ApiKey, PendingSignUp, Reservation, SignUpS
 from services.accounts.server import sweep_all
 from services.accounts.settings import AccountsSettings
 from services.accounts.store import AccountStore
+from services.common import credits
 from services.common.errors import ServiceError
 from services.common.sql import make_engine as make_sql_engine
 from services.common.sql import migrate as migrate_sql
@@ -73,7 +74,7 @@ class Cell:
             plan="free",
             scrypt_n=self.settings.scrypt_n,
             outbox=Outbox(self.settings.mail_outbox_dir),
-            free_credits=self.settings.signup_credits,
+            free_millicredits=credits.to_milli(self.settings.signup_credits),
             grants_per_source=self.settings.free_grants_per_source,
             grant_window=timedelta(hours=self.settings.free_grant_window_h),
             code_lifetime=timedelta(hours=self.settings.signup_code_hours),

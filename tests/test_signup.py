@@ -91,7 +91,7 @@ def test_both_answers_run_the_same_work_scrypt_included(tmp_path: Path, monkeypa
         plan="free",
         scrypt_n=2**10,
         outbox=Outbox(tmp_path / "outbox"),
-        free_credits=3,
+        free_millicredits=3000,
         grants_per_source=100,
     )
     hashed: list[int] = []

@@ -65,7 +65,7 @@ def one_removal(traced_mesh, receiver, astronaut, customer) -> cutout_pb2.Remove
     receiver.wait_for(lambda: any(s.span.name == "inference.batch" for s in receiver.spans()))
     receiver.wait_for(
         lambda: (
-            {"rpc.server.duration", "cutout.inference.images", "cutout.credits", "cutout.retention.stored"}
+            {"rpc.server.call.duration", "cutout.inference.images", "cutout.credits", "cutout.retention.stored"}
             <= receiver.metric_names()
         )
     )
@@ -123,7 +123,7 @@ def test_the_triton_call_links_to_the_requests_it_served(receiver, one_removal):
 def test_metrics_are_exported(receiver, one_removal):
     names = receiver.metric_names()
     assert {
-        "rpc.server.duration",
+        "rpc.server.call.duration",
         "cutout.inference.batch_size",
         "cutout.inference.batch_wait",
         "cutout.inference.images",
@@ -164,6 +164,8 @@ def test_errors_mark_spans_with_the_code_only(traced_mesh, receiver, customer):
     span = failed_spans()[0]
     assert span.span.status.message == "INVALID_ARGUMENT"
     assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert span.attributes["rpc.response.status_code"] == "INVALID_ARGUMENT"
+    assert span.attributes["rpc.method"] == REMOVE.lstrip("/")
     # The inference service's log line about the refusal carries the same trace id.
     refusals = [line for line in traced_mesh.inference.log_path.read_text().splitlines() if "Segment refused" in line]
     assert any(f"trace={span.span.trace_id.hex()}" in line for line in refusals), refusals

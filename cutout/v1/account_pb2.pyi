@@ -26,18 +26,20 @@ class SignUpRequest(_message.Message):
     def __init__(self, email: _Optional[str] = ..., password: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., age_confirmed: _Optional[bool] = ..., marketing_opt_in: _Optional[bool] = ...) -> None: ...
 
 class SignUpResponse(_message.Message):
-    __slots__ = ("profile", "balance", "verification_required", "free_credits", "free_credits_note")
+    __slots__ = ("profile", "balance", "verification_required", "free_credits", "free_credits_note", "free_credits_decimal")
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     BALANCE_FIELD_NUMBER: _ClassVar[int]
     VERIFICATION_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     FREE_CREDITS_FIELD_NUMBER: _ClassVar[int]
     FREE_CREDITS_NOTE_FIELD_NUMBER: _ClassVar[int]
+    FREE_CREDITS_DECIMAL_FIELD_NUMBER: _ClassVar[int]
     profile: Profile
     balance: Balance
     verification_required: bool
     free_credits: int
     free_credits_note: str
-    def __init__(self, profile: _Optional[_Union[Profile, _Mapping]] = ..., balance: _Optional[_Union[Balance, _Mapping]] = ..., verification_required: _Optional[bool] = ..., free_credits: _Optional[int] = ..., free_credits_note: _Optional[str] = ...) -> None: ...
+    free_credits_decimal: str
+    def __init__(self, profile: _Optional[_Union[Profile, _Mapping]] = ..., balance: _Optional[_Union[Balance, _Mapping]] = ..., verification_required: _Optional[bool] = ..., free_credits: _Optional[int] = ..., free_credits_note: _Optional[str] = ..., free_credits_decimal: _Optional[str] = ...) -> None: ...
 
 class VerifySignUpRequest(_message.Message):
     __slots__ = ("email", "password", "code", "key_name")
@@ -126,16 +128,22 @@ class GetBalanceRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Balance(_message.Message):
-    __slots__ = ("available", "held", "next_expiry", "expiring_next")
+    __slots__ = ("available", "held", "next_expiry", "expiring_next", "available_decimal", "held_decimal", "expiring_next_decimal")
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
     NEXT_EXPIRY_FIELD_NUMBER: _ClassVar[int]
     EXPIRING_NEXT_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_DECIMAL_FIELD_NUMBER: _ClassVar[int]
+    HELD_DECIMAL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRING_NEXT_DECIMAL_FIELD_NUMBER: _ClassVar[int]
     available: int
     held: int
     next_expiry: _timestamp_pb2.Timestamp
     expiring_next: int
-    def __init__(self, available: _Optional[int] = ..., held: _Optional[int] = ..., next_expiry: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expiring_next: _Optional[int] = ...) -> None: ...
+    available_decimal: str
+    held_decimal: str
+    expiring_next_decimal: str
+    def __init__(self, available: _Optional[int] = ..., held: _Optional[int] = ..., next_expiry: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expiring_next: _Optional[int] = ..., available_decimal: _Optional[str] = ..., held_decimal: _Optional[str] = ..., expiring_next_decimal: _Optional[str] = ...) -> None: ...
 
 class ListLedgerRequest(_message.Message):
     __slots__ = ("limit",)
@@ -144,7 +152,7 @@ class ListLedgerRequest(_message.Message):
     def __init__(self, limit: _Optional[int] = ...) -> None: ...
 
 class LedgerEntry(_message.Message):
-    __slots__ = ("id", "kind", "amount", "held", "reservation_id", "grant_id", "idempotency_key", "created_at")
+    __slots__ = ("id", "kind", "amount", "held", "reservation_id", "grant_id", "idempotency_key", "created_at", "amount_decimal", "held_decimal")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +161,8 @@ class LedgerEntry(_message.Message):
     GRANT_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_DECIMAL_FIELD_NUMBER: _ClassVar[int]
+    HELD_DECIMAL_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     amount: int
@@ -161,7 +171,9 @@ class LedgerEntry(_message.Message):
     grant_id: str
     idempotency_key: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., amount: _Optional[int] = ..., held: _Optional[int] = ..., reservation_id: _Optional[str] = ..., grant_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    amount_decimal: str
+    held_decimal: str
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., amount: _Optional[int] = ..., held: _Optional[int] = ..., reservation_id: _Optional[str] = ..., grant_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., amount_decimal: _Optional[str] = ..., held_decimal: _Optional[str] = ...) -> None: ...
 
 class ListLedgerResponse(_message.Message):
     __slots__ = ("entries", "balance")
@@ -216,16 +228,18 @@ class ChangePasswordResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class GrantCreditsRequest(_message.Message):
-    __slots__ = ("account_id", "amount", "source", "expires_in_days")
+    __slots__ = ("account_id", "amount", "amount_decimal", "source", "expires_in_days")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_DECIMAL_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_IN_DAYS_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     amount: int
+    amount_decimal: str
     source: str
     expires_in_days: int
-    def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[int] = ..., source: _Optional[str] = ..., expires_in_days: _Optional[int] = ...) -> None: ...
+    def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[int] = ..., amount_decimal: _Optional[str] = ..., source: _Optional[str] = ..., expires_in_days: _Optional[int] = ...) -> None: ...
 
 class GrantCreditsResponse(_message.Message):
     __slots__ = ("grant_id", "balance")

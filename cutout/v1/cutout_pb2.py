@@ -29,39 +29,43 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63utout/v1/cutout.proto\x12\tcutout.v1\x1a\x17\x63utout/v1/account.proto\x1a\x15\x63utout/v1/erase.proto\x1a\x17\x63utout/v1/options.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\"v\n\x17RemoveBackgroundRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x33\n\x07options\x18\x02 \x01(\x0b\x32\".cutout.v1.RemoveBackgroundOptions\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"\xc5\x01\n\x18RemoveBackgroundResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.cutout.v1.CutoutImage\x12(\n\x07timings\x18\x02 \x01(\x0b\x32\x17.cutout.v1.StageTimings\x12#\n\x04kept\x18\x03 \x01(\x0b\x32\x15.cutout.v1.KeptResult\x12\x17\n\x0f\x63redits_charged\x18\n \x01(\x04\x12\x19\n\x11idempotent_replay\x18\x0b \x01(\x08\"D\n\x12\x46\x65tchResultRequest\x12\x0f\n\x05token\x18\x01 \x01(\tH\x00\x12\x13\n\tresult_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06result\"#\n\x12ListResultsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"=\n\x13ListResultsResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.cutout.v1.KeptResult\"(\n\x13\x44\x65leteResultRequest\x12\x11\n\tresult_id\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteResultResponse\"v\n\rStreamRequest\x12\x36\n\x08\x64\x65\x66\x61ults\x18\x01 \x01(\x0b\x32\".cutout.v1.RemoveBackgroundOptionsH\x00\x12%\n\x04item\x18\x02 \x01(\x0b\x32\x15.cutout.v1.StreamItemH\x00\x42\x06\n\x04kind\"\x9f\x01\n\nStreamItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x33\n\x07options\x18\x03 \x01(\x0b\x32\".cutout.v1.RemoveBackgroundOptions\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12(\n\x07regions\x18\x05 \x01(\x0b\x32\x17.cutout.v1.EraseRegions\"r\n\x0eStreamResponse\x12+\n\x04item\x18\x01 \x01(\x0b\x32\x1b.cutout.v1.StreamItemResultH\x00\x12+\n\x07summary\x18\x02 \x01(\x0b\x32\x18.cutout.v1.StreamSummaryH\x00\x42\x06\n\x04kind\"\xba\x01\n\x10StreamItemResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x37\n\x08response\x18\x02 \x01(\x0b\x32#.cutout.v1.RemoveBackgroundResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\x31\n\x06\x65rased\x18\x04 \x01(\x0b\x32\x1f.cutout.v1.EraseRegionsResponseH\x00\x42\t\n\x07outcome\"|\n\rStreamSummary\x12\x10\n\x08items_ok\x18\x01 \x01(\r\x12\x14\n\x0citems_failed\x18\x02 \x01(\r\x12\x17\n\x0f\x63redits_charged\x18\x03 \x01(\x04\x12*\n\x07\x65lapsed\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration2\xd8\t\n\x06\x43utout\x12[\n\x10RemoveBackground\x12\".cutout.v1.RemoveBackgroundRequest\x1a#.cutout.v1.RemoveBackgroundResponse\x12Q\n\x16RemoveBackgroundStream\x12\x18.cutout.v1.StreamRequest\x1a\x19.cutout.v1.StreamResponse(\x01\x30\x01\x12O\n\x0c\x45raseRegions\x12\x1e.cutout.v1.EraseRegionsRequest\x1a\x1f.cutout.v1.EraseRegionsResponse\x12=\n\x06SignUp\x12\x18.cutout.v1.SignUpRequest\x1a\x19.cutout.v1.SignUpResponse\x12O\n\x0cVerifySignUp\x12\x1e.cutout.v1.VerifySignUpRequest\x1a\x1f.cutout.v1.VerifySignUpResponse\x12O\n\x0c\x43reateApiKey\x12\x1e.cutout.v1.CreateApiKeyRequest\x1a\x1f.cutout.v1.CreateApiKeyResponse\x12L\n\x0bListApiKeys\x12\x1d.cutout.v1.ListApiKeysRequest\x1a\x1e.cutout.v1.ListApiKeysResponse\x12O\n\x0cRevokeApiKey\x12\x1e.cutout.v1.RevokeApiKeyRequest\x1a\x1f.cutout.v1.RevokeApiKeyResponse\x12>\n\nGetBalance\x12\x1c.cutout.v1.GetBalanceRequest\x1a\x12.cutout.v1.Balance\x12I\n\nListLedger\x12\x1c.cutout.v1.ListLedgerRequest\x1a\x1d.cutout.v1.ListLedgerResponse\x12>\n\nGetProfile\x12\x1c.cutout.v1.GetProfileRequest\x1a\x12.cutout.v1.Profile\x12\x44\n\rUpdateProfile\x12\x1f.cutout.v1.UpdateProfileRequest\x1a\x12.cutout.v1.Profile\x12U\n\x0e\x43hangePassword\x12 .cutout.v1.ChangePasswordRequest\x1a!.cutout.v1.ChangePasswordResponse\x12\x46\n\x0b\x46\x65tchResult\x12\x1d.cutout.v1.FetchResultRequest\x1a\x16.cutout.v1.ResultChunk0\x01\x12L\n\x0bListResults\x12\x1d.cutout.v1.ListResultsRequest\x1a\x1e.cutout.v1.ListResultsResponse\x12O\n\x0c\x44\x65leteResult\x12\x1e.cutout.v1.DeleteResultRequest\x1a\x1f.cutout.v1.DeleteResultResponse2\xac\x01\n\x05\x41\x64min\x12O\n\x0cGrantCredits\x12\x1e.cutout.v1.GrantCreditsRequest\x1a\x1f.cutout.v1.GrantCreditsResponse\x12R\n\rLookupAccount\x12\x1f.cutout.v1.LookupAccountRequest\x1a .cutout.v1.LookupAccountResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63utout/v1/cutout.proto\x12\tcutout.v1\x1a\x17\x63utout/v1/account.proto\x1a\x15\x63utout/v1/erase.proto\x1a\x17\x63utout/v1/options.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\"v\n\x17RemoveBackgroundRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x33\n\x07options\x18\x02 \x01(\x0b\x32\".cutout.v1.RemoveBackgroundOptions\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"\xea\x01\n\x18RemoveBackgroundResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.cutout.v1.CutoutImage\x12(\n\x07timings\x18\x02 \x01(\x0b\x32\x17.cutout.v1.StageTimings\x12#\n\x04kept\x18\x03 \x01(\x0b\x32\x15.cutout.v1.KeptResult\x12\x1b\n\x0f\x63redits_charged\x18\n \x01(\x04\x42\x02\x18\x01\x12\x19\n\x11idempotent_replay\x18\x0b \x01(\x08\x12\x1f\n\x17\x63redits_charged_decimal\x18< \x01(\t\"D\n\x12\x46\x65tchResultRequest\x12\x0f\n\x05token\x18\x01 \x01(\tH\x00\x12\x13\n\tresult_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06result\"#\n\x12ListResultsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"=\n\x13ListResultsResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.cutout.v1.KeptResult\"(\n\x13\x44\x65leteResultRequest\x12\x11\n\tresult_id\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteResultResponse\"v\n\rStreamRequest\x12\x36\n\x08\x64\x65\x66\x61ults\x18\x01 \x01(\x0b\x32\".cutout.v1.RemoveBackgroundOptionsH\x00\x12%\n\x04item\x18\x02 \x01(\x0b\x32\x15.cutout.v1.StreamItemH\x00\x42\x06\n\x04kind\"\x9f\x01\n\nStreamItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x33\n\x07options\x18\x03 \x01(\x0b\x32\".cutout.v1.RemoveBackgroundOptions\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12(\n\x07regions\x18\x05 \x01(\x0b\x32\x17.cutout.v1.EraseRegions\"r\n\x0eStreamResponse\x12+\n\x04item\x18\x01 \x01(\x0b\x32\x1b.cutout.v1.StreamItemResultH\x00\x12+\n\x07summary\x18\x02 \x01(\x0b\x32\x18.cutout.v1.StreamSummaryH\x00\x42\x06\n\x04kind\"\xba\x01\n\x10StreamItemResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x37\n\x08response\x18\x02 \x01(\x0b\x32#.cutout.v1.RemoveBackgroundResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\x31\n\x06\x65rased\x18\x04 \x01(\x0b\x32\x1f.cutout.v1.EraseRegionsResponseH\x00\x42\t\n\x07outcome\"\xa1\x01\n\rStreamSummary\x12\x10\n\x08items_ok\x18\x01 \x01(\r\x12\x14\n\x0citems_failed\x18\x02 \x01(\r\x12\x1b\n\x0f\x63redits_charged\x18\x03 \x01(\x04\x42\x02\x18\x01\x12*\n\x07\x65lapsed\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x17\x63redits_charged_decimal\x18< \x01(\t2\xd8\t\n\x06\x43utout\x12[\n\x10RemoveBackground\x12\".cutout.v1.RemoveBackgroundRequest\x1a#.cutout.v1.RemoveBackgroundResponse\x12Q\n\x16RemoveBackgroundStream\x12\x18.cutout.v1.StreamRequest\x1a\x19.cutout.v1.StreamResponse(\x01\x30\x01\x12O\n\x0c\x45raseRegions\x12\x1e.cutout.v1.EraseRegionsRequest\x1a\x1f.cutout.v1.EraseRegionsResponse\x12=\n\x06SignUp\x12\x18.cutout.v1.SignUpRequest\x1a\x19.cutout.v1.SignUpResponse\x12O\n\x0cVerifySignUp\x12\x1e.cutout.v1.VerifySignUpRequest\x1a\x1f.cutout.v1.VerifySignUpResponse\x12O\n\x0c\x43reateApiKey\x12\x1e.cutout.v1.CreateApiKeyRequest\x1a\x1f.cutout.v1.CreateApiKeyResponse\x12L\n\x0bListApiKeys\x12\x1d.cutout.v1.ListApiKeysRequest\x1a\x1e.cutout.v1.ListApiKeysResponse\x12O\n\x0cRevokeApiKey\x12\x1e.cutout.v1.RevokeApiKeyRequest\x1a\x1f.cutout.v1.RevokeApiKeyResponse\x12>\n\nGetBalance\x12\x1c.cutout.v1.GetBalanceRequest\x1a\x12.cutout.v1.Balance\x12I\n\nListLedger\x12\x1c.cutout.v1.ListLedgerRequest\x1a\x1d.cutout.v1.ListLedgerResponse\x12>\n\nGetProfile\x12\x1c.cutout.v1.GetProfileRequest\x1a\x12.cutout.v1.Profile\x12\x44\n\rUpdateProfile\x12\x1f.cutout.v1.UpdateProfileRequest\x1a\x12.cutout.v1.Profile\x12U\n\x0e\x43hangePassword\x12 .cutout.v1.ChangePasswordRequest\x1a!.cutout.v1.ChangePasswordResponse\x12\x46\n\x0b\x46\x65tchResult\x12\x1d.cutout.v1.FetchResultRequest\x1a\x16.cutout.v1.ResultChunk0\x01\x12L\n\x0bListResults\x12\x1d.cutout.v1.ListResultsRequest\x1a\x1e.cutout.v1.ListResultsResponse\x12O\n\x0c\x44\x65leteResult\x12\x1e.cutout.v1.DeleteResultRequest\x1a\x1f.cutout.v1.DeleteResultResponse2\xac\x01\n\x05\x41\x64min\x12O\n\x0cGrantCredits\x12\x1e.cutout.v1.GrantCreditsRequest\x1a\x1f.cutout.v1.GrantCreditsResponse\x12R\n\rLookupAccount\x12\x1f.cutout.v1.LookupAccountRequest\x1a .cutout.v1.LookupAccountResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cutout.v1.cutout_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_REMOVEBACKGROUNDRESPONSE'].fields_by_name['credits_charged']._loaded_options = None
+  _globals['_REMOVEBACKGROUNDRESPONSE'].fields_by_name['credits_charged']._serialized_options = b'\030\001'
+  _globals['_STREAMSUMMARY'].fields_by_name['credits_charged']._loaded_options = None
+  _globals['_STREAMSUMMARY'].fields_by_name['credits_charged']._serialized_options = b'\030\001'
   _globals['_REMOVEBACKGROUNDREQUEST']._serialized_start=167
   _globals['_REMOVEBACKGROUNDREQUEST']._serialized_end=285
   _globals['_REMOVEBACKGROUNDRESPONSE']._serialized_start=288
-  _globals['_REMOVEBACKGROUNDRESPONSE']._serialized_end=485
-  _globals['_FETCHRESULTREQUEST']._serialized_start=487
-  _globals['_FETCHRESULTREQUEST']._serialized_end=555
-  _globals['_LISTRESULTSREQUEST']._serialized_start=557
-  _globals['_LISTRESULTSREQUEST']._serialized_end=592
-  _globals['_LISTRESULTSRESPONSE']._serialized_start=594
-  _globals['_LISTRESULTSRESPONSE']._serialized_end=655
-  _globals['_DELETERESULTREQUEST']._serialized_start=657
-  _globals['_DELETERESULTREQUEST']._serialized_end=697
-  _globals['_DELETERESULTRESPONSE']._serialized_start=699
-  _globals['_DELETERESULTRESPONSE']._serialized_end=721
-  _globals['_STREAMREQUEST']._serialized_start=723
-  _globals['_STREAMREQUEST']._serialized_end=841
-  _globals['_STREAMITEM']._serialized_start=844
-  _globals['_STREAMITEM']._serialized_end=1003
-  _globals['_STREAMRESPONSE']._serialized_start=1005
-  _globals['_STREAMRESPONSE']._serialized_end=1119
-  _globals['_STREAMITEMRESULT']._serialized_start=1122
-  _globals['_STREAMITEMRESULT']._serialized_end=1308
-  _globals['_STREAMSUMMARY']._serialized_start=1310
-  _globals['_STREAMSUMMARY']._serialized_end=1434
-  _globals['_CUTOUT']._serialized_start=1437
-  _globals['_CUTOUT']._serialized_end=2677
-  _globals['_ADMIN']._serialized_start=2680
-  _globals['_ADMIN']._serialized_end=2852
+  _globals['_REMOVEBACKGROUNDRESPONSE']._serialized_end=522
+  _globals['_FETCHRESULTREQUEST']._serialized_start=524
+  _globals['_FETCHRESULTREQUEST']._serialized_end=592
+  _globals['_LISTRESULTSREQUEST']._serialized_start=594
+  _globals['_LISTRESULTSREQUEST']._serialized_end=629
+  _globals['_LISTRESULTSRESPONSE']._serialized_start=631
+  _globals['_LISTRESULTSRESPONSE']._serialized_end=692
+  _globals['_DELETERESULTREQUEST']._serialized_start=694
+  _globals['_DELETERESULTREQUEST']._serialized_end=734
+  _globals['_DELETERESULTRESPONSE']._serialized_start=736
+  _globals['_DELETERESULTRESPONSE']._serialized_end=758
+  _globals['_STREAMREQUEST']._serialized_start=760
+  _globals['_STREAMREQUEST']._serialized_end=878
+  _globals['_STREAMITEM']._serialized_start=881
+  _globals['_STREAMITEM']._serialized_end=1040
+  _globals['_STREAMRESPONSE']._serialized_start=1042
+  _globals['_STREAMRESPONSE']._serialized_end=1156
+  _globals['_STREAMITEMRESULT']._serialized_start=1159
+  _globals['_STREAMITEMRESULT']._serialized_end=1345
+  _globals['_STREAMSUMMARY']._serialized_start=1348
+  _globals['_STREAMSUMMARY']._serialized_end=1509
+  _globals['_CUTOUT']._serialized_start=1512
+  _globals['_CUTOUT']._serialized_end=2752
+  _globals['_ADMIN']._serialized_start=2755
+  _globals['_ADMIN']._serialized_end=2927
 # @@protoc_insertion_point(module_scope)

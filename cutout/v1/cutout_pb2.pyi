@@ -24,18 +24,20 @@ class RemoveBackgroundRequest(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., options: _Optional[_Union[_options_pb2.RemoveBackgroundOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class RemoveBackgroundResponse(_message.Message):
-    __slots__ = ("result", "timings", "kept", "credits_charged", "idempotent_replay")
+    __slots__ = ("result", "timings", "kept", "credits_charged", "idempotent_replay", "credits_charged_decimal")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     KEPT_FIELD_NUMBER: _ClassVar[int]
     CREDITS_CHARGED_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENT_REPLAY_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_CHARGED_DECIMAL_FIELD_NUMBER: _ClassVar[int]
     result: _options_pb2.CutoutImage
     timings: _options_pb2.StageTimings
     kept: _options_pb2.KeptResult
     credits_charged: int
     idempotent_replay: bool
-    def __init__(self, result: _Optional[_Union[_options_pb2.CutoutImage, _Mapping]] = ..., timings: _Optional[_Union[_options_pb2.StageTimings, _Mapping]] = ..., kept: _Optional[_Union[_options_pb2.KeptResult, _Mapping]] = ..., credits_charged: _Optional[int] = ..., idempotent_replay: _Optional[bool] = ...) -> None: ...
+    credits_charged_decimal: str
+    def __init__(self, result: _Optional[_Union[_options_pb2.CutoutImage, _Mapping]] = ..., timings: _Optional[_Union[_options_pb2.StageTimings, _Mapping]] = ..., kept: _Optional[_Union[_options_pb2.KeptResult, _Mapping]] = ..., credits_charged: _Optional[int] = ..., idempotent_replay: _Optional[bool] = ..., credits_charged_decimal: _Optional[str] = ...) -> None: ...
 
 class FetchResultRequest(_message.Message):
     __slots__ = ("token", "result_id")
@@ -110,13 +112,15 @@ class StreamItemResult(_message.Message):
     def __init__(self, id: _Optional[str] = ..., response: _Optional[_Union[RemoveBackgroundResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., erased: _Optional[_Union[_erase_pb2.EraseRegionsResponse, _Mapping]] = ...) -> None: ...
 
 class StreamSummary(_message.Message):
-    __slots__ = ("items_ok", "items_failed", "credits_charged", "elapsed")
+    __slots__ = ("items_ok", "items_failed", "credits_charged", "elapsed", "credits_charged_decimal")
     ITEMS_OK_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FAILED_FIELD_NUMBER: _ClassVar[int]
     CREDITS_CHARGED_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_CHARGED_DECIMAL_FIELD_NUMBER: _ClassVar[int]
     items_ok: int
     items_failed: int
     credits_charged: int
     elapsed: _duration_pb2.Duration
-    def __init__(self, items_ok: _Optional[int] = ..., items_failed: _Optional[int] = ..., credits_charged: _Optional[int] = ..., elapsed: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    credits_charged_decimal: str
+    def __init__(self, items_ok: _Optional[int] = ..., items_failed: _Optional[int] = ..., credits_charged: _Optional[int] = ..., elapsed: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., credits_charged_decimal: _Optional[str] = ...) -> None: ...

@@ -18,3 +18,7 @@ def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
 
 def migrate(engine: Engine, revision: str = "head") -> None:
     sql.migrate(engine, MIGRATIONS, version_table=VERSION_TABLE, revision=revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    sql.downgrade(engine, MIGRATIONS, version_table=VERSION_TABLE, revision=revision)

@@ -8,6 +8,10 @@ BEGIN IMMEDIATE, see db.py), so concurrent reserves of one account run one at a 
 and can never spend the same credit twice. Every operation is scoped to one account id:
 a reservation or grant of another account is simply not found.
 
+Every amount is in millicredits (services/common/credits.py): thousandths of a credit
+as integers, so prices such as 0.25 are exact (migration 0003_units multiplied the
+whole credits of earlier rows by 1000).
+
 The ledger is append-only. Each entry carries `amount` (change of the available
 balance) and `held` (change of the held credits):
 
@@ -36,6 +40,7 @@ import grpc
 from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
 
 from services.accounts.models import Account, CreditGrant, LedgerEntry, Reservation, ReservationAllocation
+from services.common import credits
 from services.common.errors import ServiceError
 from services.common.sql import aware
 
@@ -83,13 +88,15 @@ class BalanceView:
 
 
 def insufficient_credits(available: int, wanted: int) -> ServiceError:
+    """In millicredits; the message and metadata show credits as decimals."""
+    available_text, wanted_text = credits.text(available), credits.text(wanted)
     return ServiceError(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"not enough credits: this request costs {wanted} and {available} are available; "
+        f"not enough credits: this request costs {wanted_text} and {available_text} are available; "
         "buy credits or wait for requests in flight to finish",
         reason="INSUFFICIENT_CREDITS",
         quota_subject="credits",
-        metadata={"available": str(available), "required": str(wanted)},
+        metadata={"available": available_text, "required": wanted_text},
     )
 
 
@@ -423,9 +430,9 @@ class Ledger:
         )
 
 
-def _count_used(db: Connection, grant_id: str, credits: int) -> None:
+def _count_used(db: Connection, grant_id: str, millicredits: int) -> None:
     """The one place a grant's running `used` changes: + what a reservation takes, - what a release returns."""
-    db.execute(update(GRANTS).where(GRANTS.c.id == grant_id).values(used=GRANTS.c.used + credits))
+    db.execute(update(GRANTS).where(GRANTS.c.id == grant_id).values(used=GRANTS.c.used + millicredits))
 
 
 def _expired_leftovers(db: Connection, now: datetime, account_id: str | None = None) -> list[tuple[str, str, int]]:

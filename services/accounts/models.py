@@ -111,7 +111,8 @@ class PendingSignUp(SQLModel, table=True):
     region: str = Field(max_length=16)
     marketing_opt_in: bool = False
     code_hash: str = Field(max_length=64)  # sha256 of the code sent; never the code
-    free_credits: int = Field(sa_column=Column(BigInteger, nullable=False))  # decided at sign-up (the cap)
+    # Decided at sign-up (the cap), in the ledger's unit (millicredits).
+    free_millicredits: int = Field(sa_column=Column(BigInteger, nullable=False))
     created_at: datetime
     expires_at: datetime = Field(index=True)
 

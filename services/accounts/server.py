@@ -23,17 +23,18 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cutout.v1 import account_pb2, accounts_pb2, accounts_pb2_grpc, cutout_pb2, cutout_pb2_grpc
 from services.accounts.credentials import normalise_email
-from services.accounts.db import make_engine, migrate
+from services.accounts.db import MIGRATIONS, VERSION_TABLE, make_engine, migrate
 from services.accounts.ledger import BalanceView, Ledger, Outcome, utc_now
 from services.accounts.mail import Mailer, Outbox, SmtpRelay
 from services.accounts.models import Account, ApiKey
 from services.accounts.settings import AccountsSettings
 from services.accounts.store import AccountStore, Caller
+from services.common import credits
 from services.common.errors import ServiceError, abort
 from services.common.limits import Backoff, Budget, Refused
 from services.common.server import PeriodicJob, ServiceSpec
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA, SOURCE_METADATA
-from services.common.sql import database_ready
+from services.common.sql import MigrationsApplied, database_ready
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -161,7 +162,8 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             self.ledger.reserve,
             request.account_id,
             request.idempotency_key,
-            request.amount,
+            # The ledger's unit; a caller that sends whole credits (the older field) still works.
+            request.amount_millicredits or request.amount * credits.MILLI,
             request.request_hash,
         )
         return accounts_pb2.ReserveResponse(reservation_id=reserved.reservation_id, outcome=OUTCOMES[reserved.outcome])
@@ -200,7 +202,10 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         )
         # The same answer whether or not the address has an account (the e-mail tells).
         return account_pb2.SignUpResponse(
-            verification_required=True, free_credits=answer.free_credits, free_credits_note=answer.note
+            verification_required=True,
+            free_credits=credits.whole(answer.free_millicredits),
+            free_credits_decimal=credits.text(answer.free_millicredits),
+            free_credits_note=answer.note,
         )
 
     async def VerifySignUp(
@@ -390,12 +395,13 @@ class AdminServicer(cutout_pb2_grpc.AdminServicer):
         days = request.expires_in_days or self.settings.grant_credit_days
         source = request.source or "admin"
 
-        def grant() -> tuple[str, BalanceView]:
-            grant_id = self.ledger.grant(request.account_id, request.amount, source, utc_now() + timedelta(days=days))
-            return grant_id, self.ledger.balance(request.account_id)
+        def grant() -> tuple[str, int, BalanceView]:
+            amount = _granted(request)
+            grant_id = self.ledger.grant(request.account_id, amount, source, utc_now() + timedelta(days=days))
+            return grant_id, amount, self.ledger.balance(request.account_id)
 
-        grant_id, balance = await run_db(context, "GrantCredits", grant)
-        log.info("granted %d credits (%s) to %s", request.amount, source, request.account_id)
+        grant_id, amount, balance = await run_db(context, "GrantCredits", grant)
+        log.info("granted %s credits (%s) to %s", credits.text(amount), source, request.account_id)
         return account_pb2.GrantCreditsResponse(grant_id=grant_id, balance=balance_pb(balance))
 
     async def LookupAccount(
@@ -447,12 +453,29 @@ def profile_pb(account: Account) -> account_pb2.Profile:
     )
 
 
+def _granted(request: account_pb2.GrantCreditsRequest) -> int:
+    """The millicredits a grant asks for: `amount` (whole credits) or `amount_decimal`, not both."""
+    if request.amount_decimal and request.amount:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "give the amount once: amount (whole credits) or amount_decimal, not both",
+            field="amount_decimal",
+        )
+    if request.amount_decimal:
+        return credits.parse(request.amount_decimal, "amount_decimal")
+    return request.amount * credits.MILLI
+
+
 def balance_pb(balance: BalanceView) -> account_pb2.Balance:
+    """The ledger's millicredits as exact decimals, and their whole parts in the older fields."""
     return account_pb2.Balance(
-        available=balance.available,
-        held=balance.held,
+        available=credits.whole(balance.available),
+        held=credits.whole(balance.held),
         next_expiry=timestamp(balance.next_expiry),
-        expiring_next=balance.expiring_next,
+        expiring_next=credits.whole(balance.expiring_next),
+        available_decimal=credits.text(balance.available),
+        held_decimal=credits.text(balance.held),
+        expiring_next_decimal=credits.text(balance.expiring_next),
     )
 
 
@@ -471,8 +494,10 @@ def entry_pb(entry: Row[Any], idempotency_key: str) -> account_pb2.LedgerEntry:
     return account_pb2.LedgerEntry(
         id=str(entry.seq),
         kind=entry.kind,
-        amount=entry.amount,
-        held=entry.held,
+        amount=credits.whole(entry.amount),
+        held=credits.whole(entry.held),
+        amount_decimal=credits.text(entry.amount),
+        held_decimal=credits.text(entry.held),
         reservation_id=entry.reservation_id or "",
         grant_id=entry.grant_id or "",
         idempotency_key=idempotency_key,
@@ -520,7 +545,8 @@ def admin_token(settings: AccountsSettings) -> str:
 
 def open_database(settings: AccountsSettings) -> Engine:
     engine = make_engine(settings.database_url, busy_timeout_s=settings.sqlite_busy_timeout_s)
-    migrate(engine)
+    if settings.migrate_on_start:
+        migrate(engine)
     return engine
 
 
@@ -535,7 +561,7 @@ def build(settings: AccountsSettings) -> ServiceSpec:
         plan=settings.default_plan,
         scrypt_n=settings.scrypt_n,
         outbox=mailer(settings),
-        free_credits=settings.signup_credits,
+        free_millicredits=credits.to_milli(settings.signup_credits),
         credit_lifetime=timedelta(days=settings.signup_credit_days),
         grants_per_source=settings.free_grants_per_source,
         grant_window=timedelta(hours=settings.free_grant_window_h),
@@ -544,6 +570,7 @@ def build(settings: AccountsSettings) -> ServiceSpec:
         mail_lifetime=timedelta(hours=settings.mail_outbox_hours),
     )
     accounts = AccountsServicer(settings, store, ledger)
+    migrations_applied = MigrationsApplied(engine, MIGRATIONS, version_table=VERSION_TABLE)
     admin = AdminServicer(settings, store, ledger, admin_token(settings))
 
     def sweep() -> str:
@@ -562,7 +589,7 @@ def build(settings: AccountsSettings) -> ServiceSpec:
             cutout_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
         ],
         register=register,
-        ready=lambda: database_ready(engine),
+        ready=lambda: database_ready(engine, migrations_applied),
         close=close,
         jobs=[PeriodicJob("sweep", settings.sweep_interval_s, sweep)],
     )

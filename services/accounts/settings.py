@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 from pydantic import Field
@@ -20,12 +21,16 @@ class AccountsSettings(ServiceSettings):
     database_url: str = f"sqlite:///{DEFAULT_DATABASE}"
     # SQLite: how long a writer waits for the lock before giving up.
     sqlite_busy_timeout_s: float = 30.0
+    # Apply pending migrations at start-up (the embedded default). Kubernetes runs them as a
+    # step of their own (`python -m services.<name> migrate`, a Job) and sets this false:
+    # the service then stays NOT_SERVING until the schema is current.
+    migrate_on_start: bool = True
     # The admin credential: the token itself, or a file holding it (a mounted secret).
     # Neither set: administration is refused.
     admin_token: str = ""
     admin_token_file: Path | None = None
-    # Free credits at sign-up, and how long credits last.
-    signup_credits: int = 25
+    # Free credits at sign-up (a decimal, to 0.001), and how long credits last.
+    signup_credits: Decimal = Field(default=Decimal(25), ge=0, decimal_places=3)
     signup_credit_days: int = 30
     grant_credit_days: int = 365
     # A reservation not committed within this time is released (the request died).

@@ -40,7 +40,7 @@ WRONG_LOGIN_MESSAGE = "e-mail or password is wrong"
 
 @dataclass(frozen=True)
 class SignUpAnswer:
-    free_credits: int
+    free_millicredits: int  # the ledger's unit (services/common/credits.py)
     note: str  # why no free credits, when none
 
 
@@ -74,7 +74,7 @@ class AccountStore:
         plan: str,
         scrypt_n: int,
         outbox: Mailer,
-        free_credits: int = 0,
+        free_millicredits: int = 0,
         credit_lifetime: timedelta = timedelta(days=30),
         grants_per_source: int = 0,
         grant_window: timedelta = timedelta(hours=24),
@@ -90,7 +90,7 @@ class AccountStore:
         self.plan = plan
         self.scrypt_n = scrypt_n
         self.outbox = outbox
-        self.free_credits = free_credits
+        self.free_millicredits = free_millicredits
         self.credit_lifetime = credit_lifetime
         self.grants_per_source = grants_per_source
         self.grant_window = grant_window
@@ -150,7 +150,7 @@ class AccountStore:
                         region=region,
                         marketing_opt_in=marketing_opt_in,
                         code_hash=credentials.hash_api_key(code),
-                        free_credits=credits,
+                        free_millicredits=credits,
                         created_at=now,
                         expires_at=now + self.code_lifetime,
                     )
@@ -163,7 +163,7 @@ class AccountStore:
                 "the e-mail with your code could not be sent; sign up again in a minute",
                 reason="MAIL_UNAVAILABLE",
             ) from None
-        return SignUpAnswer(free_credits=credits, note=note)
+        return SignUpAnswer(free_millicredits=credits, note=note)
 
     def _send_sign_up_mail(self, email: str, code: str, exists: bool) -> None:
         """A code to a new address, a notice to one with an account: one e-mail either way."""
@@ -184,11 +184,11 @@ class AccountStore:
             )
 
     def _free_credits(self, session: Session, source: str, now: datetime) -> tuple[int, str]:
-        """The free credits a sign-up from `source` gets (0 past the cap), and why none."""
-        if self.free_credits <= 0:
+        """The free millicredits a sign-up from `source` gets (0 past the cap), and why none."""
+        if self.free_millicredits <= 0:
             return 0, ""
         if self.grants_per_source <= 0 or not source:
-            return self.free_credits, ""
+            return self.free_millicredits, ""
         source_hash = hashlib.sha256(source.encode()).hexdigest()
         recent = session.exec(
             select(func.count())
@@ -202,7 +202,7 @@ class AccountStore:
                 f"FREE_GRANTS_PER_SOURCE_EXCEEDED: {self.grants_per_source} sign-ups with free credits from "
                 f"your network in {hours:.0f} h already; this account starts without free credits (buy credits)"
             )
-        return self.free_credits, ""
+        return self.free_millicredits, ""
 
     def check_region(self, region: str) -> None:
         """This cell serves its own region only; another region's sign-up goes to that region's endpoint."""
@@ -272,11 +272,11 @@ class AccountStore:
                     raise verification_failed()
                 session.add(account)
                 session.flush()
-                if pending.free_credits > 0:
+                if pending.free_millicredits > 0:
                     self.ledger.grant_in(
                         session.connection(),
                         account.id,
-                        pending.free_credits,
+                        pending.free_millicredits,
                         "signup",
                         now + self.credit_lifetime,
                     )

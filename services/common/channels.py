@@ -4,38 +4,24 @@ from __future__ import annotations
 
 import grpc
 
+# The client's channel options (cutout/transport.py) serve the services' channels too.
+from cutout.transport import RECONNECT_OPTIONS as RECONNECT_OPTIONS
+from cutout.transport import channel_options as channel_options
 from services.common.settings import MAX_MESSAGE_BYTES, ServiceSettings
-from services.common.tls import channel_credentials, is_loopback
-
-# A restarted dependency should be found again within about a second, not after
-# gRPC's default reconnect backoff of up to two minutes.
-RECONNECT_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
-
-
-def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int | str]]:
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        *RECONNECT_OPTIONS,
-        # A "dns:///name:port" target that resolves to several pods (a headless
-        # Kubernetes Service) spreads calls over all of them, not one connection's pod.
-        ("grpc.lb_policy_name", "round_robin"),
-    ]
+from services.common.tls import ReloadingChannel, is_loopback
 
 
 def mesh_channel(
     target: str, settings: ServiceSettings, max_message_bytes: int = MAX_MESSAGE_BYTES
-) -> grpc.aio.Channel:
+) -> grpc.aio.Channel | ReloadingChannel:
     """A channel to another service of the cell: mutual TLS with this service's identity
-    (settings.mesh_*), or plaintext when none is configured, to loopback only."""
+    (settings.mesh_*, re-read when the files change), or plaintext when none is configured,
+    to loopback only."""
     options = channel_options(max_message_bytes)
     if settings.mesh_ca_file:
-        credentials = channel_credentials(settings.mesh_ca_file, settings.mesh_cert_file, settings.mesh_key_file)
-        return grpc.aio.secure_channel(target, credentials, options=options)
+        if not (settings.mesh_cert_file and settings.mesh_key_file):
+            raise ValueError("MESH_CA_FILE needs MESH_CERT_FILE and MESH_KEY_FILE: the cell demands a certificate")
+        return ReloadingChannel(target, settings.mesh_ca_file, settings.mesh_cert_file, settings.mesh_key_file, options)
     if not is_loopback(target):
         raise ValueError(f"no mesh certificate configured (MESH_CA_FILE): plaintext to {target} refused")
     return grpc.aio.insecure_channel(target, options=options)

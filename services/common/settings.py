@@ -6,16 +6,12 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-MIB = 1024 * 1024
+# Defined with the client (cutout/transport.py), which must not depend on the servers.
+from cutout.transport import ADMIN_TOKEN_METADATA as ADMIN_TOKEN_METADATA
+from cutout.transport import API_KEY_METADATA as API_KEY_METADATA
+from cutout.transport import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
+from cutout.transport import MIB as MIB
 
-# Inputs up to 50 MiB are served and a 25 MP RGBA PNG can come back larger than
-# that, so every hop (servers and channels) allows messages well past gRPC's 4 MiB.
-MAX_MESSAGE_BYTES = 256 * MIB
-
-# The metadata entry that carries a caller's API key, and the one that carries the
-# admin token for cutout.v1.Admin (never an API key).
-API_KEY_METADATA = "x-api-key"
-ADMIN_TOKEN_METADATA = "x-admin-token"
 # Set by the gateway on the calls it forwards (never taken from a client): the caller's
 # source address, IPv6 by its /64 (the cap on free sign-up grants counts by it).
 SOURCE_METADATA = "x-cutout-source"

@@ -7,12 +7,15 @@ each service's schema is managed by its own Alembic migrations (no alembic.ini).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -55,13 +58,36 @@ def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
     return engine
 
 
-def migrate(engine: Engine, migrations: Path, *, version_table: str, revision: str = "head") -> None:
-    """Brings the schema to `revision` with the Alembic scripts in `migrations`."""
+def _alembic(engine: Engine, migrations: Path, version_table: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(migrations))
     config.attributes["engine"] = engine
     config.attributes["version_table"] = version_table
-    command.upgrade(config, revision)
+    return config
+
+
+def migrate(engine: Engine, migrations: Path, *, version_table: str, revision: str = "head") -> None:
+    """Brings the schema to `revision` with the Alembic scripts in `migrations`."""
+    command.upgrade(_alembic(engine, migrations, version_table), revision)
+
+
+def downgrade(engine: Engine, migrations: Path, *, version_table: str, revision: str) -> None:
+    """Takes the schema back to `revision` (an operator's way back from a release)."""
+    command.downgrade(_alembic(engine, migrations, version_table), revision)
+
+
+def schema_is_current(engine: Engine, migrations: Path, *, version_table: str) -> bool:
+    """True unless the database is behind this code's migrations (empty, or at an older revision).
+
+    A revision this code does not know counts as current: in a rolling update the
+    migration step runs first, and the pods still on the old code must stay ready
+    (migrations only add, so the old code keeps working on the newer schema).
+    """
+    script = ScriptDirectory.from_config(_alembic(engine, migrations, version_table))
+    with engine.connect() as connection:
+        applied = set(MigrationContext.configure(connection, opts={"version_table": version_table}).get_current_heads())
+    known = {revision.revision for revision in script.walk_revisions()}
+    return bool(applied) and (applied == set(script.get_heads()) or not applied <= known)
 
 
 def aware(moment: datetime) -> datetime:
@@ -69,8 +95,9 @@ def aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-async def database_ready(engine: Engine) -> bool:
-    """True while the database answers a trivial query (health)."""
+async def database_ready(engine: Engine, schema_current: Callable[[], bool] | None = None) -> bool:
+    """True while the database answers a trivial query (health) and, if `schema_current`
+    is given, once it says the migrations have run (checked until it first says so)."""
 
     def ping() -> None:
         # A raw DB-API connection: no BEGIN, so no SQLite write lock for a health probe.
@@ -82,8 +109,25 @@ async def database_ready(engine: Engine) -> bool:
         finally:
             connection.close()
 
+    def check() -> bool:
+        ping()
+        return schema_current is None or schema_current()
+
     try:
-        await asyncio.to_thread(ping)
+        return await asyncio.to_thread(check)
     except SQLAlchemyError:
         return False
-    return True
+
+
+class MigrationsApplied:
+    """A readiness check for a service that does not migrate at start-up (Kubernetes runs
+    the migration step as a Job): false until the schema is current, then true for good."""
+
+    def __init__(self, engine: Engine, migrations: Path, *, version_table: str) -> None:
+        self._engine, self._migrations, self._version_table = engine, migrations, version_table
+        self._applied = False
+
+    def __call__(self) -> bool:
+        if not self._applied:
+            self._applied = schema_is_current(self._engine, self._migrations, version_table=self._version_table)
+        return self._applied

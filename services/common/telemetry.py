@@ -142,14 +142,25 @@ class _PrivateServerInterceptor(OpenTelemetryAioServerInterceptor):
         return self._tracer.start_as_current_span(
             name=handler_call_details.method,
             kind=SpanKind.SERVER,
+            # OpenTelemetry's RPC conventions: the current names (rpc.system.name, the
+            # fully qualified rpc.method, rpc.response.status_code), and the older ones
+            # that the stock instrumentation still sets on errors and trace tools still read.
             attributes={
+                "rpc.system.name": "grpc",
+                "rpc.method": f"{service}/{method}",
+                "rpc.response.status_code": grpc.StatusCode.OK.name,
                 "rpc.system": "grpc",
                 "rpc.service": service,
-                "rpc.method": method,
                 "rpc.grpc.status_code": grpc.StatusCode.OK.value[0],
             },
             set_status_on_exception=set_status_on_exception,
         )
+
+
+# The RPC duration metric as OpenTelemetry's RPC conventions name it (Prometheus, through
+# the collector: rpc_server_call_duration_seconds; k8s/monitoring's alerts and dashboards).
+RPC_SERVER_DURATION = "rpc.server.call.duration"
+RPC_SERVER_DURATION_UNIT = "s"
 
 
 class _RpcMetrics(SpanProcessor):
@@ -158,22 +169,27 @@ class _RpcMetrics(SpanProcessor):
     def __init__(self) -> None:
         meter = metrics.get_meter(__name__)
         self._duration = meter.create_histogram(
-            "rpc.server.duration", unit="ms", description="Duration of RPCs served, by method and status"
+            RPC_SERVER_DURATION, unit=RPC_SERVER_DURATION_UNIT, description="Duration of RPCs served"
         )
 
     def on_end(self, span: ReadableSpan) -> None:
         if span.kind != SpanKind.SERVER or span.start_time is None or span.end_time is None:
             return
         attributes = span.attributes or {}
-        code = attributes.get("rpc.grpc.status_code", 0)
+        # Read from the numeric code, which the stock instrumentation also sets on errors.
+        code = grpc_status(int(attributes.get("rpc.grpc.status_code", 0)))  # type: ignore[arg-type]
         self._duration.record(
-            (span.end_time - span.start_time) / 1e6,
+            (span.end_time - span.start_time) / 1e9,
             {
-                "rpc.service": str(attributes.get("rpc.service", "")),
+                "rpc.system.name": "grpc",
                 "rpc.method": str(attributes.get("rpc.method", "")),
-                "rpc.grpc.status_code": int(code),  # type: ignore[arg-type]
+                "rpc.response.status_code": code.name,
             },
         )
+
+
+def grpc_status(number: int) -> grpc.StatusCode:
+    return next((code for code in grpc.StatusCode if code.value[0] == number), grpc.StatusCode.UNKNOWN)
 
 
 def mark_error(code: grpc.StatusCode) -> None:
@@ -183,6 +199,7 @@ def mark_error(code: grpc.StatusCode) -> None:
     """
     span = trace.get_current_span()
     span.set_attribute("rpc.grpc.status_code", code.value[0])
+    span.set_attribute("rpc.response.status_code", code.name)
     span.set_status(Status(StatusCode.ERROR, code.name))
 
 

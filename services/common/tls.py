@@ -2,6 +2,8 @@
 
 - The gateway's public port serves TLS from a certificate and key file, re-read when
   either file changes (a renewed certificate is served on the next connection, no restart).
+- Channels inside the cell present this service's certificate, also re-read when its files
+  change (`ReloadingChannel`: the next call goes out with the new certificate).
 - Inside the cell, every service also demands a client certificate from the cell's CA
   (mutual TLS) and knows who calls from the certificate's common name: `caller_name`.
 - `CellPki` makes the cell CA and one certificate per service (the embedded mesh; on
@@ -15,6 +17,7 @@ cipher through grpc's GRPC_SSL_CIPHER_SUITES, before grpc is imported.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import logging
@@ -22,6 +25,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -29,12 +33,33 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+# Defined with the client (cutout/transport.py); the services' channels use them too.
+from cutout.transport import channel_credentials as channel_credentials
+from cutout.transport import is_loopback as is_loopback
+from services.common.tasks import start_kept
+
 log = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
 # --- listeners -------------------------------------------------------------------
+
+
+def check_pair(cert: bytes, key: bytes) -> None:
+    """ValueError unless the PEM certificate is the key's. A rotation writes two files:
+    between them the pair does not match, and using it would fail every handshake, so such
+    a pair is refused (and the previous one kept)."""
+    public = serialization.load_pem_private_key(key, password=None).public_key()
+    if x509.load_pem_x509_certificate(cert).public_key() != public:
+        raise ValueError("the certificate does not match the key")
+
+
+def _stamp(files: Sequence[Path]) -> tuple[tuple[int, int, int], ...]:
+    """What tells that a file changed: its mtime, inode (an atomic swap, as the kubelet
+    makes, is a new inode) and size."""
+    stats = [os.stat(path) for path in files]
+    return tuple((stat.st_mtime_ns, stat.st_ino, stat.st_size) for stat in stats)
 
 
 class _ReloadingCertificate:
@@ -50,16 +75,12 @@ class _ReloadingCertificate:
         self._stamp = self._mtimes()
         self.current = self._read()
 
-    def _mtimes(self) -> tuple[int, ...]:
-        return tuple(os.stat(path).st_mtime_ns for path in self.files)
+    def _mtimes(self) -> tuple[tuple[int, int, int], ...]:
+        return _stamp(self.files)
 
     def _read(self) -> grpc.ServerCertificateConfiguration:
         key, cert = self.key_file.read_bytes(), self.cert_file.read_bytes()
-        # A rotation writes two files: between them the pair does not match, and serving
-        # it would fail every handshake. Such a pair is refused (the old one stays).
-        public = serialization.load_pem_private_key(key, password=None).public_key()
-        if x509.load_pem_x509_certificate(cert).public_key() != public:
-            raise ValueError("the certificate does not match the key")
+        check_pair(cert, key)
         return grpc.ssl_server_certificate_configuration(
             [(key, cert)],
             root_certificates=self.client_ca_file.read_bytes() if self.client_ca_file else None,
@@ -169,27 +190,101 @@ class CallerCheck(grpc.aio.ServerInterceptor):
 # --- channels --------------------------------------------------------------------
 
 
-def channel_credentials(
-    ca_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None
-) -> grpc.ChannelCredentials:
-    """TLS trusting `ca_file` (else the system roots), presenting a certificate if given."""
-    return grpc.ssl_channel_credentials(
-        root_certificates=ca_file.read_bytes() if ca_file else None,
-        private_key=key_file.read_bytes() if key_file else None,
-        certificate_chain=cert_file.read_bytes() if cert_file else None,
-    )
+class ReloadingChannel:
+    """A mutual-TLS client channel whose certificate follows its files, as the listeners do.
+
+    grpcio has no dynamic credentials for channels, so this stands in for a
+    `grpc.aio.Channel`: stubs are made on it as usual, and every call first checks the
+    files (three stat calls) and, if they changed and the new certificate matches its key,
+    opens a new channel with them. That call and every later one present the new
+    certificate; the old channel is closed once its calls in flight have had
+    `retire_grace_s` to finish. A half-rotated or unreadable pair keeps the current channel.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        ca_file: Path,
+        cert_file: Path,
+        key_file: Path,
+        options: Sequence[tuple[str, Any]] = (),
+        retire_grace_s: float = 300.0,
+    ) -> None:
+        self.target = target
+        self.files = (ca_file, cert_file, key_file)
+        self.options = list(options)
+        self.retire_grace_s = retire_grace_s
+        self._stamp = _stamp(self.files)
+        self._channel = self._open()
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def _open(self) -> grpc.aio.Channel:
+        ca, cert, key = (path.read_bytes() for path in self.files)
+        check_pair(cert, key)
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+        # Looked up on the module at each call, so OpenTelemetry's patched constructor is used.
+        return grpc.aio.secure_channel(self.target, credentials, options=self.options)
+
+    def current(self) -> grpc.aio.Channel:
+        """The channel for the next call, opened anew if the certificate files changed."""
+        try:
+            stamp = _stamp(self.files)
+            if stamp == self._stamp:
+                return self._channel
+            fresh = self._open()
+        except (OSError, ValueError) as error:  # mid-rotation: keep the current one, look again next call
+            log.warning("client certificate reload failed (%s); still using the previous one", type(error).__name__)
+            return self._channel
+        retired, self._channel, self._stamp = self._channel, fresh, stamp
+        start_kept(self._retiring, _retire(retired, self.retire_grace_s))
+        log.info("client certificate reloaded from %s for %s", self.files[1], self.target)
+        return fresh
+
+    def unary_unary(self, method: str, **kwargs: Any) -> _Dispatch:
+        return _Dispatch(self, "unary_unary", method, kwargs)
+
+    def unary_stream(self, method: str, **kwargs: Any) -> _Dispatch:
+        return _Dispatch(self, "unary_stream", method, kwargs)
+
+    def stream_unary(self, method: str, **kwargs: Any) -> _Dispatch:
+        return _Dispatch(self, "stream_unary", method, kwargs)
+
+    def stream_stream(self, method: str, **kwargs: Any) -> _Dispatch:
+        return _Dispatch(self, "stream_stream", method, kwargs)
+
+    async def close(self, grace: float | None = None) -> None:
+        retiring = list(self._retiring)
+        for task in retiring:  # channels already replaced: closed now, their calls cancelled
+            task.cancel()
+        await asyncio.gather(*retiring, return_exceptions=True)
+        await self._channel.close(grace)
+
+    def __getattr__(self, name: str) -> Any:  # get_state, channel_ready, ...: the current channel's
+        return getattr(self.current(), name)
 
 
-def is_loopback(target: str) -> bool:
-    """Whether a gRPC target ("host:port", "dns:///host:port", "[::1]:port") names this machine."""
-    host = target.split("///", 1)[-1]
-    host = host[1 : host.index("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-    if host == "localhost":
-        return True
+async def _retire(channel: grpc.aio.Channel, grace_s: float) -> None:
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        await channel.close(grace_s)
+    except asyncio.CancelledError:
+        await channel.close(None)
+        raise
+
+
+class _Dispatch:
+    """A multi-callable of a ReloadingChannel: each call goes to the channel current then."""
+
+    def __init__(self, owner: ReloadingChannel, kind: str, method: str, kwargs: dict[str, Any]) -> None:
+        self.owner, self.kind, self.method, self.kwargs = owner, kind, method, kwargs
+        self._made: tuple[grpc.aio.Channel | None, Any] = (None, None)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        channel = self.owner.current()
+        made_on, made = self._made
+        if made_on is not channel:
+            made = getattr(channel, self.kind)(self.method, **self.kwargs)
+            self._made = (channel, made)
+        return made(*args, **kwargs)
 
 
 # --- the cell's CA and certificates (embedded mesh) ------------------------------

@@ -35,6 +35,7 @@ from cutout.v1 import (
     retention_pb2,
     retention_pb2_grpc,
 )
+from services.common import credits
 from services.common.channels import mesh_channel
 from services.common.chunks import pieces
 from services.common.errors import (
@@ -178,6 +179,11 @@ def _reason(error: ServiceError) -> str | None:
     return None
 
 
+def _report_charge(response: cutout_pb2.RemoveBackgroundResponse, millicredits: int) -> None:
+    response.credits_charged_decimal = credits.text(millicredits)
+    response.credits_charged = credits.whole(millicredits)  # the older field: whole credits
+
+
 def _duration(seconds: float) -> duration_pb2.Duration:
     elapsed = duration_pb2.Duration()
     elapsed.FromNanoseconds(round(seconds * 1e9))
@@ -192,7 +198,8 @@ class _Stream:
         self.slots = asyncio.Semaphore(items_in_flight)
         self.ids: set[str] = set()  # ids of the items in flight
         self.tasks: set[asyncio.Task[None]] = set()
-        self.ok = self.failed = self.credits_charged = 0
+        self.ok = self.failed = 0
+        self.millicredits_charged = 0
         self._writing = asyncio.Lock()  # gRPC allows one write at a time
 
     def start(self, item: Coroutine[Any, Any, None]) -> None:
@@ -306,7 +313,8 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
                 summary=cutout_pb2.StreamSummary(
                     items_ok=stream.ok,
                     items_failed=stream.failed,
-                    credits_charged=stream.credits_charged,
+                    credits_charged=credits.whole(stream.millicredits_charged),
+                    credits_charged_decimal=credits.text(stream.millicredits_charged),
                     elapsed=_duration(time.perf_counter() - started),
                 )
             )
@@ -372,7 +380,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
 
                 _, charged = await self._remove(stream.context, caller, request, deliver)
             stream.ok += 1
-            stream.credits_charged += charged
+            stream.millicredits_charged += charged
         except ServiceError as error:
             stream.failed += 1
             await stream.write(cutout_pb2.StreamItemResult(id=item.id, error=error.to_proto()))
@@ -427,17 +435,15 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             kept = None
             if request.options.keep_result:
                 kept = await self._keep(context, caller, segmented.result, request.options)
-            return cutout_pb2.RemoveBackgroundResponse(
-                result=segmented.result,
-                timings=segmented.timings,
-                kept=kept,
-                # What committing will charge (it follows delivery on a stream).
-                credits_charged=reserve.amount if owned else 0,
-                idempotent_replay=not owned,
+            response = cutout_pb2.RemoveBackgroundResponse(
+                result=segmented.result, timings=segmented.timings, kept=kept, idempotent_replay=not owned
             )
+            # What committing will charge (it follows delivery on a stream).
+            _report_charge(response, reserve.amount_millicredits if owned else 0)
+            return response
 
         response, charged = await self._charged(caller, reserve, reserved, segmenting, finish, deliver)
-        response.credits_charged = charged  # a failed commit serves the result uncharged
+        _report_charge(response, charged)  # a failed commit serves the result uncharged
         return response, charged
 
     async def _erase(
@@ -459,7 +465,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             caller,
             erasing,
             request.idempotency_key or secrets.token_urlsafe(18),
-            self.settings.price_per_erase,
+            credits.to_milli(self.settings.price_per_erase),
             functools.partial(erase_hash, request),
         )
 
@@ -474,17 +480,17 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         caller: accounts_pb2.AuthenticateResponse,
         working: asyncio.Future[Any],
         idempotency_key: str,
-        amount: int,
+        millicredits: int,
         hash_request: Callable[[], str],
     ) -> tuple[accounts_pb2.ReserveRequest, accounts_pb2.ReserveResponse]:
-        """Reserves `amount` while `working` (the inference call, already started) runs, so the
+        """Reserves `millicredits` while `working` (the inference call, already started) runs, so the
         reservation's round trip stays off the latency. If reserving fails (no credits), the
         work is cancelled: nothing is returned or charged without a reservation."""
         try:
             reserve = accounts_pb2.ReserveRequest(
                 account_id=caller.account_id,
                 idempotency_key=idempotency_key,
-                amount=amount,
+                amount_millicredits=millicredits,
                 request_hash=await asyncio.to_thread(hash_request),
             )
             return reserve, await self._reserve(context, caller, reserve)
@@ -514,7 +520,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         settle = accounts_pb2.SettleRequest(account_id=caller.account_id, reservation_id=reserved.reservation_id)
         owned = reserved.outcome in OWNED
         if owned:
-            _credits.add(reserve.amount, {"operation": "reserve"})
+            _credits.add(reserve.amount_millicredits / credits.MILLI, {"operation": "reserve"})
         succeeded = committed = False
         try:
             try:
@@ -529,11 +535,13 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         finally:
             # Commit what succeeded, release on any failure, cancellation included.
             if owned:
-                committed = await self._settle(settle, reserve.amount, commit=succeeded)
-        return response, reserve.amount if committed else 0
+                committed = await self._settle(settle, reserve.amount_millicredits, commit=succeeded)
+        return response, reserve.amount_millicredits if committed else 0
 
     def _price(self, size: int) -> int:
-        return self.settings.price_preview if size == options_pb2.SIZE_PREVIEW else self.settings.price_full
+        """The price of a size, in millicredits (the ledger's unit)."""
+        price = self.settings.price_preview if size == options_pb2.SIZE_PREVIEW else self.settings.price_full
+        return credits.to_milli(price)
 
     def _segment(
         self, context: grpc.aio.ServicerContext, request: cutout_pb2.RemoveBackgroundRequest
@@ -557,7 +565,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         try:
             return await asyncio.shield(reserving)
         except asyncio.CancelledError:
-            self._to_the_end(self._release_once_reserved(caller, reserving, reserve.amount))
+            self._to_the_end(self._release_once_reserved(caller, reserving, reserve.amount_millicredits))
             raise
 
     async def _reserve_auto(
@@ -582,7 +590,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             reserve = accounts_pb2.ReserveRequest(
                 account_id=caller.account_id,
                 idempotency_key=idempotency_key,
-                amount=self._price(size),
+                amount_millicredits=self._price(size),
                 request_hash=await asyncio.to_thread(request_hash, resolved),
             )
             try:
@@ -685,21 +693,21 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         api_key = dict(context.invocation_metadata() or ()).get(API_KEY_METADATA, "")
         return await self.down.authenticate(api_key, context)
 
-    async def _settle(self, settle: accounts_pb2.SettleRequest, amount: int, *, commit: bool) -> bool:
+    async def _settle(self, settle: accounts_pb2.SettleRequest, millicredits: int, *, commit: bool) -> bool:
         """Commits or releases a hold; True if committed. Runs to its end even if the call is cancelled."""
 
         async def run() -> bool:
             if commit:
                 try:
                     await self.down.accounts.Commit(settle, timeout=self.settings.accounts_timeout_s)
-                    _credits.add(amount, {"operation": "commit"})
+                    _credits.add(millicredits / credits.MILLI, {"operation": "commit"})
                     return True
                 except grpc.aio.AioRpcError as error:
                     # The result exists; the caller gets it and the hold is released, not charged.
                     log.warning("commit failed (%s); serving the result uncharged", error.code().name)
             try:
                 await self.down.accounts.Release(settle, timeout=self.settings.accounts_timeout_s)
-                _credits.add(amount, {"operation": "release"})
+                _credits.add(millicredits / credits.MILLI, {"operation": "release"})
             except grpc.aio.AioRpcError as error:
                 # The hold lapses by itself after the accounts service's hold timeout.
                 log.warning("release failed (%s); the hold will lapse", error.code().name)
@@ -713,7 +721,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         self,
         caller: accounts_pb2.AuthenticateResponse,
         reserving: asyncio.Task[accounts_pb2.ReserveResponse],
-        amount: int,
+        millicredits: int,
     ) -> None:
         """Releases the hold a cancelled call's reservation made, once it is known."""
         try:
@@ -722,7 +730,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             return  # nothing was reserved
         if reserved.outcome in OWNED:
             settle = accounts_pb2.SettleRequest(account_id=caller.account_id, reservation_id=reserved.reservation_id)
-            await self._settle(settle, amount, commit=False)
+            await self._settle(settle, millicredits, commit=False)
 
     def _to_the_end(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Runs `work` as a task that a caller's cancellation does not stop (await it shielded)."""

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -29,13 +31,12 @@ class GatewaySettings(ServiceSettings):
     retention_chunk_bytes: int = 1024 * 1024
     health_check_timeout_s: float = 2.0
     # Credits one RemoveBackground (or one stream item) costs, by options.size:
-    # FULL (and unspecified) and PREVIEW (at most 0.25 MP). Whole credits: with the
-    # ledger's unit, a preview can only be cheaper than a full result when the full
-    # price is at least 2 (remove.bg's ratio is price_full 4, price_preview 1).
-    price_full: int = Field(default=1, ge=1)
-    price_preview: int = Field(default=1, ge=1)
+    # FULL (and unspecified) and PREVIEW (at most 0.25 MP), as remove.bg prices them
+    # (a preview a quarter of a full result). Decimals to 0.001 credit, the ledger's unit.
+    price_full: Decimal = Field(default=Decimal(1), ge=Decimal("0.001"), decimal_places=3)
+    price_preview: Decimal = Field(default=Decimal("0.25"), ge=Decimal("0.001"), decimal_places=3)
     # Credits one EraseRegions (or one stream item carrying regions) costs.
-    price_per_erase: int = Field(default=1, ge=1)
+    price_per_erase: Decimal = Field(default=Decimal(1), ge=Decimal("0.001"), decimal_places=3)
     # Flow control of RemoveBackgroundStream: items read and not yet answered, per
     # stream and over all streams of this process. Beyond them the gateway stops
     # reading, so a fast sender waits instead of filling memory. Per stream, enough

@@ -11,12 +11,13 @@ from pathlib import Path
 import boto3
 import grpc
 from google.protobuf import timestamp_pb2
+from sqlalchemy import Engine
 
 from cutout.v1 import options_pb2, retention_pb2, retention_pb2_grpc
 from services.common.chunks import pieces
 from services.common.errors import ServiceError, abort, invalid_argument
 from services.common.server import PeriodicJob, ServiceSpec
-from services.common.sql import aware, database_ready, make_engine, migrate
+from services.common.sql import MigrationsApplied, aware, database_ready, make_engine, migrate
 from services.common.telemetry import meter
 from services.retention import crypto
 from services.retention.blobstore import BlobStore, LocalBlobStore, S3BlobStore
@@ -181,9 +182,16 @@ def open_blob_store(settings: RetentionSettings) -> BlobStore:
     raise ValueError(f"CUTOUT_RETENTION_BLOB_STORE must be local or s3, not {settings.blob_store!r}")
 
 
-def build(settings: RetentionSettings) -> ServiceSpec:
+def open_database(settings: RetentionSettings) -> Engine:
     engine = make_engine(settings.database_url)
-    migrate(engine, MIGRATIONS, version_table=VERSION_TABLE)
+    if settings.migrate_on_start:
+        migrate(engine, MIGRATIONS, version_table=VERSION_TABLE)
+    return engine
+
+
+def build(settings: RetentionSettings) -> ServiceSpec:
+    engine = open_database(settings)
+    migrations_applied = MigrationsApplied(engine, MIGRATIONS, version_table=VERSION_TABLE)
     store = ResultStore(
         engine,
         open_blob_store(settings),
@@ -205,7 +213,7 @@ def build(settings: RetentionSettings) -> ServiceSpec:
     return ServiceSpec(
         service_names=[retention_pb2.DESCRIPTOR.services_by_name["Retention"].full_name],
         register=lambda server: retention_pb2_grpc.add_RetentionServicer_to_server(servicer, server),
-        ready=lambda: database_ready(engine),
+        ready=lambda: database_ready(engine, migrations_applied),
         close=close,
         jobs=[PeriodicJob("sweep", settings.sweep_interval_s, sweep)],
     )

@@ -18,6 +18,10 @@ class RetentionSettings(ServiceSettings):
     port: int = 50054
     # SQLite file by default; "postgresql+psycopg://user@host/db" for PostgreSQL.
     database_url: str = f"sqlite:///{DATA / 'retention.db'}"
+    # Apply pending migrations at start-up (the embedded default). Kubernetes runs them as a
+    # step of their own (`python -m services.<name> migrate`, a Job) and sets this false:
+    # the service then stays NOT_SERVING until the schema is current.
+    migrate_on_start: bool = True
     # "local": a folder; "s3": a bucket of any S3-compatible store (credentials from
     # the standard AWS_* variables or the pod's identity).
     blob_store: str = "local"

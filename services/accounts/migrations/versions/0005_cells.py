@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_cells"
-down_revision = "0002"
+down_revision = "0003_units"
 branch_labels = None
 depends_on = None
 
@@ -25,7 +25,7 @@ def upgrade() -> None:
         sa.Column("region", sa.String(length=16), nullable=False),
         sa.Column("marketing_opt_in", sa.Boolean(), nullable=False),
         sa.Column("code_hash", sa.String(length=64), nullable=False),
-        sa.Column("free_credits", sa.BigInteger(), nullable=False),
+        sa.Column("free_millicredits", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("email"),
