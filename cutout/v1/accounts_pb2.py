@@ -25,27 +25,31 @@ _sym_db = _symbol_database.Default()
 from cutout.v1 import account_pb2 as cutout_dot_v1_dot_account__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63utout/v1/accounts.proto\x12\tcutout.v1\x1a\x17\x63utout/v1/account.proto\"&\n\x13\x41uthenticateRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"X\n\x14\x41uthenticateResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"c\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x14\n\x0crequest_hash\x18\x04 \x01(\t\"U\n\x0fReserveResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12*\n\x07outcome\x18\x02 \x01(\x0e\x32\x19.cutout.v1.ReserveOutcome\";\n\rSettleRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\"\x1f\n\x0eSettleResponse\x12\r\n\x05state\x18\x01 \x01(\t*\xbf\x01\n\x0eReserveOutcome\x12\x1f\n\x1bRESERVE_OUTCOME_UNSPECIFIED\x10\x00\x12\x17\n\x13RESERVE_OUTCOME_NEW\x10\x01\x12\"\n\x1eRESERVE_OUTCOME_DUPLICATE_HELD\x10\x02\x12\'\n#RESERVE_OUTCOME_DUPLICATE_COMMITTED\x10\x03\x12&\n\"RESERVE_OUTCOME_DUPLICATE_RELEASED\x10\x04\x32\xb3\x07\n\x08\x41\x63\x63ounts\x12O\n\x0c\x41uthenticate\x12\x1e.cutout.v1.AuthenticateRequest\x1a\x1f.cutout.v1.AuthenticateResponse\x12@\n\x07Reserve\x12\x19.cutout.v1.ReserveRequest\x1a\x1a.cutout.v1.ReserveResponse\x12=\n\x06\x43ommit\x12\x18.cutout.v1.SettleRequest\x1a\x19.cutout.v1.SettleResponse\x12>\n\x07Release\x12\x18.cutout.v1.SettleRequest\x1a\x19.cutout.v1.SettleResponse\x12=\n\x06SignUp\x12\x18.cutout.v1.SignUpRequest\x1a\x19.cutout.v1.SignUpResponse\x12O\n\x0c\x43reateApiKey\x12\x1e.cutout.v1.CreateApiKeyRequest\x1a\x1f.cutout.v1.CreateApiKeyResponse\x12L\n\x0bListApiKeys\x12\x1d.cutout.v1.ListApiKeysRequest\x1a\x1e.cutout.v1.ListApiKeysResponse\x12O\n\x0cRevokeApiKey\x12\x1e.cutout.v1.RevokeApiKeyRequest\x1a\x1f.cutout.v1.RevokeApiKeyResponse\x12>\n\nGetBalance\x12\x1c.cutout.v1.GetBalanceRequest\x1a\x12.cutout.v1.Balance\x12I\n\nListLedger\x12\x1c.cutout.v1.ListLedgerRequest\x1a\x1d.cutout.v1.ListLedgerResponse\x12>\n\nGetProfile\x12\x1c.cutout.v1.GetProfileRequest\x1a\x12.cutout.v1.Profile\x12\x44\n\rUpdateProfile\x12\x1f.cutout.v1.UpdateProfileRequest\x1a\x12.cutout.v1.Profile\x12U\n\x0e\x43hangePassword\x12 .cutout.v1.ChangePasswordRequest\x1a!.cutout.v1.ChangePasswordResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63utout/v1/accounts.proto\x12\tcutout.v1\x1a\x17\x63utout/v1/account.proto\"&\n\x13\x41uthenticateRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"X\n\x14\x41uthenticateResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"c\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x14\n\x0crequest_hash\x18\x04 \x01(\t\"Y\n\x1a\x41uthorizeAndReserveRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12*\n\x07reserve\x18\x02 \x01(\x0b\x32\x19.cutout.v1.ReserveRequest\"|\n\x1b\x41uthorizeAndReserveResponse\x12/\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x1f.cutout.v1.AuthenticateResponse\x12,\n\x08reserved\x18\x02 \x01(\x0b\x32\x1a.cutout.v1.ReserveResponse\"U\n\x0fReserveResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12*\n\x07outcome\x18\x02 \x01(\x0e\x32\x19.cutout.v1.ReserveOutcome\";\n\rSettleRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\"\x1f\n\x0eSettleResponse\x12\r\n\x05state\x18\x01 \x01(\t*\xbf\x01\n\x0eReserveOutcome\x12\x1f\n\x1bRESERVE_OUTCOME_UNSPECIFIED\x10\x00\x12\x17\n\x13RESERVE_OUTCOME_NEW\x10\x01\x12\"\n\x1eRESERVE_OUTCOME_DUPLICATE_HELD\x10\x02\x12\'\n#RESERVE_OUTCOME_DUPLICATE_COMMITTED\x10\x03\x12&\n\"RESERVE_OUTCOME_DUPLICATE_RELEASED\x10\x04\x32\x99\x08\n\x08\x41\x63\x63ounts\x12O\n\x0c\x41uthenticate\x12\x1e.cutout.v1.AuthenticateRequest\x1a\x1f.cutout.v1.AuthenticateResponse\x12@\n\x07Reserve\x12\x19.cutout.v1.ReserveRequest\x1a\x1a.cutout.v1.ReserveResponse\x12\x64\n\x13\x41uthorizeAndReserve\x12%.cutout.v1.AuthorizeAndReserveRequest\x1a&.cutout.v1.AuthorizeAndReserveResponse\x12=\n\x06\x43ommit\x12\x18.cutout.v1.SettleRequest\x1a\x19.cutout.v1.SettleResponse\x12>\n\x07Release\x12\x18.cutout.v1.SettleRequest\x1a\x19.cutout.v1.SettleResponse\x12=\n\x06SignUp\x12\x18.cutout.v1.SignUpRequest\x1a\x19.cutout.v1.SignUpResponse\x12O\n\x0c\x43reateApiKey\x12\x1e.cutout.v1.CreateApiKeyRequest\x1a\x1f.cutout.v1.CreateApiKeyResponse\x12L\n\x0bListApiKeys\x12\x1d.cutout.v1.ListApiKeysRequest\x1a\x1e.cutout.v1.ListApiKeysResponse\x12O\n\x0cRevokeApiKey\x12\x1e.cutout.v1.RevokeApiKeyRequest\x1a\x1f.cutout.v1.RevokeApiKeyResponse\x12>\n\nGetBalance\x12\x1c.cutout.v1.GetBalanceRequest\x1a\x12.cutout.v1.Balance\x12I\n\nListLedger\x12\x1c.cutout.v1.ListLedgerRequest\x1a\x1d.cutout.v1.ListLedgerResponse\x12>\n\nGetProfile\x12\x1c.cutout.v1.GetProfileRequest\x1a\x12.cutout.v1.Profile\x12\x44\n\rUpdateProfile\x12\x1f.cutout.v1.UpdateProfileRequest\x1a\x12.cutout.v1.Profile\x12U\n\x0e\x43hangePassword\x12 .cutout.v1.ChangePasswordRequest\x1a!.cutout.v1.ChangePasswordResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cutout.v1.accounts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESERVEOUTCOME']._serialized_start=477
-  _globals['_RESERVEOUTCOME']._serialized_end=668
+  _globals['_RESERVEOUTCOME']._serialized_start=694
+  _globals['_RESERVEOUTCOME']._serialized_end=885
   _globals['_AUTHENTICATEREQUEST']._serialized_start=64
   _globals['_AUTHENTICATEREQUEST']._serialized_end=102
   _globals['_AUTHENTICATERESPONSE']._serialized_start=104
   _globals['_AUTHENTICATERESPONSE']._serialized_end=192
   _globals['_RESERVEREQUEST']._serialized_start=194
   _globals['_RESERVEREQUEST']._serialized_end=293
-  _globals['_RESERVERESPONSE']._serialized_start=295
-  _globals['_RESERVERESPONSE']._serialized_end=380
-  _globals['_SETTLEREQUEST']._serialized_start=382
-  _globals['_SETTLEREQUEST']._serialized_end=441
-  _globals['_SETTLERESPONSE']._serialized_start=443
-  _globals['_SETTLERESPONSE']._serialized_end=474
-  _globals['_ACCOUNTS']._serialized_start=671
-  _globals['_ACCOUNTS']._serialized_end=1618
+  _globals['_AUTHORIZEANDRESERVEREQUEST']._serialized_start=295
+  _globals['_AUTHORIZEANDRESERVEREQUEST']._serialized_end=384
+  _globals['_AUTHORIZEANDRESERVERESPONSE']._serialized_start=386
+  _globals['_AUTHORIZEANDRESERVERESPONSE']._serialized_end=510
+  _globals['_RESERVERESPONSE']._serialized_start=512
+  _globals['_RESERVERESPONSE']._serialized_end=597
+  _globals['_SETTLEREQUEST']._serialized_start=599
+  _globals['_SETTLEREQUEST']._serialized_end=658
+  _globals['_SETTLERESPONSE']._serialized_start=660
+  _globals['_SETTLERESPONSE']._serialized_end=691
+  _globals['_ACCOUNTS']._serialized_start=888
+  _globals['_ACCOUNTS']._serialized_end=1937
 # @@protoc_insertion_point(module_scope)

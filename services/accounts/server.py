@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cutout.v1 import account_pb2, accounts_pb2, accounts_pb2_grpc, cutout_pb2, cutout_pb2_grpc
 from services.accounts.credentials import normalise_email
 from services.accounts.db import make_engine, migrate
-from services.accounts.ledger import BalanceView, Ledger, Outcome, utc_now
+from services.accounts.ledger import BalanceView, Ledger, Outcome, Reserved, utc_now
 from services.accounts.models import Account, ApiKey
 from services.accounts.settings import AccountsSettings
 from services.accounts.store import AccountStore, Caller
@@ -164,6 +164,32 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             request.request_hash,
         )
         return accounts_pb2.ReserveResponse(reservation_id=reserved.reservation_id, outcome=OUTCOMES[reserved.outcome])
+
+    async def AuthorizeAndReserve(
+        self, request: accounts_pb2.AuthorizeAndReserveRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.AuthorizeAndReserveResponse:
+        caller, reserved = await run_db(context, "AuthorizeAndReserve", self._authorize_and_reserve, request)
+        return accounts_pb2.AuthorizeAndReserveResponse(
+            caller=accounts_pb2.AuthenticateResponse(
+                account_id=caller.account_id, region=caller.region, plan=caller.plan, key_id=caller.key_id
+            ),
+            reserved=accounts_pb2.ReserveResponse(
+                reservation_id=reserved.reservation_id, outcome=OUTCOMES[reserved.outcome]
+            ),
+        )
+
+    def _authorize_and_reserve(self, request: accounts_pb2.AuthorizeAndReserveRequest) -> tuple[Caller, Reserved]:
+        """The key looked up as Authenticate does, then the reservation, on one worker thread."""
+        caller = self.store.authenticate(request.api_key)
+        reserve = request.reserve
+        if reserve.account_id != caller.account_id:
+            raise ServiceError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "the reservation names another account than the API key's; authenticate again",
+                reason="ACCOUNT_MISMATCH",
+            )
+        reserved = self.ledger.reserve(caller.account_id, reserve.idempotency_key, reserve.amount, reserve.request_hash)
+        return caller, reserved
 
     async def Commit(
         self, request: accounts_pb2.SettleRequest, context: grpc.aio.ServicerContext

@@ -178,6 +178,10 @@ def _reason(error: ServiceError) -> str | None:
     return None
 
 
+def _api_key(context: grpc.aio.ServicerContext) -> str:
+    return dict(context.invocation_metadata() or ()).get(API_KEY_METADATA, "")
+
+
 def _duration(seconds: float) -> duration_pb2.Duration:
     elapsed = duration_pb2.Duration()
     elapsed.FromNanoseconds(round(seconds * 1e9))
@@ -551,9 +555,16 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         caller: accounts_pb2.AuthenticateResponse,
         reserve: accounts_pb2.ReserveRequest,
     ) -> accounts_pb2.ReserveResponse:
-        # Run to its end even if this call is cancelled: a hold made after the cancel
-        # arrived must still be released, not left to lapse.
-        reserving = self._to_the_end(self.down.accounts_call(context, self.down.accounts.Reserve, reserve))
+        # One accounts call: the key looked up again (admission may have let the call in on a
+        # recent answer) and the credits reserved. Run to its end even if this call is
+        # cancelled: a hold made after the cancel arrived must still be released, not left to lapse.
+        authorize = accounts_pb2.AuthorizeAndReserveRequest(api_key=_api_key(context), reserve=reserve)
+
+        async def authorize_and_reserve() -> accounts_pb2.ReserveResponse:
+            reply = await self.down.accounts_call(context, self.down.accounts.AuthorizeAndReserve, authorize)
+            return reply.reserved
+
+        reserving = self._to_the_end(authorize_and_reserve())
         try:
             return await asyncio.shield(reserving)
         except asyncio.CancelledError:
@@ -682,8 +693,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         admitted = admitted_caller.get()
         if admitted is not None and not fresh:
             return admitted
-        api_key = dict(context.invocation_metadata() or ()).get(API_KEY_METADATA, "")
-        return await self.down.authenticate(api_key, context)
+        return await self.down.authenticate(_api_key(context), context)
 
     async def _settle(self, settle: accounts_pb2.SettleRequest, amount: int, *, commit: bool) -> bool:
         """Commits or releases a hold; True if committed. Runs to its end even if the call is cancelled."""
