@@ -572,35 +572,25 @@ def render(image: Image.Image, alpha: Image.Image, spec: OutputSpec, background:
         # Colour under fully transparent pixels is invisible in the picture but
         # recoverable from the file: it is the removed background, so it is zeroed
         # (which also makes the file smaller and faster to compress).
+        # A 1-bit mask takes Pillow's fast path: 2.5 ms at 1 MP, against 14 ms with an 8-bit one.
+        image.paste(0, mask=alpha.point(lambda v: 255 if v == 0 else 0, "1"))
         if fmt == OutputFormat.OUTPUT_FORMAT_COLOR_ALPHA_PAIR:
-            image.paste(0, mask=alpha.point(lambda v: 0 if v else 255))
             image.save(out, "JPEG", quality=spec.quality)
             media_type = "image/jpeg"
             alpha_out = io.BytesIO()
             _save_png(alpha, alpha_out, spec)
             alpha_data = alpha_out.getvalue()
         else:
-            pixels = _transparent(image, alpha)
-            image = Image.fromarray(pixels, "RGBA")  # shares the array's memory
+            image.putalpha(alpha)  # becomes RGBA in place
             if fmt == OutputFormat.OUTPUT_FORMAT_WEBP:
                 # exact: libwebp keeps the zeros above instead of refilling transparent areas
                 # from their neighbours (which carried the old background's colour into them).
                 image.save(out, "WEBP", quality=spec.quality, method=_webp_method(spec.compression_effort), exact=True)
                 media_type = "image/webp"
             else:
-                _save_png(image, out, spec, pixels)
+                _save_png(image, out, spec, consume=True)
                 media_type = "image/png"
     return Rendered(out.getvalue(), media_type, image.width, image.height, foreground_box, alpha_data)
-
-
-def _transparent(image: Image.Image, alpha: Image.Image) -> np.ndarray:
-    """`image` (RGB, changed in place) with `alpha`, as RGBA pixels whose colour is zero wherever
-    it is fully transparent: each pixel is one 32-bit word, so that is one multiply per pixel
-    (5 ms at 1 MP against 12 ms for Image.paste with an inverted mask)."""
-    image.putalpha(alpha)
-    pixels = np.array(image)
-    pixels.view(np.uint32)[..., 0] *= np.asarray(alpha) != 0
-    return pixels
 
 
 def _blur_radius(size: tuple[int, int]) -> float:
@@ -748,16 +738,19 @@ def estimate_foreground(image: Image.Image, alpha: Image.Image) -> Image.Image:
     return Image.fromarray(pixels, "RGB")
 
 
-def _save_png(image: Image.Image, out: io.BytesIO, spec: OutputSpec, pixels: np.ndarray | None = None) -> None:
+def _save_png(image: Image.Image, out: io.BytesIO, spec: OutputSpec, *, consume: bool = False) -> None:
     """Effort 1: fpng for colour (RGB, RGBA), about ten times faster than zlib at level 1 and
     a little larger; greyscale (masks), which fpng does not write, and efforts 2-9: zlib
-    at that level with its run-length strategy, smaller as the effort rises. `pixels`: the
-    image's own pixels as an array, when the caller has them (saves a copy).
+    at that level with its run-length strategy, smaller as the effort rises. `consume`: the
+    caller is done with `image`, so fpng's path may close it (free its pixels) early.
 
     fpng holds the GIL while it encodes (6-15 ms at 1 MP here): other threads' Python waits
     that long, their C work (Pillow, numpy, OpenCV) does not."""
     if spec.compression_effort == 1 and image.mode in ("RGB", "RGBA"):
-        out.write(fpng.from_ndarray(np.asarray(image) if pixels is None else pixels))
+        pixels = image.tobytes()
+        if consume:  # the copy is all fpng needs: the picture's own memory goes now, not after encoding
+            image.close()
+        out.write(fpng.from_bytes(pixels, image.width, image.height, len(image.mode)))
         return
     image.save(out, "PNG", compress_level=spec.compression_effort, compress_type=_Z_RLE)
 
