@@ -368,12 +368,14 @@ def _print_case(result: CaseResult) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1MP PNG only, fewer requests (a smoke run)")
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), help="only these photos (a published partial run)")
+    parser.add_argument("--outputs", nargs="+", choices=list(FORMATS), help="only these outputs")
     args = parser.parse_args()
     fetch_models()
     data_dir = ROOT / ".data" / "bench"
     sources = photos(data_dir)
-    sizes = ["1MP"] if args.quick else list(SIZES)
-    outputs = ["png"] if args.quick else list(FORMATS)
+    sizes = ["1MP"] if args.quick else args.sizes or list(SIZES)
+    outputs = ["png"] if args.quick else args.outputs or list(FORMATS)
 
     mesh = Mesh(data_dir=data_dir)
     mesh.start()
