@@ -9,7 +9,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc
+from cutout.v1 import account_pb2, accounts_pb2, accounts_pb2_grpc, cutout_pb2, cutout_pb2_grpc
 from services.common.errors import error_details
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
 from tests.conftest import SIGNUP_CREDITS, new_account, sign_up
@@ -199,3 +199,45 @@ def test_the_database_holds_no_password_and_no_key_in_clear(mesh, raw_channel, p
         if raw.exists():
             data = raw.read_bytes()
             assert account.password.encode() not in data and account.api_key.encode() not in data
+
+
+def test_authorize_and_reserve_looks_the_key_up_and_reserves_in_one_call(mesh, raw_channel, public):
+    """The gateway's one accounts call per removal: a revoked key or a key of another account
+    reserves nothing; a good key gets its caller and its hold."""
+    account = new_account(raw_channel, mesh.admin_token, credits=5)
+    other = new_account(raw_channel, mesh.admin_token, credits=5)
+
+    def authorize(api_key: str, account_id: str, key: str) -> accounts_pb2.AuthorizeAndReserveResponse:
+        reserve = accounts_pb2.ReserveRequest(account_id=account_id, idempotency_key=key, amount=2, request_hash="h")
+        with mesh.accounts.channel(as_name="gateway") as channel:
+            return accounts_pb2_grpc.AccountsStub(channel).AuthorizeAndReserve(
+                accounts_pb2.AuthorizeAndReserveRequest(api_key=api_key, reserve=reserve), timeout=30
+            )
+
+    def available(customer) -> int:
+        return public.GetBalance(account_pb2.GetBalanceRequest(), metadata=customer.metadata, timeout=30).available
+
+    answer = authorize(account.api_key, account.account_id, "first")
+    assert answer.caller.account_id == account.account_id and answer.caller.key_id
+    assert answer.reserved.outcome == accounts_pb2.RESERVE_OUTCOME_NEW and answer.reserved.reservation_id
+    assert available(account) == 3
+
+    with pytest.raises(grpc.RpcError) as caught:
+        authorize(account.api_key, other.account_id, "another account")
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED and reasons(caught.value) == ["ACCOUNT_MISMATCH"]
+    assert (available(account), available(other)) == (3, 5)
+
+    second = public.CreateApiKey(
+        account_pb2.CreateApiKeyRequest(name="soon revoked", password=account.password),
+        metadata=account.metadata,
+        timeout=30,
+    )
+    public.RevokeApiKey(
+        account_pb2.RevokeApiKeyRequest(id=second.key.id, password=account.password),
+        metadata=account.metadata,
+        timeout=30,
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        authorize(second.api_key, account.account_id, "revoked")
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED and reasons(caught.value) == ["API_KEY_REVOKED"]
+    assert available(account) == 3

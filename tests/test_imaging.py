@@ -171,3 +171,102 @@ def test_place_leaves_a_picture_without_subject_alone():
     image, alpha = Image.new("RGB", (30, 20), (1, 2, 3)), Image.new("L", (30, 20), 0)
     placed, placed_alpha = imaging.place(image, alpha, spec(scale=50))
     assert placed is image and placed_alpha is alpha
+
+
+def _chunks(png: bytes) -> list[bytes]:
+    """The chunk types of a PNG file, in order."""
+    types, at = [], 8
+    while at < len(png):
+        length = int.from_bytes(png[at : at + 4], "big")
+        types.append(png[at + 4 : at + 8])
+        at += 12 + length
+    return types
+
+
+@pytest.mark.parametrize("fmt", [options_pb2.OUTPUT_FORMAT_PNG, options_pb2.OUTPUT_FORMAT_PNG_ON_COLOR])
+def test_fpng_writes_exactly_the_intended_pixels_at_effort_1(astronaut, fmt):
+    """Effort 1's encoder (fpng) is lossless: the file decodes (with Pillow, libpng's reader)
+    to the very pixels composited, every soft edge and zeroed background included."""
+    picture = astronaut.resize((640, 480))
+    ramp = np.clip((np.arange(640) - 200) * 2, 0, 255).astype(np.uint8)  # transparent, soft, opaque
+    alpha = Image.fromarray(np.tile(ramp, (480, 1)), "L")
+    if fmt == options_pb2.OUTPUT_FORMAT_PNG:
+        intended = picture.copy()
+        intended.putalpha(alpha)
+        pixels = np.array(intended)
+        pixels[np.asarray(alpha) == 0] = 0
+    else:
+        flat = Image.new("RGB", picture.size, (30, 144, 255))
+        flat.paste(picture, mask=alpha)
+        pixels = np.asarray(flat)
+    rendered = imaging.render(picture.copy(), alpha, spec(format=fmt, background_color="#1e90ff"))
+    assert b"fdEC" in _chunks(rendered.data), "effort 1 is fpng's file (its fdEC chunk)"
+    decoded = Image.open(io.BytesIO(rendered.data))
+    decoded.load()  # libpng's CRC and zlib checks pass
+    assert np.array_equal(np.asarray(decoded), pixels)
+
+
+def test_higher_compression_effort_is_smaller_and_still_lossless(astronaut):
+    picture = astronaut.resize((640, 480))
+    alpha = Image.new("L", picture.size, 0)
+    alpha.paste(255, (160, 40, 480, 480))
+    sizes = {}
+    for effort in (1, 2, 9):
+        rendered = imaging.render(picture.copy(), alpha, spec(compression_effort=effort))
+        assert (b"fdEC" in _chunks(rendered.data)) == (effort == 1)
+        decoded = np.asarray(Image.open(io.BytesIO(rendered.data)))
+        assert np.array_equal(decoded[..., 3], np.asarray(alpha))
+        sizes[effort] = len(rendered.data)
+    assert sizes[1] > sizes[2] >= sizes[9], sizes  # zlib's run-length strategy gains little past level 2
+
+
+def _photo(size: tuple[int, int], orientation: int = 1) -> bytes:
+    """A JPEG of `size` (as stored) with a red left quarter, optionally with an EXIF orientation."""
+    stored = Image.new("RGB", size, "blue")
+    stored.paste((255, 0, 0), (0, 0, size[0] // 4, size[1]))
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    return encode(stored, "JPEG", exif=exif, quality=95)
+
+
+class _Profile:
+    def tensor(self, image: Image.Image) -> np.ndarray:
+        return np.asarray(image.resize((32, 32)), np.float32)
+
+
+def test_a_jpeg_wanted_smaller_is_decoded_at_a_reduced_scale():
+    header = imaging.open_image(_photo((4000, 3000)), LIMITS)
+    reduced = imaging.decode_pixels(header, (500, 375))
+    assert reduced.size == (500, 375), "libjpeg's 1/8 scale, exactly the wanted size"
+    header = imaging.open_image(_photo((4000, 3000)), LIMITS)
+    assert imaging.decode_pixels(header, (1200, 900)).size == (2000, 1500), "1/2: 1/4 would be too small"
+    # Stored on its side (orientation 6): the wanted size is upright.
+    header = imaging.open_image(_photo((4000, 3000), orientation=6), LIMITS)
+    upright = imaging.decode_pixels(header, (375, 500))
+    assert upright.size == (375, 500)
+    red = upright.getpixel((187, 40))
+    assert red[0] > 200 and red[2] < 60, "the stored left quarter is on top after the rotation"
+
+
+@pytest.mark.parametrize(
+    ("options", "made_at"),
+    [
+        ({"size": options_pb2.SIZE_PREVIEW}, imaging.preview_size((4000, 3000))),
+        ({"max_width": 800}, (800, 600)),
+        ({"max_width": 800, "crop_to_subject": True}, (4000, 3000)),  # the final size depends on the subject
+        ({}, (4000, 3000)),
+    ],
+)
+def test_the_output_is_made_at_its_final_size_when_that_is_known_to_be_smaller(options, made_at):
+    """Decoding, the guided filter, compositing and encoding run at the output's size, not
+    the photo's, when the output is scaled down anyway; the result has the same size."""
+    wanted = spec(**options)
+    prepared = imaging.prepare(imaging.open_image(_photo((4000, 3000)), LIMITS), wanted, _Profile())
+    assert prepared.image.size == made_at and prepared.tensor.shape == (32, 32, 3)
+    probability = np.zeros((32, 32), np.float32)
+    probability[:, :16] = 1.0
+    rendered, fraction = imaging.finish(prepared, probability, wanted)
+    assert 0.3 < fraction < 0.7
+    if not wanted.crop_to_subject:
+        assert (rendered.width, rendered.height) == made_at

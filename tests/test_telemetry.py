@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 import time
 from collections.abc import Iterator
@@ -90,7 +91,8 @@ def test_one_kept_removal_is_one_trace_across_the_four_services(receiver, one_re
     assert inference_server.span.parent_span_id == gateway_client.span.span_id
     assert {gateway_client.span.trace_id, inference_server.span.trace_id} == {trace_id}
 
-    calls = [("accounts", f"/cutout.v1.Accounts/{m}") for m in ("Authenticate", "Reserve", "Commit")]
+    # The key's first call: admission asks accounts, then the reservation looks the key up again.
+    calls = [("accounts", f"/cutout.v1.Accounts/{m}") for m in ("Authenticate", "AuthorizeAndReserve", "Commit")]
     for service, method in [*calls, ("retention", "/cutout.v1.Retention/Store")]:
         client = only(spans, "cutout-gateway", method)
         server = only(spans, f"cutout-{service}", method)
@@ -197,3 +199,38 @@ def test_with_exporting_off_nothing_connects_anywhere(tmp_path, monkeypatch, ast
         gateway.stop()
         listener.close()
     assert "telemetry on" not in gateway.log_path.read_text()
+
+
+def test_a_removal_with_a_key_just_seen_makes_one_accounts_call_before_its_commit(
+    traced_mesh, receiver, one_removal, customer, astronaut_jpeg
+):
+    with traced_mesh.gateway.channel() as channel:
+        remove = functools.partial(
+            cutout_pb2_grpc.CutoutStub(channel).RemoveBackground,
+            cutout_pb2.RemoveBackgroundRequest(image=astronaut_jpeg),
+            metadata=customer.metadata,
+            timeout=60,
+        )
+        remove()  # the key is seen (ADMITTED_KEY_TTL_S is 5 s) ...
+        started_ns = time.time_ns()
+        remove()  # ... and this call is traced
+
+    def this_call() -> list[ReceivedSpan]:
+        return [
+            s
+            for s in receiver.spans()
+            if s.span.name == REMOVE and s.service == "cutout-gateway" and s.span.start_time_unix_nano >= started_ns
+        ]
+
+    receiver.wait_for(lambda: len(this_call()) == 1)
+    trace_id = this_call()[0].span.trace_id
+    receiver.wait_for(
+        lambda: any(
+            s.span.trace_id == trace_id and s.span.name.endswith("/Commit") and s.service == "cutout-accounts"
+            for s in receiver.spans()
+        )
+    )
+    methods = sorted(
+        s.span.name for s in receiver.spans() if s.span.trace_id == trace_id and s.service == "cutout-accounts"
+    )
+    assert methods == ["/cutout.v1.Accounts/AuthorizeAndReserve", "/cutout.v1.Accounts/Commit"]

@@ -3,6 +3,7 @@ from cutout.v1 import rights_pb2 as _rights_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -55,6 +56,22 @@ class ReserveRequest(_message.Message):
     amount_millicredits: int
     request_hash: str
     def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., amount: _Optional[int] = ..., amount_millicredits: _Optional[int] = ..., request_hash: _Optional[str] = ...) -> None: ...
+
+class AuthorizeAndReserveRequest(_message.Message):
+    __slots__ = ("api_key", "reserve")
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    RESERVE_FIELD_NUMBER: _ClassVar[int]
+    api_key: str
+    reserve: ReserveRequest
+    def __init__(self, api_key: _Optional[str] = ..., reserve: _Optional[_Union[ReserveRequest, _Mapping]] = ...) -> None: ...
+
+class AuthorizeAndReserveResponse(_message.Message):
+    __slots__ = ("caller", "reserved")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    caller: AuthenticateResponse
+    reserved: ReserveResponse
+    def __init__(self, caller: _Optional[_Union[AuthenticateResponse, _Mapping]] = ..., reserved: _Optional[_Union[ReserveResponse, _Mapping]] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
     __slots__ = ("reservation_id", "outcome")

@@ -49,6 +49,11 @@ class AccountsStub:
                 request_serializer=cutout_dot_v1_dot_accounts__pb2.ReserveRequest.SerializeToString,
                 response_deserializer=cutout_dot_v1_dot_accounts__pb2.ReserveResponse.FromString,
                 _registered_method=True)
+        self.AuthorizeAndReserve = channel.unary_unary(
+                '/cutout.v1.Accounts/AuthorizeAndReserve',
+                request_serializer=cutout_dot_v1_dot_accounts__pb2.AuthorizeAndReserveRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_accounts__pb2.AuthorizeAndReserveResponse.FromString,
+                _registered_method=True)
         self.Commit = channel.unary_unary(
                 '/cutout.v1.Accounts/Commit',
                 request_serializer=cutout_dot_v1_dot_accounts__pb2.SettleRequest.SerializeToString,
@@ -145,6 +150,16 @@ class AccountsServicer:
 
     def Reserve(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AuthorizeAndReserve(self, request, context):
+        """Authenticate and Reserve in one call, one round trip per removal: the key is looked
+        up (a revoked key is refused here, as by Authenticate) and the credits of its account
+        reserved. The gateway's admission may have let the call in on a recent answer for the
+        key; this is where a key revoked since then is refused, before anything is charged.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -258,6 +273,11 @@ def add_AccountsServicer_to_server(servicer, server):
                     servicer.Reserve,
                     request_deserializer=cutout_dot_v1_dot_accounts__pb2.ReserveRequest.FromString,
                     response_serializer=cutout_dot_v1_dot_accounts__pb2.ReserveResponse.SerializeToString,
+            ),
+            'AuthorizeAndReserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthorizeAndReserve,
+                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.AuthorizeAndReserveRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_accounts__pb2.AuthorizeAndReserveResponse.SerializeToString,
             ),
             'Commit': grpc.unary_unary_rpc_method_handler(
                     servicer.Commit,
@@ -397,6 +417,33 @@ class Accounts:
             '/cutout.v1.Accounts/Reserve',
             cutout_dot_v1_dot_accounts__pb2.ReserveRequest.SerializeToString,
             cutout_dot_v1_dot_accounts__pb2.ReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuthorizeAndReserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Accounts/AuthorizeAndReserve',
+            cutout_dot_v1_dot_accounts__pb2.AuthorizeAndReserveRequest.SerializeToString,
+            cutout_dot_v1_dot_accounts__pb2.AuthorizeAndReserveResponse.FromString,
             options,
             channel_credentials,
             insecure,

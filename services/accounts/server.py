@@ -25,14 +25,14 @@ from services.accounts.admin import AdminServicer, start_admin_server
 from services.accounts.convert import access_pb, balance_pb, entry_pb, key_pb, profile_pb
 from services.accounts.credentials import normalise_email
 from services.accounts.db import MIGRATIONS, VERSION_TABLE, make_engine, migrate
-from services.accounts.ledger import BalanceView, Ledger, Outcome
+from services.accounts.ledger import BalanceView, Ledger, Outcome, Reserved
 from services.accounts.mail import Mailer, Outbox, SmtpRelay
 from services.accounts.models import Account
 from services.accounts.settings import AccountsSettings
 from services.accounts.store import AccountStore, Caller
 from services.common import credits
 from services.common.channels import channel_options
-from services.common.errors import ServiceError, abort
+from services.common.errors import ServiceError, abort, processing_restricted
 from services.common.limits import Backoff, Budget, Refused
 from services.common.server import PeriodicJob, ServiceSpec
 from services.common.settings import API_KEY_METADATA, SOURCE_METADATA
@@ -134,6 +134,22 @@ def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str:
     return ""
 
 
+def caller_pb(caller: Caller) -> accounts_pb2.AuthenticateResponse:
+    return accounts_pb2.AuthenticateResponse(
+        account_id=caller.account_id,
+        region=caller.region,
+        plan=caller.plan,
+        key_id=caller.key_id,
+        processing_restricted=caller.processing_restricted,
+        usage_stats_opt_out=caller.usage_stats_opt_out,
+    )
+
+
+def reserve_amount(request: accounts_pb2.ReserveRequest) -> int:
+    """The ledger's unit; a caller that sends whole credits (the older field) still works."""
+    return request.amount_millicredits or request.amount * credits.MILLI
+
+
 class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
     def __init__(
         self, settings: AccountsSettings, store: AccountStore, ledger: Ledger, erasures: rights.Erasures
@@ -157,14 +173,7 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         self, request: accounts_pb2.AuthenticateRequest, context: grpc.aio.ServicerContext
     ) -> accounts_pb2.AuthenticateResponse:
         caller = await run_db(context, "Authenticate", self.store.authenticate, request.api_key)
-        return accounts_pb2.AuthenticateResponse(
-            account_id=caller.account_id,
-            region=caller.region,
-            plan=caller.plan,
-            key_id=caller.key_id,
-            processing_restricted=caller.processing_restricted,
-            usage_stats_opt_out=caller.usage_stats_opt_out,
-        )
+        return caller_pb(caller)
 
     async def Reserve(
         self, request: accounts_pb2.ReserveRequest, context: grpc.aio.ServicerContext
@@ -175,11 +184,38 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             self.ledger.reserve,
             request.account_id,
             request.idempotency_key,
-            # The ledger's unit; a caller that sends whole credits (the older field) still works.
-            request.amount_millicredits or request.amount * credits.MILLI,
+            reserve_amount(request),
             request.request_hash,
         )
         return accounts_pb2.ReserveResponse(reservation_id=reserved.reservation_id, outcome=OUTCOMES[reserved.outcome])
+
+    async def AuthorizeAndReserve(
+        self, request: accounts_pb2.AuthorizeAndReserveRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.AuthorizeAndReserveResponse:
+        caller, reserved = await run_db(context, "AuthorizeAndReserve", self._authorize_and_reserve, request)
+        return accounts_pb2.AuthorizeAndReserveResponse(
+            caller=caller_pb(caller),
+            reserved=accounts_pb2.ReserveResponse(
+                reservation_id=reserved.reservation_id, outcome=OUTCOMES[reserved.outcome]
+            ),
+        )
+
+    def _authorize_and_reserve(self, request: accounts_pb2.AuthorizeAndReserveRequest) -> tuple[Caller, Reserved]:
+        """The key looked up as Authenticate does, then the reservation, on one worker thread."""
+        caller = self.store.authenticate(request.api_key)
+        if caller.processing_restricted:  # set since admission's answer: nothing is reserved
+            raise processing_restricted()
+        reserve = request.reserve
+        if reserve.account_id != caller.account_id:
+            raise ServiceError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "the reservation names another account than the API key's; authenticate again",
+                reason="ACCOUNT_MISMATCH",
+            )
+        reserved = self.ledger.reserve(
+            caller.account_id, reserve.idempotency_key, reserve_amount(reserve), reserve.request_hash
+        )
+        return caller, reserved
 
     async def Commit(
         self, request: accounts_pb2.SettleRequest, context: grpc.aio.ServicerContext

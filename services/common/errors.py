@@ -100,6 +100,16 @@ async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> NoRet
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 
+def processing_restricted() -> ServiceError:
+    """Restriction of processing (the owner's right): the account is kept, its images are not processed."""
+    return ServiceError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "processing is restricted on this account at your request, so no image is processed; lift it "
+        "with UpdateProfile (processing_restricted=false) or `cutout account restrict --off`",
+        reason="ACCOUNT_RESTRICTED",
+    )
+
+
 def aborts_on_service_error(handler: Handler) -> Handler:
     """Decorates a unary servicer method: a ServiceError it raises ends the call with its status."""
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import inspect
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
@@ -32,6 +35,49 @@ admitted_caller: contextvars.ContextVar[accounts_pb2.AuthenticateResponse | None
 )
 
 Authenticate = Callable[[str, grpc.aio.ServicerContext], Awaitable[accounts_pb2.AuthenticateResponse]]
+# The calls whose handler reserves credits with AuthorizeAndReserve, which looks the key up
+# again: admission may let them in on a recent answer (RecentKeys). Every other call with a
+# key is authenticated afresh, since nothing downstream would look at the key again.
+CHARGED_METHODS = (
+    "/cutout.v1.Cutout/RemoveBackground",
+    "/cutout.v1.Cutout/EraseRegions",
+    "/cutout.v1.Cutout/RemoveBackgroundStream",
+)
+
+
+class RecentKeys:
+    """Accounts' recent answers for API keys that it accepted, by the key's sha256, for `ttl_s`.
+
+    Only acceptances are kept: an unknown or revoked key is asked about every time, and so
+    is refused before its upload."""
+
+    def __init__(self, ttl_s: float, capacity: int) -> None:
+        self.ttl_s = ttl_s
+        self.capacity = capacity
+        self._answers: OrderedDict[bytes, tuple[float, accounts_pb2.AuthenticateResponse]] = OrderedDict()
+
+    @staticmethod
+    def _digest(api_key: str) -> bytes:
+        return hashlib.sha256(api_key.encode()).digest()
+
+    def get(self, api_key: str) -> accounts_pb2.AuthenticateResponse | None:
+        digest = self._digest(api_key)
+        entry = self._answers.get(digest)
+        if entry is None:
+            return None
+        if time.monotonic() - entry[0] > self.ttl_s:
+            del self._answers[digest]
+            return None
+        return entry[1]
+
+    def put(self, api_key: str, caller: accounts_pb2.AuthenticateResponse) -> None:
+        if self.ttl_s <= 0:
+            return
+        digest = self._digest(api_key)
+        self._answers[digest] = (time.monotonic(), caller)
+        self._answers.move_to_end(digest)
+        while len(self._answers) > self.capacity:
+            self._answers.popitem(last=False)
 
 
 def source_address(context: grpc.aio.ServicerContext) -> str:
@@ -59,6 +105,7 @@ class Admission(grpc.aio.ServerInterceptor):
         self.settings = settings
         self.guarded = tuple(f"/{name}/" for name in services)
         self.authenticate = authenticate
+        self.recent_keys = RecentKeys(settings.admitted_key_ttl_s, settings.admitted_keys)
         self.without_key = Budget(settings.calls_without_key, "calls without an API key in flight on this gateway")
         self.per_key = Budget(settings.calls_per_key, "calls in flight for this API key")
         self.rate = rate_limiter(
@@ -73,8 +120,9 @@ class Admission(grpc.aio.ServerInterceptor):
             "calls without an API key per second from this address",
         )
 
-    async def _admit(self, context: grpc.aio.ServicerContext, api_key: str) -> Callable[[], None]:
-        """Counts the call in; returns what counts it out. Aborts the call if refused."""
+    async def _admit(self, context: grpc.aio.ServicerContext, api_key: str, charged: bool) -> Callable[[], None]:
+        """Counts the call in; returns what counts it out. Aborts the call if refused.
+        `charged`: the call's handler looks its key up again (CHARGED_METHODS)."""
         if not api_key:
             try:
                 await self.source_rate.take(source_address(context))
@@ -85,10 +133,13 @@ class Admission(grpc.aio.ServerInterceptor):
             except Refused as error:
                 await abort(context, refused(error, "TOO_MANY_CALLS_WITHOUT_KEY"))
             return self.without_key.release
-        try:
-            caller = await self.authenticate(api_key, context)
-        except ServiceError as error:
-            await abort(context, error)
+        caller = self.recent_keys.get(api_key) if charged else None
+        if caller is None:
+            try:
+                caller = await self.authenticate(api_key, context)
+            except ServiceError as error:
+                await abort(context, error)
+            self.recent_keys.put(api_key, caller)
         try:
             await self.rate.take(caller.key_id)
         except Refused as error:
@@ -126,6 +177,7 @@ class Admission(grpc.aio.ServerInterceptor):
         metadata = dict(handler_call_details.invocation_metadata or ())
         api_key = metadata.get(API_KEY_METADATA, "")
         api_key = api_key.decode() if isinstance(api_key, bytes) else api_key
+        charged = handler_call_details.method in CHARGED_METHODS
         options = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
@@ -135,7 +187,7 @@ class Admission(grpc.aio.ServerInterceptor):
             unary_unary = handler.unary_unary
 
             async def stream_unary(requests, context):  # type: ignore[no-untyped-def]
-                release = await self._admit(context, api_key)
+                release = await self._admit(context, api_key, charged)
                 try:
                     return await unary_unary(await self._first(requests, context), context)
                 finally:
@@ -146,7 +198,7 @@ class Admission(grpc.aio.ServerInterceptor):
             unary_stream = handler.unary_stream
 
             async def stream_stream_from_unary(requests, context):  # type: ignore[no-untyped-def]
-                release = await self._admit(context, api_key)
+                release = await self._admit(context, api_key, charged)
                 try:
                     async for response in unary_stream(await self._first(requests, context), context):
                         yield response
@@ -158,7 +210,7 @@ class Admission(grpc.aio.ServerInterceptor):
             yielding = handler.stream_stream
 
             async def admitted_generator(requests, context):  # type: ignore[no-untyped-def]
-                release = await self._admit(context, api_key)
+                release = await self._admit(context, api_key, charged)
                 try:
                     async for response in yielding(requests, context):
                         yield response
@@ -170,7 +222,7 @@ class Admission(grpc.aio.ServerInterceptor):
             writing = handler.stream_stream  # a handler that writes with context.write()
 
             async def admitted_writer(requests, context):  # type: ignore[no-untyped-def]
-                release = await self._admit(context, api_key)
+                release = await self._admit(context, api_key, charged)
                 try:
                     return await writing(requests, context)
                 finally:

@@ -45,6 +45,7 @@ from services.common.errors import (
     abort,
     aborts_on_service_error,
     invalid_argument,
+    processing_restricted,
     relay,
     status_details,
 )
@@ -182,19 +183,20 @@ def _reason(error: ServiceError) -> str | None:
 
 
 def refuse_if_restricted(caller: accounts_pb2.AuthenticateResponse) -> None:
-    """Restriction of processing: the account is kept, its images are not processed."""
+    """Restriction of processing: the account is kept, its images are not processed. (Checked
+    again by AuthorizeAndReserve, since admission may have let the call in on an answer a few
+    seconds old.)"""
     if caller.processing_restricted:
-        raise ServiceError(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "processing is restricted on this account at your request, so no image is processed; lift it "
-            "with UpdateProfile (processing_restricted=false) or `cutout account restrict --off`",
-            reason="ACCOUNT_RESTRICTED",
-        )
+        raise processing_restricted()
 
 
 def _report_charge(response: cutout_pb2.RemoveBackgroundResponse, millicredits: int) -> None:
     response.credits_charged_decimal = credits.text(millicredits)
     response.credits_charged = credits.whole(millicredits)  # the older field: whole credits
+
+
+def _api_key(context: grpc.aio.ServicerContext) -> str:
+    return dict(context.invocation_metadata() or ()).get(API_KEY_METADATA, "")
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -574,9 +576,16 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         caller: accounts_pb2.AuthenticateResponse,
         reserve: accounts_pb2.ReserveRequest,
     ) -> accounts_pb2.ReserveResponse:
-        # Run to its end even if this call is cancelled: a hold made after the cancel
-        # arrived must still be released, not left to lapse.
-        reserving = self._to_the_end(self.down.accounts_call(context, self.down.accounts.Reserve, reserve))
+        # One accounts call: the key looked up again (admission may have let the call in on a
+        # recent answer) and the credits reserved. Run to its end even if this call is
+        # cancelled: a hold made after the cancel arrived must still be released, not left to lapse.
+        authorize = accounts_pb2.AuthorizeAndReserveRequest(api_key=_api_key(context), reserve=reserve)
+
+        async def authorize_and_reserve() -> accounts_pb2.ReserveResponse:
+            reply = await self.down.accounts_call(context, self.down.accounts.AuthorizeAndReserve, authorize)
+            return reply.reserved
+
+        reserving = self._to_the_end(authorize_and_reserve())
         try:
             return await asyncio.shield(reserving)
         except asyncio.CancelledError:
@@ -705,8 +714,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         admitted = admitted_caller.get()
         if admitted is not None and not fresh:
             return admitted
-        api_key = dict(context.invocation_metadata() or ()).get(API_KEY_METADATA, "")
-        return await self.down.authenticate(api_key, context)
+        return await self.down.authenticate(_api_key(context), context)
 
     async def _settle(self, settle: accounts_pb2.SettleRequest, millicredits: int, *, commit: bool) -> bool:
         """Commits or releases a hold; True if committed. Runs to its end even if the call is cancelled."""

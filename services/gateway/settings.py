@@ -65,6 +65,12 @@ class GatewaySettings(ServiceSettings):
     # An open stream re-checks its API key this often, so a revoked key ends it (and
     # stops its items) within about this time.
     stream_reauthenticate_s: float = 0.5
+    # Admission lets RemoveBackground, EraseRegions and RemoveBackgroundStream in on an
+    # answer about the same API key this recent, without asking accounts again: their
+    # reservation (AuthorizeAndReserve) looks the key up anyway, so a key revoked since
+    # is still refused before anything is done for it that counts. 0 asks every time.
+    admitted_key_ttl_s: float = Field(default=5.0, ge=0)
+    admitted_keys: int = Field(default=10_000, ge=1)  # keys remembered at most, least recent forgotten
 
     @model_validator(mode="after")
     def _preview_not_dearer(self) -> GatewaySettings:

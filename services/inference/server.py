@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ from PIL import Image
 from cutout.v1 import erase_pb2, inference_pb2, inference_pb2_grpc, options_pb2
 from services.common.errors import ServiceError, abort, invalid_argument
 from services.common.server import ServiceSpec
-from services.common.telemetry import count, meter, stage
+from services.common.telemetry import count, meter, stage, tracer
 from services.common.tls import Identity
 from services.inference import imaging, inpainting
 from services.inference.budget import PixelBudget
@@ -122,7 +121,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         timings.batch_wait_ms += batched.wait_s * 1000
         timings.model_ms += batched.model_s * 1000
         timings.batch_size = batched.batch_size
-        return await self._cpu(model.profile.probability, batched.output)
+        # A few hundred thousand floats at most: cheaper here than a trip to the pool.
+        return model.profile.probability(batched.output)
 
     async def _process(
         self,
@@ -134,37 +134,25 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         timings: options_pb2.StageTimings,
         started: float,
     ) -> inference_pb2.SegmentResponse:
+        # Each request crosses into the pixel pool twice: everything before the model in
+        # one call, everything after it in another (each crossing costs a thread switch
+        # and a trip through the event loop, which serves every other request too).
+        stages = imaging.Stages()
         with model.batcher.arriving():
-            with _stage(timings, "decode"):
-                image = await self._cpu(imaging.decode_pixels, header)
-                if backdrop is not None:
-                    backdrop = await self._cpu(imaging.decode_pixels, backdrop)
-            with _stage(timings, "preprocess"):
-                original = image.size
-                if spec.size == options_pb2.SIZE_PREVIEW and imaging.preview_size(original) != original:
-                    image = await self._cpu(_resized, image, imaging.preview_size(original))
-                roi = imaging.roi_box(spec.roi, original, image.size) if spec.roi else None
-                looked_at = await self._cpu(image.crop, roi) if roi else image
-                tensor = await self._cpu(model.profile.tensor, looked_at)
-        probability = await self._run_model(model, tensor, timings)
+            prepared = await self._cpu(imaging.prepare, header, spec, model.profile, backdrop, stages)
+        _record(stages, timings)
+        probability = await self._run_model(model, prepared.tensor, timings)
         if fallback is not None and not looks_like_person(probability, self.catalog.person_rule):
             model = await self.catalog.get(fallback)
             with _stage(timings, "preprocess"):
-                tensor = await self._cpu(model.profile.tensor, looked_at)
+                tensor = await self._cpu(model.profile.tensor, prepared.looked_at)
             probability = await self._run_model(model, tensor, timings)
 
-        with _stage(timings, "postprocess"):
-            helpers = self.filter_helpers if self._in_pool == 0 else None
-            alpha = await self._cpu(functools.partial(imaging.refine_mask, helpers=helpers), looked_at, probability)
-            if roi:  # outside the roi is background
-                inside, alpha = alpha, Image.new("L", image.size, 0)
-                alpha.paste(inside, roi[:2])
-            fraction = await self._cpu(imaging.foreground_fraction, alpha)
-
         format_name = options_pb2.OutputFormat.Name(spec.format)
-        with _stage(timings, "encode") as span:
-            span.set_attribute("cutout.output_format", format_name)
-            rendered = await self._cpu(imaging.render, image, alpha, spec, backdrop)
+        stages = imaging.Stages()
+        helpers = self.filter_helpers if self._in_pool == 0 else None
+        rendered, fraction = await self._cpu(imaging.finish, prepared, probability, spec, helpers, stages)
+        _record(stages, timings, {"cutout.output_format": format_name})
         timings.total_ms = _ms_since(started)
         count(_images, 1, {"cutout.output_format": format_name})
         return inference_pb2.SegmentResponse(
@@ -256,8 +244,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self.filter_helpers.shutdown(wait=False, cancel_futures=True)
 
 
-def _resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+def _record(
+    stages: imaging.Stages, timings: options_pb2.StageTimings, attributes: dict[str, str] | None = None
+) -> None:
+    """Stages timed on a worker thread, as child spans of this request's span and in `timings`."""
+    for name, start, end in stages.marks:
+        span = tracer.start_span(name, start_time=start, attributes=attributes)
+        span.end(end_time=end)
+        setattr(timings, f"{name}_ms", getattr(timings, f"{name}_ms") + (end - start) / 1e6)
 
 
 def _rect(box: tuple[int, int, int, int] | None) -> options_pb2.Rect | None:
