@@ -368,7 +368,7 @@ def test_an_account_that_objects_is_in_no_metric(cell, channel, photos):
     watched = [
         ("gateway", RPC_SERVER_DURATION, {"rpc.method": "cutout.v1.Cutout/RemoveBackground"}),
         ("gateway", "cutout.credits", {"operation": "commit"}),
-        ("accounts", RPC_SERVER_DURATION, {"rpc.method": "cutout.v1.Accounts/Reserve"}),
+        ("accounts", RPC_SERVER_DURATION, {"rpc.method": "cutout.v1.Accounts/AuthorizeAndReserve"}),
         ("accounts", RPC_SERVER_DURATION, {"rpc.method": "cutout.v1.Accounts/Commit"}),
         ("retention", RPC_SERVER_DURATION, {"rpc.method": "cutout.v1.Retention/Store"}),
         ("retention", "cutout.retention.stored", {}),

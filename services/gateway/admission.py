@@ -43,6 +43,16 @@ CHARGED_METHODS = (
     "/cutout.v1.Cutout/EraseRegions",
     "/cutout.v1.Cutout/RemoveBackgroundStream",
 )
+# Calls that change what a remembered answer says about its account (restriction,
+# objection to statistics, the account itself): once one succeeds, that account's
+# remembered answers are forgotten, so the next charged call asks accounts again.
+# (Another gateway replica may go on with its own for up to ADMITTED_KEY_TTL_S.)
+ACCOUNT_CHANGING_METHODS = (
+    "/cutout.v1.Cutout/UpdateProfile",
+    "/cutout.v1.Cutout/ChangeEmail",
+    "/cutout.v1.Cutout/DeleteAccount",
+    "/cutout.v1.Cutout/RevokeApiKey",
+)
 
 
 class RecentKeys:
@@ -69,6 +79,10 @@ class RecentKeys:
             del self._answers[digest]
             return None
         return entry[1]
+
+    def forget_account(self, account_id: str) -> None:
+        for digest in [d for d, (_, caller) in self._answers.items() if caller.account_id == account_id]:
+            del self._answers[digest]
 
     def put(self, api_key: str, caller: accounts_pb2.AuthenticateResponse) -> None:
         if self.ttl_s <= 0:
@@ -186,10 +200,16 @@ class Admission(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             unary_unary = handler.unary_unary
 
+            changes_account = handler_call_details.method in ACCOUNT_CHANGING_METHODS
+
             async def stream_unary(requests, context):  # type: ignore[no-untyped-def]
                 release = await self._admit(context, api_key, charged)
                 try:
-                    return await unary_unary(await self._first(requests, context), context)
+                    response = await unary_unary(await self._first(requests, context), context)
+                    caller = admitted_caller.get()
+                    if changes_account and caller is not None:
+                        self.recent_keys.forget_account(caller.account_id)
+                    return response
                 finally:
                     release()
 
