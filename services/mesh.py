@@ -184,6 +184,8 @@ def accounts_process(
     return ServiceProcess(
         "accounts",
         {
+            # Its e-mails (sign-up codes) next to its logs, unless the cell says where.
+            "CUTOUT_ACCOUNTS_MAIL_OUTBOX_DIR": str(run_dir / "outbox"),
             **env,
             "CUTOUT_ACCOUNTS_DATABASE_URL": database_url,
             "CUTOUT_ACCOUNTS_ADMINS_FILE": str(admins_file),
@@ -577,7 +579,9 @@ def main(argv: list[str] | None = None) -> int:
     started: list[Mesh] = []
     try:
         for mesh in cells:
-            print(f"[{mesh.region}] starting Triton, inference, accounts, retention and gateway ...", flush=True)
+            # One cell prints as `make up` always has; several are told apart by region.
+            tag = f"[{mesh.region}] " if len(cells) > 1 else ""
+            print(f"{tag}starting Triton, inference, accounts, retention and gateway ...", flush=True)
             started.append(mesh)
             mesh.start()
             api_key = demo_account(
@@ -589,15 +593,17 @@ def main(argv: list[str] | None = None) -> int:
                 admin=mesh.admin_address,
             )
             run_demo(mesh.gateway.address, mesh.data_dir, api_key, ca_file=mesh.ca_file)
-            print(f"[{mesh.region}] gateway listening on {mesh.gateway.address}")
-            print(f"[{mesh.region}] a demo account (topped up to {DEMO_CREDITS} credits); its new API key, shown once:")
+            print(f"{tag}gateway listening on {mesh.gateway.address}")
             print(
-                f"  export CUTOUT_GATEWAY={mesh.gateway.address} CUTOUT_API_KEY={api_key} CUTOUT_CA_FILE={mesh.ca_file}"
+                f"{tag}a demo account (topped up to {DEMO_CREDITS} credits before the demo); its new API key, "
+                "shown once:"
             )
+            exports = f"CUTOUT_GATEWAY={mesh.gateway.address} CUTOUT_API_KEY={api_key} CUTOUT_CA_FILE={mesh.ca_file}"
+            print(f"  export {exports}")
             print("  cutout balance; cutout remove photo.jpg -o photo.png")
-            print(f"[{mesh.region}] administration (inside the cell only), admin {mesh.admin_name}'s token:")
+            print(f"{tag}administration (inside the cell only), admin {mesh.admin_name}'s token:")
             print(f"  export CUTOUT_ADMIN_ENDPOINT={mesh.admin_address} CUTOUT_ADMIN_TOKEN={mesh.admin_token}")
-            print(f"[{mesh.region}] logs in {mesh.run_dir}, e-mails (sign-up codes) in {mesh.outbox}", flush=True)
+            print(f"{tag}logs in {mesh.run_dir}, e-mails (sign-up codes) in {mesh.outbox}", flush=True)
         print("Ctrl-C stops everything", flush=True)
         while True:
             for mesh in cells:

@@ -74,7 +74,7 @@ def store_with(tmp_path: Path, mailer: SmtpRelay) -> AccountStore:
         plan="free",
         scrypt_n=2**10,
         outbox=mailer,
-        free_credits=2,
+        free_millicredits=2000,
     )
 
 

@@ -235,7 +235,7 @@ def test_migration_0003_multiplies_every_amount_by_1000_and_keeps_the_ledger_who
         kinds = set(connection.execute(text("SELECT DISTINCT kind FROM ledger_entries")).scalars())
     assert kinds == {"grant", "reserve", "commit", "release", "expire"}
 
-    migrate(engine)  # to head: 0003_units
+    migrate(engine, "0003_units")
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0003_units"
     after = _amounts(engine)
@@ -289,9 +289,9 @@ def test_the_demo_account_is_topped_up_to_exactly_its_credits(mesh: Mesh, tmp_pa
     from services.mesh import demo_account
 
     def top_up() -> str:
-        return demo_account(
-            mesh.gateway.address, mesh.admin_token, tmp_path, credits=5, ca_file=mesh.ca_file, admin=mesh.admin_address
-        )
+        # The mesh's own data folder: the demo account's code arrives in its outbox.
+        gateway, admin = mesh.gateway.address, mesh.admin_address
+        return demo_account(gateway, mesh.admin_token, mesh.data_dir, credits=5, ca_file=mesh.ca_file, admin=admin)
 
     metadata = [(API_KEY_METADATA, top_up())]
     with mesh.gateway.channel() as channel:
