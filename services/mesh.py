@@ -397,6 +397,8 @@ class Mesh:
             self.services.append(accounts)
             accounts.start()
             accounts.wait_serving()
+            # A restart (a supervisor's, or a test's) listens for administration on the same port too.
+            accounts.env["CUTOUT_ACCOUNTS_ADMIN_PORT"] = self.admin_address.rsplit(":", 1)[1]
             ADMINS[self.admin_token] = self.admin
             gateway = gateway_process(
                 self.run_dir,

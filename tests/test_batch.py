@@ -77,11 +77,13 @@ def test_batch_of_50_photos_writes_50_cutouts_and_a_rerun_skips_them_all(mesh, r
     assert "0 done, 0 failed, 50 skipped" in again.stdout
     assert balance(raw_channel, account).available == 10
 
-    # Outputs lost after they were charged (a crash before the write) come back free of charge.
+    # Outputs lost after they were charged (a crash before the write) are not run or charged
+    # again: their keys were served, and results are stored only when asked (issue 19).
     for path in outputs[:3]:
         path.unlink()
     resumed = run_cli(mesh, "batch", str(photos), "-o", str(out), "--format", "webp", api_key=account.api_key)
-    assert resumed.returncode == 0 and "3 done, 0 failed, 47 skipped" in resumed.stdout, resumed.stdout
+    assert resumed.returncode == 1 and "0 done, 3 failed, 47 skipped" in resumed.stdout, resumed.stdout
+    assert resumed.stdout.count("ALREADY_EXISTS") == 3
     assert "0 credits charged" in resumed.stdout and balance(raw_channel, account).available == 10
 
 

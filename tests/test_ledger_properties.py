@@ -450,6 +450,42 @@ def test_a_hold_nobody_commits_is_released_by_the_sweep(template_db, tmp_path) -
     engine.dispose()
 
 
+def test_a_commit_whose_result_was_not_handed_over_is_refunded_once(template_db, tmp_path) -> None:
+    path = tmp_path / "ledger.db"
+    shutil.copy(template_db, path)
+    engine = make_engine(f"sqlite:///{path}")
+    ledger = Ledger(engine, hold_timeout=HOLD, clock=lambda: START)
+    with engine.begin() as connection:
+        connection.execute(
+            Account.__table__.insert().values(  # type: ignore[attr-defined]
+                id="acc",
+                email="e@example.com",
+                password_hash="-",
+                region="eu",
+                plan="free",
+                age_confirmed=True,
+                marketing_opt_in=False,
+                display_name="",
+                created_at=START,
+            )
+        )
+    ledger.grant("acc", 3, "admin", START + timedelta(days=1))
+    held = ledger.reserve("acc", "r1", 2, "h")
+    ledger.commit("acc", held.reservation_id)
+    with pytest.raises(ServiceError) as caught:  # a plain release never undoes a charge
+        ledger.release("acc", held.reservation_id)
+    assert caught.value.reason == "RESERVATION_COMMITTED"
+    assert ledger.release("acc", held.reservation_id, undelivered=True) == "released"
+    assert ledger.release("acc", held.reservation_id, undelivered=True) == "released"  # idempotent
+    assert (ledger.balance("acc").available, ledger.balance("acc").held) == (3, 0)
+    entries, balance = ledger.entries("acc")
+    kinds = [row.kind for row, _ in reversed(entries)]
+    assert kinds == ["grant", "reserve", "commit", "refund"]
+    assert sum(row.amount for row, _ in entries) == balance.available
+    assert ledger.reserve("acc", "r1", 2, "h").outcome == Outcome.DUPLICATE_RELEASED  # a retry is charged anew
+    engine.dispose()
+
+
 def test_migrate_command_creates_the_schema_and_is_idempotent(tmp_path) -> None:
     import subprocess
     import sys

@@ -168,8 +168,10 @@ def test_errors_mark_spans_with_the_code_only(traced_mesh, receiver, customer):
     assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert span.attributes["rpc.response.status_code"] == "INVALID_ARGUMENT"
     assert span.attributes["rpc.method"] == REMOVE.lstrip("/")
-    # The inference service's log line about the refusal carries the same trace id.
-    refusals = [line for line in traced_mesh.inference.log_path.read_text().splitlines() if "Segment refused" in line]
+    # The log line about the refusal (the gateway's: a body that is no image is refused before
+    # any credit is reserved or inference called) carries the same trace id.
+    log_lines = traced_mesh.gateway.log_path.read_text().splitlines()
+    refusals = [line for line in log_lines if "RemoveBackground refused: INVALID_ARGUMENT" in line]
     assert any(f"trace={span.span.trace_id.hex()}" in line for line in refusals), refusals
 
 

@@ -82,12 +82,14 @@ class ReserveResponse(_message.Message):
     def __init__(self, reservation_id: _Optional[str] = ..., outcome: _Optional[_Union[ReserveOutcome, str]] = ...) -> None: ...
 
 class SettleRequest(_message.Message):
-    __slots__ = ("account_id", "reservation_id")
+    __slots__ = ("account_id", "reservation_id", "undelivered")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    UNDELIVERED_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     reservation_id: str
-    def __init__(self, account_id: _Optional[str] = ..., reservation_id: _Optional[str] = ...) -> None: ...
+    undelivered: bool
+    def __init__(self, account_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., undelivered: _Optional[bool] = ...) -> None: ...
 
 class SettleResponse(_message.Message):
     __slots__ = ("state",)

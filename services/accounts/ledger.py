@@ -17,6 +17,7 @@ balance) and `held` (change of the held credits):
 
     grant    +n  0     reserve  -n +n    commit   0 -n
     release  +n -n     expire   -left 0  (what an expired grant still had)
+    refund   +n  0     (a committed result the gateway could not hand over)
 
 What each grant has left is `amount - used`: `used` counts what live (held or
 committed) reservations took from it, per `reservation_allocations`, and changes with
@@ -234,11 +235,19 @@ class Ledger:
                 state = COMMITTED
             return state
 
-    def release(self, account_id: str, reservation_id: str) -> str:
+    def release(self, account_id: str, reservation_id: str, *, undelivered: bool = False) -> str:
+        """Releases a hold; with `undelivered`, also undoes a commit whose result never reached
+        the caller (the gateway commits before it hands a result over, so it can say)."""
         with self.engine.begin() as db:
             now = self._lock_and_settle(db, account_id)
             reservation = self._reservation(db, account_id, reservation_id)
             state = reservation.state
+            if state == COMMITTED and undelivered:
+                db.execute(update(RESERVATIONS).where(RESERVATIONS.c.id == reservation.id).values(state=RELEASED))
+                self._return_to_grants(db, reservation.id)
+                self._entry(db, account_id, "refund", reservation.amount, 0, now, reservation.id)
+                self._expire_grants(db, account_id, now)
+                return RELEASED
             if state == COMMITTED:
                 raise ServiceError(
                     grpc.StatusCode.FAILED_PRECONDITION,
@@ -361,12 +370,15 @@ class Ledger:
     def _release(self, db: Connection, account_id: str, reservation: Row[Any], now: datetime) -> None:
         """Releases a held reservation (a row with its id and amount): its credits go back to their grants."""
         db.execute(update(RESERVATIONS).where(RESERVATIONS.c.id == reservation.id).values(state=RELEASED))
+        self._return_to_grants(db, reservation.id)
+        self._entry(db, account_id, "release", reservation.amount, -reservation.amount, now, reservation.id)
+
+    def _return_to_grants(self, db: Connection, reservation_id: str) -> None:
         allocations = db.execute(
-            select(ALLOCATIONS.c.grant_id, ALLOCATIONS.c.amount).where(ALLOCATIONS.c.reservation_id == reservation.id)
+            select(ALLOCATIONS.c.grant_id, ALLOCATIONS.c.amount).where(ALLOCATIONS.c.reservation_id == reservation_id)
         ).all()
         for grant_id, take in allocations:
             _count_used(db, grant_id, -take)
-        self._entry(db, account_id, "release", reservation.amount, -reservation.amount, now, reservation.id)
 
     def _expire_grants(self, db: Connection, account_id: str, now: datetime) -> None:
         for _, grant_id, leftover in _expired_leftovers(db, now, account_id):

@@ -95,7 +95,7 @@ class LedgerEntry(SQLModel, table=True):
 
     seq: int | None = Field(default=None, primary_key=True)
     account_id: str = Field(foreign_key="accounts.id", max_length=36)
-    kind: str = Field(max_length=16)  # grant, reserve, commit, release, expire
+    kind: str = Field(max_length=16)  # grant, reserve, commit, release, refund, expire
     amount: int = Field(sa_column=Column(BigInteger, nullable=False))
     held: int = Field(sa_column=Column(BigInteger, nullable=False))
     reservation_id: str | None = Field(default=None, max_length=36)

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 import grpc
 from sqlalchemy import Engine, Row
-from sqlalchemy.exc import SQLAlchemyError
 
 from cutout.v1 import account_pb2, accounts_pb2, accounts_pb2_grpc, retention_pb2, retention_pb2_grpc, rights_pb2
 from services.accounts import rights
@@ -36,7 +35,7 @@ from services.common.errors import ServiceError, abort, processing_restricted
 from services.common.limits import Backoff, Budget, Refused
 from services.common.server import PeriodicJob, ServiceSpec
 from services.common.settings import API_KEY_METADATA, SOURCE_METADATA
-from services.common.sql import MigrationsApplied, database_ready
+from services.common.sql import MigrationsApplied, database_errors, database_ready
 from services.common.tasks import start_kept
 from services.common.tls import channel_credentials, is_loopback
 
@@ -59,24 +58,11 @@ async def run_db(
     *args: object,
     pool: PasswordPool | None = None,
 ) -> T:
-    """Runs `fn` in a thread (of `pool` if given); its ServiceError (or a database failure) ends the call."""
-    try:
-        if pool is not None:
-            return await pool.run(fn, *args)
-        return await asyncio.to_thread(fn, *args)
-    except ServiceError as error:
-        log.info("%s refused: %s (%s)", method, error.code.name, error.reason or "")
-        await abort(context, error)
-    except SQLAlchemyError as error:
-        log.error("%s: database error %s", method, type(error).__name__)
-        await abort(
-            context,
-            ServiceError(
-                grpc.StatusCode.UNAVAILABLE,
-                "the accounts database is unavailable; retry shortly",
-                reason="DATABASE_UNAVAILABLE",
-            ),
-        )
+    """Runs `fn` in a thread (of `pool` if given). Its errors end the call through the error
+    boundary (services/common/errors.py; a database failure is DATABASE_UNAVAILABLE)."""
+    if pool is not None:
+        return await pool.run(fn, *args)
+    return await asyncio.to_thread(fn, *args)
 
 
 def _checked(backoff: Backoff, key: str, check: Callable[[], T]) -> T:
@@ -226,7 +212,8 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
     async def Release(
         self, request: accounts_pb2.SettleRequest, context: grpc.aio.ServicerContext
     ) -> accounts_pb2.SettleResponse:
-        state = await run_db(context, "Release", self.ledger.release, request.account_id, request.reservation_id)
+        release = functools.partial(self.ledger.release, undelivered=request.undelivered)
+        state = await run_db(context, "Release", release, request.account_id, request.reservation_id)
         return accounts_pb2.SettleResponse(state=state)
 
     # -- account calls (the caller's key comes in the forwarded metadata) -----------
@@ -629,4 +616,5 @@ def build(settings: AccountsSettings) -> ServiceSpec:
             PeriodicJob("sweep", settings.sweep_interval_s, sweep),
             PeriodicJob("erasures", settings.erasure_resume_interval_s, resume_erasures),
         ],
+        known_errors=database_errors("accounts"),
     )

@@ -1,19 +1,27 @@
-"""gRPC errors with actionable messages and machine-readable details (google.rpc)."""
+"""gRPC errors with actionable messages and machine-readable details (google.rpc), and
+the one error boundary every service's handlers run inside (`ErrorBoundary`)."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+import inspect
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry import trace
 
 from services.common.telemetry import mark_error
 
+log = logging.getLogger(__name__)
+
 ERROR_DOMAIN = "cutout.v1"
+DEPENDENCY_UNAVAILABLE = "a service Cutout depends on is unavailable; retry shortly"
 
 
 class ServiceError(Exception):
@@ -58,6 +66,11 @@ class ServiceError(Exception):
         if error.code() == grpc.StatusCode.UNAVAILABLE and rpc_status.from_call(error) is None:
             return cls(grpc.StatusCode.UNAVAILABLE, unavailable, reason="DEPENDENCY_UNAVAILABLE")
         status = rpc_status.from_call(error)
+        if status is None and error.code() in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+            # An exception's text (grpc's default for an unhandled one) is never passed on.
+            return cls(
+                grpc.StatusCode.INTERNAL, "a service Cutout depends on failed; retry", reason="DEPENDENCY_FAILED"
+            )
         if status is None:
             status = status_pb2.Status(code=_proto_code(error.code()), message=error.details() or "")
         return cls(error.code(), status.message, status=status)
@@ -111,7 +124,10 @@ def processing_restricted() -> ServiceError:
 
 
 def aborts_on_service_error(handler: Handler) -> Handler:
-    """Decorates a unary servicer method: a ServiceError it raises ends the call with its status."""
+    """Decorates a unary servicer method: a ServiceError it raises ends the call with its status.
+
+    Every server runs its handlers inside `ErrorBoundary`, which does this and more; this
+    stays for code that calls a handler outside a server."""
 
     @functools.wraps(handler)
     async def wrapped(self: object, request: object, context: grpc.aio.ServicerContext) -> Any:
@@ -159,3 +175,105 @@ def _pack(message: object) -> any_pb2.Any:
 
 def _proto_code(code: grpc.StatusCode) -> int:
     return code_pb2.Code.Value(code.name)
+
+
+# -- the error boundary ---------------------------------------------------------------
+
+# Maps an exception type a service knows (a database error, say) to the error the caller gets.
+KnownErrors = Mapping[type[BaseException], Callable[[Any], ServiceError]]
+
+
+def _reason_of(error: ServiceError) -> str:
+    if error.reason:
+        return error.reason
+    infos = [d for d in status_details(error.to_proto()) if isinstance(d, error_details_pb2.ErrorInfo)]
+    return infos[0].reason if infos else ""
+
+
+def internal_error(method: str, error: BaseException) -> ServiceError:
+    """INTERNAL with an opaque id; the exception, the id and the trace id go to the log only."""
+    error_id = secrets.token_hex(8)
+    context = trace.get_current_span().get_span_context()
+    trace_id = format(context.trace_id, "032x") if context.is_valid else "-"
+    log.error(
+        "internal error %s in %s (trace %s): %s",
+        error_id,
+        method,
+        trace_id,
+        type(error).__name__,
+        exc_info=(type(error), error, error.__traceback__),
+    )
+    return ServiceError(
+        grpc.StatusCode.INTERNAL,
+        f"internal error; nothing was charged. Retry, and if it persists quote error id {error_id}",
+        reason="INTERNAL",
+        metadata={"error_id": error_id},
+    )
+
+
+def to_service_error(method: str, error: Exception, known: KnownErrors = {}) -> ServiceError:  # noqa: B006
+    """What a handler's exception becomes: ServiceError as it is, a downstream's error passed on,
+    a known type by its mapping, anything else INTERNAL (never its text)."""
+    if isinstance(error, ServiceError):
+        return error
+    if isinstance(error, grpc.aio.AioRpcError):
+        return ServiceError.from_downstream(error, DEPENDENCY_UNAVAILABLE)
+    for kind, mapping in known.items():
+        if isinstance(error, kind):
+            return mapping(error)
+    return internal_error(method, error)
+
+
+class ErrorBoundary(grpc.aio.ServerInterceptor):
+    """Runs every handler of a server inside one boundary (services/common/server.py installs
+    it innermost, so the call's span is current): see `to_service_error`."""
+
+    def __init__(self, known: KnownErrors | None = None) -> None:
+        self.known = dict(known or {})
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method
+        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+            behaviour = getattr(handler, kind)
+            if behaviour is not None:
+                return handler._replace(**{kind: self._wrap(method, behaviour)})  # type: ignore[attr-defined]
+        return handler
+
+    def _wrap(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        known = self.known
+
+        async def fail(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
+            refused = to_service_error(method, error, known)
+            if refused.code != grpc.StatusCode.INTERNAL:
+                log.info("%s refused: %s (%s)", method.rsplit("/", 1)[-1], refused.code.name, _reason_of(refused))
+            await abort(context, refused)
+
+        if inspect.isasyncgenfunction(behaviour):
+
+            async def streaming(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    async for item in behaviour(request, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as error:
+                    await fail(context, error)
+
+            return streaming
+
+        async def unary(request: object, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behaviour(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await fail(context, error)
+
+        return unary

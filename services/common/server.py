@@ -23,6 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.errors import ErrorBoundary, KnownErrors
 from services.common.memory import keep_freed_memory
 from services.common.settings import MIB, ServiceSettings
 from services.common.telemetry import LOG_FORMAT, logging_format_ready, setup_telemetry
@@ -39,6 +40,9 @@ LIVENESS = "liveness"
 # Clients are asked to reconnect every few minutes (calls in flight finish first), so
 # that their DNS re-resolution finds replicas added since and load spreads onto them.
 CONNECTION_AGE_OPTIONS: list[tuple[str, int]] = [("grpc.max_connection_age_ms", 300_000)]
+# Clients' keepalive pings (services/common/channels.py: every 30 s while calls are open)
+# are welcome down to every 20 s; faster ones would be answered with GOAWAY.
+KEEPALIVE_SERVER_OPTIONS: list[tuple[str, int]] = [("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000)]
 
 
 async def _always_ready() -> bool:
@@ -80,6 +84,9 @@ class ServiceSpec:
     callers_by_method: Mapping[str, Sequence[str]] = field(default_factory=dict)
     # Runs once the server has started (a second listener of the service, say).
     on_start: Callable[[], Awaitable[None]] = _nothing
+    # Exceptions of the service's own libraries and the errors callers get for them (the
+    # error boundary makes anything else INTERNAL with an opaque id).
+    known_errors: KnownErrors = field(default_factory=dict)
 
 
 def grpc_message_options(settings: ServiceSettings) -> list[tuple[str, int]]:
@@ -160,7 +167,8 @@ async def start_service(
 ) -> RunningService:
     # Telemetry's first, so that what the service's own interceptors do (the gateway
     # authenticates at admission) is inside the call's span.
-    interceptors = [*interceptors, *spec.interceptors]
+    # The error boundary last: innermost, around the handler itself, inside the call's span.
+    interceptors = [*interceptors, *spec.interceptors, ErrorBoundary(spec.known_errors)]
     if settings.tls_client_ca_file is not None:
         # Mutual TLS: only the allowed services may call this one's own RPCs.
         interceptors = [
@@ -169,7 +177,7 @@ async def start_service(
         ]
     server = grpc.aio.server(
         interceptors=list(interceptors),
-        options=[*grpc_message_options(settings), *CONNECTION_AGE_OPTIONS],
+        options=[*grpc_message_options(settings), *CONNECTION_AGE_OPTIONS, *KEEPALIVE_SERVER_OPTIONS],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     spec.register(server)

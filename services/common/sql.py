@@ -7,11 +7,13 @@ each service's schema is managed by its own Alembic migrations (no alembic.ini).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -20,6 +22,10 @@ from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import create_engine
+
+from services.common.errors import ServiceError
+
+log = logging.getLogger(__name__)
 
 
 def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
@@ -149,3 +155,20 @@ class MigrationsApplied:
         if not self._applied:
             self._applied = schema_is_current(self._engine, self._migrations, version_table=self._version_table)
         return self._applied
+
+
+def database_errors(name: str) -> dict[type[BaseException], Callable[[Any], ServiceError]]:
+    """The error boundary's mapping for a service's database: any SQLAlchemy error is
+    UNAVAILABLE (DATABASE_UNAVAILABLE), logged by its type only (a database error's text
+    can quote the parameters of its statement)."""
+
+    def unavailable(error: SQLAlchemyError) -> ServiceError:
+        log.error("database error %s", type(error).__name__)
+        return ServiceError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the {name} database is unavailable; retry shortly",
+            reason="DATABASE_UNAVAILABLE",
+            retry_after_s=1.0,
+        )
+
+    return {SQLAlchemyError: unavailable}

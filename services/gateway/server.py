@@ -13,7 +13,6 @@ import asyncio
 import functools
 import hashlib
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -43,7 +42,6 @@ from services.common.chunks import pieces
 from services.common.errors import (
     ServiceError,
     abort,
-    aborts_on_service_error,
     invalid_argument,
     processing_restricted,
     relay,
@@ -53,9 +51,9 @@ from services.common.limits import FairSlots
 from services.common.server import ServiceSpec
 from services.common.settings import API_KEY_METADATA, SOURCE_METADATA
 from services.common.tasks import start_kept
-from services.common.telemetry import count, meter
 from services.gateway import export
 from services.gateway.admission import Admission, admitted_caller, source_address
+from services.gateway.charging import Charger, Deliver, Handoff, api_key, check_erase, check_removal, new_key
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -63,9 +61,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R", bound=Message)
 
-_credits = meter.create_counter(
-    "cutout.credits", description="Credits reserved, committed and released for removals and erasures, by operation"
-)
 
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 INFERENCE_UNAVAILABLE = "the inference service is unavailable; retry shortly"
@@ -73,8 +68,6 @@ ACCOUNTS_SERVICE = accounts_pb2.DESCRIPTOR.services_by_name["Accounts"].full_nam
 ACCOUNTS_UNAVAILABLE = "the accounts service is unavailable; retry shortly"
 RETENTION_SERVICE = retention_pb2.DESCRIPTOR.services_by_name["Retention"].full_name
 RETENTION_UNAVAILABLE = "the retention service is unavailable; retry shortly"
-# Outcomes under which this call holds the credits and must commit or release them.
-OWNED = (accounts_pb2.RESERVE_OUTCOME_NEW, accounts_pb2.RESERVE_OUTCOME_DUPLICATE_RELEASED)
 
 
 def request_hash(request: cutout_pb2.RemoveBackgroundRequest) -> str:
@@ -103,6 +96,8 @@ class Downstreams:
         self.accounts = accounts_pb2_grpc.AccountsStub(self.accounts_channel)
         self.retention_channel = mesh_channel(settings.retention_target, settings, settings.max_message_bytes)
         self.retention = retention_pb2_grpc.RetentionStub(self.retention_channel)
+        # Which dependencies answered their last health check (ready() updates it).
+        self.live = {"inference": True, "accounts": True, "retention": True}
 
     async def authenticate(self, api_key: str, context: grpc.aio.ServicerContext) -> accounts_pb2.AuthenticateResponse:
         """The account behind an API key; its errors (UNAUTHENTICATED, ...) raised as ServiceError."""
@@ -149,13 +144,20 @@ class Downstreams:
             raise ServiceError.from_downstream(error, unavailable) from None
 
     async def ready(self) -> bool:
-        """SERVING only while inference, accounts and retention all are."""
+        """The gateway's own readiness: always, once it runs. It serves what its live
+        dependencies allow (removals without retention; fetches by token without accounts),
+        so an outage behind it never takes it out of rotation; what cannot be served now is
+        refused with UNAVAILABLE. Each round notes which dependencies answer (`live`)."""
         checks = await asyncio.gather(
             self._serving(self.inference_channel, INFERENCE_SERVICE),
             self._serving(self.accounts_channel, ACCOUNTS_SERVICE),
             self._serving(self.retention_channel, RETENTION_SERVICE),
         )
-        return all(checks)
+        changed = {name: ok for name, ok in zip(self.live, checks, strict=True) if self.live[name] != ok}
+        for name, ok in changed.items():
+            log.warning("dependency %s is %s", name, "back" if ok else "unavailable")
+        self.live.update(changed)
+        return True
 
     async def _serving(self, channel: grpc.aio.Channel, service: str) -> bool:
         try:
@@ -195,8 +197,8 @@ def _report_charge(response: cutout_pb2.RemoveBackgroundResponse, millicredits: 
     response.credits_charged = credits.whole(millicredits)  # the older field: whole credits
 
 
-def _api_key(context: grpc.aio.ServicerContext) -> str:
-    return dict(context.invocation_metadata() or ()).get(API_KEY_METADATA, "")
+def _inference_error(error: grpc.aio.AioRpcError) -> ServiceError:
+    return ServiceError.from_downstream(error, INFERENCE_UNAVAILABLE)
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -220,8 +222,10 @@ class _Stream:
     def start(self, item: Coroutine[Any, Any, None]) -> None:
         start_kept(self.tasks, item)
 
-    async def write(self, result: cutout_pb2.StreamItemResult) -> None:
+    async def write(self, result: cutout_pb2.StreamItemResult, handoff: Handoff | None = None) -> None:
         async with self._writing:
+            if handoff is not None:
+                handoff.handed = True  # from here on the caller may have it: it stays charged
             await self.context.write(cutout_pb2.StreamResponse(item=result))
 
     async def finish(self) -> None:
@@ -238,7 +242,6 @@ class _Stream:
 def _forwarded(name: str, forward: tuple[str, ...], stub: str = "accounts") -> Callable[..., Awaitable[Any]]:
     """A handler that passes the request and the caller's credentials on to accounts."""
 
-    @aborts_on_service_error
     async def handler(self: Any, request: object, context: grpc.aio.ServicerContext) -> Any:
         method = getattr(getattr(self.down, stub), name)
         return await self.down.accounts_call(context, method, request, forward)
@@ -251,13 +254,11 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
     def __init__(self, settings: GatewaySettings, down: Downstreams) -> None:
         self.settings = settings
         self.down = down
-        # Ledger work that must finish even when the call that started it is cancelled.
-        self._to_finish: set[asyncio.Task[Any]] = set()
+        self.charger = Charger(settings, down.accounts, down.accounts_call)
         # Stream items in flight over all streams of this process (flow control).
         # at most account_stream_items_in_flight of them for one account.
         self._stream_slots = FairSlots(settings.process_stream_items_in_flight, settings.account_stream_items_in_flight)
 
-    @aborts_on_service_error
     async def RemoveBackground(
         self, request: cutout_pb2.RemoveBackgroundRequest, context: grpc.aio.ServicerContext
     ) -> cutout_pb2.RemoveBackgroundResponse:
@@ -267,7 +268,6 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         response.timings.total_ms = (time.perf_counter() - started) * 1000
         return response
 
-    @aborts_on_service_error
     async def EraseRegions(
         self, request: erase_pb2.EraseRegionsRequest, context: grpc.aio.ServicerContext
     ) -> erase_pb2.EraseRegionsResponse:
@@ -374,9 +374,9 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             owns_id = True
             if item.HasField("regions"):
 
-                async def deliver_erased(response: erase_pb2.EraseRegionsResponse) -> None:
+                async def deliver_erased(response: erase_pb2.EraseRegionsResponse, handoff: Handoff) -> None:
                     response.timings.total_ms = (time.perf_counter() - started) * 1000
-                    await stream.write(cutout_pb2.StreamItemResult(id=item.id, erased=response))
+                    await stream.write(cutout_pb2.StreamItemResult(id=item.id, erased=response), handoff)
 
                 erase = erase_pb2.EraseRegionsRequest(
                     image=item.image, regions=item.regions, idempotency_key=item.idempotency_key
@@ -389,9 +389,9 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
                     idempotency_key=item.idempotency_key,
                 )
 
-                async def deliver(response: cutout_pb2.RemoveBackgroundResponse) -> None:
+                async def deliver(response: cutout_pb2.RemoveBackgroundResponse, handoff: Handoff) -> None:
                     response.timings.total_ms = (time.perf_counter() - started) * 1000
-                    await stream.write(cutout_pb2.StreamItemResult(id=item.id, response=response))
+                    await stream.write(cutout_pb2.StreamItemResult(id=item.id, response=response), handoff)
 
                 _, charged = await self._remove(stream.context, caller, request, deliver)
             stream.ok += 1
@@ -415,145 +415,95 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         context: grpc.aio.ServicerContext,
         caller: accounts_pb2.AuthenticateResponse,
         request: cutout_pb2.RemoveBackgroundRequest,
-        deliver: Callable[[cutout_pb2.RemoveBackgroundResponse], Awaitable[None]] | None = None,
+        deliver: Deliver[cutout_pb2.RemoveBackgroundResponse] | None = None,
     ) -> tuple[cutout_pb2.RemoveBackgroundResponse, int]:
-        """One charged removal: the response and the credits it cost (0 for a served duplicate).
-
-        The credits are reserved, then committed once the result exists (and, with
-        `deliver`, once it has been handed to the caller), else released; any failure,
-        cancellation included, leaves nothing charged. Errors are raised as ServiceError.
-        """
+        """One charged removal and the credits it cost (services/gateway/charging.py says how).
+        Errors are raised as ServiceError."""
         refuse_if_restricted(caller)
         size = request.options.size or options_pb2.SIZE_FULL
         if size not in (options_pb2.SIZE_PREVIEW, options_pb2.SIZE_FULL, options_pb2.SIZE_AUTO):
             raise invalid_argument(
                 f"unknown size {size}; use SIZE_PREVIEW, SIZE_FULL or SIZE_AUTO", field="options.size"
             )
-        # Without a key from the caller the request cannot be retried safely, so it gets its own.
-        idempotency_key = request.idempotency_key or secrets.token_urlsafe(18)
+        await asyncio.to_thread(check_removal, request.image, request.options, self.settings.max_image_bytes)
+        if request.options.keep_result and not self.down.live["retention"]:
+            # Refused before any credit or work: removals without keep_result go on.
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                "results cannot be kept right now (the retention service is unavailable); nothing was charged. "
+                "Retry later, or remove without keep_result",
+                reason="DEPENDENCY_UNAVAILABLE",
+                retry_after_s=5.0,
+            )
+        idempotency_key, keyed = new_key(request.idempotency_key)
         if size == options_pb2.SIZE_AUTO:
             # The size depends on what the balance covers, so it is settled before inference starts.
             reserve, reserved, request = await self._reserve_auto(context, caller, request, idempotency_key)
             segmenting = self._segment(context, request)
         else:
-            segmenting = self._segment(context, request)
-            reserve, reserved = await self._reserve_while(
-                context,
-                caller,
-                segmenting,
-                idempotency_key,
-                self._price(size),
-                functools.partial(request_hash, request),
+            reserve = accounts_pb2.ReserveRequest(
+                account_id=caller.account_id,
+                idempotency_key=idempotency_key,
+                amount_millicredits=self._price(size),
+                request_hash=await asyncio.to_thread(request_hash, request),
+            )
+            reserved, segmenting = await self.charger.reserve_then_start(
+                context, reserve, functools.partial(self._segment, context, request), keyed=keyed
             )
 
-        async def finish(segmented: inference_pb2.SegmentResponse, owned: bool) -> cutout_pb2.RemoveBackgroundResponse:
+        async def finish(segmented: inference_pb2.SegmentResponse) -> cutout_pb2.RemoveBackgroundResponse:
             # Keeping is part of what is charged: if it fails, the request fails uncharged.
             kept = None
             if request.options.keep_result:
                 kept = await self._keep(context, caller, segmented.result, request.options)
             response = cutout_pb2.RemoveBackgroundResponse(
-                result=segmented.result, timings=segmented.timings, kept=kept, idempotent_replay=not owned
+                result=segmented.result, timings=segmented.timings, kept=kept
             )
-            # What committing will charge (it follows delivery on a stream).
-            _report_charge(response, reserve.amount_millicredits if owned else 0)
+            _report_charge(response, reserve.amount_millicredits)  # what committing charges
             return response
 
-        response, charged = await self._charged(caller, reserve, reserved, segmenting, finish, deliver)
-        _report_charge(response, charged)  # a failed commit serves the result uncharged
-        return response, charged
+        async def discard(response: cutout_pb2.RemoveBackgroundResponse) -> None:
+            if response.HasField("kept"):  # kept for a result that was never handed over
+                await self._discard_kept(caller, response.kept.result_id)
+
+        response = await self.charger.charged(
+            context, reserve, reserved, segmenting, finish, deliver, _inference_error, discard
+        )
+        return response, reserve.amount_millicredits
 
     async def _erase(
         self,
         context: grpc.aio.ServicerContext,
         caller: accounts_pb2.AuthenticateResponse,
         request: erase_pb2.EraseRegionsRequest,
-        deliver: Callable[[erase_pb2.EraseRegionsResponse], Awaitable[None]] | None = None,
+        deliver: Deliver[erase_pb2.EraseRegionsResponse] | None = None,
     ) -> tuple[erase_pb2.EraseRegionsResponse, int]:
         """One charged erase (EraseRegions or a stream item carrying regions), as `_remove`."""
         refuse_if_restricted(caller)
-        erasing = asyncio.ensure_future(
-            self.down.inference.Erase(
-                inference_pb2.EraseRequest(image=request.image, regions=request.regions),
-                timeout=self.down.deadline(context, self.settings.inference_timeout_s),
-            )
-        )
-        reserve, reserved = await self._reserve_while(
-            context,
-            caller,
-            erasing,
-            request.idempotency_key or secrets.token_urlsafe(18),
-            credits.to_milli(self.settings.price_per_erase),
-            functools.partial(erase_hash, request),
+        await asyncio.to_thread(check_erase, request, self.settings.max_image_bytes)
+        idempotency_key, keyed = new_key(request.idempotency_key)
+        reserve = accounts_pb2.ReserveRequest(
+            account_id=caller.account_id,
+            idempotency_key=idempotency_key,
+            amount_millicredits=credits.to_milli(self.settings.price_per_erase),
+            request_hash=await asyncio.to_thread(erase_hash, request),
         )
 
-        async def finish(erased: erase_pb2.EraseRegionsResponse, owned: bool) -> erase_pb2.EraseRegionsResponse:
+        def start() -> asyncio.Future[erase_pb2.EraseRegionsResponse]:
+            return asyncio.ensure_future(
+                self.down.inference.Erase(
+                    inference_pb2.EraseRequest(image=request.image, regions=request.regions),
+                    timeout=self.down.deadline(context, self.settings.inference_timeout_s),
+                )
+            )
+
+        reserved, erasing = await self.charger.reserve_then_start(context, reserve, start, keyed=keyed)
+
+        async def finish(erased: erase_pb2.EraseRegionsResponse) -> erase_pb2.EraseRegionsResponse:
             return erased
 
-        return await self._charged(caller, reserve, reserved, erasing, finish, deliver)
-
-    async def _reserve_while(
-        self,
-        context: grpc.aio.ServicerContext,
-        caller: accounts_pb2.AuthenticateResponse,
-        working: asyncio.Future[Any],
-        idempotency_key: str,
-        millicredits: int,
-        hash_request: Callable[[], str],
-    ) -> tuple[accounts_pb2.ReserveRequest, accounts_pb2.ReserveResponse]:
-        """Reserves `millicredits` while `working` (the inference call, already started) runs, so the
-        reservation's round trip stays off the latency. If reserving fails (no credits), the
-        work is cancelled: nothing is returned or charged without a reservation."""
-        try:
-            reserve = accounts_pb2.ReserveRequest(
-                account_id=caller.account_id,
-                idempotency_key=idempotency_key,
-                amount_millicredits=millicredits,
-                request_hash=await asyncio.to_thread(hash_request),
-            )
-            return reserve, await self._reserve(context, caller, reserve)
-        except BaseException:
-            working.cancel()
-            # Its outcome no longer matters; retrieving it keeps asyncio from logging it.
-            working.add_done_callback(lambda done: done.cancelled() or done.exception())
-            raise
-
-    async def _charged(
-        self,
-        caller: accounts_pb2.AuthenticateResponse,
-        reserve: accounts_pb2.ReserveRequest,
-        reserved: accounts_pb2.ReserveResponse,
-        working: asyncio.Future[T],
-        finish: Callable[[T, bool], Awaitable[R]],
-        deliver: Callable[[R], Awaitable[None]] | None,
-    ) -> tuple[R, int]:
-        """Settles a reservation for the work of an inference call: the response and the credits it cost.
-
-        The credits are committed once `finish` has made the response from the call's reply
-        (and, with `deliver`, once that has been handed to the caller), else released; any
-        failure, cancellation included, leaves nothing charged (0 for a served duplicate:
-        DUPLICATE_HELD/COMMITTED mean another call with the key is charged). Errors are
-        raised as ServiceError.
-        """
-        settle = accounts_pb2.SettleRequest(account_id=caller.account_id, reservation_id=reserved.reservation_id)
-        owned = reserved.outcome in OWNED
-        if owned:
-            count(_credits, reserve.amount_millicredits / credits.MILLI, {"operation": "reserve"})
-        succeeded = committed = False
-        try:
-            try:
-                reply = await working
-            except grpc.aio.AioRpcError as error:
-                log.info("a request failed downstream: %s (not charged)", error.code().name)
-                raise ServiceError.from_downstream(error, INFERENCE_UNAVAILABLE) from None
-            response = await finish(reply, owned)
-            if deliver is not None:
-                await deliver(response)
-            succeeded = True
-        finally:
-            # Commit what succeeded, release on any failure, cancellation included.
-            if owned:
-                committed = await self._settle(settle, reserve.amount_millicredits, commit=succeeded)
-        return response, reserve.amount_millicredits if committed else 0
+        response = await self.charger.charged(context, reserve, reserved, erasing, finish, deliver, _inference_error)
+        return response, reserve.amount_millicredits
 
     def _price(self, size: int) -> int:
         """The price of a size, in millicredits (the ledger's unit)."""
@@ -569,28 +519,6 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
                 timeout=self.down.deadline(context, self.settings.inference_timeout_s),
             )
         )
-
-    async def _reserve(
-        self,
-        context: grpc.aio.ServicerContext,
-        caller: accounts_pb2.AuthenticateResponse,
-        reserve: accounts_pb2.ReserveRequest,
-    ) -> accounts_pb2.ReserveResponse:
-        # One accounts call: the key looked up again (admission may have let the call in on a
-        # recent answer) and the credits reserved. Run to its end even if this call is
-        # cancelled: a hold made after the cancel arrived must still be released, not left to lapse.
-        authorize = accounts_pb2.AuthorizeAndReserveRequest(api_key=_api_key(context), reserve=reserve)
-
-        async def authorize_and_reserve() -> accounts_pb2.ReserveResponse:
-            reply = await self.down.accounts_call(context, self.down.accounts.AuthorizeAndReserve, authorize)
-            return reply.reserved
-
-        reserving = self._to_the_end(authorize_and_reserve())
-        try:
-            return await asyncio.shield(reserving)
-        except asyncio.CancelledError:
-            self._to_the_end(self._release_once_reserved(caller, reserving, reserve.amount_millicredits))
-            raise
 
     async def _reserve_auto(
         self,
@@ -618,7 +546,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
                 request_hash=await asyncio.to_thread(request_hash, resolved),
             )
             try:
-                return reserve, await self._reserve(context, caller, reserve), resolved
+                return reserve, await self.charger.reserve(context, reserve), resolved
             except ServiceError as error:
                 if _reason(error) not in ("INSUFFICIENT_CREDITS", "IDEMPOTENCY_KEY_REUSED"):
                     raise
@@ -683,7 +611,6 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         except grpc.aio.AioRpcError as error:
             await relay(context, error, RETENTION_UNAVAILABLE)
 
-    @aborts_on_service_error
     async def ListResults(
         self, request: cutout_pb2.ListResultsRequest, context: grpc.aio.ServicerContext
     ) -> cutout_pb2.ListResultsResponse:
@@ -695,7 +622,6 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         )
         return cutout_pb2.ListResultsResponse(results=listed.results)
 
-    @aborts_on_service_error
     async def DeleteResult(
         self, request: cutout_pb2.DeleteResultRequest, context: grpc.aio.ServicerContext
     ) -> cutout_pb2.DeleteResultResponse:
@@ -714,50 +640,17 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         admitted = admitted_caller.get()
         if admitted is not None and not fresh:
             return admitted
-        return await self.down.authenticate(_api_key(context), context)
+        return await self.down.authenticate(api_key(context), context)
 
-    async def _settle(self, settle: accounts_pb2.SettleRequest, millicredits: int, *, commit: bool) -> bool:
-        """Commits or releases a hold; True if committed. Runs to its end even if the call is cancelled."""
-
-        async def run() -> bool:
-            if commit:
-                try:
-                    await self.down.accounts.Commit(settle, timeout=self.settings.accounts_timeout_s)
-                    count(_credits, millicredits / credits.MILLI, {"operation": "commit"})
-                    return True
-                except grpc.aio.AioRpcError as error:
-                    # The result exists; the caller gets it and the hold is released, not charged.
-                    log.warning("commit failed (%s); serving the result uncharged", error.code().name)
-            try:
-                await self.down.accounts.Release(settle, timeout=self.settings.accounts_timeout_s)
-                count(_credits, millicredits / credits.MILLI, {"operation": "release"})
-            except grpc.aio.AioRpcError as error:
-                # The hold lapses by itself after the accounts service's hold timeout.
-                log.warning("release failed (%s); the hold will lapse", error.code().name)
-            return False
-
-        # Shielded, so that a call cancelled at this point still settles (a result already
-        # delivered is charged, anything else released).
-        return await asyncio.shield(self._to_the_end(run()))
-
-    async def _release_once_reserved(
-        self,
-        caller: accounts_pb2.AuthenticateResponse,
-        reserving: asyncio.Task[accounts_pb2.ReserveResponse],
-        millicredits: int,
-    ) -> None:
-        """Releases the hold a cancelled call's reservation made, once it is known."""
+    async def _discard_kept(self, caller: accounts_pb2.AuthenticateResponse, result_id: str) -> None:
+        """Deletes a result kept for a call that failed after keeping it (nothing half-done stays)."""
         try:
-            reserved = await reserving
-        except ServiceError:
-            return  # nothing was reserved
-        if reserved.outcome in OWNED:
-            settle = accounts_pb2.SettleRequest(account_id=caller.account_id, reservation_id=reserved.reservation_id)
-            await self._settle(settle, millicredits, commit=False)
-
-    def _to_the_end(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        """Runs `work` as a task that a caller's cancellation does not stop (await it shielded)."""
-        return start_kept(self._to_finish, work)
+            await self.down.retention.DeleteOwned(
+                retention_pb2.OwnedResultRequest(account_id=caller.account_id, result_id=result_id),
+                timeout=self.settings.retention_timeout_s,
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning("a kept result of a failed call could not be deleted (%s)", error.code().name)
 
     # -- your data (README, "Your data") ---------------------------------------------------
 
@@ -820,7 +713,6 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         records.sort(key=lambda record: (record.at.seconds, record.at.nanos), reverse=True)
         return records[:limit]
 
-    @aborts_on_service_error
     async def ListAccessLog(
         self, request: rights_pb2.OwnerAccessLogRequest, context: grpc.aio.ServicerContext
     ) -> rights_pb2.OwnerAccessLogResponse:
@@ -828,7 +720,6 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         entries = await self._access_log(context, caller, min(request.limit or 1000, 10_000))
         return rights_pb2.OwnerAccessLogResponse(entries=entries)
 
-    @aborts_on_service_error
     async def SignUp(self, request: Message, context: grpc.aio.ServicerContext) -> Any:
         # The source address, from the connection (never from the client's metadata), for
         # accounts' cap on free grants per source.

@@ -18,6 +18,8 @@ class GatewaySettings(ServiceSettings):
     # for the options and framing; a larger one is refused from its length prefix, before
     # its bytes are buffered. Answers (up to max_message_bytes) may be larger.
     max_receive_message_bytes: int | None = 50 * MIB + 64 * 1024
+    # The input cap (inference's MAX_IMAGE_BYTES): checked here too, before any credit is reserved.
+    max_image_bytes: int = 50 * MIB
     # The public port serves TLS (tls_cert_file, tls_key_file) without client certificates.
     inference_target: str = "127.0.0.1:50052"
     accounts_target: str = "127.0.0.1:50053"
@@ -26,6 +28,13 @@ class GatewaySettings(ServiceSettings):
     inference_timeout_s: float = 120.0
     # Upper bound for one call to accounts (authenticate, reserve, commit, ...).
     accounts_timeout_s: float = 10.0
+    # How long a finished result waits for its charge to be committed (retried while accounts
+    # does not answer, within the call's deadline); past it the call fails UNAVAILABLE and
+    # the result is not handed over.
+    commit_retry_s: float = 10.0
+    # How long a hold that was not handed over keeps being released (or refunded) while
+    # accounts does not answer; past the hold timeout accounts releases it by itself.
+    settle_retry_s: float = 300.0
     # Upper bound for storing or fetching one kept result.
     retention_timeout_s: float = 60.0
     retention_chunk_bytes: int = 1024 * 1024

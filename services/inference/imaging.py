@@ -15,7 +15,7 @@ from typing import Protocol
 import cv2
 import fpng
 import numpy as np
-from PIL import ExifTags, Image, ImageCms, ImageColor, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageChops, ImageCms, ImageColor, ImageFilter, ImageOps, UnidentifiedImageError
 from scipy.ndimage import uniform_filter
 
 from cutout.v1 import options_pb2
@@ -103,10 +103,13 @@ class OutputSpec:
             raise invalid_argument(f"unknown output format {fmt}; use one of {known}", field="options.format")
         try:
             background = ImageColor.getcolor(options.background_color or "white", "RGB")
+            # Pillow passes "rgb(999999999999,0,0)" through unclipped; a channel is one byte.
+            if not all(isinstance(c, int) and 0 <= c <= 255 for c in background):  # type: ignore[union-attr]
+                raise ValueError("a channel out of 0-255")
         except ValueError:
             raise invalid_argument(
-                f"background_color {options.background_color!r} is not a colour; "
-                "use a CSS colour such as '#1e90ff', 'rgb(30,144,255)' or 'white'",
+                f"background_color {options.background_color[:40]!r} is not a colour; "
+                "use a CSS colour such as '#1e90ff', 'rgb(30,144,255)' (channels 0 to 255) or 'white'",
                 field="options.background_color",
             ) from None
         if options.compression_effort > 9:
@@ -291,6 +294,15 @@ def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
 
 def decode_pixels(image: Image.Image, wanted: tuple[int, int] | None = None) -> Image.Image:
     """An opened image to upright sRGB RGB pixels, refusing corrupt or truncated data.
+    (`wanted`: as for decode_with_alpha.)"""
+    return decode_with_alpha(image, wanted)[0]
+
+
+def decode_with_alpha(
+    image: Image.Image, wanted: tuple[int, int] | None = None
+) -> tuple[Image.Image, Image.Image | None]:
+    """As decode_pixels, and the input's own alpha (None if it is opaque): transparent
+    areas are shown on white, as a viewer shows them, and stay transparent in the cut-out.
 
     With `wanted` (the upright size the pixels will be scaled down to), a JPEG is decoded
     at the smallest of libjpeg's DCT scales (1/2, 1/4, 1/8) that is still at least that
@@ -333,20 +345,57 @@ def _too_many_pixels(size: tuple[int, int], limits: DecodeLimits) -> ServiceErro
     )
 
 
-def _to_srgb(image: Image.Image) -> Image.Image:
+def _to_srgb(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """Any mode Pillow decodes from the accepted formats to 8-bit sRGB RGB, and its alpha.
+
+    Nothing of the input's metadata (profile, EXIF, text) stays on the pixels: outputs
+    carry only what the caller asked for. A profile over MAX_PROFILE_BYTES is not read.
+    """
     icc = image.info.get("icc_profile")
-    if image.mode not in ("RGB", "RGBA", "L", "LA", "P", "CMYK"):
+    if icc and len(icc) > MAX_PROFILE_BYTES:
+        icc = None
+    if image.mode in SIXTEEN_BIT_GREY:
+        image = _grey_to_eight_bits(image)
+    elif image.mode in ("P", "PA", "1", "La"):
+        image = image.convert("RGBA" if image.mode != "1" and _has_alpha(image) else "RGB")
+    elif image.mode not in ("RGB", "RGBA", "L", "LA", "CMYK"):
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
     if icc:
         try:
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            mode = "RGB" if image.mode in ("RGB", "CMYK", "L") else "RGBA"
+            mode = "RGBA" if image.mode in ("RGBA", "LA") else "RGB"
             converted = ImageCms.profileToProfile(image, source, _SRGB, outputMode=mode)
             if converted is not None:
                 image = converted
         except (ImageCms.PyCMSError, OSError):
             pass  # an unusable profile: take the pixels as sRGB
-    return image if image.mode == "RGB" else image.convert("RGB")
+    alpha = image.getchannel("A") if "A" in image.getbands() else None
+    if alpha is not None and alpha.getextrema() == (255, 255):
+        alpha = None
+    if alpha is None:
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+    else:  # on white, so that colour hidden under transparent pixels is never looked at
+        rgb = Image.new("RGB", image.size, (255, 255, 255))
+        rgb.paste(image.convert("RGB"), mask=alpha)
+    rgb.info = {}
+    return rgb, alpha
+
+
+# Pillow's modes for 16-bit greyscale PNGs ("I" holds 0..65535 in 32 bits).
+SIXTEEN_BIT_GREY = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+# Larger embedded colour profiles are not parsed (real ones are kilobytes; printer
+# profiles reach a few hundred).
+MAX_PROFILE_BYTES = 1 << 20
+
+
+def _grey_to_eight_bits(image: Image.Image) -> Image.Image:
+    """16-bit grey to 8-bit "L" by its full range (Pillow's convert clips at 255: all white)."""
+    values = np.asarray(image, dtype=np.uint32)
+    return Image.fromarray(((np.clip(values, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8), "L")
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return "A" in image.getbands() or "transparency" in image.info
 
 
 _BAND_ROWS = 256
@@ -450,6 +499,7 @@ class Prepared:
     roi: tuple[int, int, int, int] | None  # the roi as a box on `image`
     tensor: np.ndarray  # the model's input
     backdrop: Image.Image | None = None  # the decoded background_image
+    input_alpha: Image.Image | None = None  # the input's own alpha, at `image`'s size (None: opaque)
 
 
 def working_size(size: tuple[int, int], spec: OutputSpec) -> tuple[int, int]:
@@ -480,15 +530,17 @@ def prepare(
         if header.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):
             upright = (original[1], original[0])
         wanted = working_size(upright, spec)
-        image = decode_pixels(header, wanted if wanted != upright else None)
+        image, input_alpha = decode_with_alpha(header, wanted if wanted != upright else None)
         decoded_backdrop = decode_pixels(backdrop) if backdrop is not None else None
     with stages("preprocess"):
         if image.size != wanted:
             image = image.resize(wanted, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        if input_alpha is not None and input_alpha.size != image.size:
+            input_alpha = input_alpha.resize(image.size, Image.Resampling.BILINEAR)
         roi = roi_box(spec.roi, upright, image.size) if spec.roi else None
         looked_at = image.crop(roi) if roi else image
         tensor = profile.tensor(looked_at)
-    return Prepared(image, looked_at, roi, tensor, decoded_backdrop)
+    return Prepared(image, looked_at, roi, tensor, decoded_backdrop, input_alpha)
 
 
 def finish(
@@ -506,6 +558,8 @@ def finish(
         if prepared.roi:  # outside the roi is background
             inside, alpha = alpha, Image.new("L", prepared.image.size, 0)
             alpha.paste(inside, prepared.roi[:2])
+        if prepared.input_alpha is not None:  # what the input has transparent stays so
+            alpha = ImageChops.multiply(alpha, prepared.input_alpha)
         fraction = foreground_fraction(alpha)
     with stages("encode"):
         rendered = render(prepared.image, alpha, spec, prepared.backdrop)

@@ -90,6 +90,11 @@ class ModelCatalog:
         )
         self._refreshed_at = -_REFRESH_INTERVAL_S
         self._refresh_lock = asyncio.Lock()
+        self._canary_at = -float("inf")
+        self._canary_ok = False
+        # When each model last answered real traffic: under load that stands for the canary,
+        # which would queue behind the traffic and time out (readiness flapping under load).
+        self._answered_at: dict[str, float] = {}
 
     async def refresh(self) -> None:
         """Takes in the segmentation models the servers have ready now (first server wins a name)."""
@@ -119,8 +124,11 @@ class ModelCatalog:
 
         async def run(batch: np.ndarray) -> np.ndarray:
             if not profile.max_batch_size:  # the model takes one image at a time
-                return await server.infer(profile, batch[0])
-            return await server.infer(profile, batch)
+                output = await server.infer(profile, batch[0])
+            else:
+                output = await server.infer(profile, batch)
+            self._answered_at[profile.name] = time.monotonic()  # as good as a canary
+            return output
 
         return Batcher(
             run,
@@ -137,7 +145,33 @@ class ModelCatalog:
             await self.refresh()
         if any(name not in self.models for name in required):
             return False
-        return all([await self.models[name].server.is_ready(name) for name in required])
+        timeout = self.settings.readiness_timeout_s
+        if not all([await self.models[name].server.is_ready(name, timeout) for name in required]):
+            return False
+        return await self._canaries_answer(required)
+
+    async def _canaries_answer(self, names: tuple[str, ...]) -> bool:
+        """One blank picture through each model, straight to Triton, every canary_interval_s
+        (the last answer stands in between): True if every one came back in time."""
+        if time.monotonic() - self._canary_at < self.settings.canary_interval_s:
+            return self._canary_ok
+        ok = True
+        for name in names:
+            if time.monotonic() - self._answered_at.get(name, -float("inf")) < self.settings.canary_interval_s:
+                continue
+            profile, server = self.models[name].profile, self.models[name].server
+            h, w = profile.height, profile.width
+            picture = np.zeros((h, w, 3) if profile.layout == "NHWC" else (3, h, w), np.float32)
+            try:
+                await server.infer(
+                    profile, picture[None] if profile.max_batch_size else picture, self.settings.canary_timeout_s
+                )
+            except ServiceError as error:
+                log.warning("canary inference on %s failed: %s (%s)", name, error.code.name, error.reason or "")
+                ok = False
+                break
+        self._canary_at, self._canary_ok = time.monotonic(), ok
+        return ok
 
     async def get(self, name: str) -> ServedModel:
         if name not in self.models and time.monotonic() - self._refreshed_at >= _REFRESH_INTERVAL_S:

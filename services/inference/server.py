@@ -16,7 +16,7 @@ from opentelemetry import trace
 from PIL import Image
 
 from cutout.v1 import erase_pb2, inference_pb2, inference_pb2_grpc, options_pb2
-from services.common.errors import ServiceError, abort, invalid_argument
+from services.common.errors import ServiceError, invalid_argument
 from services.common.server import ServiceSpec
 from services.common.telemetry import count, meter, stage, tracer
 from services.common.tls import Identity
@@ -66,11 +66,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def Segment(
         self, request: inference_pb2.SegmentRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.SegmentResponse:
-        try:
-            return await self._segment(request)
-        except ServiceError as error:
-            log.info("Segment refused: %s (%s)", error.code.name, error.reason or "")
-            await abort(context, error)
+        return await self._segment(request)  # errors: services/common/errors.py's boundary
 
     async def _segment(self, request: inference_pb2.SegmentRequest) -> inference_pb2.SegmentResponse:
         started = time.perf_counter()
@@ -173,11 +169,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def Erase(
         self, request: inference_pb2.EraseRequest, context: grpc.aio.ServicerContext
     ) -> erase_pb2.EraseRegionsResponse:
-        try:
-            return await self._erase(request)
-        except ServiceError as error:
-            log.info("Erase refused: %s (%s)", error.code.name, error.reason or "")
-            await abort(context, error)
+        return await self._erase(request)
 
     async def _erase(self, request: inference_pb2.EraseRequest) -> erase_pb2.EraseRegionsResponse:
         started = time.perf_counter()

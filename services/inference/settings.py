@@ -22,6 +22,14 @@ class InferenceSettings(ServiceSettings):
     # inpainting model in the slot of model_slots/inpainting/; empty: the classical fills only.
     erase_model_name: str = ""
     triton_timeout_s: float = 30.0
+    # Readiness: each probe of Triton waits this long at most (a stopped Triton must turn
+    # the service NOT_SERVING within seconds, not after triton_timeout_s) ...
+    readiness_timeout_s: float = 2.0
+    # ... and every canary_interval_s one canary inference per required model (a blank
+    # picture, straight to Triton) must answer within canary_timeout_s: a Triton that
+    # says its models are ready but cannot infer is not ready.
+    canary_interval_s: float = 10.0
+    canary_timeout_s: float = 10.0
     # The models behind `subject: PERSON` and `subject: ANY` (AUTO tries the first, then the second).
     person_model: str = PERSON_MODEL
     general_model: str = GENERAL_MODEL

@@ -36,13 +36,13 @@ class TritonServer:
         response = await self._client.get_model_config(model_name, client_timeout=self.timeout_s)
         return response.config
 
-    async def is_ready(self, model_name: str) -> bool:
+    async def is_ready(self, model_name: str, timeout_s: float | None = None) -> bool:
         try:
-            return bool(await self._client.is_model_ready(model_name, client_timeout=self.timeout_s))
+            return bool(await self._client.is_model_ready(model_name, client_timeout=timeout_s or self.timeout_s))
         except InferenceServerException:
             return False
 
-    async def infer(self, profile: ModelProfile, batch: np.ndarray) -> np.ndarray:
+    async def infer(self, profile: ModelProfile, batch: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
         """A batch of inputs shaped by `profile` to the model's first output, one entry per input."""
         tensor = InferInput(profile.input_name, list(batch.shape), "FP32")
         tensor.set_data_from_numpy(batch)
@@ -51,10 +51,10 @@ class TritonServer:
                 profile.name,
                 [tensor],
                 outputs=[InferRequestedOutput(profile.output_name)],
-                client_timeout=self.timeout_s,
+                client_timeout=timeout_s or self.timeout_s,
             )
         except InferenceServerException as exc:
-            raise _service_error(exc, self.timeout_s) from None
+            raise _service_error(exc, timeout_s or self.timeout_s) from None
         return result.as_numpy(profile.output_name)
 
     async def close(self) -> None:
@@ -69,7 +69,7 @@ def _client(url: str, tls: Identity | None) -> triton_aio.InferenceServerClient:
         root_certificates=str(tls.ca_file) if tls else None,
         private_key=str(tls.key_file) if tls else None,
         certificate_chain=str(tls.cert_file) if tls else None,
-        channel_args=channel_options(_TRITON_MESSAGE_BYTES),
+        channel_args=channel_options(_TRITON_MESSAGE_BYTES, ours=False),
     )
 
 

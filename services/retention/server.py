@@ -18,7 +18,7 @@ from cutout.v1 import options_pb2, retention_pb2, retention_pb2_grpc
 from services.common.chunks import pieces
 from services.common.errors import ServiceError, abort, invalid_argument
 from services.common.server import PeriodicJob, ServiceSpec
-from services.common.sql import MigrationsApplied, aware, database_ready, make_engine, migrate
+from services.common.sql import MigrationsApplied, aware, database_errors, database_ready, make_engine, migrate
 from services.common.telemetry import count, meter
 from services.retention import crypto
 from services.retention.blobstore import BlobStore, LocalBlobStore, S3BlobStore
@@ -64,6 +64,13 @@ class RetentionServicer(retention_pb2_grpc.RetentionServicer):
         maximum = timedelta(days=self.settings.plan_max_ttl_days.get(header.plan, self.settings.default_ttl_days))
         if not header.HasField("ttl"):
             return min(timedelta(days=self.settings.default_ttl_days), maximum)
+        # Compared in seconds first: a huge Duration does not fit a timedelta (OverflowError).
+        if header.ttl.seconds > maximum.total_seconds():
+            raise invalid_argument(
+                f"keep_ttl may be at most {maximum.days} days on the {header.plan or 'default'} plan",
+                field="options.keep_ttl",
+                reason="TTL_OVER_PLAN_MAXIMUM",
+            )
         asked = header.ttl.ToTimedelta()
         if asked <= timedelta(0):
             raise invalid_argument(
@@ -80,34 +87,31 @@ class RetentionServicer(retention_pb2_grpc.RetentionServicer):
     async def Store(
         self, request_iterator: AsyncIterator[retention_pb2.StoreChunk], context: grpc.aio.ServicerContext
     ) -> retention_pb2.StoreResponse:
-        try:
-            header: retention_pb2.StoreHeader | None = None
-            parts: list[bytes] = []
-            size = 0
-            async for chunk in request_iterator:
-                if header is None:
-                    if not chunk.HasField("header"):
-                        raise invalid_argument("the first chunk must carry the header", field="header")
-                    header = chunk.header
-                size += len(chunk.data)
-                if size > self.settings.max_result_bytes:
-                    raise invalid_argument(
-                        f"results up to {self.settings.max_result_bytes // 2**20} MiB can be kept", field="data"
-                    )
-                parts.append(chunk.data)
-            if header is None or not header.account_id:
-                raise invalid_argument("a store needs a header with the account id", field="header")
-            stored = await asyncio.to_thread(
-                self.store.store,
-                header.account_id,
-                b"".join(parts),
-                media_type=header.media_type,
-                width=header.width,
-                height=header.height,
-                ttl=self._ttl(header),
-            )
-        except ServiceError as error:
-            await abort(context, error)
+        header: retention_pb2.StoreHeader | None = None
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in request_iterator:
+            if header is None:
+                if not chunk.HasField("header"):
+                    raise invalid_argument("the first chunk must carry the header", field="header")
+                header = chunk.header
+            size += len(chunk.data)
+            if size > self.settings.max_result_bytes:
+                raise invalid_argument(
+                    f"results up to {self.settings.max_result_bytes // 2**20} MiB can be kept", field="data"
+                )
+            parts.append(chunk.data)
+        if header is None or not header.account_id:
+            raise invalid_argument("a store needs a header with the account id", field="header")
+        stored = await asyncio.to_thread(
+            self.store.store,
+            header.account_id,
+            b"".join(parts),
+            media_type=header.media_type,
+            width=header.width,
+            height=header.height,
+            ttl=self._ttl(header),
+        )
         count(_stored, 1)
         return retention_pb2.StoreResponse(result=_described(stored.result, stored.token))
 
@@ -127,10 +131,7 @@ class RetentionServicer(retention_pb2_grpc.RetentionServicer):
         self, context: grpc.aio.ServicerContext, fetch: Callable[..., Fetched], *args: str
     ) -> AsyncIterator[options_pb2.ResultChunk]:
         """A fetched result as a stream: the first chunk describes it."""
-        try:
-            fetched = await asyncio.to_thread(fetch, *args)
-        except ServiceError as error:
-            await abort(context, error)
+        fetched = await asyncio.to_thread(fetch, *args)
         described: options_pb2.KeptResult | None = _described(fetched.result)
         for piece in pieces(fetched.data, self.settings.chunk_bytes):
             yield options_pb2.ResultChunk(result=described, data=piece)
@@ -145,10 +146,7 @@ class RetentionServicer(retention_pb2_grpc.RetentionServicer):
     async def DeleteOwned(
         self, request: retention_pb2.OwnedResultRequest, context: grpc.aio.ServicerContext
     ) -> retention_pb2.DeleteOwnedResponse:
-        try:
-            await asyncio.to_thread(self.store.delete, request.account_id, request.result_id)
-        except ServiceError as error:
-            await abort(context, error)
+        await asyncio.to_thread(self.store.delete, request.account_id, request.result_id)
         return retention_pb2.DeleteOwnedResponse()
 
     async def EraseAccount(
@@ -196,6 +194,17 @@ def open_blob_store(settings: RetentionSettings) -> BlobStore:
     raise ValueError(f"CUTOUT_RETENTION_BLOB_STORE must be local or s3, not {settings.blob_store!r}")
 
 
+def _storage_unavailable(error: OSError) -> ServiceError:
+    """The blob store failed (a full disk, an unreachable S3): nothing was kept; retry later."""
+    log.error("blob store error %s (errno %s)", type(error).__name__, error.errno)
+    return ServiceError(
+        grpc.StatusCode.UNAVAILABLE,
+        "results cannot be kept right now (storage unavailable); nothing was kept or charged, retry later",
+        reason="STORAGE_UNAVAILABLE",
+        retry_after_s=5.0,
+    )
+
+
 def open_database(settings: RetentionSettings) -> Engine:
     engine = make_engine(settings.database_url)
     if settings.migrate_on_start:
@@ -241,4 +250,5 @@ def build(settings: RetentionSettings) -> ServiceSpec:
         ready=lambda: database_ready(engine, migrations_applied),
         close=close,
         jobs=[PeriodicJob("sweep", settings.sweep_interval_s, sweep)],
+        known_errors={**database_errors("retention"), OSError: _storage_unavailable},
     )
