@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup up test bench protos model clean lock
+.PHONY: setup up test bench bench-overload protos model clean lock
 
 # A virtualenv with the project, its services and dev tools, at the locked versions
 # (requirements/dev.lock; the images install requirements/server.lock, the same pins).
@@ -56,6 +56,13 @@ test: setup
 bench: setup
 	$(PY) -m bench.run
 	$(PY) -m bench.erase
+	$(PY) -m bench.overload
+
+# The mesh at 4x its measured capacity for 60 s (bench/overload.py; OVERLOAD_SECONDS=20 for a shorter run):
+# what is refused, how fast, the latency of what is admitted, peak memory, crashes, credits.
+OVERLOAD_SECONDS ?= 60
+bench-overload: setup
+	$(PY) -m bench.overload --seconds $(OVERLOAD_SECONDS)
 
 protos: $(STAMP)
 	$(PY) -m tools.protos

@@ -122,6 +122,12 @@ class Admission(grpc.aio.ServerInterceptor):
         self.recent_keys = RecentKeys(settings.admitted_key_ttl_s, settings.admitted_keys)
         self.without_key = Budget(settings.calls_without_key, "calls without an API key in flight on this gateway")
         self.per_key = Budget(settings.calls_per_key, "calls in flight for this API key")
+        # Load shedding: the work this gateway has started and not finished, over every key.
+        # Past it a call is refused at once (RESOURCE_EXHAUSTED, RetryInfo) rather than queued
+        # behind the others, so admitted calls keep their latency and memory stays bounded.
+        self.work = Budget(
+            settings.work_in_flight, "removals and erasures in flight on this gateway", settings.overload_retry_after_s
+        )
         self.rate = rate_limiter(
             settings.redis_url, settings.key_rate_per_s, settings.key_rate_burst, "calls per second for this API key"
         )
@@ -162,10 +168,22 @@ class Admission(grpc.aio.ServerInterceptor):
             self.per_key.acquire(caller.key_id)
         except Refused as error:
             await abort(context, refused(error, "TOO_MANY_CALLS_IN_FLIGHT"))
+        if charged:
+            try:
+                self.work.acquire()
+            except Refused as error:
+                self.per_key.release(caller.key_id)
+                await abort(context, refused(error, "OVERLOADED"))
         admitted_caller.set(caller)
         if caller.usage_stats_opt_out:  # objection: this call, and what it causes downstream, counts nowhere
             exclude_from_stats()
-        return lambda: self.per_key.release(caller.key_id)
+
+        def release() -> None:
+            self.per_key.release(caller.key_id)
+            if charged:
+                self.work.release()
+
+        return release
 
     async def _first(self, requests: AsyncIterator[object], context: grpc.aio.ServicerContext) -> object:
         """The one request message of a unary call, within the time allowed for it to arrive."""

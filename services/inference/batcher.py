@@ -94,6 +94,7 @@ class Batcher:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the inference queue is full ({self.max_queue} images waiting); retry with backoff",
                 reason="INFERENCE_QUEUE_FULL",
+                retry_after_s=1.0,
             )
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._run())

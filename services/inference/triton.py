@@ -81,6 +81,7 @@ def _service_error(exc: InferenceServerException, timeout_s: float) -> ServiceEr
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "the model server's queue is full; retry with backoff",
             reason="MODEL_OVERLOADED",
+            retry_after_s=1.0,
         )
     if "DEADLINE_EXCEEDED" in status:
         return ServiceError(

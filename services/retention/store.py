@@ -6,6 +6,7 @@ every store, read, delete, erase and expiry is written to the access log.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -158,7 +159,14 @@ class ResultStore:
             session.add(result)
         # A crash from here on leaves a pending row (never listed, never readable) and
         # perhaps a blob; the sweep removes both.
-        self.blobs.put(result_id, crypto.seal(object_key, data, context))
+        try:
+            self.blobs.put(result_id, crypto.seal(object_key, data, context))
+        except Exception:
+            # The blob store refused (a full disk): the pending row goes at once, not at
+            # the sweep, so that nothing of this result is left behind.
+            with contextlib.suppress(Exception), Session(self.engine) as session, session.begin():
+                session.execute(delete(KeptResult).where(col(KeptResult.id) == result_id))
+            raise
         with Session(self.engine) as session, session.begin():
             row = session.get(KeptResult, result_id)
             assert row is not None
