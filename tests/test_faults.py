@@ -1,6 +1,7 @@
 """The fault suite (issue 19): a private mesh under a steady load of concurrent clients,
 and one fault after another (SIGKILL of each process, a slow, reset or blackholed link
-between services, Triton stopped with SIGSTOP). After each:
+between services, Triton stopped with SIGSTOP, accounts' PostgreSQL restarted mid-commit,
+a full disk under retention's blobs). After each:
 
 - every request was answered OK or with a documented retryable status;
 - credits charged == results delivered, and the holds return to zero;
@@ -272,6 +273,19 @@ def test_a_fault_under_load_loses_nothing_and_heals(rig: Rig, fault: str) -> Non
     _fault_under_load(rig, fault, FAULTS[fault], hold_s)
 
 
+def _new_account(rig: Rig) -> Customer:
+    """A funded account, once the gateway reaches accounts (it may have just been restarted)."""
+    deadline = time.monotonic() + 60
+    with rig.gateway.channel() as channel:
+        while True:
+            try:
+                return new_account(channel, rig.mesh.admin_token, credits=100_000)
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+
 def _fault_under_load(
     rig: Rig,
     fault: str,
@@ -281,8 +295,7 @@ def _fault_under_load(
 ) -> tuple[Customer, Tally]:
     """Runs the load, injects the fault, holds it `hold_s` and until the callers have `seen`
     it (a slow machine may send nothing in `hold_s`), heals it, and checks the invariants."""
-    with rig.gateway.channel() as channel:
-        account = new_account(channel, rig.mesh.admin_token, credits=100_000)
+    account = _new_account(rig)
     with Load(rig.gateway, account, rig.photo) as load:
         time.sleep(1.0)  # steady state
         recover = inject(rig)
@@ -501,6 +514,9 @@ def test_overload_is_refused_with_retry_info_not_queued(rig: Rig, tmp_path: Path
             ledger = _ledger_at(channel, account)
             charged = 1000 - ledger.balance.available
             assert charged == ok, f"{charged} charged for {ok} delivered"
+            # Every slot came back: two calls at once are admitted again.
+            again = [stub.RemoveBackground.future(request, metadata=account.metadata, timeout=60) for _ in range(2)]
+            assert all(call.result().result.width for call in again)
     finally:
         assert gateway.stop() == 0
 
