@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from cutout.v1 import options_pb2
+from services.common import output_spec
 from services.common.errors import ServiceError
 from services.inference import imaging
 from tests.conftest import decode, encode
@@ -78,8 +79,10 @@ def test_refinement_follows_the_image_edge_not_the_coarse_mask():
     assert plain_steps.max() < 0.1
 
 
-def spec(**options) -> imaging.OutputSpec:
-    return imaging.OutputSpec.from_proto(options_pb2.RemoveBackgroundOptions(**options), imaging.EncoderDefaults())
+def spec(**options) -> output_spec.OutputSpec:
+    return output_spec.OutputSpec.from_proto(
+        options_pb2.RemoveBackgroundOptions(**options), output_spec.EncoderDefaults()
+    )
 
 
 def test_transparent_png_zeroes_colour_under_full_transparency():
@@ -141,7 +144,7 @@ def test_refinement_spread_over_helper_threads_is_the_same_refinement(astronaut)
 def test_preview_size_is_at_most_a_quarter_megapixel_and_never_larger():
     assert imaging.preview_size((400, 300)) == (400, 300)
     width, height = imaging.preview_size((4000, 3000))
-    assert width * height <= imaging.PREVIEW_PIXELS and abs(width / height - 4 / 3) < 0.01
+    assert width * height <= output_spec.PREVIEW_PIXELS and abs(width / height - 4 / 3) < 0.01
 
 
 def test_roi_is_scaled_to_a_preview_and_refused_outside_the_picture():

@@ -29,13 +29,12 @@ from google.protobuf.message import Message
 from PIL import Image, UnidentifiedImageError
 
 from cutout.v1 import accounts_pb2, erase_pb2, options_pb2
-from services.common import credits
+from services.common import credits, output_spec
 from services.common.errors import ServiceError, invalid_argument
 from services.common.settings import API_KEY_METADATA
 from services.common.tasks import start_kept
 from services.common.telemetry import count, meter
 from services.gateway.settings import GatewaySettings
-from services.inference import imaging
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ def check_image(data: bytes, max_bytes: int, field: str = "image") -> None:
             reason="IMAGE_TOO_LARGE",
         )
     try:
-        with Image.open(io.BytesIO(data), formats=imaging.ACCEPTED_FORMATS):
+        with Image.open(io.BytesIO(data), formats=output_spec.ACCEPTED_FORMATS):
             pass
     except UnidentifiedImageError:
         raise invalid_argument(
@@ -95,7 +94,7 @@ def check_image(data: bytes, max_bytes: int, field: str = "image") -> None:
 
 def check_removal(image: bytes, options: options_pb2.RemoveBackgroundOptions, max_bytes: int) -> None:
     """What a removal can be refused for without decoding a pixel: its options and image header."""
-    imaging.OutputSpec.from_proto(options, imaging.EncoderDefaults())
+    output_spec.OutputSpec.from_proto(options, output_spec.EncoderDefaults())
     if options.HasField("keep_ttl"):
         ttl = options.keep_ttl
         if ttl.seconds < 0 or ttl.nanos < 0 or (ttl.seconds == 0 and ttl.nanos == 0):
