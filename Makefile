@@ -42,7 +42,7 @@ setup: $(STAMP) model $(NODE_STAMP)
 # side by side (ports 50051, 50061; data under .data/cells/<region>/).
 CELLS ?= eu
 up: setup
-	$(PY) -m services.mesh --cells $(CELLS)
+	$(PY) -m services.launcher --cells $(CELLS)
 
 # Lint, generated-code check, then the whole suite against the real mesh.
 test: setup

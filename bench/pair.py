@@ -23,7 +23,7 @@ from services.common.assets import ASTRONAUT
 from services.inference import imaging
 from services.inference.model import fetch_models
 from services.inference.settings import InferenceSettings
-from services.mesh import ROOT
+from services.launcher import ROOT
 
 CASES = {"png": options_pb2.OUTPUT_FORMAT_PNG, "pair": options_pb2.OUTPUT_FORMAT_COLOR_ALPHA_PAIR}
 

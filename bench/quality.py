@@ -44,7 +44,7 @@ from services.inference.model import (
 )
 from services.inference.profiles import ModelProfile, load_config
 from services.inference.triton_local import LocalTriton, model_counts
-from services.mesh import ROOT, Mesh, demo_account
+from services.launcher import ROOT, Mesh, demo_account
 
 CANVAS = (640, 480)
 BACKGROUND_TINTS = {"brick": (1.0, 0.75, 0.6), "gravel": (0.9, 0.9, 0.85), "grass": (0.6, 0.9, 0.5), "page": (1, 1, 1)}

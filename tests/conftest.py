@@ -24,7 +24,7 @@ from services.accounts.mail import latest_code
 from services.common.assets import ASTRONAUT
 from services.common.settings import API_KEY_METADATA
 from services.inference.model import fetch_models
-from services.mesh import ADMINS, ROOT, AdminEndpoint, Mesh, ServiceProcess, free_port, gateway_process
+from services.launcher import ADMINS, ROOT, AdminEndpoint, Mesh, ServiceProcess, free_port, gateway_process
 
 CACHE = ROOT / ".cache"
 SIGNUP_CREDITS = 3

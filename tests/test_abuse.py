@@ -16,7 +16,7 @@ from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc
 from services.accounts.mail import CODE_HEADER, messages_to
 from services.common.errors import error_details
 from services.common.settings import API_KEY_METADATA
-from services.mesh import Mesh, ServiceProcess
+from services.launcher import Mesh, ServiceProcess
 from tests.conftest import another_gateway, encode, new_account
 from tests.conftest import sign_up as signed_up
 

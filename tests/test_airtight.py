@@ -19,7 +19,7 @@ from PIL import Image
 
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.errors import error_details
-from services.mesh import Mesh, ServiceProcess, gateway_process
+from services.launcher import Mesh, ServiceProcess, gateway_process
 from tests.conftest import Customer, decode, encode, new_account
 from tests.faultproxy import FaultProxy
 

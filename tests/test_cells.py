@@ -17,7 +17,7 @@ from google.rpc import error_details_pb2
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.errors import error_details
 from services.common.settings import API_KEY_METADATA
-from services.mesh import Mesh, cells_from
+from services.launcher import Mesh, cells_from
 from tests.conftest import new_account, sign_up
 
 

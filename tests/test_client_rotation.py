@@ -13,7 +13,7 @@ import pytest
 
 from cutout.v1 import account_pb2, cutout_pb2_grpc
 from services.common.tls import Identity
-from services.mesh import Mesh
+from services.launcher import Mesh
 from tests.conftest import another_gateway, new_account
 
 

@@ -16,7 +16,7 @@ from google.rpc import error_details_pb2
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.accounts.admin import admins_line
 from services.common.errors import error_details
-from services.mesh import (
+from services.launcher import (
     AdminEndpoint,
     Mesh,
     ServiceProcess,

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.errors import error_details
-from services.mesh import Mesh, ServiceProcess, gateway_process
+from services.launcher import Mesh, ServiceProcess, gateway_process
 from tests.conftest import encode, new_account
 from tests.faultproxy import FaultProxy
 

@@ -31,7 +31,7 @@ from services.inference.inpainting import (
     read_mask,
 )
 from services.inference.inpainting import encode as inpainting_encode
-from services.mesh import Mesh, ServiceProcess
+from services.launcher import Mesh, ServiceProcess
 from tests.conftest import another_gateway, decode, encode, new_account
 from tests.test_bad_input import field_violations, reasons
 from tests.test_credits import balance

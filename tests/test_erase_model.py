@@ -20,7 +20,7 @@ from services.common.channels import channel_options
 from services.inference.inpainting import EraseMethod
 from services.inference.model import GENERAL_MODEL, MODEL_REPOSITORY, PERSON_MODEL
 from services.inference.triton_local import LocalTriton
-from services.mesh import ServiceProcess, free_port
+from services.launcher import ServiceProcess, free_port
 from tests.conftest import decode, encode, new_account
 from tests.test_bad_input import reasons
 from tests.test_credits import balance

@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
-from services.mesh import Mesh, ServiceProcess, gateway_process
+from services.launcher import Mesh, ServiceProcess, gateway_process
 from tests.conftest import Customer, encode, new_account
 from tests.faultproxy import FaultProxy
 

@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
-from services.mesh import gateway_process, retention_process
+from services.launcher import gateway_process, retention_process
 from tests.conftest import Customer, new_account
 from tests.test_credits import balance, ledger
 

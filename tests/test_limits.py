@@ -17,7 +17,7 @@ from services.common.channels import channel_options
 from services.common.errors import error_details
 from services.common.limits import FairSlots
 from services.common.settings import API_KEY_METADATA
-from services.mesh import Mesh, ServiceProcess, gateway_process
+from services.launcher import Mesh, ServiceProcess, gateway_process
 from tests.conftest import Customer, another_gateway, new_account
 
 SIGN_UP = "/cutout.v1.Cutout/SignUp"

@@ -18,7 +18,7 @@ from services.accounts.mail import CODE_HEADER, SmtpRelay
 from services.accounts.store import AccountStore
 from services.common.errors import ServiceError
 from services.common.tls import CellPki
-from services.mesh import free_port
+from services.launcher import free_port
 
 PASSWORD = "a sufficiently long password"
 

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.accounts import db as accounts_db
 from services.common import sql
-from services.mesh import ROOT, ServiceProcess
+from services.launcher import ROOT, ServiceProcess
 from services.retention import server as retention_server
 
 SCHEMAS = {

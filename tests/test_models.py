@@ -35,7 +35,7 @@ from services.inference.models import PersonRule, looks_like_person
 from services.inference.profiles import ModelProfile, ProfileError, load_config
 from services.inference.settings import InferenceSettings
 from services.inference.triton_local import model_counts
-from services.mesh import Mesh
+from services.launcher import Mesh
 from tests.conftest import CACHE, WithApiKey, decode, new_account
 from tests.test_end_to_end import BACKDROP, FACE
 

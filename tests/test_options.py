@@ -15,7 +15,7 @@ from PIL import Image, ImageFilter
 
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.errors import error_details
-from services.mesh import Mesh
+from services.launcher import Mesh
 from tests.conftest import another_gateway, decode, encode, new_account
 
 Opts = options_pb2.RemoveBackgroundOptions

@@ -33,7 +33,7 @@ from services.common.errors import error_details
 from services.common.settings import API_KEY_METADATA, MIB
 from services.common.tls import channel_credentials
 from services.inference.triton_local import LocalTriton
-from services.mesh import ROOT, ServiceProcess, free_port, gateway_process
+from services.launcher import ROOT, ServiceProcess, free_port, gateway_process
 from services.retention.store import READY
 from tests.conftest import Customer, encode, new_account
 
@@ -256,7 +256,7 @@ def test_ctrl_c_in_a_terminal_drains_the_mesh_and_everything_exits_zero(tmp_path
     (data_dir / "samples" / "astronaut.png").write_bytes(astronaut_png)  # the demo's photo, not fetched again
     marker = f"CUTOUT_DATA_DIR={data_dir}"  # every process the launcher starts inherits it
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "services.mesh"],
+        [sys.executable, "-m", "services.launcher"],
         env={**os.environ, "CUTOUT_DATA_DIR": str(data_dir), "CUTOUT_GATEWAY_PORT": str(free_port())},
         cwd=ROOT,
         stdin=subprocess.DEVNULL,

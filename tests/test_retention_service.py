@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from cutout.v1 import retention_pb2, retention_pb2_grpc
-from services.mesh import ServiceProcess
+from services.launcher import ServiceProcess
 from tests.conftest import encode
 from tests.test_retention_storage import s3_client
 

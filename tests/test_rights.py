@@ -29,7 +29,7 @@ from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2, rig
 from services.accounts.admin import admins_line
 from services.common.errors import error_details
 from services.common.telemetry import RPC_SERVER_DURATION
-from services.mesh import (
+from services.launcher import (
     AdminEndpoint,
     Mesh,
     ServiceProcess,

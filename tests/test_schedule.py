@@ -1,6 +1,6 @@
 """What is kept, and for how long (README): one test per line of the table that is not an
 image, each with an injected clock, through the very sweep the services run
-(`services.accounts.server.sweep_all`, `ResultStore.sweep`, `services.mesh.rotate_logs`),
+(`services.accounts.server.sweep_all`, `ResultStore.sweep`, `services.launcher.rotate_logs`),
 on a migrated SQLite database and real folders."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from services.common import credits
 from services.common.errors import ServiceError
 from services.common.sql import make_engine as make_sql_engine
 from services.common.sql import migrate as migrate_sql
-from services.mesh import rotate_logs
+from services.launcher import rotate_logs
 from services.retention import crypto
 from services.retention.blobstore import LocalBlobStore
 from services.retention.models import AccessLogEntry

@@ -20,7 +20,7 @@ from services.accounts.ledger import Ledger
 from services.accounts.mail import CODE_HEADER, Outbox, messages_to
 from services.accounts.store import AccountStore
 from services.common.errors import error_details
-from services.mesh import Mesh, ServiceProcess, accounts_process, gateway_process, write_secret
+from services.launcher import Mesh, ServiceProcess, accounts_process, gateway_process, write_secret
 from tests.conftest import SIGNUP_CREDITS, new_account, sign_up, sign_up_code
 
 

@@ -18,7 +18,7 @@ from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.errors import status_details
 from services.inference.model import PERSON_MODEL
 from services.inference.triton_local import model_counts
-from services.mesh import Mesh
+from services.launcher import Mesh
 from tests.conftest import another_gateway, decode, encode, new_account, photo_variants
 from tests.test_credits import assert_ledger_adds_up, balance
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import PngImagePlugin
 
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
-from services.mesh import Mesh, ServiceProcess, free_port
+from services.launcher import Mesh, ServiceProcess, free_port
 from tests.conftest import Customer, encode, new_account
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from services.common.tls import CellPki, server_credentials
-from services.mesh import ROOT
+from services.launcher import ROOT
 from tests.otlp_receiver import OtlpReceiver
 
 # One span through the services' own telemetry set-up, then a flushing shutdown.

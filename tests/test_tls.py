@@ -1,6 +1,6 @@
 """TLS 1.3 at the edge, mutual TLS inside, through the real mesh.
 
-The session's mesh runs with the cell's CA and one certificate per service (services/mesh.py).
+The session's mesh runs with the cell's CA and one certificate per service (services/launcher.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from cutout.client import CutoutClient
 from cutout.v1 import accounts_pb2, accounts_pb2_grpc, retention_pb2, retention_pb2_grpc
 from services.common.channels import channel_options
 from services.common.tls import CellPki
-from services.mesh import Mesh, ServiceProcess, free_port
+from services.launcher import Mesh, ServiceProcess, free_port
 
 
 def openssl_handshake(address: str, version: str, ca_file: Path) -> tuple[int, str]:

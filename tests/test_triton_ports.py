@@ -20,7 +20,7 @@ import pytest
 from cryptography import x509
 
 from services.common.tls import CellPki
-from services.mesh import Mesh
+from services.launcher import Mesh
 
 SIDECAR = Path(__file__).resolve().parent.parent / "services" / "inference" / "triton_sidecar.py"
 METRICS = b'# HELP nv_inference_request_success\nnv_inference_request_success{model="m",version="1"} 3\n'

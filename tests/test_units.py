@@ -20,7 +20,7 @@ from services.common import credits
 from services.common.errors import error_details
 from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
 from services.gateway.settings import GatewaySettings
-from services.mesh import Mesh
+from services.launcher import Mesh
 from tests.conftest import another_gateway, encode, new_account
 from tests.test_cli import run_cli
 
@@ -286,7 +286,7 @@ def test_a_grant_source_with_the_session_mesh_default_signup_credits_is_whole(ra
 
 def test_the_demo_account_is_topped_up_to_exactly_its_credits(mesh: Mesh, tmp_path, astronaut):
     """`make up`'s demo account after a preview (4.75 left) is topped up to 5, not 5.75."""
-    from services.mesh import demo_account
+    from services.launcher import demo_account
 
     def top_up() -> str:
         # The mesh's own data folder: the demo account's code arrives in its outbox.

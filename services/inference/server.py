@@ -22,8 +22,8 @@ from services.common.server import ServiceSpec
 from services.common.telemetry import count, meter, stage, tracer
 from services.common.tls import Identity
 from services.inference import imaging, inpainting
-from services.inference.budget import PixelBudget
 from services.inference.models import ModelCatalog, ServedModel, looks_like_person
+from services.inference.pixel_budget import PixelBudget
 from services.inference.settings import InferenceSettings
 from services.inference.triton import TritonInpainter
 

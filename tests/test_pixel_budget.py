@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from services.inference.budget import PixelBudget
+from services.inference.pixel_budget import PixelBudget
 
 
 def test_holders_never_exceed_the_budget_and_waiters_get_their_turn():

@@ -1,7 +1,7 @@
 """The embedded mesh on one machine: Triton, then inference, accounts, retention, then the gateway.
 
-    python -m services.mesh                  # `make up`: start, run a demo removal, serve until Ctrl-C
-    python -m services.mesh --cells eu,us    # `make up CELLS=eu,us`: one cell per region, side by side
+    python -m services.launcher                  # `make up`: start, run a demo removal, serve until Ctrl-C
+    python -m services.launcher --cells eu,us    # `make up CELLS=eu,us`: one cell per region, side by side
 
 Each service runs as its own process (`python -m services.<name>`), configured only
 through its environment variables, exactly as on Kubernetes. Tests use `Mesh` too.
@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     """`make up`; exits 0 once everything has stopped with status 0 (after Ctrl-C too)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m services.mesh", description="the embedded Cutout mesh")
+    parser = argparse.ArgumentParser(prog="python -m services.launcher", description="the embedded Cutout mesh")
     parser.add_argument(
         "--cells",
         default=os.environ.get("CUTOUT_CELLS", "eu"),
