@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup up test bench protos model clean lock
+.PHONY: setup up test test-unit bench protos model clean lock
 
 # A virtualenv with the project, its services and dev tools, at the locked versions
 # (requirements/dev.lock; the images install requirements/server.lock, the same pins).
@@ -50,6 +50,10 @@ test: setup
 	$(PY) -m ruff format --check .
 	$(PY) -m tools.protos --check
 	$(PY) -m pytest
+
+# The unit tests alone (no Triton, no services): the quick loop while changing one module.
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit
 
 # The mesh under load against the floor, then erase quality on held-out photos;
 # writes bench/results/ and the README's tables.

@@ -531,7 +531,7 @@ def drop_shadow(alpha: Image.Image, box: tuple[int, int, int, int]) -> Image.Ima
 # import compiles all its numba functions, 113 s of CPU here whenever numba's cache is
 # absent (a fresh container, a read-only virtualenv). Blur fusion needs box blurs only:
 # 0.14 s of CPU at 1 MP, 0.8-1.0 s at 12 MP for this whole function (spill figure in
-# tests/test_options.py: 182, against 197 with pymatting at 0.1 MP and 110 without).
+# tests/mesh/test_options.py: 182, against 197 with pymatting at 0.1 MP and 110 without).
 FOREGROUND_WORK_PIXELS = 250_000
 
 

@@ -1,7 +1,7 @@
 """OTLP over TLS, as the cells send it (issue #14): a service's exporter, configured only by
 the standard variables the manifests set (`https://` endpoint, OTEL_EXPORTER_OTLP_CERTIFICATE
 = the cell CA), delivers to a collector serving a cell certificate, over TLS 1.3, and sends
-nothing to one whose certificate another CA signed (tests/test_k8s.py checks the manifests)."""
+nothing to one whose certificate another CA signed (tests/deploy/test_k8s.py checks the manifests)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 from bench.erase import score
 from cutout import watermark
 from tests.conftest import decode, encode
-from tests.test_cli import run_cli
+from tests.mesh.test_cli import run_cli
 
 
 @pytest.fixture

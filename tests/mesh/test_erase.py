@@ -33,9 +33,9 @@ from services.inference.inpainting import (
 from services.inference.inpainting import encode as inpainting_encode
 from services.launcher import Mesh, ServiceProcess
 from tests.conftest import another_gateway, decode, encode, new_account
-from tests.test_bad_input import field_violations, reasons
-from tests.test_credits import balance
-from tests.test_stream import stream
+from tests.mesh.test_bad_input import field_violations, reasons
+from tests.mesh.test_credits import balance
+from tests.mesh.test_stream import stream
 
 LIMITS = DecodeLimits(50 * 2**20, 25_000_000)
 METHODS = [

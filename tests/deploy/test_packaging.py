@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOCKS = ROOT / "requirements"
 # What only the services need; none of it may reach a client's machine.
 SERVER_ONLY = {"nvidia-pytriton", "ai-edge-litert", "sqlmodel", "tritonclient", "onnxruntime", "alembic", "scipy"}

@@ -14,7 +14,7 @@ from google.protobuf import duration_pb2
 from cutout.v1 import retention_pb2, retention_pb2_grpc
 from services.launcher import ServiceProcess
 from tests.conftest import encode
-from tests.test_retention_storage import s3_client
+from tests.unit.test_retention_storage import s3_client
 
 
 def retention_env(tmp_path, blob_store: str, s3_endpoint: str | None = None) -> dict[str, str]:

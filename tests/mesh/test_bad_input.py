@@ -76,7 +76,7 @@ def test_file_over_the_byte_limit(gateway):
 
 def test_a_message_far_over_the_byte_limit_is_refused_by_the_public_port_itself(gateway):
     """Past the input cap plus framing, the gateway refuses the message from its length,
-    before reading it (tests/test_tls.py measures the memory this saves)."""
+    before reading it (tests/mesh/test_tls.py measures the memory this saves)."""
     error = call(gateway, b"\xff\xd8\xff" + bytes(51 * MIB))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "larger than max" in error.details()

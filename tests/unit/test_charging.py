@@ -1,6 +1,6 @@
 """The gateway's credit logic on its own (services/gateway/charging.py), against a fake
 accounts service that records what it was asked. The same rules through the real mesh:
-tests/test_airtight.py and tests/test_credits.py."""
+tests/mesh/test_airtight.py and tests/mesh/test_credits.py."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ from services.inference.settings import InferenceSettings
 from services.inference.triton_local import model_counts
 from services.launcher import Mesh
 from tests.conftest import CACHE, WithApiKey, decode, new_account
-from tests.test_end_to_end import BACKDROP, FACE
+from tests.mesh.test_end_to_end import BACKDROP, FACE
 
 PHOTOS = {"coffee": COFFEE, "chelsea": CHELSEA}
 

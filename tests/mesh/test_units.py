@@ -22,7 +22,7 @@ from services.common.settings import ADMIN_TOKEN_METADATA, API_KEY_METADATA
 from services.gateway.settings import GatewaySettings
 from services.launcher import Mesh
 from tests.conftest import another_gateway, encode, new_account
-from tests.test_cli import run_cli
+from tests.mesh.test_cli import run_cli
 
 Opts = options_pb2.RemoveBackgroundOptions
 

@@ -22,8 +22,8 @@ from services.inference.model import GENERAL_MODEL, MODEL_REPOSITORY, PERSON_MOD
 from services.inference.triton_local import LocalTriton
 from services.launcher import ServiceProcess, free_port
 from tests.conftest import decode, encode, new_account
-from tests.test_bad_input import reasons
-from tests.test_credits import balance
+from tests.mesh.test_bad_input import reasons
+from tests.mesh.test_credits import balance
 
 SLOTS = MODEL_REPOSITORY.parent / "model_slots"
 

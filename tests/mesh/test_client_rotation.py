@@ -1,6 +1,6 @@
 """The gateway's client certificate inside the cell (mutual TLS to accounts, inference and
 retention) is re-read when its files change, without a restart (issue #14), as its serving
-certificate already is (tests/test_tls.py)."""
+certificate already is (tests/mesh/test_tls.py)."""
 
 from __future__ import annotations
 

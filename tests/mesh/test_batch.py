@@ -10,8 +10,8 @@ import pytest
 
 from cutout import batch
 from tests.conftest import decode, new_account, photo_variants
-from tests.test_cli import run_cli
-from tests.test_credits import balance
+from tests.mesh.test_cli import run_cli
+from tests.mesh.test_credits import balance
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:

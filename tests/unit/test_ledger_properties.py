@@ -551,7 +551,7 @@ def test_migration_0002_counts_what_existing_reservations_took(tmp_path) -> None
                 {"r": "released", "g": "g2", "n": 4},
             ],
         )
-    migrate(engine, "0002")  # (0003_units then counts in millicredits: tests/test_units.py)
+    migrate(engine, "0002")  # (0003_units then counts in millicredits: tests/mesh/test_units.py)
     with engine.connect() as connection:
         used = dict(connection.execute(text("SELECT id, used FROM credit_grants")).all())
         disagreeing = connection.execute(text(f"SELECT count(*) FROM credit_grants g WHERE {USED_DISAGREES}"))

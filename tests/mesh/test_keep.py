@@ -13,7 +13,7 @@ from google.protobuf import duration_pb2
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.launcher import gateway_process, retention_process
 from tests.conftest import Customer, new_account
-from tests.test_credits import balance, ledger
+from tests.mesh.test_credits import balance, ledger
 
 
 def keep(channel: grpc.Channel, account: Customer, image: bytes, **options: object):  # type: ignore[no-untyped-def]

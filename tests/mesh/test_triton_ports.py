@@ -1,6 +1,6 @@
 """Triton's ports besides gRPC (issue #14): embedded, they are off; in a cell, HTTP and
 metrics bind to the pod's loopback and the metrics leave only through a TLS 1.3 sidecar
-(services/inference/triton_sidecar.py; the manifests are checked in tests/test_k8s.py)."""
+(services/inference/triton_sidecar.py; the manifests are checked in tests/deploy/test_k8s.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from cryptography import x509
 from services.common.tls import CellPki
 from services.launcher import Mesh
 
-SIDECAR = Path(__file__).resolve().parent.parent / "services" / "inference" / "triton_sidecar.py"
+SIDECAR = Path(__file__).resolve().parents[2] / "services" / "inference" / "triton_sidecar.py"
 METRICS = b'# HELP nv_inference_request_success\nnv_inference_request_success{model="m",version="1"} 3\n'
 
 
@@ -48,7 +48,7 @@ def _listening_ports(pid: int) -> set[int]:
 
 def test_the_embedded_triton_listens_on_its_grpc_port_alone(mesh: Mesh):
     """HTTP and metrics are off (`--allow-http=false`, `--allow-metrics=false`): the only
-    port is gRPC, which is mutual TLS (tests/test_tls.py)."""
+    port is gRPC, which is mutual TLS (tests/mesh/test_tls.py)."""
     assert mesh.triton is not None and mesh.triton.process is not None
     assert _listening_ports(mesh.triton.process.pid) == {mesh.triton.grpc_port}
 

@@ -20,7 +20,7 @@ from services.inference.model import PERSON_MODEL
 from services.inference.triton_local import model_counts
 from services.launcher import Mesh
 from tests.conftest import another_gateway, decode, encode, new_account, photo_variants
-from tests.test_credits import assert_ledger_adds_up, balance
+from tests.mesh.test_credits import assert_ledger_adds_up, balance
 
 MIB = 1024 * 1024
 

@@ -34,7 +34,7 @@ from services.inference.model import MODEL_REPOSITORY
 from services.inference.profiles import load_config
 from services.inference.settings import InferenceSettings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 REGIONS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())
 # The oldest Kubernetes the cells promise to run on, and the newest the validator knows.
@@ -306,7 +306,7 @@ def test_triton_http_and_metrics_stay_on_the_pod_loopback_and_metrics_leave_over
     """Triton has no TLS but on gRPC: its HTTP (health) and metrics ports listen on the pod's
     loopback; the kubelet's probes ask from inside the container, and the metrics leave
     only through the metrics-tls sidecar (TLS 1.3, the pod's cell certificate; its own
-    behaviour is tested in tests/test_triton_ports.py)."""
+    behaviour is tested in tests/mesh/test_triton_ports.py)."""
     sidecar = "/opt/cutout/triton_sidecar.py"
     for region, objects in cells.items():
         for name in TRITONS:
