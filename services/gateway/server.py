@@ -18,12 +18,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, message_factory
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cutout.v1 import (
+    account_pb2,
     accounts_pb2,
     accounts_pb2_grpc,
     cutout_pb2,
@@ -36,7 +37,7 @@ from cutout.v1 import (
     retention_pb2_grpc,
     rights_pb2,
 )
-from services.common import credits
+from services.common import credits, pages
 from services.common.channels import mesh_channel
 from services.common.chunks import pieces
 from services.common.errors import (
@@ -51,6 +52,7 @@ from services.common.limits import FairSlots
 from services.common.server import ServiceSpec
 from services.common.settings import API_KEY_METADATA, SOURCE_METADATA
 from services.common.tasks import start_kept
+from services.common.wire import as_message
 from services.gateway import export
 from services.gateway.admission import Admission, admitted_caller, source_address
 from services.gateway.charging import Charger, Deliver, Handoff, api_key, check_erase, check_removal, new_key
@@ -68,6 +70,11 @@ ACCOUNTS_SERVICE = accounts_pb2.DESCRIPTOR.services_by_name["Accounts"].full_nam
 ACCOUNTS_UNAVAILABLE = "the accounts service is unavailable; retry shortly"
 RETENTION_SERVICE = retention_pb2.DESCRIPTOR.services_by_name["Retention"].full_name
 RETENTION_UNAVAILABLE = "the retention service is unavailable; retry shortly"
+# The public access log's pages (the README's "Lists and pages"); the gateway keeps its page
+# token, since it merges accounts' half with retention's.
+ACCESS_LOG_PAGE = pages.PageSize(default=1000, maximum=10000)
+ACCESS_LOG_LIST = "access_log"
+EXPORT_ACCESS_LOG = 10_000  # records of the access log an export holds (the newest)
 
 
 def request_hash(request: cutout_pb2.RemoveBackgroundRequest) -> str:
@@ -239,15 +246,26 @@ class _Stream:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-def _forwarded(name: str, forward: tuple[str, ...], stub: str = "accounts") -> Callable[..., Awaitable[Any]]:
-    """A handler that passes the request and the caller's credentials on to accounts."""
+def _forwarded(name: str, forward: tuple[str, ...]) -> Callable[..., Awaitable[Any]]:
+    """A handler that passes the request and the caller's credentials on to accounts: the
+    public message becomes accounts' own message of the same fields, and its answer the
+    public response (services/common/wire.py)."""
+    internal_request = getattr(accounts_pb2, f"Accounts{name}Request")
+    public_response = _public_response(name)
 
-    async def handler(self: Any, request: object, context: grpc.aio.ServicerContext) -> Any:
-        method = getattr(getattr(self.down, stub), name)
-        return await self.down.accounts_call(context, method, request, forward)
+    async def handler(self: Any, request: Message, context: grpc.aio.ServicerContext) -> Any:
+        method = getattr(self.down.accounts, name)
+        answer = await self.down.accounts_call(context, method, as_message(internal_request, request), forward)
+        return as_message(public_response, answer)
 
     handler.__name__ = name
     return handler
+
+
+def _public_response(name: str) -> type[Message]:
+    """The generated class of the public Cutout method's response type."""
+    output = cutout_pb2.DESCRIPTOR.services_by_name["Cutout"].methods_by_name[name].output_type
+    return message_factory.GetMessageClass(output)
 
 
 class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
@@ -489,7 +507,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             request_hash=await asyncio.to_thread(erase_hash, request),
         )
 
-        def start() -> asyncio.Future[erase_pb2.EraseRegionsResponse]:
+        def start() -> asyncio.Future[inference_pb2.EraseResponse]:
             return asyncio.ensure_future(
                 self.down.inference.Erase(
                     inference_pb2.EraseRequest(image=request.image, regions=request.regions),
@@ -499,8 +517,8 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
 
         reserved, erasing = await self.charger.reserve_then_start(context, reserve, start, keyed=keyed)
 
-        async def finish(erased: erase_pb2.EraseRegionsResponse) -> erase_pb2.EraseRegionsResponse:
-            return erased
+        async def finish(erased: inference_pb2.EraseResponse) -> erase_pb2.EraseRegionsResponse:
+            return as_message(erase_pb2.EraseRegionsResponse, erased)
 
         response = await self.charger.charged(context, reserve, reserved, erasing, finish, deliver, _inference_error)
         return response, reserve.amount_millicredits
@@ -570,10 +588,10 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             ttl=options.keep_ttl if options.HasField("keep_ttl") else None,
         )
 
-        def chunks() -> Iterator[retention_pb2.StoreChunk]:
+        def chunks() -> Iterator[retention_pb2.StoreRequest]:
             first: retention_pb2.StoreHeader | None = header
             for piece in pieces(result.image, self.settings.retention_chunk_bytes):
-                yield retention_pb2.StoreChunk(header=first, data=piece)
+                yield retention_pb2.StoreRequest(header=first, data=piece)
                 first = None
 
         try:
@@ -602,12 +620,14 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
             except ServiceError as error:
                 await abort(context, error)
             call = self.down.retention.FetchOwned(
-                retention_pb2.OwnedResultRequest(account_id=caller.account_id, result_id=request.result_id),
+                retention_pb2.FetchOwnedRequest(account_id=caller.account_id, result_id=request.result_id),
                 timeout=self.down.deadline(context, self.settings.retention_timeout_s),
             )
         try:
             async for chunk in call:
-                yield chunk
+                yield options_pb2.ResultChunk(
+                    result=chunk.result if chunk.HasField("result") else None, data=chunk.data
+                )
         except grpc.aio.AioRpcError as error:
             await relay(context, error, RETENTION_UNAVAILABLE)
 
@@ -618,9 +638,14 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         listed = await self.down.retention_call(
             context,
             self.down.retention.ListOwned,
-            retention_pb2.ListOwnedRequest(account_id=caller.account_id, limit=request.limit),
+            retention_pb2.ListOwnedRequest(
+                account_id=caller.account_id,
+                limit=request.limit,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            ),
         )
-        return cutout_pb2.ListResultsResponse(results=listed.results)
+        return cutout_pb2.ListResultsResponse(results=listed.results, next_page_token=listed.next_page_token)
 
     async def DeleteResult(
         self, request: cutout_pb2.DeleteResultRequest, context: grpc.aio.ServicerContext
@@ -629,7 +654,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         await self.down.retention_call(
             context,
             self.down.retention.DeleteOwned,
-            retention_pb2.OwnedResultRequest(account_id=caller.account_id, result_id=request.result_id),
+            retention_pb2.DeleteOwnedRequest(account_id=caller.account_id, result_id=request.result_id),
         )
         return cutout_pb2.DeleteResultResponse()
 
@@ -646,7 +671,7 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         """Deletes a result kept for a call that failed after keeping it (nothing half-done stays)."""
         try:
             await self.down.retention.DeleteOwned(
-                retention_pb2.OwnedResultRequest(account_id=caller.account_id, result_id=result_id),
+                retention_pb2.DeleteOwnedRequest(account_id=caller.account_id, result_id=result_id),
                 timeout=self.settings.retention_timeout_s,
             )
         except grpc.aio.AioRpcError as error:
@@ -662,24 +687,20 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         try:
             caller = await self._authenticate(context)
             held = await self.down.accounts_call(
-                context, self.down.accounts.ExportAccount, rights_pb2.AccountExportRequest(), self.KEY
+                context, self.down.accounts.ExportAccount, accounts_pb2.AccountsExportAccountRequest(), self.KEY
             )
-            listed = await self.down.retention_call(
-                context,
-                self.down.retention.ListOwned,
-                retention_pb2.ListOwnedRequest(account_id=caller.account_id, limit=1000),
-            )
-            access = await self._access_log(context, caller, limit=10_000)
+            results = await self._all_results(context, caller)
+            access, _ = await self._access_log(context, caller, EXPORT_ACCESS_LOG, None)
         except ServiceError as error:
             await abort(context, error)
         archive = export.Archive()
-        for name, document in export.documents(held, listed.results, access):
+        for name, document in export.documents(held, results, access):
             archive.add_json(name, document)
             yield rights_pb2.ExportChunk(data=archive.take())
         if request.include_results:
-            for kept in listed.results:
+            for kept in results:
                 call = self.down.retention.FetchOwned(
-                    retention_pb2.OwnedResultRequest(account_id=caller.account_id, result_id=kept.result_id),
+                    retention_pb2.FetchOwnedRequest(account_id=caller.account_id, result_id=kept.result_id),
                     timeout=self.down.deadline(context, self.settings.retention_timeout_s),
                 )
                 try:
@@ -694,43 +715,115 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         archive.close()
         yield rights_pb2.ExportChunk(data=archive.take())
 
-    async def _access_log(
-        self, context: grpc.aio.ServicerContext, caller: accounts_pb2.AuthenticateResponse, limit: int
-    ) -> list[rights_pb2.AccessRecord]:
-        """The owner's access log from accounts and retention, newest first."""
-        held = await self.down.accounts_call(
-            context, self.down.accounts.ListAccessLog, rights_pb2.OwnerAccessLogRequest(limit=limit), self.KEY
-        )
-        kept = await self.down.retention_call(
-            context, self.down.retention.ListAccessLog, retention_pb2.ListAccessLogRequest(account_id=caller.account_id)
-        )
-        records = list(held.entries) + [
-            rights_pb2.AccessRecord(
-                at=entry.at, actor=entry.actor, action=entry.action, service="retention", result_id=entry.result_id
+    async def _all_results(
+        self, context: grpc.aio.ServicerContext, caller: accounts_pb2.AuthenticateResponse
+    ) -> list[options_pb2.KeptResult]:
+        """Every kept result of the caller, page after page."""
+        results: list[options_pb2.KeptResult] = []
+        token = ""
+        while True:
+            listed = await self.down.retention_call(
+                context,
+                self.down.retention.ListOwned,
+                retention_pb2.ListOwnedRequest(account_id=caller.account_id, page_size=1000, page_token=token),
             )
-            for entry in kept.entries
-        ]
-        records.sort(key=lambda record: (record.at.seconds, record.at.nanos), reverse=True)
-        return records[:limit]
+            results.extend(listed.results)
+            token = listed.next_page_token
+            if not token:
+                return results
+
+    async def _access_log(
+        self,
+        context: grpc.aio.ServicerContext,
+        caller: accounts_pb2.AuthenticateResponse,
+        size: int,
+        position: dict[str, int] | None,
+    ) -> tuple[list[rights_pb2.AccessRecord], dict[str, int] | None]:
+        """A page of the owner's access log, accounts' and retention's merged newest first, and
+        where the next page starts (None: this was the last).
+
+        Each service pages its half by its own ids (newest first); `position` holds, per
+        service, the id of the last record shown (keyset), or -1 once that half is done. Up to
+        a page is read from each half, the two merged by time, the first `size` shown."""
+        position = dict(position or {"accounts": 0, "retention": 0})
+        halves: list[tuple[str, list[tuple[rights_pb2.AccessRecord, int]]]] = []
+        if position["accounts"] >= 0:
+            held = await self.down.accounts_call(
+                context,
+                self.down.accounts.ListAccessLog,
+                accounts_pb2.AccountsListAccessLogRequest(limit=size, before_id=position["accounts"]),
+                self.KEY,
+            )
+            # An accounts older than pages sends no ids (0: its half ends with its first page).
+            ids = list(held.entry_ids) if len(held.entry_ids) == len(held.entries) else [0] * len(held.entries)
+            halves.append(("accounts", list(zip(held.entries, ids, strict=True))))
+        if position["retention"] >= 0:
+            kept = await self.down.retention_call(
+                context,
+                self.down.retention.ListAccessLog,
+                retention_pb2.ListAccessLogRequest(
+                    account_id=caller.account_id, limit=size, before_id=position["retention"]
+                ),
+            )
+            halves.append(
+                (
+                    "retention",
+                    [
+                        (
+                            rights_pb2.AccessRecord(
+                                at=e.at, actor=e.actor, action=e.action, service="retention", result_id=e.result_id
+                            ),
+                            e.id,
+                        )
+                        for e in kept.entries
+                    ],
+                )
+            )
+        merged = sorted(
+            ((record, service, entry_id) for service, records in halves for record, entry_id in records),
+            key=lambda item: (item[0].at.seconds, item[0].at.nanos, item[1], item[2]),
+            reverse=True,
+        )
+        shown = merged[:size]
+        for service, records in halves:
+            taken = [entry_id for _, source, entry_id in shown if source == service]
+            if taken:
+                position[service] = taken[-1]
+            # A half is done once it gave less than a page and all of it was shown.
+            if (len(records) < size or not all(entry_id for _, entry_id in records)) and len(taken) == len(records):
+                position[service] = -1
+        done = all(value < 0 for value in position.values())
+        return [record for record, _, _ in shown], None if done else position
 
     async def ListAccessLog(
         self, request: rights_pb2.OwnerAccessLogRequest, context: grpc.aio.ServicerContext
     ) -> rights_pb2.OwnerAccessLogResponse:
         caller = await self._authenticate(context)
-        entries = await self._access_log(context, caller, min(request.limit or 1000, 10_000))
-        return rights_pb2.OwnerAccessLogResponse(entries=entries)
+        size = ACCESS_LOG_PAGE.of(request.page_size, request.limit)
+        decoded = pages.decode(request.page_token, caller.account_id, ACCESS_LOG_LIST)
+        position = None
+        if decoded is not None:
+            position = {name: pages.field(decoded, name, int) for name in ("accounts", "retention")}
+        entries, following = await self._access_log(context, caller, size, position)
+        response = rights_pb2.OwnerAccessLogResponse(entries=entries)
+        if following is not None:
+            response.next_page_token = pages.encode(caller.account_id, ACCESS_LOG_LIST, following)
+        return response
 
-    async def SignUp(self, request: Message, context: grpc.aio.ServicerContext) -> Any:
+    async def SignUp(
+        self, request: account_pb2.SignUpRequest, context: grpc.aio.ServicerContext
+    ) -> account_pb2.SignUpResponse:
         # The source address, from the connection (never from the client's metadata), for
         # accounts' cap on free grants per source.
-        return await self.down._call(
+        answer = await self.down._call(
             context,
             self.down.accounts.SignUp,
-            request,
+            as_message(accounts_pb2.AccountsSignUpRequest, request),
             self.settings.accounts_timeout_s,
             ACCOUNTS_UNAVAILABLE,
             [(SOURCE_METADATA, source_address(context))],
         )
+        return as_message(account_pb2.SignUpResponse, answer)
 
     KEY = (API_KEY_METADATA,)
     VerifySignUp = _forwarded("VerifySignUp", ())
