@@ -228,7 +228,7 @@ class Charger:
         with `deliver`); anything not handed over is released or refunded, and `discard` undoes
         what `finish` stored for it. Errors are raised as ServiceError (`unavailable` maps the
         work's own failures)."""
-        settle = accounts_pb2.SettleRequest(account_id=reserve.account_id, reservation_id=reserved.reservation_id)
+        settle = accounts_pb2.CommitRequest(account_id=reserve.account_id, reservation_id=reserved.reservation_id)
         handoff = Handoff()
         response: R | None = None
         committing: asyncio.Task[None] | None = None
@@ -253,7 +253,7 @@ class Charger:
                     self.to_the_end(discard(response))
         return response
 
-    async def _commit(self, context: grpc.aio.ServicerContext, settle: accounts_pb2.SettleRequest, amount: int) -> None:
+    async def _commit(self, context: grpc.aio.ServicerContext, settle: accounts_pb2.CommitRequest, amount: int) -> None:
         """Commits, retrying while accounts does not answer and the call has time; a result whose
         charge cannot be recorded is not handed over (raised as UNAVAILABLE)."""
         loop = asyncio.get_running_loop()
@@ -294,15 +294,15 @@ class Charger:
             pause = min(pause * 2, 1.0)
 
     async def _undo(
-        self, settle: accounts_pb2.SettleRequest, amount: int, committing: asyncio.Task[None] | None = None
+        self, settle: accounts_pb2.CommitRequest, amount: int, committing: asyncio.Task[None] | None = None
     ) -> None:
         """Releases a hold, or refunds it if its commit landed, retrying until accounts answers
         (up to settle_retry_s; past the hold's timeout accounts releases it by itself)."""
         if committing is not None:  # after the commit, so that the two never cross
             await asyncio.wait([committing])
-        undo = accounts_pb2.SettleRequest()
-        undo.CopyFrom(settle)
-        undo.undelivered = True
+        undo = accounts_pb2.ReleaseRequest(
+            account_id=settle.account_id, reservation_id=settle.reservation_id, undelivered=True
+        )
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.settings.settle_retry_s
         pause = 0.1
@@ -327,7 +327,7 @@ class Charger:
         except ServiceError:
             return  # nothing was reserved
         if reserved.outcome in OWNED:
-            settle = accounts_pb2.SettleRequest(account_id=reserve.account_id, reservation_id=reserved.reservation_id)
+            settle = accounts_pb2.CommitRequest(account_id=reserve.account_id, reservation_id=reserved.reservation_id)
             await self._undo(settle, reserve.amount_millicredits)
 
 

@@ -18,6 +18,7 @@ from cutout.v1 import accounts_pb2, cutout_pb2, erase_pb2, inference_pb2, option
 from services.common import credits
 from services.common.chunks import pieces
 from services.common.errors import ServiceError, processing_restricted
+from services.common.wire import as_message
 from services.gateway import validation
 from services.gateway.charging import (
     Charger,
@@ -127,7 +128,7 @@ class Removals:
             request_hash=await asyncio.to_thread(erase_hash, request),
         )
 
-        def start() -> asyncio.Future[erase_pb2.EraseRegionsResponse]:
+        def start() -> asyncio.Future[inference_pb2.EraseResponse]:
             return asyncio.ensure_future(
                 self.down.inference.Erase(
                     inference_pb2.EraseRequest(image=request.image, regions=request.regions),
@@ -137,8 +138,8 @@ class Removals:
 
         reserved, erasing = await self.charger.reserve_then_start(context, reserve, start, keyed=keyed)
 
-        async def finish(erased: erase_pb2.EraseRegionsResponse) -> erase_pb2.EraseRegionsResponse:
-            return erased
+        async def finish(erased: inference_pb2.EraseResponse) -> erase_pb2.EraseRegionsResponse:
+            return as_message(erase_pb2.EraseRegionsResponse, erased)
 
         response = await self.charger.charged(context, reserve, reserved, erasing, finish, deliver, inference_error)
         return response, reserve.amount_millicredits
@@ -169,10 +170,10 @@ class Removals:
             ttl=options.keep_ttl if options.HasField("keep_ttl") else None,
         )
 
-        def chunks() -> Iterator[retention_pb2.StoreChunk]:
+        def chunks() -> Iterator[retention_pb2.StoreRequest]:
             first: retention_pb2.StoreHeader | None = header
             for piece in pieces(result.image, self.settings.retention_chunk_bytes):
-                yield retention_pb2.StoreChunk(header=first, data=piece)
+                yield retention_pb2.StoreRequest(header=first, data=piece)
                 first = None
 
         try:
@@ -190,7 +191,7 @@ class Removals:
         """Deletes a result kept for a call that failed after keeping it (nothing half-done stays)."""
         try:
             await self.down.retention.DeleteOwned(
-                retention_pb2.OwnedResultRequest(account_id=caller.account_id, result_id=result_id),
+                retention_pb2.DeleteOwnedRequest(account_id=caller.account_id, result_id=result_id),
                 timeout=self.settings.retention_timeout_s,
             )
         except grpc.aio.AioRpcError as error:

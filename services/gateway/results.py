@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from cutout.v1 import accounts_pb2, cutout_pb2, options_pb2, retention_pb2, rights_pb2
+from services.common import pages
 from services.common.chunks import pieces
 from services.common.errors import ServiceError, abort, relay
 from services.common.settings import API_KEY_METADATA
@@ -24,6 +25,11 @@ log = logging.getLogger(__name__)
 
 # Accounts reads the caller from the API key, forwarded as it came.
 FORWARD_KEY = (API_KEY_METADATA,)
+# The public access log's pages (the README's "Lists and pages"); the gateway keeps its page
+# token, since it merges accounts' half with retention's.
+ACCESS_LOG_PAGE = pages.PageSize(default=1000, maximum=10000)
+ACCESS_LOG_LIST = "access_log"
+EXPORT_ACCESS_LOG = 10_000  # records of the access log an export holds (the newest)
 
 
 class Results:
@@ -48,12 +54,14 @@ class Results:
             except ServiceError as error:
                 await abort(context, error)
             call = self.down.retention.FetchOwned(
-                retention_pb2.OwnedResultRequest(account_id=caller.account_id, result_id=request.result_id),
+                retention_pb2.FetchOwnedRequest(account_id=caller.account_id, result_id=request.result_id),
                 timeout=self.down.deadline(context, self.settings.retention_timeout_s),
             )
         try:
             async for chunk in call:
-                yield chunk
+                yield options_pb2.ResultChunk(
+                    result=chunk.result if chunk.HasField("result") else None, data=chunk.data
+                )
         except grpc.aio.AioRpcError as error:
             await relay(context, error, RETENTION_UNAVAILABLE)
 
@@ -64,9 +72,14 @@ class Results:
         listed = await self.down.retention_call(
             context,
             self.down.retention.ListOwned,
-            retention_pb2.ListOwnedRequest(account_id=caller.account_id, limit=request.limit),
+            retention_pb2.ListOwnedRequest(
+                account_id=caller.account_id,
+                limit=request.limit,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            ),
         )
-        return cutout_pb2.ListResultsResponse(results=listed.results)
+        return cutout_pb2.ListResultsResponse(results=listed.results, next_page_token=listed.next_page_token)
 
     async def delete_result(
         self, request: cutout_pb2.DeleteResultRequest, context: grpc.aio.ServicerContext
@@ -75,7 +88,7 @@ class Results:
         await self.down.retention_call(
             context,
             self.down.retention.DeleteOwned,
-            retention_pb2.OwnedResultRequest(account_id=caller.account_id, result_id=request.result_id),
+            retention_pb2.DeleteOwnedRequest(account_id=caller.account_id, result_id=request.result_id),
         )
         return cutout_pb2.DeleteResultResponse()
 
@@ -87,24 +100,20 @@ class Results:
         try:
             caller = await self.down.caller(context)
             held = await self.down.accounts_call(
-                context, self.down.accounts.ExportAccount, rights_pb2.AccountExportRequest(), FORWARD_KEY
+                context, self.down.accounts.ExportAccount, accounts_pb2.AccountsExportAccountRequest(), FORWARD_KEY
             )
-            listed = await self.down.retention_call(
-                context,
-                self.down.retention.ListOwned,
-                retention_pb2.ListOwnedRequest(account_id=caller.account_id, limit=1000),
-            )
-            access = await self._access_log(context, caller, limit=10_000)
+            results = await self._all_results(context, caller)
+            access, _ = await self._access_log(context, caller, EXPORT_ACCESS_LOG, None)
         except ServiceError as error:
             await abort(context, error)
         archive = export.Archive()
-        for name, document in export.documents(held, listed.results, access):
+        for name, document in export.documents(held, results, access):
             archive.add_json(name, document)
             yield rights_pb2.ExportChunk(data=archive.take())
         if request.include_results:
-            for kept in listed.results:
+            for kept in results:
                 call = self.down.retention.FetchOwned(
-                    retention_pb2.OwnedResultRequest(account_id=caller.account_id, result_id=kept.result_id),
+                    retention_pb2.FetchOwnedRequest(account_id=caller.account_id, result_id=kept.result_id),
                     timeout=self.down.deadline(context, self.settings.retention_timeout_s),
                 )
                 try:
@@ -119,28 +128,97 @@ class Results:
         archive.close()
         yield rights_pb2.ExportChunk(data=archive.take())
 
-    async def _access_log(
-        self, context: grpc.aio.ServicerContext, caller: accounts_pb2.AuthenticateResponse, limit: int
-    ) -> list[rights_pb2.AccessRecord]:
-        """The owner's access log from accounts and retention, newest first."""
-        held = await self.down.accounts_call(
-            context, self.down.accounts.ListAccessLog, rights_pb2.OwnerAccessLogRequest(limit=limit), FORWARD_KEY
-        )
-        kept = await self.down.retention_call(
-            context, self.down.retention.ListAccessLog, retention_pb2.ListAccessLogRequest(account_id=caller.account_id)
-        )
-        records = list(held.entries) + [
-            rights_pb2.AccessRecord(
-                at=entry.at, actor=entry.actor, action=entry.action, service="retention", result_id=entry.result_id
+    async def _all_results(
+        self, context: grpc.aio.ServicerContext, caller: accounts_pb2.AuthenticateResponse
+    ) -> list[options_pb2.KeptResult]:
+        """Every kept result of the caller, page after page."""
+        results: list[options_pb2.KeptResult] = []
+        token = ""
+        while True:
+            listed = await self.down.retention_call(
+                context,
+                self.down.retention.ListOwned,
+                retention_pb2.ListOwnedRequest(account_id=caller.account_id, page_size=1000, page_token=token),
             )
-            for entry in kept.entries
-        ]
-        records.sort(key=lambda record: (record.at.seconds, record.at.nanos), reverse=True)
-        return records[:limit]
+            results.extend(listed.results)
+            token = listed.next_page_token
+            if not token:
+                return results
+
+    async def _access_log(
+        self,
+        context: grpc.aio.ServicerContext,
+        caller: accounts_pb2.AuthenticateResponse,
+        size: int,
+        position: dict[str, int] | None,
+    ) -> tuple[list[rights_pb2.AccessRecord], dict[str, int] | None]:
+        """A page of the owner's access log, accounts' and retention's merged newest first, and
+        where the next page starts (None: this was the last).
+
+        Each service pages its half by its own ids (newest first); `position` holds, per
+        service, the id of the last record shown (keyset), or -1 once that half is done. Up to
+        a page is read from each half, the two merged by time, the first `size` shown."""
+        position = dict(position or {"accounts": 0, "retention": 0})
+        halves: list[tuple[str, list[tuple[rights_pb2.AccessRecord, int]]]] = []
+        if position["accounts"] >= 0:
+            held = await self.down.accounts_call(
+                context,
+                self.down.accounts.ListAccessLog,
+                accounts_pb2.AccountsListAccessLogRequest(limit=size, before_id=position["accounts"]),
+                FORWARD_KEY,
+            )
+            # An accounts older than pages sends no ids (0: its half ends with its first page).
+            ids = list(held.entry_ids) if len(held.entry_ids) == len(held.entries) else [0] * len(held.entries)
+            halves.append(("accounts", list(zip(held.entries, ids, strict=True))))
+        if position["retention"] >= 0:
+            kept = await self.down.retention_call(
+                context,
+                self.down.retention.ListAccessLog,
+                retention_pb2.ListAccessLogRequest(
+                    account_id=caller.account_id, limit=size, before_id=position["retention"]
+                ),
+            )
+            halves.append(
+                (
+                    "retention",
+                    [
+                        (
+                            rights_pb2.AccessRecord(
+                                at=e.at, actor=e.actor, action=e.action, service="retention", result_id=e.result_id
+                            ),
+                            e.id,
+                        )
+                        for e in kept.entries
+                    ],
+                )
+            )
+        merged = sorted(
+            ((record, service, entry_id) for service, records in halves for record, entry_id in records),
+            key=lambda item: (item[0].at.seconds, item[0].at.nanos, item[1], item[2]),
+            reverse=True,
+        )
+        shown = merged[:size]
+        for service, records in halves:
+            taken = [entry_id for _, source, entry_id in shown if source == service]
+            if taken:
+                position[service] = taken[-1]
+            # A half is done once it gave less than a page and all of it was shown.
+            if (len(records) < size or not all(entry_id for _, entry_id in records)) and len(taken) == len(records):
+                position[service] = -1
+        done = all(value < 0 for value in position.values())
+        return [record for record, _, _ in shown], None if done else position
 
     async def list_access_log(
         self, request: rights_pb2.OwnerAccessLogRequest, context: grpc.aio.ServicerContext
     ) -> rights_pb2.OwnerAccessLogResponse:
         caller = await self.down.caller(context)
-        entries = await self._access_log(context, caller, min(request.limit or 1000, 10_000))
-        return rights_pb2.OwnerAccessLogResponse(entries=entries)
+        size = ACCESS_LOG_PAGE.of(request.page_size, request.limit)
+        decoded = pages.decode(request.page_token, caller.account_id, ACCESS_LOG_LIST)
+        position = None
+        if decoded is not None:
+            position = {name: pages.field(decoded, name, int) for name in ("accounts", "retention")}
+        entries, following = await self._access_log(context, caller, size, position)
+        response = rights_pb2.OwnerAccessLogResponse(entries=entries)
+        if following is not None:
+            response.next_page_token = pages.encode(caller.account_id, ACCESS_LOG_LIST, following)
+        return response

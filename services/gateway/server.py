@@ -20,11 +20,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
 from google.protobuf.message import Message
 
-from cutout.v1 import cutout_pb2, cutout_pb2_grpc, erase_pb2, options_pb2, rights_pb2
+from cutout.v1 import account_pb2, accounts_pb2, cutout_pb2, cutout_pb2_grpc, erase_pb2, options_pb2, rights_pb2
 from services.common.server import ServiceSpec
 from services.common.settings import SOURCE_METADATA
+from services.common.wire import as_message
 from services.gateway.admission import Admission, source_address
 from services.gateway.downstreams import Downstreams
 from services.gateway.removals import Removals
@@ -34,13 +36,25 @@ from services.gateway.streams import Streams
 
 
 def _forwarded(name: str, forward: tuple[str, ...]) -> Callable[..., Awaitable[Any]]:
-    """A handler that passes the request and the caller's credentials on to accounts."""
+    """A handler that passes the request and the caller's credentials on to accounts: the
+    public message becomes accounts' own message of the same fields, and its answer the
+    public response (services/common/wire.py)."""
+    internal_request = getattr(accounts_pb2, f"Accounts{name}Request")
+    public_response = _public_response(name)
 
-    async def handler(self: CutoutServicer, request: object, context: grpc.aio.ServicerContext) -> Any:
-        return await self.down.accounts_call(context, getattr(self.down.accounts, name), request, forward)
+    async def handler(self: CutoutServicer, request: Message, context: grpc.aio.ServicerContext) -> Any:
+        method = getattr(self.down.accounts, name)
+        answer = await self.down.accounts_call(context, method, as_message(internal_request, request), forward)
+        return as_message(public_response, answer)
 
     handler.__name__ = name
     return handler
+
+
+def _public_response(name: str) -> type[Message]:
+    """The generated class of the public Cutout method's response type."""
+    output = cutout_pb2.DESCRIPTOR.services_by_name["Cutout"].methods_by_name[name].output_type
+    return message_factory.GetMessageClass(output)
 
 
 class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
@@ -100,12 +114,18 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
     ) -> rights_pb2.OwnerAccessLogResponse:
         return await self.results.list_access_log(request, context)
 
-    async def SignUp(self, request: Message, context: grpc.aio.ServicerContext) -> Any:
+    async def SignUp(
+        self, request: account_pb2.SignUpRequest, context: grpc.aio.ServicerContext
+    ) -> account_pb2.SignUpResponse:
         # The source address, from the connection (never from the client's metadata), for
         # accounts' cap on free grants per source.
-        return await self.down.accounts_call(
-            context, self.down.accounts.SignUp, request, extra_metadata=((SOURCE_METADATA, source_address(context)),)
+        answer = await self.down.accounts_call(
+            context,
+            self.down.accounts.SignUp,
+            as_message(accounts_pb2.AccountsSignUpRequest, request),
+            extra_metadata=((SOURCE_METADATA, source_address(context)),),
         )
+        return as_message(account_pb2.SignUpResponse, answer)
 
     VerifySignUp = _forwarded("VerifySignUp", ())
     ChangeEmail = _forwarded("ChangeEmail", FORWARD_KEY)

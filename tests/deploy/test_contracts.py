@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -89,3 +90,77 @@ def test_buf_breaking_catches_a_deliberate_breaking_change(tmp_path: Path, chang
     options.write_text(changed)
     result = _buf("breaking", "--against", str(before), cwd=after)
     assert result.returncode != 0 and expected in result.stdout, result.stdout + result.stderr
+
+
+# --- internal messages: the same on the wire as what they replaced, and as the public ones ---
+
+INTERNAL_SERVICES = ("cutout.v1.Accounts", "cutout.v1.Retention", "cutout.v1.Inference")
+
+
+def _descriptors(proto_root: Path) -> dict[str, Any]:
+    """Every message and service of a contract tree, compiled with protoc (grpc_tools)."""
+    from google.protobuf import descriptor_pb2
+    from grpc_tools import protoc
+
+    from tools.protos import well_known_roots
+
+    out = proto_root / "descriptors.pb"
+    files = sorted(str(p.relative_to(proto_root / "protos")) for p in (proto_root / "protos").rglob("*.proto"))
+    args = ["protoc", f"-I{proto_root / 'protos'}", *(f"-I{root}" for root in well_known_roots())]
+    assert protoc.main([*args, "--include_imports", f"--descriptor_set_out={out}", *files]) == 0
+    found: dict[str, Any] = {}
+    for file in descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file:
+        for message in file.message_type:
+            found[f".{file.package}.{message.name}"] = message
+        for service in file.service:
+            found[f"{file.package}.{service.name}"] = service
+    return found
+
+
+def _wire(message: Any) -> dict[int, tuple[int, int, str]]:
+    """A message's fields as the wire sees them: number -> (type, label, message type)."""
+    return {field.number: (field.type, field.label, field.type_name) for field in message.field}
+
+
+def _same_wire(old: Any, new: Any, where: str) -> list[str]:
+    old_fields, new_fields = _wire(old), _wire(new)
+    reserved = {number for span in new.reserved_range for number in range(span.start, span.end)}
+    return [
+        f"{where}: field {number} of {old.name} is {new_fields.get(number, 'gone')} in {new.name}"
+        for number, shape in old_fields.items()
+        if new_fields.get(number) != shape and number not in reserved
+    ]
+
+
+def test_internal_calls_stay_wire_compatible_with_main(tmp_path: Path):
+    """A rolling update mixes old and new gateways and services: every internal RPC's request and
+    response on main must read the same as this tree's (buf.yaml lets their names change)."""
+    old = _descriptors(_contract_at("main", tmp_path / "main"))
+    new = _descriptors(_working_copy(tmp_path / "here"))
+    problems = []
+    for service in INTERNAL_SERVICES:
+        for method in old[service].method:
+            now = next((m for m in new[service].method if m.name == method.name), None)
+            assert now is not None, f"{service}/{method.name} is gone: an old gateway still calls it"
+            for old_type, new_type in ((method.input_type, now.input_type), (method.output_type, now.output_type)):
+                problems += _same_wire(old[old_type], new[new_type], f"{service}/{method.name}")
+    assert problems == []
+
+
+def test_each_forwarded_call_has_internal_messages_of_the_public_fields(tmp_path: Path):
+    """The gateway passes account calls on as bytes (services/common/wire.py): accounts' message
+    must hold each public field, so a field added to one side only fails here, not silently."""
+    found = _descriptors(_working_copy(tmp_path / "here"))
+    public, internal = found["cutout.v1.Cutout"], found["cutout.v1.Accounts"]
+    problems = []
+    for method in internal.method:
+        if not method.input_type.startswith(".cutout.v1.Accounts"):
+            continue  # the charging calls have no public twin
+        twin = next(m for m in public.method if m.name == method.name)
+        if method.name not in ("ListAccessLog", "ExportAccount"):  # the gateway builds these requests
+            problems += _same_wire(found[twin.input_type], found[method.input_type], method.name)
+            problems += _same_wire(found[method.input_type], found[twin.input_type], method.name)
+        if method.name not in ("ListAccessLog", "ExportAccount"):  # nor answers: it merges them
+            problems += _same_wire(found[method.output_type], found[twin.output_type], method.name)
+            problems += _same_wire(found[twin.output_type], found[method.output_type], method.name)
+    assert problems == []

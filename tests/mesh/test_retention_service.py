@@ -54,15 +54,15 @@ def stub(service: ServiceProcess) -> retention_pb2_grpc.RetentionStub:
     return retention_pb2_grpc.RetentionStub(service.channel())
 
 
-def chunks(account: str, data: bytes, size: int = 100_000, **header: object) -> Iterator[retention_pb2.StoreChunk]:
-    yield retention_pb2.StoreChunk(
+def chunks(account: str, data: bytes, size: int = 100_000, **header: object) -> Iterator[retention_pb2.StoreRequest]:
+    yield retention_pb2.StoreRequest(
         header=retention_pb2.StoreHeader(
             account_id=account, plan="free", media_type="image/png", width=512, height=512, **header
         ),
         data=data[:size],
     )
     for start in range(size, len(data), size):
-        yield retention_pb2.StoreChunk(data=data[start : start + size])
+        yield retention_pb2.StoreRequest(data=data[start : start + size])
 
 
 def fetched(replies) -> tuple[retention_pb2.ResultChunk, bytes]:  # type: ignore[no-untyped-def]
@@ -80,27 +80,27 @@ def test_store_fetch_list_delete_over_grpc(retention, astronaut):
     first, body = fetched(retention_stub.FetchByToken(retention_pb2.FetchByTokenRequest(token=kept.token), timeout=30))
     assert body == data and first.result.result_id == kept.result_id and not first.result.token
     _, owned = fetched(
-        retention_stub.FetchOwned(retention_pb2.OwnedResultRequest(account_id="acct-a", result_id=kept.result_id))
+        retention_stub.FetchOwned(retention_pb2.FetchOwnedRequest(account_id="acct-a", result_id=kept.result_id))
     )
     assert owned == data
     with pytest.raises(grpc.RpcError) as caught:
         fetched(
-            retention_stub.FetchOwned(retention_pb2.OwnedResultRequest(account_id="acct-b", result_id=kept.result_id))
+            retention_stub.FetchOwned(retention_pb2.FetchOwnedRequest(account_id="acct-b", result_id=kept.result_id))
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     listed = retention_stub.ListOwned(retention_pb2.ListOwnedRequest(account_id="acct-a")).results
     assert [r.result_id for r in listed] == [kept.result_id] and not listed[0].token
 
-    retention_stub.DeleteOwned(retention_pb2.OwnedResultRequest(account_id="acct-a", result_id=kept.result_id))
+    retention_stub.DeleteOwned(retention_pb2.DeleteOwnedRequest(account_id="acct-a", result_id=kept.result_id))
     with pytest.raises(grpc.RpcError) as caught:
         fetched(retention_stub.FetchByToken(retention_pb2.FetchByTokenRequest(token=kept.token)))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     log = retention_stub.ListAccessLog(retention_pb2.ListAccessLogRequest(account_id="acct-a")).entries
-    assert [(e.actor, e.action) for e in log] == [
-        ("owner", "store"),
-        ("token", "read"),
-        ("owner", "read"),
+    assert [(e.actor, e.action) for e in log] == [  # newest first
         ("owner", "delete"),
+        ("owner", "read"),
+        ("token", "read"),
+        ("owner", "store"),
     ]
 
 
@@ -121,10 +121,10 @@ def test_killed_in_the_middle_of_a_store_leaves_nothing_listable(tmp_path):
     service.wait_serving()
     retention_stub = stub(service)
 
-    def slow_upload() -> Iterator[retention_pb2.StoreChunk]:
+    def slow_upload() -> Iterator[retention_pb2.StoreRequest]:
         yield from chunks("acct-a", os.urandom(300_000))
         service.process.send_signal(signal.SIGKILL)  # dies with the upload half done
-        yield retention_pb2.StoreChunk(data=b"more")
+        yield retention_pb2.StoreRequest(data=b"more")
 
     with pytest.raises(grpc.RpcError) as caught:
         retention_stub.Store(slow_upload(), timeout=30)

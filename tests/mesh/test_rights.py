@@ -538,17 +538,16 @@ def _retention_state(cell: Cell, account_id: str) -> tuple[bool, bool, int]:
     return recorded is not None, key is not None, rows
 
 
-def test_an_erasure_interrupted_by_sigkill_of_retention_finishes_by_itself(cell, channel, photos):
-    stub = cutout_pb2_grpc.CutoutStub(channel)
-    customer = sign_up(channel, cell, credits=5, name=f"Crash Person {secrets.token_hex(4)}")
-    ids = [keep(channel, customer, photo).kept.result_id for photo in photos]
-
+def _kill_in_the_middle_of_an_erasure(cell, channel, customer, process) -> object:
+    """Deletes the customer's account on a thread and SIGKILLs `process` once retention has
+    destroyed the key but not yet the blobs (the middle of the erasure); DeleteAccount's
+    answer (a reply or the RpcError)."""
     answer: list[object] = []
 
     def delete() -> None:
         try:
             answer.append(
-                stub.DeleteAccount(
+                cutout_pb2_grpc.CutoutStub(channel).DeleteAccount(
                     rights_pb2.DeleteAccountRequest(password=customer.password), metadata=customer.metadata, timeout=120
                 )
             )
@@ -558,17 +557,27 @@ def test_an_erasure_interrupted_by_sigkill_of_retention_finishes_by_itself(cell,
     deleting = threading.Thread(target=delete)
     deleting.start()
     deadline = time.monotonic() + 60
-    while True:  # the key destroyed, the blobs not yet deleted: the middle of the erasure
+    while True:
         recorded, key, _ = _retention_state(cell, customer.account_id)
         if recorded and not key:
             break
         assert time.monotonic() < deadline, "the erasure never started in retention"
         time.sleep(0.02)
-    os.kill(cell.retention.process.pid, signal.SIGKILL)
-    cell.retention.process.wait()
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
     deleting.join(timeout=120)
-    assert answer and not isinstance(answer[0], grpc.RpcError), answer
-    assert answer[0].state == "pending"  # type: ignore[union-attr]
+    assert answer, "DeleteAccount never answered"
+    return answer[0]
+
+
+def test_an_erasure_interrupted_by_sigkill_of_retention_finishes_by_itself(cell, channel, photos):
+    stub = cutout_pb2_grpc.CutoutStub(channel)
+    customer = sign_up(channel, cell, credits=5, name=f"Crash Person {secrets.token_hex(4)}")
+    ids = [keep(channel, customer, photo).kept.result_id for photo in photos]
+
+    answer = _kill_in_the_middle_of_an_erasure(cell, channel, customer, cell.retention.process)
+    assert not isinstance(answer, grpc.RpcError), answer
+    assert answer.state == "pending"  # type: ignore[attr-defined]
 
     # Killed midway: the rows and (some) blobs are still there, and the key is not.
     left = {p.name: p.read_bytes() for p in _files(cell.blob_dir) if p.name in ids}
@@ -627,31 +636,8 @@ def test_an_erasure_interrupted_by_sigkill_of_accounts_finishes_by_itself(cell, 
     name = f"Accounts Crash {secrets.token_hex(4)}"
     customer = sign_up(channel, cell, credits=5, name=name)
     ids = [keep(channel, customer, photo).kept.result_id for photo in photos[:2]]
-    answer: list[object] = []
-
-    def delete() -> None:
-        try:
-            answer.append(
-                stub.DeleteAccount(
-                    rights_pb2.DeleteAccountRequest(password=customer.password), metadata=customer.metadata, timeout=120
-                )
-            )
-        except grpc.RpcError as error:
-            answer.append(error)
-
-    deleting = threading.Thread(target=delete)
-    deleting.start()
-    deadline = time.monotonic() + 60
-    while True:  # retention is shredding; accounts has recorded the erasure and waits for it
-        recorded, key, _ = _retention_state(cell, customer.account_id)
-        if recorded and not key:
-            break
-        assert time.monotonic() < deadline, "the erasure never started in retention"
-        time.sleep(0.02)
-    os.kill(cell.accounts.process.pid, signal.SIGKILL)
-    cell.accounts.process.wait()
-    deleting.join(timeout=120)
-    assert isinstance(answer[0], grpc.RpcError), "the caller learns that accounts went away"
+    answer = _kill_in_the_middle_of_an_erasure(cell, channel, customer, cell.accounts.process)
+    assert isinstance(answer, grpc.RpcError), "the caller learns that accounts went away"
     with sqlite3.connect(f"file:{cell.accounts_db}?mode=ro", uri=True) as db:
         pending = db.execute("SELECT state FROM erasures WHERE account_id = ?", (customer.account_id,)).fetchall()
         revoked = db.execute("SELECT revoked_at FROM api_keys WHERE account_id = ?", (customer.account_id,)).fetchall()

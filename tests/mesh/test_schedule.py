@@ -231,7 +231,7 @@ def test_access_log_lines_go_after_access_log_days(tmp_path, clock):
     store.fetch_owned("acc", stored.result_id)
     clock.advance(timedelta(days=2))
     store.sweep()  # expires the result: a third line
-    assert [line.action for line in store.access_log("acc")] == ["store", "read", "expire"]
+    assert [line.action for line in store.access_log("acc")] == ["expire", "read", "store"]  # newest first
     clock.advance(timedelta(days=days) - timedelta(days=2))
     assert store.sweep().access_log == 2  # store and read are 180 days old; the expiry is not yet
     assert [line.action for line in store.access_log("acc")] == ["expire"]

@@ -114,7 +114,7 @@ def test_only_the_gateway_reserves_commits_and_stores(mesh: Mesh, funded_account
         accounts = accounts_pb2_grpc.AccountsStub(channel)
         for call, request in (
             (accounts.Reserve, accounts_pb2.ReserveRequest(account_id=funded_account.account_id, amount=1)),
-            (accounts.Commit, accounts_pb2.SettleRequest(account_id=funded_account.account_id)),
+            (accounts.Commit, accounts_pb2.CommitRequest(account_id=funded_account.account_id)),
             (accounts.Authenticate, accounts_pb2.AuthenticateRequest(api_key=funded_account.api_key)),
         ):
             with pytest.raises(grpc.RpcError) as caught:

@@ -39,13 +39,13 @@ class FakeAccounts:
         reserved = accounts_pb2.ReserveResponse(reservation_id="r1", outcome=self.outcome)
         return accounts_pb2.AuthorizeAndReserveResponse(reserved=reserved)
 
-    async def Commit(self, request: accounts_pb2.SettleRequest, **_: Any) -> None:
+    async def Commit(self, request: accounts_pb2.CommitRequest, **_: Any) -> None:
         self.calls.append(("commit", request.reservation_id))
         step = self.commit_script.pop(0) if self.commit_script else None
         if isinstance(step, grpc.aio.AioRpcError):
             raise step
 
-    async def Release(self, request: accounts_pb2.SettleRequest, **_: Any) -> None:
+    async def Release(self, request: accounts_pb2.ReleaseRequest, **_: Any) -> None:
         self.calls.append(("release" if request.undelivered else "release-held", request.reservation_id))
 
     def kinds(self) -> list[str]:
