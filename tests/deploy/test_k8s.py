@@ -33,6 +33,7 @@ from services.common.settings import ServiceSettings
 from services.inference.model import MODEL_REPOSITORY
 from services.inference.profiles import load_config
 from services.inference.settings import InferenceSettings
+from services.launcher import MALLOC_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -992,3 +993,11 @@ def test_migrations_run_as_a_job_and_the_services_wait_for_them(cells):
         accounts_db = _of(objects, "NetworkPolicy")["accounts"]["spec"]["egress"][0]
         assert policy["spec"]["egress"] == [accounts_db], region
         assert not policy["spec"].get("ingress"), region
+
+
+def test_the_service_images_tune_malloc_as_the_launcher_does():
+    """The memory bounds the tests hold the services to were measured with MALLOC_ENV; the
+    images must run the services the same way."""
+    runtime = " ".join(_dockerfile_stages()["runtime"]["lines"])
+    for name, value in MALLOC_ENV.items():
+        assert f"{name}={value}" in runtime, f"the runtime image sets no {name}={value}"
