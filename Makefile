@@ -38,17 +38,19 @@ $(NODE_STAMP): clients/typescript/package-lock.json
 # The Go client's toolchain, from Debian's packages (the Go module proxy is out of reach, so
 # the client builds offline from their sources in /usr/share/gocode): installed where apt-get
 # can run without a prompt (as root); elsewhere the Go client tests are skipped and say why.
-GO_PACKAGES := golang-go golang-google-grpc-dev golang-google-protobuf-dev protoc-gen-go protoc-gen-go-grpc
+# golang/protobuf 1.5 (not grpc-go's other choice, 1.3): grpc-go's codec goes through it, and
+# only 1.4 and later marshal the APIv2 messages protoc-gen-go makes.
+GO_PACKAGES := golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev \
+	protoc-gen-go protoc-gen-go-grpc
 GO_STAMP := clients/go/.toolchain
-$(GO_STAMP):
-	@if command -v go >/dev/null && command -v protoc-gen-go >/dev/null && command -v protoc-gen-go-grpc >/dev/null \
-		&& [ -d /usr/share/gocode/src/google.golang.org/grpc ] && [ -d /usr/share/gocode/src/google.golang.org/protobuf ]; then \
+$(GO_STAMP): Makefile
+	@if [ "$$(dpkg-query -W -f '$${db:Status-Abbrev}\n' $(GO_PACKAGES) 2>/dev/null | grep -c '^ii')" = $(words $(GO_PACKAGES)) ]; then \
 		touch $@; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		echo "apt-get install $(GO_PACKAGES)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 			-o DPkg::Lock::Timeout=300 $(GO_PACKAGES) >/dev/null && touch $@; \
-	else echo "Go and its Debian packages ($(GO_PACKAGES)) are missing and apt-get cannot install them here" \
+	else echo "Debian's Go packages ($(GO_PACKAGES)) are missing and apt-get cannot install them here" \
 		"(not root or no apt-get): the Go client tests will be skipped"; fi
 
 setup: $(STAMP) model $(NODE_STAMP) $(GO_STAMP)

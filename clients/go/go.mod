@@ -10,3 +10,6 @@ require (
 	google.golang.org/grpc v1.33.3
 	google.golang.org/protobuf v1.28.1
 )
+
+// grpc-go's codec marshals through it: 1.4 and later handle APIv2 messages.
+require github.com/golang/protobuf v1.5.2 // indirect

@@ -21,7 +21,12 @@ BIN = TYPESCRIPT / "node_modules" / ".bin"
 GO = ROOT / "clients" / "go"
 # Debian's Go sources, which clients/go/build.sh builds from (no module proxy here).
 GOCODE = Path("/usr/share/gocode/src")
-GO_PACKAGES = ("google.golang.org/grpc", "google.golang.org/protobuf", "google.golang.org/genproto")
+GO_PACKAGES = (
+    "google.golang.org/grpc",
+    "google.golang.org/protobuf",
+    "google.golang.org/genproto",
+    "github.com/golang/protobuf",
+)
 
 
 def _toolchain() -> None:
@@ -35,9 +40,15 @@ def _go_toolchain() -> None:
     """Skips, saying why, where the Go client cannot be built."""
     if shutil.which("go") is None:
         pytest.skip("Go is not installed: `make setup` installs Debian's golang-go where it runs as root with apt-get")
-    missing = [name for name in GO_PACKAGES if not (GOCODE / name).is_dir()]
+    missing = ", ".join(name for name in GO_PACKAGES if not (GOCODE / name).is_dir())
     if missing:
-        pytest.skip(f"Debian's Go sources for {', '.join(missing)} are missing from {GOCODE}: `make setup` installs them")
+        pytest.skip(f"Debian's Go sources for {missing} are missing from {GOCODE}: `make setup` installs them")
+    # grpc-go's codec marshals through golang/protobuf, which handles APIv2 messages from 1.4 on.
+    if "google.golang.org/protobuf" not in (GOCODE / "github.com/golang/protobuf/proto/proto.go").read_text():
+        pytest.skip(
+            "Debian's golang/protobuf here is 1.3 (golang-github-golang-protobuf-1-3-dev), which cannot marshal the"
+            " generated APIv2 messages: `make setup` installs golang-github-golang-protobuf-1-5-dev in its place"
+        )
 
 
 def _smoke(command: list[str], cwd: Path, email: str, photo: Path, output: Path, gateway: str, ca_file: Path) -> str:
@@ -56,7 +67,8 @@ def _smoke(command: list[str], cwd: Path, email: str, photo: Path, output: Path,
     )
     try:
         # It signs up, then asks for the code the sign-up e-mail carries (the mesh's outbox).
-        assert smoke.stdout is not None and smoke.stdout.readline().strip() == "code?", smoke.stderr
+        assert smoke.stdout is not None and smoke.stderr is not None
+        assert smoke.stdout.readline().strip() == "code?", smoke.stderr.read()
         out, err = smoke.communicate(sign_up_code(email) + "\n", timeout=180)
     finally:
         smoke.kill()
