@@ -35,7 +35,7 @@ from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.errors import error_details
 from services.common.settings import API_KEY_METADATA
 from services.inference.model import fetch_models
-from services.mesh import ROOT, Mesh, demo_account
+from services.launcher import ROOT, Mesh, demo_account
 
 CAPACITY_STEPS = (1, 2, 4, 8, 16)
 CREDITS = 50_000
