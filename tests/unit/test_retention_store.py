@@ -153,16 +153,32 @@ def test_after_erasure_a_copy_of_a_blob_opens_with_nothing_the_service_holds(sto
             crypto.unseal(key, copy, context)
 
 
+def test_a_refused_blob_write_leaves_no_row(store, cutout_png):
+    """A full disk (ENOSPC) mid-store: the pending row goes at once, not at the sweep."""
+
+    def full(name: str, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    real_put = store.blobs.put
+    store.blobs.put = full  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        keep(store, "acct-a", cutout_png)
+    store.blobs.put = real_put  # type: ignore[method-assign]
+    with Session(store.engine) as session:
+        assert session.exec(select(KeptResult)).all() == []
+    assert list(store.blobs.names()) == []
+
+
 def test_an_interrupted_store_is_never_listed_nor_readable_and_is_swept(store, clock, cutout_png):
-    class DiskGone(Exception):
-        pass
+    class Killed(BaseException):
+        """The process dies mid-write: no handler of the store runs (unlike a refused write)."""
 
     def crash(name: str, data: bytes) -> None:
-        raise DiskGone
+        raise Killed
 
     real_put = store.blobs.put
     store.blobs.put = crash  # type: ignore[method-assign]
-    with pytest.raises(DiskGone):
+    with pytest.raises(Killed):
         keep(store, "acct-a", cutout_png)
     store.blobs.put = real_put  # type: ignore[method-assign]
     assert store.list("acct-a") == []
