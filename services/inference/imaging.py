@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import struct
 import time
 from collections.abc import Iterator
 from concurrent.futures import Executor
@@ -22,6 +23,10 @@ from cutout.v1 import options_pb2
 from services.common.errors import ServiceError, invalid_argument
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+# What Pillow raises on corrupt or truncated data: its documented OSError, SyntaxError and
+# ValueError, and what fuzz/decode.py found beyond them (an iCCP chunk cut short after the
+# pixels: IndexError from the chunk parser; struct.error and EOFError from short reads).
+CORRUPT_DATA: tuple[type[Exception], ...] = (OSError, SyntaxError, ValueError, IndexError, EOFError, struct.error)
 OutputFormat = options_pb2.OutputFormat
 Size = options_pb2.Size
 Position = options_pb2.Position
@@ -167,6 +172,19 @@ class OutputSpec:
         )
 
 
+def check_subject(options: options_pb2.RemoveBackgroundOptions) -> None:
+    """`subject` is a known value and not given with `model` (which model a name means is the
+    catalog's business, in the inference service)."""
+    subject = options.subject or options_pb2.Subject.SUBJECT_AUTO
+    if subject not in options_pb2.Subject.values():
+        known = ", ".join(n for n in options_pb2.Subject.keys() if n != "SUBJECT_UNSPECIFIED")
+        raise invalid_argument(f"unknown subject {subject}; use one of {known}", field="options.subject")
+    if options.model and subject != options_pb2.Subject.SUBJECT_AUTO:
+        raise invalid_argument(
+            "options.model and options.subject both choose the model; set one of them", field="options.model"
+        )
+
+
 _OPAQUE_NAMES = "OUTPUT_FORMAT_AUTO, OUTPUT_FORMAT_JPEG_ON_COLOR or OUTPUT_FORMAT_PNG_ON_COLOR"
 
 
@@ -284,7 +302,7 @@ def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise invalid_argument(
             "image is not a JPEG, PNG or WebP file (its first bytes match none of them)", field="image"
         ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except CORRUPT_DATA as exc:
         raise invalid_argument(f"image header could not be read: {exc}", field="image") from None
     width, height = image.size
     if width * height > limits.max_pixels:
@@ -314,10 +332,22 @@ def decode_with_alpha(
         image.load()
         image = ImageOps.exif_transpose(image) or image
         return _to_srgb(image)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise invalid_argument(
-            f"image data is corrupt or truncated ({exc}); send the complete file", field="image"
-        ) from None
+    except CORRUPT_DATA as exc:
+        raise _corrupt(exc) from None
+
+
+def _corrupt(exc: BaseException) -> ServiceError:
+    return invalid_argument(f"image data is corrupt or truncated ({exc}); send the complete file", field="image")
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """An opened image's size once its EXIF orientation is applied. Reading the EXIF may decode
+    the whole file (a PNG's eXIf chunk may follow its pixels), so corrupt data is refused here too."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except CORRUPT_DATA as exc:
+        raise _corrupt(exc) from None
+    return (image.height, image.width) if orientation in (5, 6, 7, 8) else image.size
 
 
 def _draft(image: Image.Image, wanted: tuple[int, int]) -> None:
@@ -525,10 +555,7 @@ def prepare(
     all of one request's work before the model, in one call (one trip to a worker thread)."""
     stages = stages or Stages()
     with stages("decode"):
-        original = header.size
-        upright = original
-        if header.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):
-            upright = (original[1], original[0])
+        upright = upright_size(header)
         wanted = working_size(upright, spec)
         image, input_alpha = decode_with_alpha(header, wanted if wanted != upright else None)
         decoded_backdrop = decode_pixels(backdrop) if backdrop is not None else None
