@@ -196,10 +196,10 @@ def messages(draw: st.DrawFn, kind: type[Message], depth: int = 0) -> Message:
     for field in kind.DESCRIPTOR.fields:
         if field.containing_oneof is not None and message.WhichOneof(field.containing_oneof.name):
             continue
-        # A request's own field is set one time in two, a nested one (an option) one time in five, an
-        # image always: most requests come near a valid one, so removals get past validation and
-        # charging is fuzzed too, and each may carry a bad value.
-        if field.name != "image" and draw(st.integers(0, 1 if depth == 0 else 4)):
+        # A request's own field is set one time in two, a nested one (an option) one time in eight, an
+        # image and a stream item's id always: many requests come near a valid one, so removals get
+        # past validation and charging is fuzzed too, and each may carry a bad value.
+        if field.name not in ("image", "id") and draw(st.integers(0, 1 if depth == 0 else 7)):
             continue
         repeated = field.is_repeated
         if field.type == descriptor.FieldDescriptor.TYPE_MESSAGE:

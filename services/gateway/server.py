@@ -46,6 +46,7 @@ from services.common.errors import (
     processing_restricted,
     relay,
     status_details,
+    to_service_error,
 )
 from services.common.limits import FairSlots
 from services.common.server import ServiceSpec
@@ -399,11 +400,11 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         except ServiceError as error:
             stream.failed += 1
             await stream.write(cutout_pb2.StreamItemResult(id=item.id, error=error.to_proto()))
-        except Exception:  # a fault of ours: the item still gets its one answer
-            log.exception("a stream item failed")
+        except Exception as error:  # the item still gets its one answer, through the boundary's mapping:
+            # a downstream's error passed on, anything else INTERNAL with an error id (logged), never its text
             stream.failed += 1
-            internal = ServiceError(grpc.StatusCode.INTERNAL, "the item failed inside Cutout; retry it")
-            await stream.write(cutout_pb2.StreamItemResult(id=item.id, error=internal.to_proto()))
+            refused = to_service_error("/cutout.v1.Cutout/RemoveBackgroundStream", error)
+            await stream.write(cutout_pb2.StreamItemResult(id=item.id, error=refused.to_proto()))
         finally:
             if owns_id:
                 stream.ids.discard(item.id)
