@@ -45,6 +45,8 @@ RUN python -m pip uninstall --yes pip setuptools wheel \
 COPY --from=build /opt/cutout /opt/cutout
 RUN /opt/cutout/bin/python -m pip uninstall --yes pip
 ENV PATH=/opt/cutout/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# glibc malloc: few arenas, large buffers always unmapped (services/launcher.py, MALLOC_ENV)
+ENV MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072
 WORKDIR /opt/cutout
 USER 10001:10001
 ENTRYPOINT ["python", "-m"]

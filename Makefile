@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup up test bench protos model clean lock fuzz
+.PHONY: setup up test test-unit bench protos model clean lock fuzz
 
 # A virtualenv with the project, its services and dev tools, at the locked versions
 # (requirements/dev.lock; the images install requirements/server.lock, the same pins).
@@ -35,14 +35,32 @@ $(NODE_STAMP): clients/typescript/package-lock.json
 	@if command -v npm >/dev/null; then npm install --prefix clients/typescript --no-save --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: buf and the TypeScript client tests will be skipped"; fi
 
-setup: $(STAMP) model $(NODE_STAMP)
+# The Go client's toolchain, from Debian's packages (the Go module proxy is out of reach, so
+# the client builds offline from their sources in /usr/share/gocode): installed where apt-get
+# can run without a prompt (as root); elsewhere the Go client tests are skipped and say why.
+# golang/protobuf 1.5 (not grpc-go's other choice, 1.3): grpc-go's codec goes through it, and
+# only 1.4 and later marshal the APIv2 messages protoc-gen-go makes.
+GO_PACKAGES := golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev \
+	protoc-gen-go protoc-gen-go-grpc
+GO_STAMP := clients/go/.toolchain
+$(GO_STAMP): Makefile
+	@if [ "$$(dpkg-query -W -f '$${db:Status-Abbrev}\n' $(GO_PACKAGES) 2>/dev/null | grep -c '^ii')" = $(words $(GO_PACKAGES)) ]; then \
+		touch $@; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "apt-get install $(GO_PACKAGES)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			-o DPkg::Lock::Timeout=300 $(GO_PACKAGES) >/dev/null && touch $@; \
+	else echo "Debian's Go packages ($(GO_PACKAGES)) are missing and apt-get cannot install them here" \
+		"(not root or no apt-get): the Go client tests will be skipped"; fi
+
+setup: $(STAMP) model $(NODE_STAMP) $(GO_STAMP)
 
 # Brings the embedded mesh up (Triton, inference, gateway), runs a demo removal,
 # serves on 127.0.0.1:50051 until Ctrl-C. `make up CELLS=eu,us`: one cell per region,
 # side by side (ports 50051, 50061; data under .data/cells/<region>/).
 CELLS ?= eu
 up: setup
-	$(PY) -m services.mesh --cells $(CELLS)
+	$(PY) -m services.launcher --cells $(CELLS)
 
 # Lint, generated-code check, then the whole suite against the real mesh.
 test: setup
@@ -51,20 +69,24 @@ test: setup
 	$(PY) -m tools.protos --check
 	$(PY) -m pytest
 
+# The unit tests alone (no Triton, no services): the quick loop while changing one module.
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
 # The mesh under load against the floor, then erase quality on held-out photos;
 # writes bench/results/ and the README's tables.
 bench: setup
 	$(PY) -m bench.run
 	$(PY) -m bench.erase
 
-# Long fuzzing runs (tests/test_fuzz.py runs each fuzzer briefly): the atheris harnesses for
+# Long fuzzing runs (tests/mesh/test_fuzz.py runs each fuzzer briefly): the atheris harnesses for
 # FUZZ_MINUTES in all, niced on one core, then the RPC fuzz through a mesh with FUZZ_SCALE times
 # CI's examples. Findings: .cache/fuzz/artifacts/ and the test's output.
 FUZZ_MINUTES ?= 30
 FUZZ_SCALE ?= 20
 fuzz: setup
 	$(PY) -m fuzz.run --minutes $(FUZZ_MINUTES)
-	CUTOUT_FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest tests/test_fuzz.py -k rpcs -s -q
+	CUTOUT_FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest tests/mesh/test_fuzz.py -k rpcs -s -q
 
 protos: $(STAMP)
 	$(PY) -m tools.protos

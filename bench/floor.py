@@ -27,6 +27,7 @@ from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
 from cutout.v1 import options_pb2
+from services.common import output_spec
 from services.inference import imaging
 from services.inference.model import MODEL_REPOSITORY, PERSON_MODEL, SELFIE_SEGMENTATION
 from services.inference.profiles import ModelProfile, load_config
@@ -57,7 +58,7 @@ class _FloorWorker:
     def __init__(self) -> None:
         settings = InferenceSettings()
         self.limits = imaging.DecodeLimits(settings.max_image_bytes, settings.max_pixels)
-        self.encoders = imaging.EncoderDefaults(
+        self.encoders = output_spec.EncoderDefaults(
             compression_effort=settings.compression_effort,
             jpeg_quality=settings.jpeg_quality,
             webp_quality=settings.webp_quality,
@@ -65,7 +66,9 @@ class _FloorWorker:
         self.model = PersonModel()
 
     def cut_out(self, photo: bytes, output_format: int) -> bytes:
-        spec = imaging.OutputSpec.from_proto(options_pb2.RemoveBackgroundOptions(format=output_format), self.encoders)
+        spec = output_spec.OutputSpec.from_proto(
+            options_pb2.RemoveBackgroundOptions(format=output_format), self.encoders
+        )
         prepared = imaging.prepare(imaging.open_image(photo, self.limits), spec, self.model.profile)
         self.model.interpreter.set_tensor(self.model.input_index, prepared.tensor[None])
         self.model.interpreter.invoke()

@@ -18,11 +18,12 @@ from PIL import Image
 from bench.floor import PersonModel
 from bench.run import SIZES
 from cutout.v1 import options_pb2
+from services.common import output_spec
 from services.common.assets import ASTRONAUT
 from services.inference import imaging
 from services.inference.model import fetch_models
 from services.inference.settings import InferenceSettings
-from services.mesh import ROOT
+from services.launcher import ROOT
 
 CASES = {"png": options_pb2.OUTPUT_FORMAT_PNG, "pair": options_pb2.OUTPUT_FORMAT_COLOR_ALPHA_PAIR}
 
@@ -37,13 +38,13 @@ def main() -> int:
     args = parser.parse_args()
     fetch_models()
     settings = InferenceSettings()
-    encoders = imaging.EncoderDefaults(settings.compression_effort, settings.jpeg_quality, settings.webp_quality)
+    encoders = output_spec.EncoderDefaults(settings.compression_effort, settings.jpeg_quality, settings.webp_quality)
     photo = Image.open(ASTRONAUT.fetch(ROOT / ".data" / "samples" / "astronaut.png")).convert("RGB")
     for size, dims in SIZES.items():
         image = photo.resize(dims, Image.Resampling.LANCZOS)
         alpha = matte(image)
         for name, fmt in CASES.items():
-            spec = imaging.OutputSpec.from_proto(options_pb2.RemoveBackgroundOptions(format=fmt), encoders)
+            spec = output_spec.OutputSpec.from_proto(options_pb2.RemoveBackgroundOptions(format=fmt), encoders)
             times, rendered = [], None
             for _ in range(args.repeats):
                 started = time.perf_counter()

@@ -6,7 +6,7 @@ graphic with its own alpha; a horse silhouette, its alpha the drawing's darkness
 filled with the coffee photo's colours) composited onto four photographed textures
 (brick, gravel, grass, a printed page). It has no people: no public-domain portrait
 with an exact alpha could be had from the package registries, so the person model is
-measured against itself run directly instead (tests/test_end_to_end.py, IoU >= 0.97).
+measured against itself run directly instead (tests/mesh/test_end_to_end.py, IoU >= 0.97).
 
 Each mask is scored with pysodmetrics (the salient-object metrics of the field):
 S-measure (structure, higher is better), MAE (lower) and weighted F (higher).
@@ -44,7 +44,7 @@ from services.inference.model import (
 )
 from services.inference.profiles import ModelProfile, load_config
 from services.inference.triton_local import LocalTriton, model_counts
-from services.mesh import ROOT, Mesh, demo_account
+from services.launcher import ROOT, Mesh, demo_account
 
 CANVAS = (640, 480)
 BACKGROUND_TINTS = {"brick": (1.0, 0.75, 0.6), "gravel": (0.9, 0.9, 0.85), "grass": (0.6, 0.9, 0.5), "page": (1, 1, 1)}

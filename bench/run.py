@@ -42,7 +42,7 @@ from services.common.assets import ASTRONAUT
 from services.common.settings import API_KEY_METADATA
 from services.inference.model import PERSON_MODEL, fetch_models
 from services.inference.triton_local import model_counts
-from services.mesh import ROOT, Mesh, demo_account
+from services.launcher import ROOT, Mesh, demo_account
 
 RESULTS = ROOT / "bench" / "results"
 README = ROOT / "README.md"

@@ -386,7 +386,7 @@ def keys(args: argparse.Namespace) -> int:
             _show_new_key(args, created.api_key, created.key.id)
         elif args.keys_command == "list":
             print(f"{'id':36}  {'prefix':12}  {'name':16}  {'created':20}  {'last used':20}  revoked")
-            for key in client.list_api_keys().keys:
+            for key in client.iter_api_keys():  # every page
                 print(
                     f"{key.id:36}  {key.prefix + '…':12}  {key.name:16}  {_when(key.created_at):20}  "
                     f"{_when(key.last_used_at, 'never'):20}  {_when(key.revoked_at, 'no')}"
@@ -542,7 +542,7 @@ def batch(args: argparse.Namespace) -> int:
 def results(args: argparse.Namespace) -> int:
     with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
         if args.results_command == "list":
-            for kept in client.list_results().results:
+            for kept in client.iter_results():  # every page
                 size = f"{kept.width}x{kept.height}"
                 print(f"{kept.result_id}  {kept.media_type:10} {size:>11}  expires {_when(kept.expires_at)}")
         elif args.results_command == "fetch":
@@ -567,7 +567,7 @@ def account(args: argparse.Namespace) -> int:
             print(f"{args.output}: {size} bytes (zip: profile, keys, ledger, kept results, access log)")
             return 0
         if command == "access-log":
-            for entry in client.access_log().entries:
+            for entry in client.iter_access_log():  # every page
                 print(f"{_when(entry.at)}  {entry.service:9}  {entry.actor:16}  {entry.action:14}  {entry.result_id}")
             return 0
         if command == "delete":

@@ -16,7 +16,7 @@ import os
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import grpc
 
@@ -133,8 +133,23 @@ class CutoutClient:
         chunks = list(self._stub.FetchResult(request, timeout=120, metadata=self._metadata()))
         return chunks[0].result, b"".join(chunk.data for chunk in chunks)
 
-    def list_results(self, limit: int = 100) -> cutout_pb2.ListResultsResponse:
-        return self._stub.ListResults(cutout_pb2.ListResultsRequest(limit=limit), timeout=30, metadata=self._metadata())
+    def list_results(self, page_size: int = 100, page_token: str = "") -> cutout_pb2.ListResultsResponse:
+        """One page, newest first; its next_page_token (empty on the last page) asks for the next."""
+        request = cutout_pb2.ListResultsRequest(page_size=page_size, page_token=page_token)
+        return self._stub.ListResults(request, timeout=30, metadata=self._metadata())
+
+    def iter_results(self, page_size: int = 100) -> Iterator[options_pb2.KeptResult]:
+        """Every kept result, newest first, page after page."""
+        return self._every(self._stub.ListResults, cutout_pb2.ListResultsRequest(page_size=page_size), "results")
+
+    def _every(self, method: Any, request: Any, items: str) -> Iterator[Any]:
+        """The items of every page of a list call (AIP-158), following next_page_token."""
+        while True:
+            page = method(request, timeout=30, metadata=self._metadata())
+            yield from getattr(page, items)
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
 
     def delete_result(self, result_id: str) -> None:
         self._stub.DeleteResult(
@@ -176,8 +191,14 @@ class CutoutClient:
         metadata = [] if email else self._metadata()
         return self._stub.CreateApiKey(request, timeout=30, metadata=metadata)
 
-    def list_api_keys(self) -> account_pb2.ListApiKeysResponse:
-        return self._stub.ListApiKeys(account_pb2.ListApiKeysRequest(), timeout=30, metadata=self._metadata())
+    def list_api_keys(self, page_size: int = 0, page_token: str = "") -> account_pb2.ListApiKeysResponse:
+        """One page of keys, oldest first (page_size 0: the server's default, 100)."""
+        request = account_pb2.ListApiKeysRequest(page_size=page_size, page_token=page_token)
+        return self._stub.ListApiKeys(request, timeout=30, metadata=self._metadata())
+
+    def iter_api_keys(self, page_size: int = 0) -> Iterator[account_pb2.ApiKey]:
+        """Every key of the account, oldest first, page after page."""
+        return self._every(self._stub.ListApiKeys, account_pb2.ListApiKeysRequest(page_size=page_size), "keys")
 
     def revoke_api_key(self, key_id: str, password: str = "") -> account_pb2.RevokeApiKeyResponse:
         """A key may revoke itself; any other key of the account needs the password too."""
@@ -188,8 +209,10 @@ class CutoutClient:
     def balance(self) -> account_pb2.Balance:
         return self._stub.GetBalance(account_pb2.GetBalanceRequest(), timeout=30, metadata=self._metadata())
 
-    def ledger(self, limit: int = 0) -> account_pb2.ListLedgerResponse:
-        return self._stub.ListLedger(account_pb2.ListLedgerRequest(limit=limit), timeout=30, metadata=self._metadata())
+    def ledger(self, page_size: int = 0, page_token: str = "") -> account_pb2.ListLedgerResponse:
+        """One page of the ledger, newest first (page_size 0: the server's default, 100), and the balance."""
+        request = account_pb2.ListLedgerRequest(page_size=page_size, page_token=page_token)
+        return self._stub.ListLedger(request, timeout=30, metadata=self._metadata())
 
     # -- your data --------------------------------------------------------------------
 
@@ -208,7 +231,8 @@ class CutoutClient:
     def update_profile(self, **fields: object) -> account_pb2.Profile:
         """Changes only the fields given: display_name, marketing_opt_in, usage_stats_opt_out,
         processing_restricted."""
-        request = account_pb2.UpdateProfileRequest(update_fields=list(fields), **fields)  # type: ignore[arg-type]
+        request = account_pb2.UpdateProfileRequest(**fields)  # type: ignore[arg-type]
+        request.update_mask.paths.extend(fields)  # AIP-134: exactly these change
         return self._stub.UpdateProfile(request, timeout=30, metadata=self._metadata())
 
     def change_email(self, new_email: str, password: str) -> account_pb2.Profile:
@@ -219,9 +243,15 @@ class CutoutClient:
         request = rights_pb2.DeleteAccountRequest(password=password)
         return self._stub.DeleteAccount(request, timeout=120, metadata=self._metadata())
 
-    def access_log(self, limit: int = 0) -> rights_pb2.OwnerAccessLogResponse:
-        request = rights_pb2.OwnerAccessLogRequest(limit=limit)
+    def access_log(self, page_size: int = 0, page_token: str = "") -> rights_pb2.OwnerAccessLogResponse:
+        """One page of who accessed your data, newest first (page_size 0: the server's default, 1000)."""
+        request = rights_pb2.OwnerAccessLogRequest(page_size=page_size, page_token=page_token)
         return self._stub.ListAccessLog(request, timeout=30, metadata=self._metadata())
+
+    def iter_access_log(self, page_size: int = 0) -> Iterator[rights_pb2.AccessRecord]:
+        """The whole access log, newest first, page after page."""
+        request = rights_pb2.OwnerAccessLogRequest(page_size=page_size)
+        return self._every(self._stub.ListAccessLog, request, "entries")
 
     def _metadata(self) -> list[tuple[str, str]]:
         return [(API_KEY_METADATA, self.api_key)] if self.api_key else []

@@ -1,4 +1,4 @@
-"""atheris harness: image bytes through the gateway's header check (charging.check_image) and
+"""atheris harness: image bytes through the gateway's header check (validation.check_image) and
 inference's decode (imaging.open_image, then prepare: decode_with_alpha, resize, model input),
 at full size and as a preview (JPEG draft decoding). Any outcome other than a result or
 INVALID_ARGUMENT on `image` is a finding. Run: python -m fuzz.decode CORPUS_DIR... [libFuzzer flags]"""
@@ -15,18 +15,19 @@ with atheris.instrument_imports(include=["PIL", "services", "fuzz"]):
 
     from cutout.v1 import options_pb2
     from fuzz.common import TinyProfile, refused_properly
+    from services.common import output_spec
     from services.common.errors import ServiceError
-    from services.gateway import charging
+    from services.gateway import validation
     from services.inference import imaging
 
 # The service's byte cap; a lower pixel cap than the service's 25 MP keeps an execution fast
 # (the check is the same code whatever the figure).
 LIMITS = imaging.DecodeLimits(max_bytes=50 * 2**20, max_pixels=2_000_000)
-DEFAULTS = imaging.EncoderDefaults()
+DEFAULTS = output_spec.EncoderDefaults()
 SPECS = [
-    imaging.OutputSpec.from_proto(options_pb2.RemoveBackgroundOptions(), DEFAULTS),
-    imaging.OutputSpec.from_proto(options_pb2.RemoveBackgroundOptions(size=options_pb2.SIZE_PREVIEW), DEFAULTS),
-    imaging.OutputSpec.from_proto(options_pb2.RemoveBackgroundOptions(max_width=7, max_height=5), DEFAULTS),
+    output_spec.OutputSpec.from_proto(options_pb2.RemoveBackgroundOptions(), DEFAULTS),
+    output_spec.OutputSpec.from_proto(options_pb2.RemoveBackgroundOptions(size=options_pb2.SIZE_PREVIEW), DEFAULTS),
+    output_spec.OutputSpec.from_proto(options_pb2.RemoveBackgroundOptions(max_width=7, max_height=5), DEFAULTS),
 ]
 PROFILE = TinyProfile()
 
@@ -34,7 +35,7 @@ PROFILE = TinyProfile()
 def one_input(data: bytes) -> None:
     header_ok = True
     try:
-        charging.check_image(data, LIMITS.max_bytes)
+        validation.check_image(data, LIMITS.max_bytes)
     except ServiceError as error:
         refused_properly(error, ("image",))
         header_ok = False

@@ -1,6 +1,6 @@
 """atheris harness: option validation. The input is a serialized RemoveBackgroundOptions (the
 corpus holds real ones; libFuzzer mutates their bytes). The gateway's check before reserving
-(charging.check_removal: OutputSpec.from_proto, keep_ttl, the background image's header) must
+(validation.check_removal: OutputSpec.from_proto, keep_ttl, the background image's header) must
 refuse with INVALID_ARGUMENT on an `options.*` field or let through options that then render:
 a small picture is prepared and finished (crop, placement, scaling, shadow, background,
 encoding) with them, where only INVALID_ARGUMENT on `options.roi` may still come (the roi is
@@ -20,12 +20,13 @@ with atheris.instrument_imports(include=["PIL", "services", "fuzz"]):
 
     from cutout.v1 import options_pb2
     from fuzz.common import TinyProfile, probability, refused_properly
+    from services.common import output_spec
     from services.common.errors import ServiceError
-    from services.gateway import charging
+    from services.gateway import validation
     from services.inference import imaging
 
 LIMITS = imaging.DecodeLimits(max_bytes=50 * 2**20, max_pixels=250_000)
-DEFAULTS = imaging.EncoderDefaults()
+DEFAULTS = output_spec.EncoderDefaults()
 PROFILE = TinyProfile()
 
 
@@ -45,9 +46,9 @@ def one_input(data: bytes) -> None:
     except DecodeError:
         return
     try:
-        charging.check_removal(PICTURE, options, LIMITS.max_bytes)
-        spec = imaging.OutputSpec.from_proto(options, DEFAULTS)
-        imaging.check_subject(options)
+        validation.check_removal(PICTURE, options, LIMITS.max_bytes)
+        spec = output_spec.OutputSpec.from_proto(options, DEFAULTS)
+        output_spec.check_subject(options)
     except ServiceError as error:
         refused_properly(error, ("options.",))
         return

@@ -24,7 +24,7 @@ from services.accounts.mail import latest_code
 from services.common.assets import ASTRONAUT
 from services.common.settings import API_KEY_METADATA
 from services.inference.model import fetch_models
-from services.mesh import ADMINS, ROOT, AdminEndpoint, Mesh, ServiceProcess, free_port, gateway_process
+from services.launcher import ADMINS, ROOT, AdminEndpoint, Mesh, ServiceProcess, free_port, gateway_process
 
 CACHE = ROOT / ".cache"
 SIGNUP_CREDITS = 3
@@ -52,15 +52,15 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, model_paths: list[Path]) -> I
         data_dir=tmp_path_factory.mktemp("mesh"),
         env={
             "CUTOUT_ACCOUNTS_SIGNUP_CREDITS": str(SIGNUP_CREDITS),
-            # The suite signs up hundreds of accounts from one address; tests/test_abuse.py
+            # The suite signs up hundreds of accounts from one address; tests/mesh/test_abuse.py
             # checks the default per-source limits on gateways of their own.
             "CUTOUT_GATEWAY_SOURCE_RATE_PER_S": "1000",
             "CUTOUT_GATEWAY_SOURCE_RATE_BURST": "1000",
-            # Likewise the admin listener's throttles (tests/test_rights.py checks the defaults).
+            # Likewise the admin listener's throttles (tests/mesh/test_rights.py checks the defaults).
             "CUTOUT_ACCOUNTS_ADMIN_RATE_PER_S": "1000",
             "CUTOUT_ACCOUNTS_ADMIN_RATE_BURST": "1000",
             "CUTOUT_ACCOUNTS_ADMIN_FAILURES_FREE": "1000",
-            # ... and the cap on free grants per source (tests/test_signup.py checks it on
+            # ... and the cap on free grants per source (tests/mesh/test_signup.py checks it on
             # an accounts service of its own).
             "CUTOUT_ACCOUNTS_FREE_GRANTS_PER_SOURCE": "0",
         },

@@ -22,17 +22,21 @@ PACKAGE_DIR = Path("cutout") / "v1"
 GENERATED_PATTERNS = ("*_pb2.py", "*_pb2.pyi", "*_pb2_grpc.py")
 
 
+def well_known_roots() -> list[Path]:
+    """Where protoc finds google/protobuf/*.proto and google/rpc/status.proto."""
+    well_known = Path(str(resources.files("grpc_tools") / "_proto"))
+    googleapis = Path(status_pb2.__file__).parents[2]  # google/rpc/status.proto, from googleapis-common-protos
+    return [well_known, googleapis]
+
+
 def generate(out_root: Path) -> list[Path]:
     """Writes the generated modules under out_root/cutout/v1 and returns their paths."""
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
-    well_known = resources.files("grpc_tools") / "_proto"
-    googleapis = Path(status_pb2.__file__).parents[2]  # google/rpc/status.proto, from googleapis-common-protos
     (out_root / PACKAGE_DIR).mkdir(parents=True, exist_ok=True)
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
-        f"-I{well_known}",
-        f"-I{googleapis}",
+        *(f"-I{root}" for root in well_known_roots()),
         f"--python_out={out_root}",
         f"--pyi_out={out_root}",
         f"--grpc_python_out={out_root}",

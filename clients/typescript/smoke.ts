@@ -1,7 +1,7 @@
 // A smoke test of the generated TypeScript client against a running gateway: sign up,
 // type in the code the sign-up e-mail brought (one line on stdin), which opens the account
 // and makes its first key, remove the background of one photo, check what comes back.
-// tests/test_clients.py runs it against the embedded mesh, reading the code from its outbox:
+// tests/mesh/test_clients.py runs it against the embedded mesh, reading the code from its outbox:
 //   CUTOUT_GATEWAY=127.0.0.1:50051 CUTOUT_CA_FILE=.data/pki/ca.pem CUTOUT_REGION=eu \
 //   CUTOUT_EMAIL=me@example.com CUTOUT_PHOTO=photo.png CUTOUT_OUTPUT=out.png npm run smoke
 import { readFileSync, writeFileSync } from "node:fs";

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63utout/v1/account.proto\x12\tcutout.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x01\n\rSignUpRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x15\n\rage_confirmed\x18\x05 \x01(\x08\x12\x18\n\x10marketing_opt_in\x18\x06 \x01(\x08\"\xc8\x01\n\x0eSignUpResponse\x12#\n\x07profile\x18\x01 \x01(\x0b\x32\x12.cutout.v1.Profile\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\x12\x1d\n\x15verification_required\x18\x32 \x01(\x08\x12\x14\n\x0c\x66ree_credits\x18\x33 \x01(\x03\x12\x19\n\x11\x66ree_credits_note\x18\x34 \x01(\t\x12\x1c\n\x14\x66ree_credits_decimal\x18\x35 \x01(\t\"V\n\x13VerifySignUpRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x10\n\x08key_name\x18\x04 \x01(\t\"\x91\x01\n\x14VerifySignUpResponse\x12#\n\x07profile\x18\x01 \x01(\x0b\x32\x12.cutout.v1.Profile\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t\x12\x1e\n\x03key\x18\x04 \x01(\x0b\x32\x11.cutout.v1.ApiKey\"D\n\x13\x43reateApiKeyRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"G\n\x14\x43reateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x1e\n\x03key\x18\x02 \x01(\x0b\x32\x11.cutout.v1.ApiKey\"\xc4\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06prefix\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ListApiKeysRequest\"6\n\x13ListApiKeysResponse\x12\x1f\n\x04keys\x18\x01 \x03(\x0b\x32\x11.cutout.v1.ApiKey\"3\n\x13RevokeApiKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"6\n\x14RevokeApiKeyResponse\x12\x1e\n\x03key\x18\x01 \x01(\x0b\x32\x11.cutout.v1.ApiKey\"\x13\n\x11GetBalanceRequest\"\xce\x01\n\x07\x42\x61lance\x12\x15\n\tavailable\x18\x01 \x01(\x03\x42\x02\x18\x01\x12\x10\n\x04held\x18\x02 \x01(\x03\x42\x02\x18\x01\x12/\n\x0bnext_expiry\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\rexpiring_next\x18\x04 \x01(\x03\x42\x02\x18\x01\x12\x19\n\x11\x61vailable_decimal\x18< \x01(\t\x12\x14\n\x0cheld_decimal\x18= \x01(\t\x12\x1d\n\x15\x65xpiring_next_decimal\x18> \x01(\t\"\"\n\x11ListLedgerRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\xee\x01\n\x0bLedgerEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\x06\x61mount\x18\x03 \x01(\x03\x42\x02\x18\x01\x12\x10\n\x04held\x18\x04 \x01(\x03\x42\x02\x18\x01\x12\x16\n\x0ereservation_id\x18\x05 \x01(\t\x12\x10\n\x08grant_id\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61mount_decimal\x18< \x01(\t\x12\x14\n\x0cheld_decimal\x18= \x01(\t\"b\n\x12ListLedgerResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.cutout.v1.LedgerEntry\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\"\x13\n\x11GetProfileRequest\"\xe6\x01\n\x07Profile\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0c\n\x04plan\x18\x05 \x01(\t\x12\x18\n\x10marketing_opt_in\x18\x06 \x01(\x08\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13usage_stats_opt_out\x18( \x01(\x08\x12\x1d\n\x15processing_restricted\x18) \x01(\x08\"\x99\x01\n\x14UpdateProfileRequest\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x18\n\x10marketing_opt_in\x18\x02 \x01(\x08\x12\x15\n\rupdate_fields\x18\x03 \x03(\t\x12\x1b\n\x13usage_stats_opt_out\x18( \x01(\x08\x12\x1d\n\x15processing_restricted\x18) \x01(\x08\"G\n\x15\x43hangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"\x18\n\x16\x43hangePasswordResponse\"z\n\x13GrantCreditsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x16\n\x0e\x61mount_decimal\x18< \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x17\n\x0f\x65xpires_in_days\x18\x04 \x01(\r\"M\n\x14GrantCreditsResponse\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\"9\n\x14LookupAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\"z\n\x15LookupAccountResponse\x12#\n\x07profile\x18\x01 \x01(\x0b\x32\x12.cutout.v1.Profile\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\x12\x17\n\x0f\x61\x63tive_api_keys\x18\x03 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63utout/v1/account.proto\x12\tcutout.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x01\n\rSignUpRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x15\n\rage_confirmed\x18\x05 \x01(\x08\x12\x18\n\x10marketing_opt_in\x18\x06 \x01(\x08\"\xc8\x01\n\x0eSignUpResponse\x12#\n\x07profile\x18\x01 \x01(\x0b\x32\x12.cutout.v1.Profile\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\x12\x1d\n\x15verification_required\x18\x32 \x01(\x08\x12\x14\n\x0c\x66ree_credits\x18\x33 \x01(\x03\x12\x19\n\x11\x66ree_credits_note\x18\x34 \x01(\t\x12\x1c\n\x14\x66ree_credits_decimal\x18\x35 \x01(\t\"V\n\x13VerifySignUpRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x10\n\x08key_name\x18\x04 \x01(\t\"\x91\x01\n\x14VerifySignUpResponse\x12#\n\x07profile\x18\x01 \x01(\x0b\x32\x12.cutout.v1.Profile\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t\x12\x1e\n\x03key\x18\x04 \x01(\x0b\x32\x11.cutout.v1.ApiKey\"D\n\x13\x43reateApiKeyRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"G\n\x14\x43reateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x1e\n\x03key\x18\x02 \x01(\x0b\x32\x11.cutout.v1.ApiKey\"\xc4\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06prefix\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x12ListApiKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"O\n\x13ListApiKeysResponse\x12\x1f\n\x04keys\x18\x01 \x03(\x0b\x32\x11.cutout.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x13RevokeApiKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"6\n\x14RevokeApiKeyResponse\x12\x1e\n\x03key\x18\x01 \x01(\x0b\x32\x11.cutout.v1.ApiKey\"\x13\n\x11GetBalanceRequest\"\xce\x01\n\x07\x42\x61lance\x12\x15\n\tavailable\x18\x01 \x01(\x03\x42\x02\x18\x01\x12\x10\n\x04held\x18\x02 \x01(\x03\x42\x02\x18\x01\x12/\n\x0bnext_expiry\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\rexpiring_next\x18\x04 \x01(\x03\x42\x02\x18\x01\x12\x19\n\x11\x61vailable_decimal\x18< \x01(\t\x12\x14\n\x0cheld_decimal\x18= \x01(\t\x12\x1d\n\x15\x65xpiring_next_decimal\x18> \x01(\t\"M\n\x11ListLedgerRequest\x12\x11\n\x05limit\x18\x01 \x01(\rB\x02\x18\x01\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xee\x01\n\x0bLedgerEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\x06\x61mount\x18\x03 \x01(\x03\x42\x02\x18\x01\x12\x10\n\x04held\x18\x04 \x01(\x03\x42\x02\x18\x01\x12\x16\n\x0ereservation_id\x18\x05 \x01(\t\x12\x10\n\x08grant_id\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61mount_decimal\x18< \x01(\t\x12\x14\n\x0cheld_decimal\x18= \x01(\t\"{\n\x12ListLedgerResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.cutout.v1.LedgerEntry\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\x13\n\x11GetProfileRequest\"\xe6\x01\n\x07Profile\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0c\n\x04plan\x18\x05 \x01(\t\x12\x18\n\x10marketing_opt_in\x18\x06 \x01(\x08\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13usage_stats_opt_out\x18( \x01(\x08\x12\x1d\n\x15processing_restricted\x18) \x01(\x08\"\xce\x01\n\x14UpdateProfileRequest\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x18\n\x10marketing_opt_in\x18\x02 \x01(\x08\x12\x19\n\rupdate_fields\x18\x03 \x03(\tB\x02\x18\x01\x12/\n\x0bupdate_mask\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x1b\n\x13usage_stats_opt_out\x18( \x01(\x08\x12\x1d\n\x15processing_restricted\x18) \x01(\x08\"G\n\x15\x43hangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"\x18\n\x16\x43hangePasswordResponse\"z\n\x13GrantCreditsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\x12\x16\n\x0e\x61mount_decimal\x18< \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x17\n\x0f\x65xpires_in_days\x18\x04 \x01(\r\"M\n\x14GrantCreditsResponse\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\"9\n\x14LookupAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\"z\n\x15LookupAccountResponse\x12#\n\x07profile\x18\x01 \x01(\x0b\x32\x12.cutout.v1.Profile\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\x12\x17\n\x0f\x61\x63tive_api_keys\x18\x03 \x01(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,58 +39,62 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BALANCE'].fields_by_name['held']._serialized_options = b'\030\001'
   _globals['_BALANCE'].fields_by_name['expiring_next']._loaded_options = None
   _globals['_BALANCE'].fields_by_name['expiring_next']._serialized_options = b'\030\001'
+  _globals['_LISTLEDGERREQUEST'].fields_by_name['limit']._loaded_options = None
+  _globals['_LISTLEDGERREQUEST'].fields_by_name['limit']._serialized_options = b'\030\001'
   _globals['_LEDGERENTRY'].fields_by_name['amount']._loaded_options = None
   _globals['_LEDGERENTRY'].fields_by_name['amount']._serialized_options = b'\030\001'
   _globals['_LEDGERENTRY'].fields_by_name['held']._loaded_options = None
   _globals['_LEDGERENTRY'].fields_by_name['held']._serialized_options = b'\030\001'
-  _globals['_SIGNUPREQUEST']._serialized_start=72
-  _globals['_SIGNUPREQUEST']._serialized_end=207
-  _globals['_SIGNUPRESPONSE']._serialized_start=210
-  _globals['_SIGNUPRESPONSE']._serialized_end=410
-  _globals['_VERIFYSIGNUPREQUEST']._serialized_start=412
-  _globals['_VERIFYSIGNUPREQUEST']._serialized_end=498
-  _globals['_VERIFYSIGNUPRESPONSE']._serialized_start=501
-  _globals['_VERIFYSIGNUPRESPONSE']._serialized_end=646
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=648
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=716
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=718
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=789
-  _globals['_APIKEY']._serialized_start=792
-  _globals['_APIKEY']._serialized_end=988
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=990
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1010
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1012
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1066
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1068
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1119
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1121
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1175
-  _globals['_GETBALANCEREQUEST']._serialized_start=1177
-  _globals['_GETBALANCEREQUEST']._serialized_end=1196
-  _globals['_BALANCE']._serialized_start=1199
-  _globals['_BALANCE']._serialized_end=1405
-  _globals['_LISTLEDGERREQUEST']._serialized_start=1407
-  _globals['_LISTLEDGERREQUEST']._serialized_end=1441
-  _globals['_LEDGERENTRY']._serialized_start=1444
-  _globals['_LEDGERENTRY']._serialized_end=1682
-  _globals['_LISTLEDGERRESPONSE']._serialized_start=1684
-  _globals['_LISTLEDGERRESPONSE']._serialized_end=1782
-  _globals['_GETPROFILEREQUEST']._serialized_start=1784
-  _globals['_GETPROFILEREQUEST']._serialized_end=1803
-  _globals['_PROFILE']._serialized_start=1806
-  _globals['_PROFILE']._serialized_end=2036
-  _globals['_UPDATEPROFILEREQUEST']._serialized_start=2039
-  _globals['_UPDATEPROFILEREQUEST']._serialized_end=2192
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=2194
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=2265
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=2267
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=2291
-  _globals['_GRANTCREDITSREQUEST']._serialized_start=2293
-  _globals['_GRANTCREDITSREQUEST']._serialized_end=2415
-  _globals['_GRANTCREDITSRESPONSE']._serialized_start=2417
-  _globals['_GRANTCREDITSRESPONSE']._serialized_end=2494
-  _globals['_LOOKUPACCOUNTREQUEST']._serialized_start=2496
-  _globals['_LOOKUPACCOUNTREQUEST']._serialized_end=2553
-  _globals['_LOOKUPACCOUNTRESPONSE']._serialized_start=2555
-  _globals['_LOOKUPACCOUNTRESPONSE']._serialized_end=2677
+  _globals['_UPDATEPROFILEREQUEST'].fields_by_name['update_fields']._loaded_options = None
+  _globals['_UPDATEPROFILEREQUEST'].fields_by_name['update_fields']._serialized_options = b'\030\001'
+  _globals['_SIGNUPREQUEST']._serialized_start=106
+  _globals['_SIGNUPREQUEST']._serialized_end=241
+  _globals['_SIGNUPRESPONSE']._serialized_start=244
+  _globals['_SIGNUPRESPONSE']._serialized_end=444
+  _globals['_VERIFYSIGNUPREQUEST']._serialized_start=446
+  _globals['_VERIFYSIGNUPREQUEST']._serialized_end=532
+  _globals['_VERIFYSIGNUPRESPONSE']._serialized_start=535
+  _globals['_VERIFYSIGNUPRESPONSE']._serialized_end=680
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=682
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=750
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=752
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=823
+  _globals['_APIKEY']._serialized_start=826
+  _globals['_APIKEY']._serialized_end=1022
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1024
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1083
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1085
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1164
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1166
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1217
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1219
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1273
+  _globals['_GETBALANCEREQUEST']._serialized_start=1275
+  _globals['_GETBALANCEREQUEST']._serialized_end=1294
+  _globals['_BALANCE']._serialized_start=1297
+  _globals['_BALANCE']._serialized_end=1503
+  _globals['_LISTLEDGERREQUEST']._serialized_start=1505
+  _globals['_LISTLEDGERREQUEST']._serialized_end=1582
+  _globals['_LEDGERENTRY']._serialized_start=1585
+  _globals['_LEDGERENTRY']._serialized_end=1823
+  _globals['_LISTLEDGERRESPONSE']._serialized_start=1825
+  _globals['_LISTLEDGERRESPONSE']._serialized_end=1948
+  _globals['_GETPROFILEREQUEST']._serialized_start=1950
+  _globals['_GETPROFILEREQUEST']._serialized_end=1969
+  _globals['_PROFILE']._serialized_start=1972
+  _globals['_PROFILE']._serialized_end=2202
+  _globals['_UPDATEPROFILEREQUEST']._serialized_start=2205
+  _globals['_UPDATEPROFILEREQUEST']._serialized_end=2411
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=2413
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=2484
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=2486
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=2510
+  _globals['_GRANTCREDITSREQUEST']._serialized_start=2512
+  _globals['_GRANTCREDITSREQUEST']._serialized_end=2634
+  _globals['_GRANTCREDITSRESPONSE']._serialized_start=2636
+  _globals['_GRANTCREDITSRESPONSE']._serialized_end=2713
+  _globals['_LOOKUPACCOUNTREQUEST']._serialized_start=2715
+  _globals['_LOOKUPACCOUNTREQUEST']._serialized_end=2772
+  _globals['_LOOKUPACCOUNTRESPONSE']._serialized_start=2774
+  _globals['_LOOKUPACCOUNTRESPONSE']._serialized_end=2896
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -100,14 +101,20 @@ class ApiKey(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., prefix: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListApiKeysRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListApiKeysResponse(_message.Message):
-    __slots__ = ("keys",)
+    __slots__ = ("keys", "next_page_token")
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedCompositeFieldContainer[ApiKey]
-    def __init__(self, keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RevokeApiKeyRequest(_message.Message):
     __slots__ = ("id", "password")
@@ -146,10 +153,14 @@ class Balance(_message.Message):
     def __init__(self, available: _Optional[int] = ..., held: _Optional[int] = ..., next_expiry: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expiring_next: _Optional[int] = ..., available_decimal: _Optional[str] = ..., held_decimal: _Optional[str] = ..., expiring_next_decimal: _Optional[str] = ...) -> None: ...
 
 class ListLedgerRequest(_message.Message):
-    __slots__ = ("limit",)
+    __slots__ = ("limit", "page_size", "page_token")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     limit: int
-    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, limit: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class LedgerEntry(_message.Message):
     __slots__ = ("id", "kind", "amount", "held", "reservation_id", "grant_id", "idempotency_key", "created_at", "amount_decimal", "held_decimal")
@@ -176,12 +187,14 @@ class LedgerEntry(_message.Message):
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., amount: _Optional[int] = ..., held: _Optional[int] = ..., reservation_id: _Optional[str] = ..., grant_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., amount_decimal: _Optional[str] = ..., held_decimal: _Optional[str] = ...) -> None: ...
 
 class ListLedgerResponse(_message.Message):
-    __slots__ = ("entries", "balance")
+    __slots__ = ("entries", "balance", "next_page_token")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     BALANCE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[LedgerEntry]
     balance: Balance
-    def __init__(self, entries: _Optional[_Iterable[_Union[LedgerEntry, _Mapping]]] = ..., balance: _Optional[_Union[Balance, _Mapping]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[LedgerEntry, _Mapping]]] = ..., balance: _Optional[_Union[Balance, _Mapping]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetProfileRequest(_message.Message):
     __slots__ = ()
@@ -210,18 +223,20 @@ class Profile(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ...) -> None: ...
 
 class UpdateProfileRequest(_message.Message):
-    __slots__ = ("display_name", "marketing_opt_in", "update_fields", "usage_stats_opt_out", "processing_restricted")
+    __slots__ = ("display_name", "marketing_opt_in", "update_fields", "update_mask", "usage_stats_opt_out", "processing_restricted")
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     MARKETING_OPT_IN_FIELD_NUMBER: _ClassVar[int]
     UPDATE_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     USAGE_STATS_OPT_OUT_FIELD_NUMBER: _ClassVar[int]
     PROCESSING_RESTRICTED_FIELD_NUMBER: _ClassVar[int]
     display_name: str
     marketing_opt_in: bool
     update_fields: _containers.RepeatedScalarFieldContainer[str]
+    update_mask: _field_mask_pb2.FieldMask
     usage_stats_opt_out: bool
     processing_restricted: bool
-    def __init__(self, display_name: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., update_fields: _Optional[_Iterable[str]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ...) -> None: ...
+    def __init__(self, display_name: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., update_fields: _Optional[_Iterable[str]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ...) -> None: ...
 
 class ChangePasswordRequest(_message.Message):
     __slots__ = ("current_password", "new_password")

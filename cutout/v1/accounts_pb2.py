@@ -24,33 +24,95 @@ _sym_db = _symbol_database.Default()
 
 from cutout.v1 import account_pb2 as cutout_dot_v1_dot_account__pb2
 from cutout.v1 import rights_pb2 as cutout_dot_v1_dot_rights__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63utout/v1/accounts.proto\x12\tcutout.v1\x1a\x17\x63utout/v1/account.proto\x1a\x16\x63utout/v1/rights.proto\"&\n\x13\x41uthenticateRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"\x94\x01\n\x14\x41uthenticateResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x1d\n\x15processing_restricted\x18( \x01(\x08\x12\x1b\n\x13usage_stats_opt_out\x18) \x01(\x08\"\x80\x01\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x1b\n\x13\x61mount_millicredits\x18< \x01(\x03\x12\x14\n\x0crequest_hash\x18\x04 \x01(\t\"Y\n\x1a\x41uthorizeAndReserveRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12*\n\x07reserve\x18\x02 \x01(\x0b\x32\x19.cutout.v1.ReserveRequest\"|\n\x1b\x41uthorizeAndReserveResponse\x12/\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x1f.cutout.v1.AuthenticateResponse\x12,\n\x08reserved\x18\x02 \x01(\x0b\x32\x1a.cutout.v1.ReserveResponse\"U\n\x0fReserveResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12*\n\x07outcome\x18\x02 \x01(\x0e\x32\x19.cutout.v1.ReserveOutcome\"P\n\rSettleRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\x12\x13\n\x0bundelivered\x18P \x01(\x08\"\x1f\n\x0eSettleResponse\x12\r\n\x05state\x18\x01 \x01(\t*\xbf\x01\n\x0eReserveOutcome\x12\x1f\n\x1bRESERVE_OUTCOME_UNSPECIFIED\x10\x00\x12\x17\n\x13RESERVE_OUTCOME_NEW\x10\x01\x12\"\n\x1eRESERVE_OUTCOME_DUPLICATE_HELD\x10\x02\x12\'\n#RESERVE_OUTCOME_DUPLICATE_COMMITTED\x10\x03\x12&\n\"RESERVE_OUTCOME_DUPLICATE_RELEASED\x10\x04\x32\xa2\x0b\n\x08\x41\x63\x63ounts\x12O\n\x0c\x41uthenticate\x12\x1e.cutout.v1.AuthenticateRequest\x1a\x1f.cutout.v1.AuthenticateResponse\x12@\n\x07Reserve\x12\x19.cutout.v1.ReserveRequest\x1a\x1a.cutout.v1.ReserveResponse\x12\x64\n\x13\x41uthorizeAndReserve\x12%.cutout.v1.AuthorizeAndReserveRequest\x1a&.cutout.v1.AuthorizeAndReserveResponse\x12=\n\x06\x43ommit\x12\x18.cutout.v1.SettleRequest\x1a\x19.cutout.v1.SettleResponse\x12>\n\x07Release\x12\x18.cutout.v1.SettleRequest\x1a\x19.cutout.v1.SettleResponse\x12=\n\x06SignUp\x12\x18.cutout.v1.SignUpRequest\x1a\x19.cutout.v1.SignUpResponse\x12O\n\x0cVerifySignUp\x12\x1e.cutout.v1.VerifySignUpRequest\x1a\x1f.cutout.v1.VerifySignUpResponse\x12O\n\x0c\x43reateApiKey\x12\x1e.cutout.v1.CreateApiKeyRequest\x1a\x1f.cutout.v1.CreateApiKeyResponse\x12L\n\x0bListApiKeys\x12\x1d.cutout.v1.ListApiKeysRequest\x1a\x1e.cutout.v1.ListApiKeysResponse\x12O\n\x0cRevokeApiKey\x12\x1e.cutout.v1.RevokeApiKeyRequest\x1a\x1f.cutout.v1.RevokeApiKeyResponse\x12>\n\nGetBalance\x12\x1c.cutout.v1.GetBalanceRequest\x1a\x12.cutout.v1.Balance\x12I\n\nListLedger\x12\x1c.cutout.v1.ListLedgerRequest\x1a\x1d.cutout.v1.ListLedgerResponse\x12>\n\nGetProfile\x12\x1c.cutout.v1.GetProfileRequest\x1a\x12.cutout.v1.Profile\x12\x44\n\rUpdateProfile\x12\x1f.cutout.v1.UpdateProfileRequest\x1a\x12.cutout.v1.Profile\x12U\n\x0e\x43hangePassword\x12 .cutout.v1.ChangePasswordRequest\x1a!.cutout.v1.ChangePasswordResponse\x12@\n\x0b\x43hangeEmail\x12\x1d.cutout.v1.ChangeEmailRequest\x1a\x12.cutout.v1.Profile\x12R\n\rDeleteAccount\x12\x1f.cutout.v1.DeleteAccountRequest\x1a .cutout.v1.DeleteAccountResponse\x12J\n\rExportAccount\x12\x1f.cutout.v1.AccountExportRequest\x1a\x18.cutout.v1.AccountExport\x12T\n\rListAccessLog\x12 .cutout.v1.OwnerAccessLogRequest\x1a!.cutout.v1.OwnerAccessLogResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63utout/v1/accounts.proto\x12\tcutout.v1\x1a\x17\x63utout/v1/account.proto\x1a\x16\x63utout/v1/rights.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"&\n\x13\x41uthenticateRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"\x94\x01\n\x14\x41uthenticateResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x1d\n\x15processing_restricted\x18( \x01(\x08\x12\x1b\n\x13usage_stats_opt_out\x18) \x01(\x08\"\x80\x01\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x1b\n\x13\x61mount_millicredits\x18< \x01(\x03\x12\x14\n\x0crequest_hash\x18\x04 \x01(\t\"Y\n\x1a\x41uthorizeAndReserveRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12*\n\x07reserve\x18\x02 \x01(\x0b\x32\x19.cutout.v1.ReserveRequest\"|\n\x1b\x41uthorizeAndReserveResponse\x12/\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x1f.cutout.v1.AuthenticateResponse\x12,\n\x08reserved\x18\x02 \x01(\x0b\x32\x1a.cutout.v1.ReserveResponse\"U\n\x0fReserveResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12*\n\x07outcome\x18\x02 \x01(\x0e\x32\x19.cutout.v1.ReserveOutcome\";\n\rCommitRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\"\x1f\n\x0e\x43ommitResponse\x12\r\n\x05state\x18\x01 \x01(\t\"Q\n\x0eReleaseRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\x12\x13\n\x0bundelivered\x18P \x01(\x08\" \n\x0fReleaseResponse\x12\r\n\x05state\x18\x01 \x01(\t\"\x8f\x01\n\x15\x41\x63\x63ountsSignUpRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x15\n\rage_confirmed\x18\x05 \x01(\x08\x12\x18\n\x10marketing_opt_in\x18\x06 \x01(\x08\"\x92\x01\n\x16\x41\x63\x63ountsSignUpResponse\x12\x1d\n\x15verification_required\x18\x32 \x01(\x08\x12\x14\n\x0c\x66ree_credits\x18\x33 \x01(\x03\x12\x19\n\x11\x66ree_credits_note\x18\x34 \x01(\t\x12\x1c\n\x14\x66ree_credits_decimal\x18\x35 \x01(\tJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\"^\n\x1b\x41\x63\x63ountsVerifySignUpRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x10\n\x08key_name\x18\x04 \x01(\t\"\x99\x01\n\x1c\x41\x63\x63ountsVerifySignUpResponse\x12#\n\x07profile\x18\x01 \x01(\x0b\x32\x12.cutout.v1.Profile\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t\x12\x1e\n\x03key\x18\x04 \x01(\x0b\x32\x11.cutout.v1.ApiKey\"L\n\x1b\x41\x63\x63ountsCreateApiKeyRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"O\n\x1c\x41\x63\x63ountsCreateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x1e\n\x03key\x18\x02 \x01(\x0b\x32\x11.cutout.v1.ApiKey\"C\n\x1a\x41\x63\x63ountsListApiKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x1b\x41\x63\x63ountsListApiKeysResponse\x12\x1f\n\x04keys\x18\x01 \x03(\x0b\x32\x11.cutout.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x1b\x41\x63\x63ountsRevokeApiKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\">\n\x1c\x41\x63\x63ountsRevokeApiKeyResponse\x12\x1e\n\x03key\x18\x01 \x01(\x0b\x32\x11.cutout.v1.ApiKey\"\x1b\n\x19\x41\x63\x63ountsGetBalanceRequest\"\xd5\x01\n\x1a\x41\x63\x63ountsGetBalanceResponse\x12\x11\n\tavailable\x18\x01 \x01(\x03\x12\x0c\n\x04held\x18\x02 \x01(\x03\x12/\n\x0bnext_expiry\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rexpiring_next\x18\x04 \x01(\x03\x12\x19\n\x11\x61vailable_decimal\x18< \x01(\t\x12\x14\n\x0cheld_decimal\x18= \x01(\t\x12\x1d\n\x15\x65xpiring_next_decimal\x18> \x01(\t\"Q\n\x19\x41\x63\x63ountsListLedgerRequest\x12\r\n\x05limit\x18\x01 \x01(\r\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x83\x01\n\x1a\x41\x63\x63ountsListLedgerResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.cutout.v1.LedgerEntry\x12#\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x12.cutout.v1.Balance\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\x1b\n\x19\x41\x63\x63ountsGetProfileRequest\"\xf9\x01\n\x1a\x41\x63\x63ountsGetProfileResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0c\n\x04plan\x18\x05 \x01(\t\x12\x18\n\x10marketing_opt_in\x18\x06 \x01(\x08\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13usage_stats_opt_out\x18( \x01(\x08\x12\x1d\n\x15processing_restricted\x18) \x01(\x08\"\xd2\x01\n\x1c\x41\x63\x63ountsUpdateProfileRequest\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x18\n\x10marketing_opt_in\x18\x02 \x01(\x08\x12\x15\n\rupdate_fields\x18\x03 \x03(\t\x12/\n\x0bupdate_mask\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x1b\n\x13usage_stats_opt_out\x18( \x01(\x08\x12\x1d\n\x15processing_restricted\x18) \x01(\x08\"\xfc\x01\n\x1d\x41\x63\x63ountsUpdateProfileResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0c\n\x04plan\x18\x05 \x01(\t\x12\x18\n\x10marketing_opt_in\x18\x06 \x01(\x08\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13usage_stats_opt_out\x18( \x01(\x08\x12\x1d\n\x15processing_restricted\x18) \x01(\x08\"O\n\x1d\x41\x63\x63ountsChangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\" \n\x1e\x41\x63\x63ountsChangePasswordResponse\"A\n\x1a\x41\x63\x63ountsChangeEmailRequest\x12\x11\n\tnew_email\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\xfa\x01\n\x1b\x41\x63\x63ountsChangeEmailResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0c\n\x04plan\x18\x05 \x01(\t\x12\x18\n\x10marketing_opt_in\x18\x06 \x01(\x08\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13usage_stats_opt_out\x18( \x01(\x08\x12\x1d\n\x15processing_restricted\x18) \x01(\x08\"0\n\x1c\x41\x63\x63ountsDeleteAccountRequest\x12\x10\n\x08password\x18\x01 \x01(\t\"B\n\x1d\x41\x63\x63ountsDeleteAccountResponse\x12\x12\n\nerasure_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"\x1e\n\x1c\x41\x63\x63ountsExportAccountRequest\"\xf6\x01\n\x1d\x41\x63\x63ountsExportAccountResponse\x12#\n\x07profile\x18\x01 \x01(\x0b\x32\x12.cutout.v1.Profile\x12\x15\n\rage_confirmed\x18\x02 \x01(\x08\x12\x1f\n\x04keys\x18\x03 \x03(\x0b\x32\x11.cutout.v1.ApiKey\x12&\n\x06ledger\x18\x04 \x03(\x0b\x32\x16.cutout.v1.LedgerEntry\x12#\n\x07\x62\x61lance\x18\x05 \x01(\x0b\x32\x12.cutout.v1.Balance\x12+\n\naccess_log\x18\x06 \x03(\x0b\x32\x17.cutout.v1.AccessRecord\"@\n\x1c\x41\x63\x63ountsListAccessLogRequest\x12\r\n\x05limit\x18\x01 \x01(\r\x12\x11\n\tbefore_id\x18\n \x01(\x03\"\\\n\x1d\x41\x63\x63ountsListAccessLogResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.cutout.v1.AccessRecord\x12\x11\n\tentry_ids\x18\n \x03(\x03*\xbf\x01\n\x0eReserveOutcome\x12\x1f\n\x1bRESERVE_OUTCOME_UNSPECIFIED\x10\x00\x12\x17\n\x13RESERVE_OUTCOME_NEW\x10\x01\x12\"\n\x1eRESERVE_OUTCOME_DUPLICATE_HELD\x10\x02\x12\'\n#RESERVE_OUTCOME_DUPLICATE_COMMITTED\x10\x03\x12&\n\"RESERVE_OUTCOME_DUPLICATE_RELEASED\x10\x04\x32\xba\r\n\x08\x41\x63\x63ounts\x12O\n\x0c\x41uthenticate\x12\x1e.cutout.v1.AuthenticateRequest\x1a\x1f.cutout.v1.AuthenticateResponse\x12@\n\x07Reserve\x12\x19.cutout.v1.ReserveRequest\x1a\x1a.cutout.v1.ReserveResponse\x12\x64\n\x13\x41uthorizeAndReserve\x12%.cutout.v1.AuthorizeAndReserveRequest\x1a&.cutout.v1.AuthorizeAndReserveResponse\x12=\n\x06\x43ommit\x12\x18.cutout.v1.CommitRequest\x1a\x19.cutout.v1.CommitResponse\x12@\n\x07Release\x12\x19.cutout.v1.ReleaseRequest\x1a\x1a.cutout.v1.ReleaseResponse\x12M\n\x06SignUp\x12 .cutout.v1.AccountsSignUpRequest\x1a!.cutout.v1.AccountsSignUpResponse\x12_\n\x0cVerifySignUp\x12&.cutout.v1.AccountsVerifySignUpRequest\x1a\'.cutout.v1.AccountsVerifySignUpResponse\x12_\n\x0c\x43reateApiKey\x12&.cutout.v1.AccountsCreateApiKeyRequest\x1a\'.cutout.v1.AccountsCreateApiKeyResponse\x12\\\n\x0bListApiKeys\x12%.cutout.v1.AccountsListApiKeysRequest\x1a&.cutout.v1.AccountsListApiKeysResponse\x12_\n\x0cRevokeApiKey\x12&.cutout.v1.AccountsRevokeApiKeyRequest\x1a\'.cutout.v1.AccountsRevokeApiKeyResponse\x12Y\n\nGetBalance\x12$.cutout.v1.AccountsGetBalanceRequest\x1a%.cutout.v1.AccountsGetBalanceResponse\x12Y\n\nListLedger\x12$.cutout.v1.AccountsListLedgerRequest\x1a%.cutout.v1.AccountsListLedgerResponse\x12Y\n\nGetProfile\x12$.cutout.v1.AccountsGetProfileRequest\x1a%.cutout.v1.AccountsGetProfileResponse\x12\x62\n\rUpdateProfile\x12\'.cutout.v1.AccountsUpdateProfileRequest\x1a(.cutout.v1.AccountsUpdateProfileResponse\x12\x65\n\x0e\x43hangePassword\x12(.cutout.v1.AccountsChangePasswordRequest\x1a).cutout.v1.AccountsChangePasswordResponse\x12\\\n\x0b\x43hangeEmail\x12%.cutout.v1.AccountsChangeEmailRequest\x1a&.cutout.v1.AccountsChangeEmailResponse\x12\x62\n\rDeleteAccount\x12\'.cutout.v1.AccountsDeleteAccountRequest\x1a(.cutout.v1.AccountsDeleteAccountResponse\x12\x62\n\rExportAccount\x12\'.cutout.v1.AccountsExportAccountRequest\x1a(.cutout.v1.AccountsExportAccountResponse\x12\x62\n\rListAccessLog\x12\'.cutout.v1.AccountsListAccessLogRequest\x1a(.cutout.v1.AccountsListAccessLogResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cutout.v1.accounts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESERVEOUTCOME']._serialized_start=830
-  _globals['_RESERVEOUTCOME']._serialized_end=1021
-  _globals['_AUTHENTICATEREQUEST']._serialized_start=88
-  _globals['_AUTHENTICATEREQUEST']._serialized_end=126
-  _globals['_AUTHENTICATERESPONSE']._serialized_start=129
-  _globals['_AUTHENTICATERESPONSE']._serialized_end=277
-  _globals['_RESERVEREQUEST']._serialized_start=280
-  _globals['_RESERVEREQUEST']._serialized_end=408
-  _globals['_AUTHORIZEANDRESERVEREQUEST']._serialized_start=410
-  _globals['_AUTHORIZEANDRESERVEREQUEST']._serialized_end=499
-  _globals['_AUTHORIZEANDRESERVERESPONSE']._serialized_start=501
-  _globals['_AUTHORIZEANDRESERVERESPONSE']._serialized_end=625
-  _globals['_RESERVERESPONSE']._serialized_start=627
-  _globals['_RESERVERESPONSE']._serialized_end=712
-  _globals['_SETTLEREQUEST']._serialized_start=714
-  _globals['_SETTLEREQUEST']._serialized_end=794
-  _globals['_SETTLERESPONSE']._serialized_start=796
-  _globals['_SETTLERESPONSE']._serialized_end=827
-  _globals['_ACCOUNTS']._serialized_start=1024
-  _globals['_ACCOUNTS']._serialized_end=2466
+  _globals['_RESERVEOUTCOME']._serialized_start=4187
+  _globals['_RESERVEOUTCOME']._serialized_end=4378
+  _globals['_AUTHENTICATEREQUEST']._serialized_start=155
+  _globals['_AUTHENTICATEREQUEST']._serialized_end=193
+  _globals['_AUTHENTICATERESPONSE']._serialized_start=196
+  _globals['_AUTHENTICATERESPONSE']._serialized_end=344
+  _globals['_RESERVEREQUEST']._serialized_start=347
+  _globals['_RESERVEREQUEST']._serialized_end=475
+  _globals['_AUTHORIZEANDRESERVEREQUEST']._serialized_start=477
+  _globals['_AUTHORIZEANDRESERVEREQUEST']._serialized_end=566
+  _globals['_AUTHORIZEANDRESERVERESPONSE']._serialized_start=568
+  _globals['_AUTHORIZEANDRESERVERESPONSE']._serialized_end=692
+  _globals['_RESERVERESPONSE']._serialized_start=694
+  _globals['_RESERVERESPONSE']._serialized_end=779
+  _globals['_COMMITREQUEST']._serialized_start=781
+  _globals['_COMMITREQUEST']._serialized_end=840
+  _globals['_COMMITRESPONSE']._serialized_start=842
+  _globals['_COMMITRESPONSE']._serialized_end=873
+  _globals['_RELEASEREQUEST']._serialized_start=875
+  _globals['_RELEASEREQUEST']._serialized_end=956
+  _globals['_RELEASERESPONSE']._serialized_start=958
+  _globals['_RELEASERESPONSE']._serialized_end=990
+  _globals['_ACCOUNTSSIGNUPREQUEST']._serialized_start=993
+  _globals['_ACCOUNTSSIGNUPREQUEST']._serialized_end=1136
+  _globals['_ACCOUNTSSIGNUPRESPONSE']._serialized_start=1139
+  _globals['_ACCOUNTSSIGNUPRESPONSE']._serialized_end=1285
+  _globals['_ACCOUNTSVERIFYSIGNUPREQUEST']._serialized_start=1287
+  _globals['_ACCOUNTSVERIFYSIGNUPREQUEST']._serialized_end=1381
+  _globals['_ACCOUNTSVERIFYSIGNUPRESPONSE']._serialized_start=1384
+  _globals['_ACCOUNTSVERIFYSIGNUPRESPONSE']._serialized_end=1537
+  _globals['_ACCOUNTSCREATEAPIKEYREQUEST']._serialized_start=1539
+  _globals['_ACCOUNTSCREATEAPIKEYREQUEST']._serialized_end=1615
+  _globals['_ACCOUNTSCREATEAPIKEYRESPONSE']._serialized_start=1617
+  _globals['_ACCOUNTSCREATEAPIKEYRESPONSE']._serialized_end=1696
+  _globals['_ACCOUNTSLISTAPIKEYSREQUEST']._serialized_start=1698
+  _globals['_ACCOUNTSLISTAPIKEYSREQUEST']._serialized_end=1765
+  _globals['_ACCOUNTSLISTAPIKEYSRESPONSE']._serialized_start=1767
+  _globals['_ACCOUNTSLISTAPIKEYSRESPONSE']._serialized_end=1854
+  _globals['_ACCOUNTSREVOKEAPIKEYREQUEST']._serialized_start=1856
+  _globals['_ACCOUNTSREVOKEAPIKEYREQUEST']._serialized_end=1915
+  _globals['_ACCOUNTSREVOKEAPIKEYRESPONSE']._serialized_start=1917
+  _globals['_ACCOUNTSREVOKEAPIKEYRESPONSE']._serialized_end=1979
+  _globals['_ACCOUNTSGETBALANCEREQUEST']._serialized_start=1981
+  _globals['_ACCOUNTSGETBALANCEREQUEST']._serialized_end=2008
+  _globals['_ACCOUNTSGETBALANCERESPONSE']._serialized_start=2011
+  _globals['_ACCOUNTSGETBALANCERESPONSE']._serialized_end=2224
+  _globals['_ACCOUNTSLISTLEDGERREQUEST']._serialized_start=2226
+  _globals['_ACCOUNTSLISTLEDGERREQUEST']._serialized_end=2307
+  _globals['_ACCOUNTSLISTLEDGERRESPONSE']._serialized_start=2310
+  _globals['_ACCOUNTSLISTLEDGERRESPONSE']._serialized_end=2441
+  _globals['_ACCOUNTSGETPROFILEREQUEST']._serialized_start=2443
+  _globals['_ACCOUNTSGETPROFILEREQUEST']._serialized_end=2470
+  _globals['_ACCOUNTSGETPROFILERESPONSE']._serialized_start=2473
+  _globals['_ACCOUNTSGETPROFILERESPONSE']._serialized_end=2722
+  _globals['_ACCOUNTSUPDATEPROFILEREQUEST']._serialized_start=2725
+  _globals['_ACCOUNTSUPDATEPROFILEREQUEST']._serialized_end=2935
+  _globals['_ACCOUNTSUPDATEPROFILERESPONSE']._serialized_start=2938
+  _globals['_ACCOUNTSUPDATEPROFILERESPONSE']._serialized_end=3190
+  _globals['_ACCOUNTSCHANGEPASSWORDREQUEST']._serialized_start=3192
+  _globals['_ACCOUNTSCHANGEPASSWORDREQUEST']._serialized_end=3271
+  _globals['_ACCOUNTSCHANGEPASSWORDRESPONSE']._serialized_start=3273
+  _globals['_ACCOUNTSCHANGEPASSWORDRESPONSE']._serialized_end=3305
+  _globals['_ACCOUNTSCHANGEEMAILREQUEST']._serialized_start=3307
+  _globals['_ACCOUNTSCHANGEEMAILREQUEST']._serialized_end=3372
+  _globals['_ACCOUNTSCHANGEEMAILRESPONSE']._serialized_start=3375
+  _globals['_ACCOUNTSCHANGEEMAILRESPONSE']._serialized_end=3625
+  _globals['_ACCOUNTSDELETEACCOUNTREQUEST']._serialized_start=3627
+  _globals['_ACCOUNTSDELETEACCOUNTREQUEST']._serialized_end=3675
+  _globals['_ACCOUNTSDELETEACCOUNTRESPONSE']._serialized_start=3677
+  _globals['_ACCOUNTSDELETEACCOUNTRESPONSE']._serialized_end=3743
+  _globals['_ACCOUNTSEXPORTACCOUNTREQUEST']._serialized_start=3745
+  _globals['_ACCOUNTSEXPORTACCOUNTREQUEST']._serialized_end=3775
+  _globals['_ACCOUNTSEXPORTACCOUNTRESPONSE']._serialized_start=3778
+  _globals['_ACCOUNTSEXPORTACCOUNTRESPONSE']._serialized_end=4024
+  _globals['_ACCOUNTSLISTACCESSLOGREQUEST']._serialized_start=4026
+  _globals['_ACCOUNTSLISTACCESSLOGREQUEST']._serialized_end=4090
+  _globals['_ACCOUNTSLISTACCESSLOGRESPONSE']._serialized_start=4092
+  _globals['_ACCOUNTSLISTACCESSLOGRESPONSE']._serialized_end=4184
+  _globals['_ACCOUNTS']._serialized_start=4381
+  _globals['_ACCOUNTS']._serialized_end=6103
 # @@protoc_insertion_point(module_scope)

@@ -3,9 +3,7 @@
 import grpc
 import warnings
 
-from cutout.v1 import account_pb2 as cutout_dot_v1_dot_account__pb2
 from cutout.v1 import accounts_pb2 as cutout_dot_v1_dot_accounts__pb2
-from cutout.v1 import rights_pb2 as cutout_dot_v1_dot_rights__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -56,83 +54,83 @@ class AccountsStub:
                 _registered_method=True)
         self.Commit = channel.unary_unary(
                 '/cutout.v1.Accounts/Commit',
-                request_serializer=cutout_dot_v1_dot_accounts__pb2.SettleRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_accounts__pb2.SettleResponse.FromString,
+                request_serializer=cutout_dot_v1_dot_accounts__pb2.CommitRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_accounts__pb2.CommitResponse.FromString,
                 _registered_method=True)
         self.Release = channel.unary_unary(
                 '/cutout.v1.Accounts/Release',
-                request_serializer=cutout_dot_v1_dot_accounts__pb2.SettleRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_accounts__pb2.SettleResponse.FromString,
+                request_serializer=cutout_dot_v1_dot_accounts__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_accounts__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
         self.SignUp = channel.unary_unary(
                 '/cutout.v1.Accounts/SignUp',
-                request_serializer=cutout_dot_v1_dot_account__pb2.SignUpRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_account__pb2.SignUpResponse.FromString,
+                request_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsSignUpRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsSignUpResponse.FromString,
                 _registered_method=True)
         self.VerifySignUp = channel.unary_unary(
                 '/cutout.v1.Accounts/VerifySignUp',
-                request_serializer=cutout_dot_v1_dot_account__pb2.VerifySignUpRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_account__pb2.VerifySignUpResponse.FromString,
+                request_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsVerifySignUpRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsVerifySignUpResponse.FromString,
                 _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
                 '/cutout.v1.Accounts/CreateApiKey',
-                request_serializer=cutout_dot_v1_dot_account__pb2.CreateApiKeyRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_account__pb2.CreateApiKeyResponse.FromString,
+                request_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsCreateApiKeyRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsCreateApiKeyResponse.FromString,
                 _registered_method=True)
         self.ListApiKeys = channel.unary_unary(
                 '/cutout.v1.Accounts/ListApiKeys',
-                request_serializer=cutout_dot_v1_dot_account__pb2.ListApiKeysRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_account__pb2.ListApiKeysResponse.FromString,
+                request_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsListApiKeysRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsListApiKeysResponse.FromString,
                 _registered_method=True)
         self.RevokeApiKey = channel.unary_unary(
                 '/cutout.v1.Accounts/RevokeApiKey',
-                request_serializer=cutout_dot_v1_dot_account__pb2.RevokeApiKeyRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_account__pb2.RevokeApiKeyResponse.FromString,
+                request_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsRevokeApiKeyRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsRevokeApiKeyResponse.FromString,
                 _registered_method=True)
         self.GetBalance = channel.unary_unary(
                 '/cutout.v1.Accounts/GetBalance',
-                request_serializer=cutout_dot_v1_dot_account__pb2.GetBalanceRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_account__pb2.Balance.FromString,
+                request_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsGetBalanceRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsGetBalanceResponse.FromString,
                 _registered_method=True)
         self.ListLedger = channel.unary_unary(
                 '/cutout.v1.Accounts/ListLedger',
-                request_serializer=cutout_dot_v1_dot_account__pb2.ListLedgerRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_account__pb2.ListLedgerResponse.FromString,
+                request_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsListLedgerRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsListLedgerResponse.FromString,
                 _registered_method=True)
         self.GetProfile = channel.unary_unary(
                 '/cutout.v1.Accounts/GetProfile',
-                request_serializer=cutout_dot_v1_dot_account__pb2.GetProfileRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_account__pb2.Profile.FromString,
+                request_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsGetProfileRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsGetProfileResponse.FromString,
                 _registered_method=True)
         self.UpdateProfile = channel.unary_unary(
                 '/cutout.v1.Accounts/UpdateProfile',
-                request_serializer=cutout_dot_v1_dot_account__pb2.UpdateProfileRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_account__pb2.Profile.FromString,
+                request_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsUpdateProfileRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsUpdateProfileResponse.FromString,
                 _registered_method=True)
         self.ChangePassword = channel.unary_unary(
                 '/cutout.v1.Accounts/ChangePassword',
-                request_serializer=cutout_dot_v1_dot_account__pb2.ChangePasswordRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_account__pb2.ChangePasswordResponse.FromString,
+                request_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsChangePasswordRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsChangePasswordResponse.FromString,
                 _registered_method=True)
         self.ChangeEmail = channel.unary_unary(
                 '/cutout.v1.Accounts/ChangeEmail',
-                request_serializer=cutout_dot_v1_dot_rights__pb2.ChangeEmailRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_account__pb2.Profile.FromString,
+                request_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsChangeEmailRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsChangeEmailResponse.FromString,
                 _registered_method=True)
         self.DeleteAccount = channel.unary_unary(
                 '/cutout.v1.Accounts/DeleteAccount',
-                request_serializer=cutout_dot_v1_dot_rights__pb2.DeleteAccountRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_rights__pb2.DeleteAccountResponse.FromString,
+                request_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsDeleteAccountRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsDeleteAccountResponse.FromString,
                 _registered_method=True)
         self.ExportAccount = channel.unary_unary(
                 '/cutout.v1.Accounts/ExportAccount',
-                request_serializer=cutout_dot_v1_dot_rights__pb2.AccountExportRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_rights__pb2.AccountExport.FromString,
+                request_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsExportAccountRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsExportAccountResponse.FromString,
                 _registered_method=True)
         self.ListAccessLog = channel.unary_unary(
                 '/cutout.v1.Accounts/ListAccessLog',
-                request_serializer=cutout_dot_v1_dot_rights__pb2.OwnerAccessLogRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_rights__pb2.OwnerAccessLogResponse.FromString,
+                request_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsListAccessLogRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsListAccessLogResponse.FromString,
                 _registered_method=True)
 
 
@@ -177,7 +175,10 @@ class AccountsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SignUp(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The account calls: the public calls of the same name, in messages of their own with
+        the public messages' field numbers and types (the gateway passes the bytes on; see
+        buf.yaml and the README's "Contract and compatibility").
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -281,83 +282,83 @@ def add_AccountsServicer_to_server(servicer, server):
             ),
             'Commit': grpc.unary_unary_rpc_method_handler(
                     servicer.Commit,
-                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.SettleRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_accounts__pb2.SettleResponse.SerializeToString,
+                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.CommitRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_accounts__pb2.CommitResponse.SerializeToString,
             ),
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
-                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.SettleRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_accounts__pb2.SettleResponse.SerializeToString,
+                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.ReleaseRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_accounts__pb2.ReleaseResponse.SerializeToString,
             ),
             'SignUp': grpc.unary_unary_rpc_method_handler(
                     servicer.SignUp,
-                    request_deserializer=cutout_dot_v1_dot_account__pb2.SignUpRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_account__pb2.SignUpResponse.SerializeToString,
+                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsSignUpRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsSignUpResponse.SerializeToString,
             ),
             'VerifySignUp': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifySignUp,
-                    request_deserializer=cutout_dot_v1_dot_account__pb2.VerifySignUpRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_account__pb2.VerifySignUpResponse.SerializeToString,
+                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsVerifySignUpRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsVerifySignUpResponse.SerializeToString,
             ),
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateApiKey,
-                    request_deserializer=cutout_dot_v1_dot_account__pb2.CreateApiKeyRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_account__pb2.CreateApiKeyResponse.SerializeToString,
+                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsCreateApiKeyRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsCreateApiKeyResponse.SerializeToString,
             ),
             'ListApiKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.ListApiKeys,
-                    request_deserializer=cutout_dot_v1_dot_account__pb2.ListApiKeysRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_account__pb2.ListApiKeysResponse.SerializeToString,
+                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsListApiKeysRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsListApiKeysResponse.SerializeToString,
             ),
             'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeApiKey,
-                    request_deserializer=cutout_dot_v1_dot_account__pb2.RevokeApiKeyRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_account__pb2.RevokeApiKeyResponse.SerializeToString,
+                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsRevokeApiKeyRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsRevokeApiKeyResponse.SerializeToString,
             ),
             'GetBalance': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBalance,
-                    request_deserializer=cutout_dot_v1_dot_account__pb2.GetBalanceRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_account__pb2.Balance.SerializeToString,
+                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsGetBalanceRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsGetBalanceResponse.SerializeToString,
             ),
             'ListLedger': grpc.unary_unary_rpc_method_handler(
                     servicer.ListLedger,
-                    request_deserializer=cutout_dot_v1_dot_account__pb2.ListLedgerRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_account__pb2.ListLedgerResponse.SerializeToString,
+                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsListLedgerRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsListLedgerResponse.SerializeToString,
             ),
             'GetProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.GetProfile,
-                    request_deserializer=cutout_dot_v1_dot_account__pb2.GetProfileRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_account__pb2.Profile.SerializeToString,
+                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsGetProfileRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsGetProfileResponse.SerializeToString,
             ),
             'UpdateProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateProfile,
-                    request_deserializer=cutout_dot_v1_dot_account__pb2.UpdateProfileRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_account__pb2.Profile.SerializeToString,
+                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsUpdateProfileRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsUpdateProfileResponse.SerializeToString,
             ),
             'ChangePassword': grpc.unary_unary_rpc_method_handler(
                     servicer.ChangePassword,
-                    request_deserializer=cutout_dot_v1_dot_account__pb2.ChangePasswordRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_account__pb2.ChangePasswordResponse.SerializeToString,
+                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsChangePasswordRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsChangePasswordResponse.SerializeToString,
             ),
             'ChangeEmail': grpc.unary_unary_rpc_method_handler(
                     servicer.ChangeEmail,
-                    request_deserializer=cutout_dot_v1_dot_rights__pb2.ChangeEmailRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_account__pb2.Profile.SerializeToString,
+                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsChangeEmailRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsChangeEmailResponse.SerializeToString,
             ),
             'DeleteAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteAccount,
-                    request_deserializer=cutout_dot_v1_dot_rights__pb2.DeleteAccountRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_rights__pb2.DeleteAccountResponse.SerializeToString,
+                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsDeleteAccountRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsDeleteAccountResponse.SerializeToString,
             ),
             'ExportAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.ExportAccount,
-                    request_deserializer=cutout_dot_v1_dot_rights__pb2.AccountExportRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_rights__pb2.AccountExport.SerializeToString,
+                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsExportAccountRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsExportAccountResponse.SerializeToString,
             ),
             'ListAccessLog': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAccessLog,
-                    request_deserializer=cutout_dot_v1_dot_rights__pb2.OwnerAccessLogRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_rights__pb2.OwnerAccessLogResponse.SerializeToString,
+                    request_deserializer=cutout_dot_v1_dot_accounts__pb2.AccountsListAccessLogRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_accounts__pb2.AccountsListAccessLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -469,8 +470,8 @@ class Accounts:
             request,
             target,
             '/cutout.v1.Accounts/Commit',
-            cutout_dot_v1_dot_accounts__pb2.SettleRequest.SerializeToString,
-            cutout_dot_v1_dot_accounts__pb2.SettleResponse.FromString,
+            cutout_dot_v1_dot_accounts__pb2.CommitRequest.SerializeToString,
+            cutout_dot_v1_dot_accounts__pb2.CommitResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -496,8 +497,8 @@ class Accounts:
             request,
             target,
             '/cutout.v1.Accounts/Release',
-            cutout_dot_v1_dot_accounts__pb2.SettleRequest.SerializeToString,
-            cutout_dot_v1_dot_accounts__pb2.SettleResponse.FromString,
+            cutout_dot_v1_dot_accounts__pb2.ReleaseRequest.SerializeToString,
+            cutout_dot_v1_dot_accounts__pb2.ReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -523,8 +524,8 @@ class Accounts:
             request,
             target,
             '/cutout.v1.Accounts/SignUp',
-            cutout_dot_v1_dot_account__pb2.SignUpRequest.SerializeToString,
-            cutout_dot_v1_dot_account__pb2.SignUpResponse.FromString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsSignUpRequest.SerializeToString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsSignUpResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -550,8 +551,8 @@ class Accounts:
             request,
             target,
             '/cutout.v1.Accounts/VerifySignUp',
-            cutout_dot_v1_dot_account__pb2.VerifySignUpRequest.SerializeToString,
-            cutout_dot_v1_dot_account__pb2.VerifySignUpResponse.FromString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsVerifySignUpRequest.SerializeToString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsVerifySignUpResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -577,8 +578,8 @@ class Accounts:
             request,
             target,
             '/cutout.v1.Accounts/CreateApiKey',
-            cutout_dot_v1_dot_account__pb2.CreateApiKeyRequest.SerializeToString,
-            cutout_dot_v1_dot_account__pb2.CreateApiKeyResponse.FromString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsCreateApiKeyRequest.SerializeToString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsCreateApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -604,8 +605,8 @@ class Accounts:
             request,
             target,
             '/cutout.v1.Accounts/ListApiKeys',
-            cutout_dot_v1_dot_account__pb2.ListApiKeysRequest.SerializeToString,
-            cutout_dot_v1_dot_account__pb2.ListApiKeysResponse.FromString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsListApiKeysRequest.SerializeToString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsListApiKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -631,8 +632,8 @@ class Accounts:
             request,
             target,
             '/cutout.v1.Accounts/RevokeApiKey',
-            cutout_dot_v1_dot_account__pb2.RevokeApiKeyRequest.SerializeToString,
-            cutout_dot_v1_dot_account__pb2.RevokeApiKeyResponse.FromString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsRevokeApiKeyRequest.SerializeToString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsRevokeApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -658,8 +659,8 @@ class Accounts:
             request,
             target,
             '/cutout.v1.Accounts/GetBalance',
-            cutout_dot_v1_dot_account__pb2.GetBalanceRequest.SerializeToString,
-            cutout_dot_v1_dot_account__pb2.Balance.FromString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsGetBalanceRequest.SerializeToString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsGetBalanceResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -685,8 +686,8 @@ class Accounts:
             request,
             target,
             '/cutout.v1.Accounts/ListLedger',
-            cutout_dot_v1_dot_account__pb2.ListLedgerRequest.SerializeToString,
-            cutout_dot_v1_dot_account__pb2.ListLedgerResponse.FromString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsListLedgerRequest.SerializeToString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsListLedgerResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -712,8 +713,8 @@ class Accounts:
             request,
             target,
             '/cutout.v1.Accounts/GetProfile',
-            cutout_dot_v1_dot_account__pb2.GetProfileRequest.SerializeToString,
-            cutout_dot_v1_dot_account__pb2.Profile.FromString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsGetProfileRequest.SerializeToString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsGetProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -739,8 +740,8 @@ class Accounts:
             request,
             target,
             '/cutout.v1.Accounts/UpdateProfile',
-            cutout_dot_v1_dot_account__pb2.UpdateProfileRequest.SerializeToString,
-            cutout_dot_v1_dot_account__pb2.Profile.FromString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsUpdateProfileRequest.SerializeToString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsUpdateProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -766,8 +767,8 @@ class Accounts:
             request,
             target,
             '/cutout.v1.Accounts/ChangePassword',
-            cutout_dot_v1_dot_account__pb2.ChangePasswordRequest.SerializeToString,
-            cutout_dot_v1_dot_account__pb2.ChangePasswordResponse.FromString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsChangePasswordRequest.SerializeToString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsChangePasswordResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -793,8 +794,8 @@ class Accounts:
             request,
             target,
             '/cutout.v1.Accounts/ChangeEmail',
-            cutout_dot_v1_dot_rights__pb2.ChangeEmailRequest.SerializeToString,
-            cutout_dot_v1_dot_account__pb2.Profile.FromString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsChangeEmailRequest.SerializeToString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsChangeEmailResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -820,8 +821,8 @@ class Accounts:
             request,
             target,
             '/cutout.v1.Accounts/DeleteAccount',
-            cutout_dot_v1_dot_rights__pb2.DeleteAccountRequest.SerializeToString,
-            cutout_dot_v1_dot_rights__pb2.DeleteAccountResponse.FromString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsDeleteAccountRequest.SerializeToString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsDeleteAccountResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -847,8 +848,8 @@ class Accounts:
             request,
             target,
             '/cutout.v1.Accounts/ExportAccount',
-            cutout_dot_v1_dot_rights__pb2.AccountExportRequest.SerializeToString,
-            cutout_dot_v1_dot_rights__pb2.AccountExport.FromString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsExportAccountRequest.SerializeToString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsExportAccountResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -874,8 +875,8 @@ class Accounts:
             request,
             target,
             '/cutout.v1.Accounts/ListAccessLog',
-            cutout_dot_v1_dot_rights__pb2.OwnerAccessLogRequest.SerializeToString,
-            cutout_dot_v1_dot_rights__pb2.OwnerAccessLogResponse.FromString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsListAccessLogRequest.SerializeToString,
+            cutout_dot_v1_dot_accounts__pb2.AccountsListAccessLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

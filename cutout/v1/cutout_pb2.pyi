@@ -49,16 +49,22 @@ class FetchResultRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., result_id: _Optional[str] = ...) -> None: ...
 
 class ListResultsRequest(_message.Message):
-    __slots__ = ("limit",)
+    __slots__ = ("limit", "page_size", "page_token")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     limit: int
-    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, limit: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListResultsResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "next_page_token")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[_options_pb2.KeptResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[_options_pb2.KeptResult, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, results: _Optional[_Iterable[_Union[_options_pb2.KeptResult, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DeleteResultRequest(_message.Message):
     __slots__ = ("result_id",)

@@ -1,8 +1,9 @@
 from cutout.v1 import erase_pb2 as _erase_pb2
 from cutout.v1 import options_pb2 as _options_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -30,3 +31,13 @@ class EraseRequest(_message.Message):
     image: bytes
     regions: _erase_pb2.EraseRegions
     def __init__(self, image: _Optional[bytes] = ..., regions: _Optional[_Union[_erase_pb2.EraseRegions, _Mapping]] = ...) -> None: ...
+
+class EraseResponse(_message.Message):
+    __slots__ = ("result", "timings", "regions")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    result: _options_pb2.CutoutImage
+    timings: _options_pb2.StageTimings
+    regions: _containers.RepeatedCompositeFieldContainer[_erase_pb2.ErasedRegion]
+    def __init__(self, result: _Optional[_Union[_options_pb2.CutoutImage, _Mapping]] = ..., timings: _Optional[_Union[_options_pb2.StageTimings, _Mapping]] = ..., regions: _Optional[_Iterable[_Union[_erase_pb2.ErasedRegion, _Mapping]]] = ...) -> None: ...

@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from cutout.v1 import erase_pb2 as cutout_dot_v1_dot_erase__pb2
 from cutout.v1 import inference_pb2 as cutout_dot_v1_dot_inference__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
@@ -45,7 +44,7 @@ class InferenceStub:
         self.Erase = channel.unary_unary(
                 '/cutout.v1.Inference/Erase',
                 request_serializer=cutout_dot_v1_dot_inference__pb2.EraseRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_erase__pb2.EraseRegionsResponse.FromString,
+                response_deserializer=cutout_dot_v1_dot_inference__pb2.EraseResponse.FromString,
                 _registered_method=True)
 
 
@@ -79,7 +78,7 @@ def add_InferenceServicer_to_server(servicer, server):
             'Erase': grpc.unary_unary_rpc_method_handler(
                     servicer.Erase,
                     request_deserializer=cutout_dot_v1_dot_inference__pb2.EraseRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_erase__pb2.EraseRegionsResponse.SerializeToString,
+                    response_serializer=cutout_dot_v1_dot_inference__pb2.EraseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,7 +136,7 @@ class Inference:
             target,
             '/cutout.v1.Inference/Erase',
             cutout_dot_v1_dot_inference__pb2.EraseRequest.SerializeToString,
-            cutout_dot_v1_dot_erase__pb2.EraseRegionsResponse.FromString,
+            cutout_dot_v1_dot_inference__pb2.EraseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,7 +27,7 @@ class StoreHeader(_message.Message):
     ttl: _duration_pb2.Duration
     def __init__(self, account_id: _Optional[str] = ..., plan: _Optional[str] = ..., media_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
-class StoreChunk(_message.Message):
+class StoreRequest(_message.Message):
     __slots__ = ("header", "data")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -47,7 +47,15 @@ class FetchByTokenRequest(_message.Message):
     token: str
     def __init__(self, token: _Optional[str] = ...) -> None: ...
 
-class OwnedResultRequest(_message.Message):
+class FetchByTokenResponse(_message.Message):
+    __slots__ = ("result", "data")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    result: _options_pb2.KeptResult
+    data: bytes
+    def __init__(self, result: _Optional[_Union[_options_pb2.KeptResult, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class FetchOwnedRequest(_message.Message):
     __slots__ = ("account_id", "result_id")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     RESULT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -55,19 +63,41 @@ class OwnedResultRequest(_message.Message):
     result_id: str
     def __init__(self, account_id: _Optional[str] = ..., result_id: _Optional[str] = ...) -> None: ...
 
+class FetchOwnedResponse(_message.Message):
+    __slots__ = ("result", "data")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    result: _options_pb2.KeptResult
+    data: bytes
+    def __init__(self, result: _Optional[_Union[_options_pb2.KeptResult, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class ListOwnedRequest(_message.Message):
-    __slots__ = ("account_id", "limit")
+    __slots__ = ("account_id", "limit", "page_size", "page_token")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     limit: int
-    def __init__(self, account_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, account_id: _Optional[str] = ..., limit: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListOwnedResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "next_page_token")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[_options_pb2.KeptResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[_options_pb2.KeptResult, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, results: _Optional[_Iterable[_Union[_options_pb2.KeptResult, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteOwnedRequest(_message.Message):
+    __slots__ = ("account_id", "result_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    result_id: str
+    def __init__(self, account_id: _Optional[str] = ..., result_id: _Optional[str] = ...) -> None: ...
 
 class DeleteOwnedResponse(_message.Message):
     __slots__ = ()
@@ -86,22 +116,28 @@ class EraseAccountResponse(_message.Message):
     def __init__(self, results_erased: _Optional[int] = ...) -> None: ...
 
 class ListAccessLogRequest(_message.Message):
-    __slots__ = ("account_id",)
+    __slots__ = ("account_id", "limit", "before_id")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_ID_FIELD_NUMBER: _ClassVar[int]
     account_id: str
-    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+    limit: int
+    before_id: int
+    def __init__(self, account_id: _Optional[str] = ..., limit: _Optional[int] = ..., before_id: _Optional[int] = ...) -> None: ...
 
 class AccessLogEntry(_message.Message):
-    __slots__ = ("at", "actor", "action", "result_id")
+    __slots__ = ("at", "actor", "action", "result_id", "id")
     AT_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     RESULT_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
     at: _timestamp_pb2.Timestamp
     actor: str
     action: str
     result_id: str
-    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., result_id: _Optional[str] = ...) -> None: ...
+    id: int
+    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., result_id: _Optional[str] = ..., id: _Optional[int] = ...) -> None: ...
 
 class ListAccessLogResponse(_message.Message):
     __slots__ = ("entries",)

@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from cutout.v1 import options_pb2 as cutout_dot_v1_dot_options__pb2
 from cutout.v1 import retention_pb2 as cutout_dot_v1_dot_retention__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
@@ -39,18 +38,18 @@ class RetentionStub:
         """
         self.Store = channel.stream_unary(
                 '/cutout.v1.Retention/Store',
-                request_serializer=cutout_dot_v1_dot_retention__pb2.StoreChunk.SerializeToString,
+                request_serializer=cutout_dot_v1_dot_retention__pb2.StoreRequest.SerializeToString,
                 response_deserializer=cutout_dot_v1_dot_retention__pb2.StoreResponse.FromString,
                 _registered_method=True)
         self.FetchByToken = channel.unary_stream(
                 '/cutout.v1.Retention/FetchByToken',
                 request_serializer=cutout_dot_v1_dot_retention__pb2.FetchByTokenRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_options__pb2.ResultChunk.FromString,
+                response_deserializer=cutout_dot_v1_dot_retention__pb2.FetchByTokenResponse.FromString,
                 _registered_method=True)
         self.FetchOwned = channel.unary_stream(
                 '/cutout.v1.Retention/FetchOwned',
-                request_serializer=cutout_dot_v1_dot_retention__pb2.OwnedResultRequest.SerializeToString,
-                response_deserializer=cutout_dot_v1_dot_options__pb2.ResultChunk.FromString,
+                request_serializer=cutout_dot_v1_dot_retention__pb2.FetchOwnedRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_retention__pb2.FetchOwnedResponse.FromString,
                 _registered_method=True)
         self.ListOwned = channel.unary_unary(
                 '/cutout.v1.Retention/ListOwned',
@@ -59,7 +58,7 @@ class RetentionStub:
                 _registered_method=True)
         self.DeleteOwned = channel.unary_unary(
                 '/cutout.v1.Retention/DeleteOwned',
-                request_serializer=cutout_dot_v1_dot_retention__pb2.OwnedResultRequest.SerializeToString,
+                request_serializer=cutout_dot_v1_dot_retention__pb2.DeleteOwnedRequest.SerializeToString,
                 response_deserializer=cutout_dot_v1_dot_retention__pb2.DeleteOwnedResponse.FromString,
                 _registered_method=True)
         self.EraseAccount = channel.unary_unary(
@@ -100,7 +99,9 @@ class RetentionServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListOwned(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One page of the owner's results (AIP-158, as the public ListResults): retention issues
+        and checks the page tokens, bound to account_id.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -132,18 +133,18 @@ def add_RetentionServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Store': grpc.stream_unary_rpc_method_handler(
                     servicer.Store,
-                    request_deserializer=cutout_dot_v1_dot_retention__pb2.StoreChunk.FromString,
+                    request_deserializer=cutout_dot_v1_dot_retention__pb2.StoreRequest.FromString,
                     response_serializer=cutout_dot_v1_dot_retention__pb2.StoreResponse.SerializeToString,
             ),
             'FetchByToken': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchByToken,
                     request_deserializer=cutout_dot_v1_dot_retention__pb2.FetchByTokenRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_options__pb2.ResultChunk.SerializeToString,
+                    response_serializer=cutout_dot_v1_dot_retention__pb2.FetchByTokenResponse.SerializeToString,
             ),
             'FetchOwned': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchOwned,
-                    request_deserializer=cutout_dot_v1_dot_retention__pb2.OwnedResultRequest.FromString,
-                    response_serializer=cutout_dot_v1_dot_options__pb2.ResultChunk.SerializeToString,
+                    request_deserializer=cutout_dot_v1_dot_retention__pb2.FetchOwnedRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_retention__pb2.FetchOwnedResponse.SerializeToString,
             ),
             'ListOwned': grpc.unary_unary_rpc_method_handler(
                     servicer.ListOwned,
@@ -152,7 +153,7 @@ def add_RetentionServicer_to_server(servicer, server):
             ),
             'DeleteOwned': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteOwned,
-                    request_deserializer=cutout_dot_v1_dot_retention__pb2.OwnedResultRequest.FromString,
+                    request_deserializer=cutout_dot_v1_dot_retention__pb2.DeleteOwnedRequest.FromString,
                     response_serializer=cutout_dot_v1_dot_retention__pb2.DeleteOwnedResponse.SerializeToString,
             ),
             'EraseAccount': grpc.unary_unary_rpc_method_handler(
@@ -193,7 +194,7 @@ class Retention:
             request_iterator,
             target,
             '/cutout.v1.Retention/Store',
-            cutout_dot_v1_dot_retention__pb2.StoreChunk.SerializeToString,
+            cutout_dot_v1_dot_retention__pb2.StoreRequest.SerializeToString,
             cutout_dot_v1_dot_retention__pb2.StoreResponse.FromString,
             options,
             channel_credentials,
@@ -221,7 +222,7 @@ class Retention:
             target,
             '/cutout.v1.Retention/FetchByToken',
             cutout_dot_v1_dot_retention__pb2.FetchByTokenRequest.SerializeToString,
-            cutout_dot_v1_dot_options__pb2.ResultChunk.FromString,
+            cutout_dot_v1_dot_retention__pb2.FetchByTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -247,8 +248,8 @@ class Retention:
             request,
             target,
             '/cutout.v1.Retention/FetchOwned',
-            cutout_dot_v1_dot_retention__pb2.OwnedResultRequest.SerializeToString,
-            cutout_dot_v1_dot_options__pb2.ResultChunk.FromString,
+            cutout_dot_v1_dot_retention__pb2.FetchOwnedRequest.SerializeToString,
+            cutout_dot_v1_dot_retention__pb2.FetchOwnedResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -301,7 +302,7 @@ class Retention:
             request,
             target,
             '/cutout.v1.Retention/DeleteOwned',
-            cutout_dot_v1_dot_retention__pb2.OwnedResultRequest.SerializeToString,
+            cutout_dot_v1_dot_retention__pb2.DeleteOwnedRequest.SerializeToString,
             cutout_dot_v1_dot_retention__pb2.DeleteOwnedResponse.FromString,
             options,
             channel_credentials,

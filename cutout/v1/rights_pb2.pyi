@@ -53,10 +53,14 @@ class AdminDeleteAccountRequest(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class OwnerAccessLogRequest(_message.Message):
-    __slots__ = ("limit",)
+    __slots__ = ("limit", "page_size", "page_token")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     limit: int
-    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, limit: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class AccessRecord(_message.Message):
     __slots__ = ("at", "actor", "action", "service", "result_id")
@@ -73,10 +77,12 @@ class AccessRecord(_message.Message):
     def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., service: _Optional[str] = ..., result_id: _Optional[str] = ...) -> None: ...
 
 class OwnerAccessLogResponse(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "next_page_token")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[AccessRecord]
-    def __init__(self, entries: _Optional[_Iterable[_Union[AccessRecord, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[AccessRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class AccountExport(_message.Message):
     __slots__ = ("profile", "age_confirmed", "keys", "ledger", "balance", "access_log")

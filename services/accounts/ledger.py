@@ -324,17 +324,22 @@ class Ledger:
             now = self._lock_and_settle(db, account_id)
             return self._balance(db, account_id, now)
 
-    def entries(self, account_id: str, limit: int = 100) -> tuple[list[tuple[Row[Any], str]], BalanceView]:
-        """Newest first (rows of ledger_entries), each with its reservation's idempotency key (or "")."""
+    def entries(
+        self, account_id: str, limit: int = 100, before_seq: int = 0
+    ) -> tuple[list[tuple[Row[Any], str]], BalanceView]:
+        """Newest first (rows of ledger_entries, by seq, the order of writing), each with its
+        reservation's idempotency key (or ""); only entries older than `before_seq` if set
+        (keyset pagination: a page token holds the seq of the last entry shown)."""
         with self.engine.begin() as db:
             now = self._lock_and_settle(db, account_id)
-            rows = db.execute(
+            query = (
                 select(ENTRIES, RESERVATIONS.c.idempotency_key)
                 .join_from(ENTRIES, RESERVATIONS, RESERVATIONS.c.id == ENTRIES.c.reservation_id, isouter=True)
                 .where(ENTRIES.c.account_id == account_id)
-                .order_by(ENTRIES.c.seq.desc())
-                .limit(limit)
-            ).all()
+            )
+            if before_seq:
+                query = query.where(ENTRIES.c.seq < before_seq)
+            rows = db.execute(query.order_by(ENTRIES.c.seq.desc()).limit(limit)).all()
             # A compacted reservation's key is gone (it holds the reservation's own id).
             return [
                 (row, "" if row.idempotency_key == row.reservation_id else row.idempotency_key or "") for row in rows

@@ -58,15 +58,13 @@ def record_access(engine: Engine, account_id: str, actor: str, action: str, *, c
         session.add(AccessLogEntry(at=clock(), account_id=account_id, actor=actor, action=action))
 
 
-def access_log(engine: Engine, account_id: str, limit: int = 1000) -> list[AccessLogEntry]:
+def access_log(engine: Engine, account_id: str, limit: int = 1000, before_id: int = 0) -> list[AccessLogEntry]:
+    """Newest first (by id, the order of writing); only entries older than `before_id` if set."""
+    query = select(AccessLogEntry).where(AccessLogEntry.account_id == account_id)
+    if before_id:
+        query = query.where(col(AccessLogEntry.id) < before_id)
     with Session(engine, expire_on_commit=False) as session:
-        rows = session.exec(
-            select(AccessLogEntry)
-            .where(AccessLogEntry.account_id == account_id)
-            .order_by(col(AccessLogEntry.id).desc())
-            .limit(limit)
-        ).all()
-        return list(rows)
+        return list(session.exec(query.order_by(col(AccessLogEntry.id).desc()).limit(limit)).all())
 
 
 def change_email(engine: Engine, account_id: str, new_email: str, *, clock: Clock = utc_now) -> Account:

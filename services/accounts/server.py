@@ -12,13 +12,13 @@ import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
 from sqlalchemy import Engine, Row
 
-from cutout.v1 import account_pb2, accounts_pb2, accounts_pb2_grpc, retention_pb2, retention_pb2_grpc, rights_pb2
+from cutout.v1 import accounts_pb2, accounts_pb2_grpc, retention_pb2, retention_pb2_grpc
 from services.accounts import rights
 from services.accounts.admin import AdminServicer, start_admin_server
 from services.accounts.convert import access_pb, balance_pb, entry_pb, key_pb, profile_pb
@@ -29,15 +29,16 @@ from services.accounts.mail import Mailer, Outbox, SmtpRelay
 from services.accounts.models import Account
 from services.accounts.settings import AccountsSettings
 from services.accounts.store import AccountStore, Caller
-from services.common import credits
+from services.common import credits, pages
 from services.common.channels import channel_options
 from services.common.errors import ServiceError, abort, processing_restricted
 from services.common.limits import Backoff, Budget, Refused
 from services.common.server import PeriodicJob, ServiceSpec
 from services.common.settings import API_KEY_METADATA, SOURCE_METADATA
-from services.common.sql import MigrationsApplied, database_errors, database_ready
+from services.common.sql import MigrationsApplied, aware, database_errors, database_ready
 from services.common.tasks import start_kept
 from services.common.tls import channel_credentials, is_loopback
+from services.common.wire import as_message
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,6 +50,42 @@ OUTCOMES = {
     Outcome.DUPLICATE_RELEASED: accounts_pb2.RESERVE_OUTCOME_DUPLICATE_RELEASED,
 }
 PROFILE_FIELDS = ("display_name", "marketing_opt_in", "usage_stats_opt_out", "processing_restricted")
+# Page sizes (the README's "Lists and pages"). The access log is paged by the gateway, which
+# merges it with retention's; accounts serves at most a page of it per call.
+KEYS_PAGE = pages.PageSize(default=100, maximum=1000)
+LEDGER_PAGE = pages.PageSize(default=100, maximum=1000)
+ACCESS_LOG_PAGE = pages.PageSize(default=1000, maximum=10000)
+KEYS_LIST, LEDGER_LIST = "api_keys", "ledger"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_micros(moment: datetime) -> int:
+    return (aware(moment) - EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(micros: int) -> datetime:
+    return EPOCH + timedelta(microseconds=micros)
+
+
+def profile_fields(request: accounts_pb2.AccountsUpdateProfileRequest) -> set[str]:
+    """The profile fields an update changes (AIP-134): update_mask's paths ("*": all of them),
+    else the older update_fields list; neither, or a name that is not a profile field, is
+    INVALID_ARGUMENT."""
+    field, names = "update_mask", list(request.update_mask.paths)
+    if not names and request.update_fields:
+        field, names = "update_fields", list(request.update_fields)
+    if names == ["*"]:
+        return set(PROFILE_FIELDS)
+    unknown = [name for name in names if name not in PROFILE_FIELDS]
+    if unknown or not names:
+        what = f"unknown path {', '.join(map(repr, unknown))}" if unknown else "no path"
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f'{field} has {what}: name some of {", ".join(PROFILE_FIELDS)}, or "*" for all'
+            " (the region is fixed; the e-mail changes with ChangeEmail)",
+            field=field,
+        )
+    return set(names)
 
 
 async def run_db(
@@ -204,23 +241,23 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         return caller, reserved
 
     async def Commit(
-        self, request: accounts_pb2.SettleRequest, context: grpc.aio.ServicerContext
-    ) -> accounts_pb2.SettleResponse:
+        self, request: accounts_pb2.CommitRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.CommitResponse:
         state = await run_db(context, "Commit", self.ledger.commit, request.account_id, request.reservation_id)
-        return accounts_pb2.SettleResponse(state=state)
+        return accounts_pb2.CommitResponse(state=state)
 
     async def Release(
-        self, request: accounts_pb2.SettleRequest, context: grpc.aio.ServicerContext
-    ) -> accounts_pb2.SettleResponse:
+        self, request: accounts_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.ReleaseResponse:
         release = functools.partial(self.ledger.release, undelivered=request.undelivered)
         state = await run_db(context, "Release", release, request.account_id, request.reservation_id)
-        return accounts_pb2.SettleResponse(state=state)
+        return accounts_pb2.ReleaseResponse(state=state)
 
     # -- account calls (the caller's key comes in the forwarded metadata) -----------
 
     async def SignUp(
-        self, request: account_pb2.SignUpRequest, context: grpc.aio.ServicerContext
-    ) -> account_pb2.SignUpResponse:
+        self, request: accounts_pb2.AccountsSignUpRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.AccountsSignUpResponse:
         answer = await run_db(
             context,
             "SignUp",
@@ -237,7 +274,7 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             pool=self.passwords,
         )
         # The same answer whether or not the address has an account (the e-mail tells).
-        return account_pb2.SignUpResponse(
+        return accounts_pb2.AccountsSignUpResponse(
             verification_required=True,
             free_credits=credits.whole(answer.free_millicredits),
             free_credits_decimal=credits.text(answer.free_millicredits),
@@ -245,8 +282,8 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         )
 
     async def VerifySignUp(
-        self, request: account_pb2.VerifySignUpRequest, context: grpc.aio.ServicerContext
-    ) -> account_pb2.VerifySignUpResponse:
+        self, request: accounts_pb2.AccountsVerifySignUpRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.AccountsVerifySignUpResponse:
         account, api_key, key = await run_db(
             context,
             "VerifySignUp",
@@ -260,13 +297,13 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         )
         balance = await run_db(context, "VerifySignUp", self.ledger.balance, account.id)
         log.info("account created: %s", account.id)
-        return account_pb2.VerifySignUpResponse(
+        return accounts_pb2.AccountsVerifySignUpResponse(
             profile=profile_pb(account), balance=balance_pb(balance), api_key=api_key, key=key_pb(key)
         )
 
     async def CreateApiKey(
-        self, request: account_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext
-    ) -> account_pb2.CreateApiKeyResponse:
+        self, request: accounts_pb2.AccountsCreateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.AccountsCreateApiKeyResponse:
         if metadata_value(context, API_KEY_METADATA):
             account_id = (await self._caller(context, "CreateApiKey")).account_id
             await run_db(
@@ -300,18 +337,29 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             )
         api_key, key = await run_db(context, "CreateApiKey", self.store.create_key, account_id, request.name)
         log.info("api key created: %s", key.id)
-        return account_pb2.CreateApiKeyResponse(api_key=api_key, key=key_pb(key))
+        return accounts_pb2.AccountsCreateApiKeyResponse(api_key=api_key, key=key_pb(key))
 
     async def ListApiKeys(
-        self, request: account_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
-    ) -> account_pb2.ListApiKeysResponse:
+        self, request: accounts_pb2.AccountsListApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.AccountsListApiKeysResponse:
         caller = await self._caller(context, "ListApiKeys")
-        keys = await run_db(context, "ListApiKeys", self.store.list_keys, caller.account_id)
-        return account_pb2.ListApiKeysResponse(keys=[key_pb(key) for key in keys])
+        size = KEYS_PAGE.of(request.page_size)
+        position = pages.decode(request.page_token, caller.account_id, KEYS_LIST)
+        after = None
+        if position is not None:
+            after = (from_micros(pages.field(position, "t", int)), pages.field(position, "id", str))
+        keys = await run_db(context, "ListApiKeys", self.store.list_keys, caller.account_id, size + 1, after)
+        response = accounts_pb2.AccountsListApiKeysResponse(keys=[key_pb(key) for key in keys[:size]])
+        if len(keys) > size:  # more than a page: the next one starts after the last key shown
+            last = keys[size - 1]
+            response.next_page_token = pages.encode(
+                caller.account_id, KEYS_LIST, {"t": to_micros(last.created_at), "id": last.id}
+            )
+        return response
 
     async def RevokeApiKey(
-        self, request: account_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
-    ) -> account_pb2.RevokeApiKeyResponse:
+        self, request: accounts_pb2.AccountsRevokeApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.AccountsRevokeApiKeyResponse:
         caller = await self._caller(context, "RevokeApiKey")
         if request.id != caller.key_id:  # a key may revoke itself; any other needs the password
             await run_db(
@@ -325,55 +373,52 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             )
         key = await run_db(context, "RevokeApiKey", self.store.revoke_key, caller.account_id, request.id)
         log.info("api key revoked: %s", key.id)
-        return account_pb2.RevokeApiKeyResponse(key=key_pb(key))
+        return accounts_pb2.AccountsRevokeApiKeyResponse(key=key_pb(key))
 
     async def GetBalance(
-        self, request: account_pb2.GetBalanceRequest, context: grpc.aio.ServicerContext
-    ) -> account_pb2.Balance:
+        self, request: accounts_pb2.AccountsGetBalanceRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.AccountsGetBalanceResponse:
         caller = await self._caller(context, "GetBalance")
-        return balance_pb(await run_db(context, "GetBalance", self.ledger.balance, caller.account_id))
+        balance = await run_db(context, "GetBalance", self.ledger.balance, caller.account_id)
+        return as_message(accounts_pb2.AccountsGetBalanceResponse, balance_pb(balance))
 
     async def ListLedger(
-        self, request: account_pb2.ListLedgerRequest, context: grpc.aio.ServicerContext
-    ) -> account_pb2.ListLedgerResponse:
+        self, request: accounts_pb2.AccountsListLedgerRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.AccountsListLedgerResponse:
         caller = await self._caller(context, "ListLedger")
-        limit = min(request.limit or 100, 1000)
+        size = LEDGER_PAGE.of(request.page_size, request.limit)
+        before_seq = pages.field(pages.decode(request.page_token, caller.account_id, LEDGER_LIST), "seq", int) or 0
 
         def read() -> tuple[list[tuple[Row[Any], str]], BalanceView]:
             rights.record_access(self.store.engine, caller.account_id, "owner", "read_ledger")
-            return self.ledger.entries(caller.account_id, limit)
+            return self.ledger.entries(caller.account_id, size + 1, before_seq)
 
         entries, balance = await run_db(context, "ListLedger", read)
-        return account_pb2.ListLedgerResponse(
-            entries=[entry_pb(entry, key) for entry, key in entries], balance=balance_pb(balance)
+        response = accounts_pb2.AccountsListLedgerResponse(
+            entries=[entry_pb(entry, key) for entry, key in entries[:size]], balance=balance_pb(balance)
         )
+        if len(entries) > size:  # more than a page: the next one starts after the last entry shown
+            response.next_page_token = pages.encode(caller.account_id, LEDGER_LIST, {"seq": entries[size - 1][0].seq})
+        return response
 
     async def GetProfile(
-        self, request: account_pb2.GetProfileRequest, context: grpc.aio.ServicerContext
-    ) -> account_pb2.Profile:
+        self, request: accounts_pb2.AccountsGetProfileRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.AccountsGetProfileResponse:
         caller = await self._caller(context, "GetProfile")
 
         def read() -> Account:
             rights.record_access(self.store.engine, caller.account_id, "owner", "read_profile")
             return self.store.get(caller.account_id)
 
-        return profile_pb(await run_db(context, "GetProfile", read))
+        return as_message(
+            accounts_pb2.AccountsGetProfileResponse, profile_pb(await run_db(context, "GetProfile", read))
+        )
 
     async def UpdateProfile(
-        self, request: account_pb2.UpdateProfileRequest, context: grpc.aio.ServicerContext
-    ) -> account_pb2.Profile:
+        self, request: accounts_pb2.AccountsUpdateProfileRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.AccountsUpdateProfileResponse:
         caller = await self._caller(context, "UpdateProfile")
-        unknown = [name for name in request.update_fields if name not in PROFILE_FIELDS]
-        if unknown or not request.update_fields:
-            await abort(
-                context,
-                ServiceError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"update_fields must name some of {', '.join(PROFILE_FIELDS)} (the region is fixed)",
-                    field="update_fields",
-                ),
-            )
-        fields = set(request.update_fields)
+        fields = profile_fields(request)
 
         def update() -> Account:
             account = self.store.update_profile(
@@ -388,11 +433,13 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
                 rights.record_access(self.store.engine, caller.account_id, "owner", action)
             return account
 
-        return profile_pb(await run_db(context, "UpdateProfile", update))
+        return as_message(
+            accounts_pb2.AccountsUpdateProfileResponse, profile_pb(await run_db(context, "UpdateProfile", update))
+        )
 
     async def ChangePassword(
-        self, request: account_pb2.ChangePasswordRequest, context: grpc.aio.ServicerContext
-    ) -> account_pb2.ChangePasswordResponse:
+        self, request: accounts_pb2.AccountsChangePasswordRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.AccountsChangePasswordResponse:
         caller = await self._caller(context, "ChangePassword")
         await run_db(
             context,
@@ -406,7 +453,7 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             pool=self.passwords,
         )
         log.info("password changed: %s", caller.account_id)
-        return account_pb2.ChangePasswordResponse()
+        return accounts_pb2.AccountsChangePasswordResponse()
 
     # -- the user's rights (services/accounts/rights.py) ------------------------------
 
@@ -422,24 +469,24 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         )
 
     async def ChangeEmail(
-        self, request: rights_pb2.ChangeEmailRequest, context: grpc.aio.ServicerContext
-    ) -> account_pb2.Profile:
+        self, request: accounts_pb2.AccountsChangeEmailRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.AccountsChangeEmailResponse:
         caller = await self._caller(context, "ChangeEmail")
         await self._password(context, "ChangeEmail", caller, request.password)
         account = await run_db(
             context, "ChangeEmail", rights.change_email, self.store.engine, caller.account_id, request.new_email
         )
         log.info("e-mail corrected: %s", caller.account_id)
-        return profile_pb(account)
+        return as_message(accounts_pb2.AccountsChangeEmailResponse, profile_pb(account))
 
     async def DeleteAccount(
-        self, request: rights_pb2.DeleteAccountRequest, context: grpc.aio.ServicerContext
-    ) -> rights_pb2.DeleteAccountResponse:
+        self, request: accounts_pb2.AccountsDeleteAccountRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.AccountsDeleteAccountResponse:
         caller = await self._caller(context, "DeleteAccount")
         await self._password(context, "DeleteAccount", caller, request.password)
         requested = await run_db(context, "DeleteAccount", self.erasures.request, caller.account_id, "owner")
         state = await self.run_erasure(requested.erasure_id)
-        return rights_pb2.DeleteAccountResponse(erasure_id=requested.erasure_id, state=state)
+        return accounts_pb2.AccountsDeleteAccountResponse(erasure_id=requested.erasure_id, state=state)
 
     async def run_erasure(self, erasure_id: str) -> str:
         """Runs the rest of an erasure, waiting up to ERASURE_WAIT_S for it: "done", or
@@ -459,15 +506,15 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             return rights.PENDING
 
     async def ExportAccount(
-        self, request: rights_pb2.AccountExportRequest, context: grpc.aio.ServicerContext
-    ) -> rights_pb2.AccountExport:
+        self, request: accounts_pb2.AccountsExportAccountRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.AccountsExportAccountResponse:
         caller = await self._caller(context, "ExportAccount")
 
-        def gather() -> rights_pb2.AccountExport:
+        def gather() -> accounts_pb2.AccountsExportAccountResponse:
             rights.record_access(self.store.engine, caller.account_id, "owner", "export")
             account = self.store.get(caller.account_id)
             entries, balance = self.ledger.entries(caller.account_id, limit=10**9)
-            return rights_pb2.AccountExport(
+            return accounts_pb2.AccountsExportAccountResponse(
                 profile=profile_pb(account),
                 age_confirmed=account.age_confirmed,
                 keys=[key_pb(key) for key in self.store.list_keys(caller.account_id)],
@@ -479,8 +526,8 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         return await run_db(context, "ExportAccount", gather)
 
     async def ListAccessLog(
-        self, request: rights_pb2.OwnerAccessLogRequest, context: grpc.aio.ServicerContext
-    ) -> rights_pb2.OwnerAccessLogResponse:
+        self, request: accounts_pb2.AccountsListAccessLogRequest, context: grpc.aio.ServicerContext
+    ) -> accounts_pb2.AccountsListAccessLogResponse:
         caller = await self._caller(context, "ListAccessLog")
         entries = await run_db(
             context,
@@ -488,9 +535,12 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             rights.access_log,
             self.store.engine,
             caller.account_id,
-            min(request.limit or 1000, 10000),
+            ACCESS_LOG_PAGE.of(0, request.limit),
+            request.before_id,
         )
-        return rights_pb2.OwnerAccessLogResponse(entries=[access_pb(entry) for entry in entries])
+        return accounts_pb2.AccountsListAccessLogResponse(
+            entries=[access_pb(entry) for entry in entries], entry_ids=[entry.id or 0 for entry in entries]
+        )
 
 
 # -- the service -----------------------------------------------------------------------

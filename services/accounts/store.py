@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import grpc
-from sqlalchemy import Engine, delete, func
+from sqlalchemy import Engine, and_, delete, func, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -381,12 +381,25 @@ class AccountStore:
             session.flush()
         return api_key, key
 
-    def list_keys(self, account_id: str) -> list[ApiKey]:
+    def list_keys(
+        self, account_id: str, limit: int | None = None, after: tuple[datetime, str] | None = None
+    ) -> list[ApiKey]:
+        """Oldest first, in a stable order (created time, then id); `after` is the (created_at,
+        id) of the last key a previous page showed (keyset pagination)."""
+        query = select(ApiKey).where(ApiKey.account_id == account_id)
+        if after is not None:
+            created_at, key_id = after
+            query = query.where(
+                or_(
+                    col(ApiKey.created_at) > created_at,
+                    and_(col(ApiKey.created_at) == created_at, col(ApiKey.id) > key_id),
+                )
+            )
+        query = query.order_by(col(ApiKey.created_at), col(ApiKey.id))
+        if limit is not None:
+            query = query.limit(limit)
         with Session(self.engine, expire_on_commit=False) as session:
-            keys = session.exec(
-                select(ApiKey).where(ApiKey.account_id == account_id).order_by(col(ApiKey.created_at))
-            ).all()
-            return list(keys)
+            return list(session.exec(query).all())
 
     def revoke_key(self, account_id: str, key_id: str) -> ApiKey:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():

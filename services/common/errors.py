@@ -3,12 +3,11 @@ the one error boundary every service's handlers run inside (`ErrorBoundary`)."""
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -110,9 +109,6 @@ async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> NoRet
     raise AssertionError("abort_with_status returned")
 
 
-Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
-
-
 def processing_restricted() -> ServiceError:
     """Restriction of processing (the owner's right): the account is kept, its images are not processed."""
     return ServiceError(
@@ -121,22 +117,6 @@ def processing_restricted() -> ServiceError:
         "with UpdateProfile (processing_restricted=false) or `cutout account restrict --off`",
         reason="ACCOUNT_RESTRICTED",
     )
-
-
-def aborts_on_service_error(handler: Handler) -> Handler:
-    """Decorates a unary servicer method: a ServiceError it raises ends the call with its status.
-
-    Every server runs its handlers inside `ErrorBoundary`, which does this and more; this
-    stays for code that calls a handler outside a server."""
-
-    @functools.wraps(handler)
-    async def wrapped(self: object, request: object, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await handler(self, request, context)
-        except ServiceError as error:
-            await abort(context, error)
-
-    return wrapped  # type: ignore[return-value]
 
 
 async def relay(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError, unavailable: str) -> NoReturn:
@@ -183,7 +163,8 @@ def _proto_code(code: grpc.StatusCode) -> int:
 KnownErrors = Mapping[type[BaseException], Callable[[Any], ServiceError]]
 
 
-def _reason_of(error: ServiceError) -> str:
+def reason_of(error: ServiceError) -> str:
+    """The google.rpc.ErrorInfo reason of an error, ours or passed on from a downstream ("" if none)."""
     if error.reason:
         return error.reason
     infos = [d for d in status_details(error.to_proto()) if isinstance(d, error_details_pb2.ErrorInfo)]
@@ -252,7 +233,7 @@ class ErrorBoundary(grpc.aio.ServerInterceptor):
         async def fail(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
             refused = to_service_error(method, error, known)
             if refused.code != grpc.StatusCode.INTERNAL:
-                log.info("%s refused: %s (%s)", method.rsplit("/", 1)[-1], refused.code.name, _reason_of(refused))
+                log.info("%s refused: %s (%s)", method.rsplit("/", 1)[-1], refused.code.name, reason_of(refused))
             await abort(context, refused)
 
         if inspect.isasyncgenfunction(behaviour):

@@ -1,8 +1,10 @@
 """How the gateway charges for work: reserve, commit before the result is handed over,
 undo what was not handed over. Every result handed to a caller is charged exactly once.
 
-- A request is validated before anything is reserved (a body that is no picture, or an
-  impossible option, writes no ledger entry).
+- A request is validated before anything is reserved (services/gateway/validation.py):
+  a body that is no picture, or an impossible option, writes no ledger entry.
+- The price is the settings' price of the size asked for (SIZE_AUTO: FULL if the balance
+  covers it, else PREVIEW), or of an erase; the ledger counts millicredits.
 - A client's idempotency key is reserved before the work starts, so a replay never runs
   the model: a key another call holds is refused with ABORTED (IDEMPOTENCY_KEY_IN_USE,
   retry), a key already served and charged with ALREADY_EXISTS (ALREADY_SERVED). Without
@@ -17,25 +19,22 @@ undo what was not handed over. Every result handed to a caller is charged exactl
 from __future__ import annotations
 
 import asyncio
-import io
+import hashlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
-from PIL import Image, UnidentifiedImageError
 
-from cutout.v1 import accounts_pb2, erase_pb2, options_pb2
+from cutout.v1 import accounts_pb2, cutout_pb2, erase_pb2, options_pb2
 from services.common import credits
-from services.common.errors import ServiceError, invalid_argument
-from services.common.settings import API_KEY_METADATA
+from services.common.errors import ServiceError, reason_of
 from services.common.tasks import start_kept
 from services.common.telemetry import count, meter
+from services.gateway.downstreams import ACCOUNTS_UNAVAILABLE, api_key
 from services.gateway.settings import GatewaySettings
-from services.inference import imaging
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +50,6 @@ _credits = meter.create_counter(
 OWNED = (accounts_pb2.RESERVE_OUTCOME_NEW, accounts_pb2.RESERVE_OUTCOME_DUPLICATE_RELEASED)
 # What a failed accounts call may be retried on: it did not answer (or answered "busy").
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
-# keep_ttl beyond this is nonsense whatever the plan (retention checks the plan's own cap).
-MAX_KEEP_TTL = timedelta(days=3650)
-ACCOUNTS_UNAVAILABLE = "the accounts service is unavailable; retry shortly"
 
 
 class Handoff:
@@ -69,53 +65,32 @@ class Handoff:
 Deliver = Callable[[R, Handoff], Awaitable[None]]
 
 
-# -- validation before reserving -------------------------------------------------------
+# -- what is charged -------------------------------------------------------------------
 
 
-def check_image(data: bytes, max_bytes: int, field: str = "image") -> None:
-    """Refuses what is too large or no JPEG, PNG or WebP by its header (inference checks pixels)."""
-    if not data:
-        raise invalid_argument(f"{field} is empty; send the bytes of a JPEG, PNG or WebP file", field=field)
-    if len(data) > max_bytes:
-        raise invalid_argument(
-            f"{field} is {len(data) / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB. Send a smaller file.",
-            field=field,
-            reason="IMAGE_TOO_LARGE",
-        )
-    try:
-        with Image.open(io.BytesIO(data), formats=imaging.ACCEPTED_FORMATS):
-            pass
-    except UnidentifiedImageError:
-        raise invalid_argument(
-            f"{field} is not a JPEG, PNG or WebP file (its first bytes match none of them)", field=field
-        ) from None
-    except imaging.CORRUPT_DATA as error:
-        raise invalid_argument(f"{field} header could not be read: {error}", field=field) from None
+def price(settings: GatewaySettings, size: int) -> int:
+    """The price of a removal at a size, in millicredits (the ledger's unit)."""
+    return credits.to_milli(settings.price_preview if size == options_pb2.SIZE_PREVIEW else settings.price_full)
 
 
-def check_removal(image: bytes, options: options_pb2.RemoveBackgroundOptions, max_bytes: int) -> None:
-    """What a removal can be refused for without decoding a pixel: its options and image header."""
-    imaging.OutputSpec.from_proto(options, imaging.EncoderDefaults())
-    imaging.check_subject(options)
-    if options.HasField("keep_ttl"):
-        ttl = options.keep_ttl
-        if ttl.seconds < 0 or ttl.nanos < 0 or (ttl.seconds == 0 and ttl.nanos == 0):
-            raise invalid_argument(
-                "keep_ttl must be positive; leave it unset for the default", field="options.keep_ttl"
-            )
-        if ttl.seconds > MAX_KEEP_TTL.total_seconds():
-            raise invalid_argument(
-                f"keep_ttl of {ttl.seconds} s is beyond any plan's limit; give at most {MAX_KEEP_TTL.days} days "
-                "(your plan may allow less), or leave it unset for the default",
-                field="options.keep_ttl",
-            )
-    if options.background_image:
-        check_image(options.background_image, max_bytes, "options.background_image")
-    check_image(image, max_bytes)
+def request_hash(request: cutout_pb2.RemoveBackgroundRequest) -> str:
+    """sha256 of what the request asks (image and options): only this is stored, never the image."""
+    digest = hashlib.sha256(request.image)
+    digest.update(request.options.SerializeToString(deterministic=True))
+    return digest.hexdigest()
 
 
-def check_erase(request: erase_pb2.EraseRegionsRequest, max_bytes: int) -> None:
-    check_image(request.image, max_bytes)
+def erase_hash(request: erase_pb2.EraseRegionsRequest) -> str:
+    """As request_hash, for an erase; its own prefix, so a key reused for a removal never matches it."""
+    digest = hashlib.sha256(b"erase\0")
+    digest.update(request.image)
+    digest.update(request.regions.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
+def report_charge(response: cutout_pb2.RemoveBackgroundResponse, millicredits: int) -> None:
+    response.credits_charged_decimal = credits.text(millicredits)
+    response.credits_charged = credits.whole(millicredits)  # the older field: whole credits
 
 
 # -- the ledger calls ------------------------------------------------------------------
@@ -204,6 +179,40 @@ class Charger:
             working.add_done_callback(lambda done: done.cancelled() or done.exception())
             raise
 
+    async def reserve_auto(
+        self,
+        context: grpc.aio.ServicerContext,
+        account_id: str,
+        request: cutout_pb2.RemoveBackgroundRequest,
+        idempotency_key: str,
+    ) -> tuple[accounts_pb2.ReserveRequest, accounts_pb2.ReserveResponse, cutout_pb2.RemoveBackgroundRequest]:
+        """SIZE_AUTO: FULL if the balance covers it, else PREVIEW; the reservation and the request
+        with the size it resolved to.
+
+        Each size is reserved under the hash of the request as resolved, so a retry of a call
+        that was made at PREVIEW meets IDEMPOTENCY_KEY_REUSED at FULL, then its own charge at
+        PREVIEW, and is served at the size it paid for.
+        """
+        first_error: ServiceError | None = None
+        for size in (options_pb2.SIZE_FULL, options_pb2.SIZE_PREVIEW):
+            resolved = cutout_pb2.RemoveBackgroundRequest()
+            resolved.CopyFrom(request)
+            resolved.options.size = size
+            reserve = accounts_pb2.ReserveRequest(
+                account_id=account_id,
+                idempotency_key=idempotency_key,
+                amount_millicredits=price(self.settings, size),
+                request_hash=await asyncio.to_thread(request_hash, resolved),
+            )
+            try:
+                return reserve, await self.reserve(context, reserve), resolved
+            except ServiceError as error:
+                if reason_of(error) not in ("INSUFFICIENT_CREDITS", "IDEMPOTENCY_KEY_REUSED"):
+                    raise
+                first_error = first_error or error
+        assert first_error is not None
+        raise first_error
+
     async def charged(
         self,
         context: grpc.aio.ServicerContext,
@@ -219,7 +228,7 @@ class Charger:
         with `deliver`); anything not handed over is released or refunded, and `discard` undoes
         what `finish` stored for it. Errors are raised as ServiceError (`unavailable` maps the
         work's own failures)."""
-        settle = accounts_pb2.SettleRequest(account_id=reserve.account_id, reservation_id=reserved.reservation_id)
+        settle = accounts_pb2.CommitRequest(account_id=reserve.account_id, reservation_id=reserved.reservation_id)
         handoff = Handoff()
         response: R | None = None
         committing: asyncio.Task[None] | None = None
@@ -244,7 +253,7 @@ class Charger:
                     self.to_the_end(discard(response))
         return response
 
-    async def _commit(self, context: grpc.aio.ServicerContext, settle: accounts_pb2.SettleRequest, amount: int) -> None:
+    async def _commit(self, context: grpc.aio.ServicerContext, settle: accounts_pb2.CommitRequest, amount: int) -> None:
         """Commits, retrying while accounts does not answer and the call has time; a result whose
         charge cannot be recorded is not handed over (raised as UNAVAILABLE)."""
         loop = asyncio.get_running_loop()
@@ -285,15 +294,15 @@ class Charger:
             pause = min(pause * 2, 1.0)
 
     async def _undo(
-        self, settle: accounts_pb2.SettleRequest, amount: int, committing: asyncio.Task[None] | None = None
+        self, settle: accounts_pb2.CommitRequest, amount: int, committing: asyncio.Task[None] | None = None
     ) -> None:
         """Releases a hold, or refunds it if its commit landed, retrying until accounts answers
         (up to settle_retry_s; past the hold's timeout accounts releases it by itself)."""
         if committing is not None:  # after the commit, so that the two never cross
             await asyncio.wait([committing])
-        undo = accounts_pb2.SettleRequest()
-        undo.CopyFrom(settle)
-        undo.undelivered = True
+        undo = accounts_pb2.ReleaseRequest(
+            account_id=settle.account_id, reservation_id=settle.reservation_id, undelivered=True
+        )
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.settings.settle_retry_s
         pause = 0.1
@@ -318,12 +327,8 @@ class Charger:
         except ServiceError:
             return  # nothing was reserved
         if reserved.outcome in OWNED:
-            settle = accounts_pb2.SettleRequest(account_id=reserve.account_id, reservation_id=reserved.reservation_id)
+            settle = accounts_pb2.CommitRequest(account_id=reserve.account_id, reservation_id=reserved.reservation_id)
             await self._undo(settle, reserve.amount_millicredits)
-
-
-def api_key(context: grpc.aio.ServicerContext) -> str:
-    return dict(context.invocation_metadata() or ()).get(API_KEY_METADATA, "")
 
 
 def new_key(idempotency_key: str) -> tuple[str, bool]:

@@ -23,7 +23,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from cutout.v1 import options_pb2, rights_pb2
+from cutout.v1 import accounts_pb2, options_pb2, rights_pb2
 
 FORMAT = "cutout-export/1"
 EXTENSIONS = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpg"}
@@ -77,7 +77,7 @@ def result_name(kept: options_pb2.KeptResult) -> str:
 
 
 def documents(
-    held: rights_pb2.AccountExport,
+    held: accounts_pb2.AccountsExportAccountResponse,
     results: Iterable[options_pb2.KeptResult],
     access: Iterable[rights_pb2.AccessRecord],
 ) -> Iterator[tuple[str, object]]:

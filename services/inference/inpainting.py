@@ -30,7 +30,8 @@ from scipy import ndimage
 
 from cutout.v1 import erase_pb2
 from services.common.errors import ServiceError, invalid_argument
-from services.inference.imaging import CORRUPT_DATA, DecodeLimits, open_image
+from services.common.output_spec import CORRUPT_DATA
+from services.inference.imaging import DecodeLimits, open_image
 
 EraseMethod = erase_pb2.EraseMethod
 EraseFormat = erase_pb2.EraseFormat

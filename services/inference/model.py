@@ -33,7 +33,7 @@ def dynamic_batch(onnx_bytes: bytes) -> bytes:
 
     U²-Net-p's file declares batch 1 although every shape inside is computed (its
     resizes take their sizes from `Shape`), so only the declarations change: outputs
-    are equal to the bit at batch 1 and per image at batch N (tests/test_models.py).
+    are equal to the bit at batch 1 and per image at batch N (tests/mesh/test_models.py).
     """
     import onnx
 

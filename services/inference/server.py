@@ -16,13 +16,14 @@ from opentelemetry import trace
 from PIL import Image
 
 from cutout.v1 import erase_pb2, inference_pb2, inference_pb2_grpc, options_pb2
+from services.common import output_spec
 from services.common.errors import ServiceError
 from services.common.server import ServiceSpec
 from services.common.telemetry import count, meter, stage, tracer
 from services.common.tls import Identity
 from services.inference import imaging, inpainting
-from services.inference.budget import PixelBudget
 from services.inference.models import ModelCatalog, ServedModel, looks_like_person
+from services.inference.pixel_budget import PixelBudget
 from services.inference.settings import InferenceSettings
 from services.inference.triton import TritonInpainter
 
@@ -43,7 +44,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self.catalog = catalog
         self.inpainter = inpainter
         self.limits = imaging.DecodeLimits(settings.max_image_bytes, settings.max_pixels)
-        self.encoders = imaging.EncoderDefaults(
+        self.encoders = output_spec.EncoderDefaults(
             compression_effort=settings.compression_effort,
             jpeg_quality=settings.jpeg_quality,
             webp_quality=settings.webp_quality,
@@ -72,7 +73,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         started = time.perf_counter()
         timings = options_pb2.StageTimings()
         # Options first: a wrong option costs no decoding and no model time.
-        spec = imaging.OutputSpec.from_proto(request.options, self.encoders)
+        spec = output_spec.OutputSpec.from_proto(request.options, self.encoders)
         model, fallback = await self._models_for(request.options)
         header = await self._cpu(imaging.open_image, request.image, self.limits)
         backdrop = None
@@ -93,7 +94,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def _models_for(self, options: options_pb2.RemoveBackgroundOptions) -> tuple[ServedModel, str | None]:
         """The model to run first, and the model AUTO falls back to when the first finds no person."""
-        imaging.check_subject(options)
+        output_spec.check_subject(options)
         subject = options.subject or Subject.SUBJECT_AUTO
         if options.model:
             return await self.catalog.get(options.model), None
@@ -118,7 +119,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self,
         header: Image.Image,
         backdrop: Image.Image | None,
-        spec: imaging.OutputSpec,
+        spec: output_spec.OutputSpec,
         model: ServedModel,
         fallback: str | None,
         timings: options_pb2.StageTimings,

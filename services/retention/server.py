@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cutout.v1 import options_pb2, retention_pb2, retention_pb2_grpc
+from services.common import pages
 from services.common.chunks import pieces
 from services.common.errors import ServiceError, abort, invalid_argument
 from services.common.server import PeriodicJob, ServiceSpec
@@ -34,6 +35,12 @@ _swept = meter.create_counter("cutout.retention.swept", description="Results rem
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version_retention"
 RETENTION = retention_pb2.DESCRIPTOR.services_by_name["Retention"].full_name
+# Page sizes (the README's "Lists and pages"); the access log is paged by the gateway,
+# which merges it with accounts' and asks for at most a page of each.
+RESULTS_PAGE = pages.PageSize(default=100, maximum=1000)
+RESULTS_LIST = "results"
+ACCESS_LOG_PAGE = pages.PageSize(default=1000, maximum=10000)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _timestamp(moment) -> timestamp_pb2.Timestamp:  # type: ignore[no-untyped-def]
@@ -85,7 +92,7 @@ class RetentionServicer(retention_pb2_grpc.RetentionServicer):
         return asked
 
     async def Store(
-        self, request_iterator: AsyncIterator[retention_pb2.StoreChunk], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[retention_pb2.StoreRequest], context: grpc.aio.ServicerContext
     ) -> retention_pb2.StoreResponse:
         header: retention_pb2.StoreHeader | None = None
         parts: list[bytes] = []
@@ -117,34 +124,47 @@ class RetentionServicer(retention_pb2_grpc.RetentionServicer):
 
     async def FetchByToken(
         self, request: retention_pb2.FetchByTokenRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[options_pb2.ResultChunk]:
-        async for chunk in self._send(context, self.store.fetch_by_token, request.token):
-            yield chunk
+    ) -> AsyncIterator[retention_pb2.FetchByTokenResponse]:
+        fetched = await asyncio.to_thread(self.store.fetch_by_token, request.token)
+        for result, data in self._pieces(fetched):
+            yield retention_pb2.FetchByTokenResponse(result=result, data=data)
 
     async def FetchOwned(
-        self, request: retention_pb2.OwnedResultRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[options_pb2.ResultChunk]:
-        async for chunk in self._send(context, self.store.fetch_owned, request.account_id, request.result_id):
-            yield chunk
+        self, request: retention_pb2.FetchOwnedRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[retention_pb2.FetchOwnedResponse]:
+        fetched = await asyncio.to_thread(self.store.fetch_owned, request.account_id, request.result_id)
+        for result, data in self._pieces(fetched):
+            yield retention_pb2.FetchOwnedResponse(result=result, data=data)
 
-    async def _send(
-        self, context: grpc.aio.ServicerContext, fetch: Callable[..., Fetched], *args: str
-    ) -> AsyncIterator[options_pb2.ResultChunk]:
-        """A fetched result as a stream: the first chunk describes it."""
-        fetched = await asyncio.to_thread(fetch, *args)
+    def _pieces(self, fetched: Fetched) -> Iterator[tuple[options_pb2.KeptResult | None, bytes]]:
+        """A fetched result in pieces: the first one carries its description."""
         described: options_pb2.KeptResult | None = _described(fetched.result)
         for piece in pieces(fetched.data, self.settings.chunk_bytes):
-            yield options_pb2.ResultChunk(result=described, data=piece)
+            yield described, piece
             described = None
 
     async def ListOwned(
         self, request: retention_pb2.ListOwnedRequest, context: grpc.aio.ServicerContext
     ) -> retention_pb2.ListOwnedResponse:
-        rows = await asyncio.to_thread(self.store.list, request.account_id, min(request.limit or 100, 1000))
-        return retention_pb2.ListOwnedResponse(results=[_described(row) for row in rows])
+        if not request.account_id:
+            raise invalid_argument("whose results? account_id is empty", field="account_id")
+        size = RESULTS_PAGE.of(request.page_size, request.limit)
+        position = pages.decode(request.page_token, request.account_id, RESULTS_LIST)
+        after = None
+        if position is not None:
+            micros, result_id = pages.field(position, "t", int), pages.field(position, "id", str)
+            after = (datetime.fromtimestamp(micros / 1e6, UTC), result_id)
+        rows = await asyncio.to_thread(self.store.list, request.account_id, size + 1, after)
+        response = retention_pb2.ListOwnedResponse(results=[_described(row) for row in rows[:size]])
+        if len(rows) > size:  # one more than a page was there: the next page starts after the last shown
+            last = rows[size - 1]
+            moment = aware(last.created_at)
+            micros = (moment - EPOCH) // timedelta(microseconds=1)
+            response.next_page_token = pages.encode(request.account_id, RESULTS_LIST, {"t": micros, "id": last.id})
+        return response
 
     async def DeleteOwned(
-        self, request: retention_pb2.OwnedResultRequest, context: grpc.aio.ServicerContext
+        self, request: retention_pb2.DeleteOwnedRequest, context: grpc.aio.ServicerContext
     ) -> retention_pb2.DeleteOwnedResponse:
         await asyncio.to_thread(self.store.delete, request.account_id, request.result_id)
         return retention_pb2.DeleteOwnedResponse()
@@ -172,10 +192,13 @@ class RetentionServicer(retention_pb2_grpc.RetentionServicer):
     async def ListAccessLog(
         self, request: retention_pb2.ListAccessLogRequest, context: grpc.aio.ServicerContext
     ) -> retention_pb2.ListAccessLogResponse:
-        entries = await asyncio.to_thread(self.store.access_log, request.account_id)
+        limit = ACCESS_LOG_PAGE.of(0, request.limit)
+        entries = await asyncio.to_thread(self.store.access_log, request.account_id, limit, request.before_id)
         return retention_pb2.ListAccessLogResponse(
             entries=[
-                retention_pb2.AccessLogEntry(at=_timestamp(e.at), actor=e.actor, action=e.action, result_id=e.result_id)
+                retention_pb2.AccessLogEntry(
+                    at=_timestamp(e.at), actor=e.actor, action=e.action, result_id=e.result_id, id=e.id or 0
+                )
                 for e in entries
             ]
         )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import grpc
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine, and_, delete, or_
 from sqlmodel import Session, col, select
 
 from services.common.errors import ServiceError
@@ -202,26 +202,34 @@ class ResultStore:
         session.expunge(row)
         return Fetched(row, data)
 
-    def list(self, account_id: str, limit: int = 100) -> list[KeptResult]:
+    def list(self, account_id: str, limit: int = 100, after: tuple[datetime, str] | None = None) -> list[KeptResult]:
+        """Newest first, in a stable order (created time, then id); `after` is the (created_at,
+        id) of the last result a previous page showed: keyset pagination, so results stored
+        or deleted between pages neither shift nor repeat the rest."""
+        query = select(KeptResult).where(
+            KeptResult.account_id == account_id, KeptResult.state == READY, KeptResult.expires_at > self.clock()
+        )
+        if after is not None:
+            created_at, result_id = after
+            query = query.where(
+                or_(
+                    col(KeptResult.created_at) < created_at,
+                    and_(col(KeptResult.created_at) == created_at, col(KeptResult.id) < result_id),
+                )
+            )
         with Session(self.engine) as session:
             rows = session.exec(
-                select(KeptResult)
-                .where(
-                    KeptResult.account_id == account_id, KeptResult.state == READY, KeptResult.expires_at > self.clock()
-                )
-                .order_by(KeptResult.created_at.desc())  # type: ignore[attr-defined]
-                .limit(limit)
+                query.order_by(col(KeptResult.created_at).desc(), col(KeptResult.id).desc()).limit(limit)
             ).all()
             return list(rows)
 
-    def access_log(self, account_id: str, limit: int = 1000) -> list[AccessLogEntry]:
+    def access_log(self, account_id: str, limit: int = 1000, before_id: int = 0) -> list[AccessLogEntry]:
+        """Newest first (by id, the order of writing); only entries older than `before_id` if set."""
+        query = select(AccessLogEntry).where(AccessLogEntry.account_id == account_id)
+        if before_id:
+            query = query.where(col(AccessLogEntry.id) < before_id)
         with Session(self.engine) as session:
-            rows = session.exec(
-                select(AccessLogEntry)
-                .where(AccessLogEntry.account_id == account_id)
-                .order_by(AccessLogEntry.id)
-                .limit(limit)  # type: ignore[arg-type]
-            ).all()
+            rows = session.exec(query.order_by(col(AccessLogEntry.id).desc()).limit(limit)).all()
             return list(rows)
 
     # -- delete -----------------------------------------------------------------------

@@ -4,15 +4,15 @@
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file cutout/v1/account.proto.
  */
 export const file_cutout_v1_account: GenFile = /*@__PURE__*/
-  fileDesc("ChdjdXRvdXQvdjEvYWNjb3VudC5wcm90bxIJY3V0b3V0LnYxIocBCg1TaWduVXBSZXF1ZXN0Eg0KBWVtYWlsGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIOCgZyZWdpb24YBCABKAkSFQoNYWdlX2NvbmZpcm1lZBgFIAEoCBIYChBtYXJrZXRpbmdfb3B0X2luGAYgASgIIsgBCg5TaWduVXBSZXNwb25zZRIjCgdwcm9maWxlGAEgASgLMhIuY3V0b3V0LnYxLlByb2ZpbGUSIwoHYmFsYW5jZRgCIAEoCzISLmN1dG91dC52MS5CYWxhbmNlEh0KFXZlcmlmaWNhdGlvbl9yZXF1aXJlZBgyIAEoCBIUCgxmcmVlX2NyZWRpdHMYMyABKAMSGQoRZnJlZV9jcmVkaXRzX25vdGUYNCABKAkSHAoUZnJlZV9jcmVkaXRzX2RlY2ltYWwYNSABKAkiVgoTVmVyaWZ5U2lnblVwUmVxdWVzdBINCgVlbWFpbBgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIMCgRjb2RlGAMgASgJEhAKCGtleV9uYW1lGAQgASgJIpEBChRWZXJpZnlTaWduVXBSZXNwb25zZRIjCgdwcm9maWxlGAEgASgLMhIuY3V0b3V0LnYxLlByb2ZpbGUSIwoHYmFsYW5jZRgCIAEoCzISLmN1dG91dC52MS5CYWxhbmNlEg8KB2FwaV9rZXkYAyABKAkSHgoDa2V5GAQgASgLMhEuY3V0b3V0LnYxLkFwaUtleSJEChNDcmVhdGVBcGlLZXlSZXF1ZXN0Eg0KBWVtYWlsGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEgwKBG5hbWUYAyABKAkiRwoUQ3JlYXRlQXBpS2V5UmVzcG9uc2USDwoHYXBpX2tleRgBIAEoCRIeCgNrZXkYAiABKAsyES5jdXRvdXQudjEuQXBpS2V5IsQBCgZBcGlLZXkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIOCgZwcmVmaXgYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpyZXZva2VkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIUChJMaXN0QXBpS2V5c1JlcXVlc3QiNgoTTGlzdEFwaUtleXNSZXNwb25zZRIfCgRrZXlzGAEgAygLMhEuY3V0b3V0LnYxLkFwaUtleSIzChNSZXZva2VBcGlLZXlSZXF1ZXN0EgoKAmlkGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJIjYKFFJldm9rZUFwaUtleVJlc3BvbnNlEh4KA2tleRgBIAEoCzIRLmN1dG91dC52MS5BcGlLZXkiEwoRR2V0QmFsYW5jZVJlcXVlc3QizgEKB0JhbGFuY2USFQoJYXZhaWxhYmxlGAEgASgDQgIYARIQCgRoZWxkGAIgASgDQgIYARIvCgtuZXh0X2V4cGlyeRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGQoNZXhwaXJpbmdfbmV4dBgEIAEoA0ICGAESGQoRYXZhaWxhYmxlX2RlY2ltYWwYPCABKAkSFAoMaGVsZF9kZWNpbWFsGD0gASgJEh0KFWV4cGlyaW5nX25leHRfZGVjaW1hbBg+IAEoCSIiChFMaXN0TGVkZ2VyUmVxdWVzdBINCgVsaW1pdBgBIAEoDSLuAQoLTGVkZ2VyRW50cnkSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRISCgZhbW91bnQYAyABKANCAhgBEhAKBGhlbGQYBCABKANCAhgBEhYKDnJlc2VydmF0aW9uX2lkGAUgASgJEhAKCGdyYW50X2lkGAYgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5hbW91bnRfZGVjaW1hbBg8IAEoCRIUCgxoZWxkX2RlY2ltYWwYPSABKAkiYgoSTGlzdExlZGdlclJlc3BvbnNlEicKB2VudHJpZXMYASADKAsyFi5jdXRvdXQudjEuTGVkZ2VyRW50cnkSIwoHYmFsYW5jZRgCIAEoCzISLmN1dG91dC52MS5CYWxhbmNlIhMKEUdldFByb2ZpbGVSZXF1ZXN0IuYBCgdQcm9maWxlEhIKCmFjY291bnRfaWQYASABKAkSDQoFZW1haWwYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJEg4KBnJlZ2lvbhgEIAEoCRIMCgRwbGFuGAUgASgJEhgKEG1hcmtldGluZ19vcHRfaW4YBiABKAgSLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGwoTdXNhZ2Vfc3RhdHNfb3B0X291dBgoIAEoCBIdChVwcm9jZXNzaW5nX3Jlc3RyaWN0ZWQYKSABKAgimQEKFFVwZGF0ZVByb2ZpbGVSZXF1ZXN0EhQKDGRpc3BsYXlfbmFtZRgBIAEoCRIYChBtYXJrZXRpbmdfb3B0X2luGAIgASgIEhUKDXVwZGF0ZV9maWVsZHMYAyADKAkSGwoTdXNhZ2Vfc3RhdHNfb3B0X291dBgoIAEoCBIdChVwcm9jZXNzaW5nX3Jlc3RyaWN0ZWQYKSABKAgiRwoVQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0EhgKEGN1cnJlbnRfcGFzc3dvcmQYASABKAkSFAoMbmV3X3Bhc3N3b3JkGAIgASgJIhgKFkNoYW5nZVBhc3N3b3JkUmVzcG9uc2UiegoTR3JhbnRDcmVkaXRzUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxIWCg5hbW91bnRfZGVjaW1hbBg8IAEoCRIOCgZzb3VyY2UYAyABKAkSFwoPZXhwaXJlc19pbl9kYXlzGAQgASgNIk0KFEdyYW50Q3JlZGl0c1Jlc3BvbnNlEhAKCGdyYW50X2lkGAEgASgJEiMKB2JhbGFuY2UYAiABKAsyEi5jdXRvdXQudjEuQmFsYW5jZSI5ChRMb29rdXBBY2NvdW50UmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEg0KBWVtYWlsGAIgASgJInoKFUxvb2t1cEFjY291bnRSZXNwb25zZRIjCgdwcm9maWxlGAEgASgLMhIuY3V0b3V0LnYxLlByb2ZpbGUSIwoHYmFsYW5jZRgCIAEoCzISLmN1dG91dC52MS5CYWxhbmNlEhcKD2FjdGl2ZV9hcGlfa2V5cxgDIAEoDWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChdjdXRvdXQvdjEvYWNjb3VudC5wcm90bxIJY3V0b3V0LnYxIocBCg1TaWduVXBSZXF1ZXN0Eg0KBWVtYWlsGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIOCgZyZWdpb24YBCABKAkSFQoNYWdlX2NvbmZpcm1lZBgFIAEoCBIYChBtYXJrZXRpbmdfb3B0X2luGAYgASgIIsgBCg5TaWduVXBSZXNwb25zZRIjCgdwcm9maWxlGAEgASgLMhIuY3V0b3V0LnYxLlByb2ZpbGUSIwoHYmFsYW5jZRgCIAEoCzISLmN1dG91dC52MS5CYWxhbmNlEh0KFXZlcmlmaWNhdGlvbl9yZXF1aXJlZBgyIAEoCBIUCgxmcmVlX2NyZWRpdHMYMyABKAMSGQoRZnJlZV9jcmVkaXRzX25vdGUYNCABKAkSHAoUZnJlZV9jcmVkaXRzX2RlY2ltYWwYNSABKAkiVgoTVmVyaWZ5U2lnblVwUmVxdWVzdBINCgVlbWFpbBgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIMCgRjb2RlGAMgASgJEhAKCGtleV9uYW1lGAQgASgJIpEBChRWZXJpZnlTaWduVXBSZXNwb25zZRIjCgdwcm9maWxlGAEgASgLMhIuY3V0b3V0LnYxLlByb2ZpbGUSIwoHYmFsYW5jZRgCIAEoCzISLmN1dG91dC52MS5CYWxhbmNlEg8KB2FwaV9rZXkYAyABKAkSHgoDa2V5GAQgASgLMhEuY3V0b3V0LnYxLkFwaUtleSJEChNDcmVhdGVBcGlLZXlSZXF1ZXN0Eg0KBWVtYWlsGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJEgwKBG5hbWUYAyABKAkiRwoUQ3JlYXRlQXBpS2V5UmVzcG9uc2USDwoHYXBpX2tleRgBIAEoCRIeCgNrZXkYAiABKAsyES5jdXRvdXQudjEuQXBpS2V5IsQBCgZBcGlLZXkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIOCgZwcmVmaXgYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpyZXZva2VkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI7ChJMaXN0QXBpS2V5c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiTwoTTGlzdEFwaUtleXNSZXNwb25zZRIfCgRrZXlzGAEgAygLMhEuY3V0b3V0LnYxLkFwaUtleRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiMwoTUmV2b2tlQXBpS2V5UmVxdWVzdBIKCgJpZBgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSI2ChRSZXZva2VBcGlLZXlSZXNwb25zZRIeCgNrZXkYASABKAsyES5jdXRvdXQudjEuQXBpS2V5IhMKEUdldEJhbGFuY2VSZXF1ZXN0Is4BCgdCYWxhbmNlEhUKCWF2YWlsYWJsZRgBIAEoA0ICGAESEAoEaGVsZBgCIAEoA0ICGAESLwoLbmV4dF9leHBpcnkYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKDWV4cGlyaW5nX25leHQYBCABKANCAhgBEhkKEWF2YWlsYWJsZV9kZWNpbWFsGDwgASgJEhQKDGhlbGRfZGVjaW1hbBg9IAEoCRIdChVleHBpcmluZ19uZXh0X2RlY2ltYWwYPiABKAkiTQoRTGlzdExlZGdlclJlcXVlc3QSEQoFbGltaXQYASABKA1CAhgBEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIu4BCgtMZWRnZXJFbnRyeRIKCgJpZBgBIAEoCRIMCgRraW5kGAIgASgJEhIKBmFtb3VudBgDIAEoA0ICGAESEAoEaGVsZBgEIAEoA0ICGAESFgoOcmVzZXJ2YXRpb25faWQYBSABKAkSEAoIZ3JhbnRfaWQYBiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAcgASgJEi4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmFtb3VudF9kZWNpbWFsGDwgASgJEhQKDGhlbGRfZGVjaW1hbBg9IAEoCSJ7ChJMaXN0TGVkZ2VyUmVzcG9uc2USJwoHZW50cmllcxgBIAMoCzIWLmN1dG91dC52MS5MZWRnZXJFbnRyeRIjCgdiYWxhbmNlGAIgASgLMhIuY3V0b3V0LnYxLkJhbGFuY2USFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJIhMKEUdldFByb2ZpbGVSZXF1ZXN0IuYBCgdQcm9maWxlEhIKCmFjY291bnRfaWQYASABKAkSDQoFZW1haWwYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJEg4KBnJlZ2lvbhgEIAEoCRIMCgRwbGFuGAUgASgJEhgKEG1hcmtldGluZ19vcHRfaW4YBiABKAgSLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGwoTdXNhZ2Vfc3RhdHNfb3B0X291dBgoIAEoCBIdChVwcm9jZXNzaW5nX3Jlc3RyaWN0ZWQYKSABKAgizgEKFFVwZGF0ZVByb2ZpbGVSZXF1ZXN0EhQKDGRpc3BsYXlfbmFtZRgBIAEoCRIYChBtYXJrZXRpbmdfb3B0X2luGAIgASgIEhkKDXVwZGF0ZV9maWVsZHMYAyADKAlCAhgBEi8KC3VwZGF0ZV9tYXNrGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzaxIbChN1c2FnZV9zdGF0c19vcHRfb3V0GCggASgIEh0KFXByb2Nlc3NpbmdfcmVzdHJpY3RlZBgpIAEoCCJHChVDaGFuZ2VQYXNzd29yZFJlcXVlc3QSGAoQY3VycmVudF9wYXNzd29yZBgBIAEoCRIUCgxuZXdfcGFzc3dvcmQYAiABKAkiGAoWQ2hhbmdlUGFzc3dvcmRSZXNwb25zZSJ6ChNHcmFudENyZWRpdHNSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDgoGYW1vdW50GAIgASgDEhYKDmFtb3VudF9kZWNpbWFsGDwgASgJEg4KBnNvdXJjZRgDIAEoCRIXCg9leHBpcmVzX2luX2RheXMYBCABKA0iTQoUR3JhbnRDcmVkaXRzUmVzcG9uc2USEAoIZ3JhbnRfaWQYASABKAkSIwoHYmFsYW5jZRgCIAEoCzISLmN1dG91dC52MS5CYWxhbmNlIjkKFExvb2t1cEFjY291bnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDQoFZW1haWwYAiABKAkiegoVTG9va3VwQWNjb3VudFJlc3BvbnNlEiMKB3Byb2ZpbGUYASABKAsyEi5jdXRvdXQudjEuUHJvZmlsZRIjCgdiYWxhbmNlGAIgASgLMhIuY3V0b3V0LnYxLkJhbGFuY2USFwoPYWN0aXZlX2FwaV9rZXlzGAMgASgNYgZwcm90bzM", [file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message cutout.v1.SignUpRequest
@@ -304,9 +304,25 @@ export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
   messageDesc(file_cutout_v1_account, 6);
 
 /**
+ * Pages as in AIP-158 (the README's "Lists and pages"): oldest first (created time, then id).
+ *
  * @generated from message cutout.v1.ListApiKeysRequest
  */
 export type ListApiKeysRequest = Message<"cutout.v1.ListApiKeysRequest"> & {
+  /**
+   * Keys per page: 0 means 100; at most 1000 (larger values are cut to 1000); negative is
+   * INVALID_ARGUMENT. (Before pages existed every key came in one answer.)
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous page, unchanged; empty for the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
 };
 
 /**
@@ -324,6 +340,13 @@ export type ListApiKeysResponse = Message<"cutout.v1.ListApiKeysResponse"> & {
    * @generated from field: repeated cutout.v1.ApiKey keys = 1;
    */
   keys: ApiKey[];
+
+  /**
+   * Pass as page_token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -457,15 +480,34 @@ export const BalanceSchema: GenMessage<Balance> = /*@__PURE__*/
   messageDesc(file_cutout_v1_account, 12);
 
 /**
+ * Pages as in AIP-158 (the README's "Lists and pages"): newest first, in the ledger's order.
+ *
  * @generated from message cutout.v1.ListLedgerRequest
  */
 export type ListLedgerRequest = Message<"cutout.v1.ListLedgerRequest"> & {
   /**
-   * newest first; 0 means 100
+   * Deprecated: use page_size. Read only when page_size is 0 (page_size wins when both are
+   * set); 0 means 100, at most 1000.
    *
-   * @generated from field: uint32 limit = 1;
+   * @generated from field: uint32 limit = 1 [deprecated = true];
+   * @deprecated
    */
   limit: number;
+
+  /**
+   * Entries per page: 0 means 100; at most 1000 (larger values are cut to 1000); negative
+   * is INVALID_ARGUMENT.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous page, unchanged; empty for the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
 };
 
 /**
@@ -560,6 +602,13 @@ export type ListLedgerResponse = Message<"cutout.v1.ListLedgerResponse"> & {
    * @generated from field: cutout.v1.Balance balance = 2;
    */
   balance?: Balance | undefined;
+
+  /**
+   * Pass as page_token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 3;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -645,9 +694,9 @@ export const ProfileSchema: GenMessage<Profile> = /*@__PURE__*/
   messageDesc(file_cutout_v1_account, 17);
 
 /**
- * Only the fields named in `update_fields` change ("display_name", "marketing_opt_in",
- * "usage_stats_opt_out", "processing_restricted"); the region is fixed at sign-up, the
- * e-mail changes with ChangeEmail (it needs the password).
+ * Only the fields named in `update_mask` change (AIP-134): "display_name",
+ * "marketing_opt_in", "usage_stats_opt_out", "processing_restricted", or "*" for all four.
+ * The region is fixed at sign-up; the e-mail changes with ChangeEmail (it needs the password).
  *
  * @generated from message cutout.v1.UpdateProfileRequest
  */
@@ -663,9 +712,20 @@ export type UpdateProfileRequest = Message<"cutout.v1.UpdateProfileRequest"> & {
   marketingOptIn: boolean;
 
   /**
-   * @generated from field: repeated string update_fields = 3;
+   * Deprecated: use update_mask. The same names; read only when update_mask is empty
+   * (update_mask wins when both are set). Neither set is INVALID_ARGUMENT, as before.
+   *
+   * @generated from field: repeated string update_fields = 3 [deprecated = true];
+   * @deprecated
    */
   updateFields: string[];
+
+  /**
+   * The fields to change; an unknown path is INVALID_ARGUMENT.
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 4;
+   */
+  updateMask?: FieldMask | undefined;
 
   /**
    * @generated from field: bool usage_stats_opt_out = 40;

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cutout/v1/rights.proto.
  */
 export const file_cutout_v1_rights: GenFile = /*@__PURE__*/
-  fileDesc("ChZjdXRvdXQvdjEvcmlnaHRzLnByb3RvEgljdXRvdXQudjEiLwoURXhwb3J0QWNjb3VudFJlcXVlc3QSFwoPaW5jbHVkZV9yZXN1bHRzGAEgASgIIhsKC0V4cG9ydENodW5rEgwKBGRhdGEYASABKAwiOQoSQ2hhbmdlRW1haWxSZXF1ZXN0EhEKCW5ld19lbWFpbBgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSIoChREZWxldGVBY2NvdW50UmVxdWVzdBIQCghwYXNzd29yZBgBIAEoCSI6ChVEZWxldGVBY2NvdW50UmVzcG9uc2USEgoKZXJhc3VyZV9pZBgBIAEoCRINCgVzdGF0ZRgCIAEoCSI/ChlBZG1pbkRlbGV0ZUFjY291bnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIiYKFU93bmVyQWNjZXNzTG9nUmVxdWVzdBINCgVsaW1pdBgBIAEoDSJ5CgxBY2Nlc3NSZWNvcmQSJgoCYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAIgASgJEg4KBmFjdGlvbhgDIAEoCRIPCgdzZXJ2aWNlGAQgASgJEhEKCXJlc3VsdF9pZBgFIAEoCSJCChZPd25lckFjY2Vzc0xvZ1Jlc3BvbnNlEigKB2VudHJpZXMYASADKAsyFy5jdXRvdXQudjEuQWNjZXNzUmVjb3JkIuYBCg1BY2NvdW50RXhwb3J0EiMKB3Byb2ZpbGUYASABKAsyEi5jdXRvdXQudjEuUHJvZmlsZRIVCg1hZ2VfY29uZmlybWVkGAIgASgIEh8KBGtleXMYAyADKAsyES5jdXRvdXQudjEuQXBpS2V5EiYKBmxlZGdlchgEIAMoCzIWLmN1dG91dC52MS5MZWRnZXJFbnRyeRIjCgdiYWxhbmNlGAUgASgLMhIuY3V0b3V0LnYxLkJhbGFuY2USKwoKYWNjZXNzX2xvZxgGIAMoCzIXLmN1dG91dC52MS5BY2Nlc3NSZWNvcmQiFgoUQWNjb3VudEV4cG9ydFJlcXVlc3RiBnByb3RvMw", [file_google_protobuf_timestamp, file_cutout_v1_account]);
+  fileDesc("ChZjdXRvdXQvdjEvcmlnaHRzLnByb3RvEgljdXRvdXQudjEiLwoURXhwb3J0QWNjb3VudFJlcXVlc3QSFwoPaW5jbHVkZV9yZXN1bHRzGAEgASgIIhsKC0V4cG9ydENodW5rEgwKBGRhdGEYASABKAwiOQoSQ2hhbmdlRW1haWxSZXF1ZXN0EhEKCW5ld19lbWFpbBgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSIoChREZWxldGVBY2NvdW50UmVxdWVzdBIQCghwYXNzd29yZBgBIAEoCSI6ChVEZWxldGVBY2NvdW50UmVzcG9uc2USEgoKZXJhc3VyZV9pZBgBIAEoCRINCgVzdGF0ZRgCIAEoCSI/ChlBZG1pbkRlbGV0ZUFjY291bnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIlEKFU93bmVyQWNjZXNzTG9nUmVxdWVzdBIRCgVsaW1pdBgBIAEoDUICGAESEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkieQoMQWNjZXNzUmVjb3JkEiYKAmF0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgCIAEoCRIOCgZhY3Rpb24YAyABKAkSDwoHc2VydmljZRgEIAEoCRIRCglyZXN1bHRfaWQYBSABKAkiWwoWT3duZXJBY2Nlc3NMb2dSZXNwb25zZRIoCgdlbnRyaWVzGAEgAygLMhcuY3V0b3V0LnYxLkFjY2Vzc1JlY29yZBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki6gEKDUFjY291bnRFeHBvcnQSIwoHcHJvZmlsZRgBIAEoCzISLmN1dG91dC52MS5Qcm9maWxlEhUKDWFnZV9jb25maXJtZWQYAiABKAgSHwoEa2V5cxgDIAMoCzIRLmN1dG91dC52MS5BcGlLZXkSJgoGbGVkZ2VyGAQgAygLMhYuY3V0b3V0LnYxLkxlZGdlckVudHJ5EiMKB2JhbGFuY2UYBSABKAsyEi5jdXRvdXQudjEuQmFsYW5jZRIrCgphY2Nlc3NfbG9nGAYgAygLMhcuY3V0b3V0LnYxLkFjY2Vzc1JlY29yZDoCGAEiGgoUQWNjb3VudEV4cG9ydFJlcXVlc3Q6AhgBYgZwcm90bzM", [file_google_protobuf_timestamp, file_cutout_v1_account]);
 
 /**
  * Export: everything held about the caller, as a zip archive streamed in chunks
@@ -153,15 +153,35 @@ export const AdminDeleteAccountRequestSchema: GenMessage<AdminDeleteAccountReque
   messageDesc(file_cutout_v1_rights, 5);
 
 /**
+ * Pages as in AIP-158 (the README's "Lists and pages"): newest first; accounts' and
+ * retention's records merged by time.
+ *
  * @generated from message cutout.v1.OwnerAccessLogRequest
  */
 export type OwnerAccessLogRequest = Message<"cutout.v1.OwnerAccessLogRequest"> & {
   /**
-   * newest first; 0 means 1000
+   * Deprecated: use page_size. Read only when page_size is 0 (page_size wins when both are
+   * set); 0 means 1000, at most 10000.
    *
-   * @generated from field: uint32 limit = 1;
+   * @generated from field: uint32 limit = 1 [deprecated = true];
+   * @deprecated
    */
   limit: number;
+
+  /**
+   * Records per page: 0 means 1000; at most 10000 (larger values are cut to 10000);
+   * negative is INVALID_ARGUMENT.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous page, unchanged; empty for the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
 };
 
 /**
@@ -226,6 +246,13 @@ export type OwnerAccessLogResponse = Message<"cutout.v1.OwnerAccessLogResponse">
    * @generated from field: repeated cutout.v1.AccessRecord entries = 1;
    */
   entries: AccessRecord[];
+
+  /**
+   * Pass as page_token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -236,9 +263,12 @@ export const OwnerAccessLogResponseSchema: GenMessage<OwnerAccessLogResponse> = 
   messageDesc(file_cutout_v1_rights, 8);
 
 /**
- * Internal (accounts -> gateway): what accounts holds about the caller, for an export.
+ * Unused since the internal Accounts service has messages of its own
+ * (AccountsExportAccountResponse, the same fields); kept because removing a message from
+ * a published file breaks generated code that names it.
  *
  * @generated from message cutout.v1.AccountExport
+ * @deprecated
  */
 export type AccountExport = Message<"cutout.v1.AccountExport"> & {
   /**
@@ -275,12 +305,16 @@ export type AccountExport = Message<"cutout.v1.AccountExport"> & {
 /**
  * Describes the message cutout.v1.AccountExport.
  * Use `create(AccountExportSchema)` to create a new message.
+ * @deprecated
  */
 export const AccountExportSchema: GenMessage<AccountExport> = /*@__PURE__*/
   messageDesc(file_cutout_v1_rights, 9);
 
 /**
+ * Unused (AccountsExportAccountRequest replaces it); kept as AccountExport is.
+ *
  * @generated from message cutout.v1.AccountExportRequest
+ * @deprecated
  */
 export type AccountExportRequest = Message<"cutout.v1.AccountExportRequest"> & {
 };
@@ -288,6 +322,7 @@ export type AccountExportRequest = Message<"cutout.v1.AccountExportRequest"> & {
 /**
  * Describes the message cutout.v1.AccountExportRequest.
  * Use `create(AccountExportRequestSchema)` to create a new message.
+ * @deprecated
  */
 export const AccountExportRequestSchema: GenMessage<AccountExportRequest> = /*@__PURE__*/
   messageDesc(file_cutout_v1_rights, 10);
