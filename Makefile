@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup up test test-unit bench bench-overload protos model clean lock
+.PHONY: setup up test test-unit bench bench-overload protos model clean lock fuzz
 
 # A virtualenv with the project, its services and dev tools, at the locked versions
 # (requirements/dev.lock; the images install requirements/server.lock, the same pins).
@@ -85,6 +85,15 @@ bench: setup
 OVERLOAD_SECONDS ?= 60
 bench-overload: setup
 	$(PY) -m bench.overload --seconds $(OVERLOAD_SECONDS)
+
+# Long fuzzing runs (tests/mesh/test_fuzz.py runs each fuzzer briefly): the atheris harnesses for
+# FUZZ_MINUTES in all, niced on one core, then the RPC fuzz through a mesh with FUZZ_SCALE times
+# CI's examples. Findings: .cache/fuzz/artifacts/ and the test's output.
+FUZZ_MINUTES ?= 30
+FUZZ_SCALE ?= 20
+fuzz: setup
+	$(PY) -m fuzz.run --minutes $(FUZZ_MINUTES)
+	CUTOUT_FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest tests/mesh/test_fuzz.py -k rpcs -s -q
 
 protos: $(STAMP)
 	$(PY) -m tools.protos

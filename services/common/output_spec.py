@@ -7,6 +7,7 @@ gateway does not import inference's image stack (OpenCV, SciPy, the encoders).
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from PIL import ImageColor
@@ -15,6 +16,10 @@ from cutout.v1 import options_pb2
 from services.common.errors import invalid_argument
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+# What Pillow raises on corrupt or truncated data: its documented OSError, SyntaxError and
+# ValueError, and what fuzz/decode.py found beyond them (an iCCP chunk cut short after the
+# pixels: IndexError from the chunk parser; struct.error and EOFError from short reads).
+CORRUPT_DATA: tuple[type[Exception], ...] = (OSError, SyntaxError, ValueError, IndexError, EOFError, struct.error)
 OutputFormat = options_pb2.OutputFormat
 Size = options_pb2.Size
 Position = options_pb2.Position
@@ -221,4 +226,17 @@ def _check_crop(options: options_pb2.RemoveBackgroundOptions) -> None:
             f"crop_margin_percent {options.crop_margin_percent} is over the cap; use 0 to 50 (percent of the "
             "subject's size)",
             field="options.crop_margin_percent",
+        )
+
+
+def check_subject(options: options_pb2.RemoveBackgroundOptions) -> None:
+    """`subject` is a known value and not given with `model` (which model a name means is the
+    catalog's business, in the inference service)."""
+    subject = options.subject or options_pb2.Subject.SUBJECT_AUTO
+    if subject not in options_pb2.Subject.values():
+        known = ", ".join(n for n in options_pb2.Subject.keys() if n != "SUBJECT_UNSPECIFIED")
+        raise invalid_argument(f"unknown subject {subject}; use one of {known}", field="options.subject")
+    if options.model and subject != options_pb2.Subject.SUBJECT_AUTO:
+        raise invalid_argument(
+            "options.model and options.subject both choose the model; set one of them", field="options.model"
         )

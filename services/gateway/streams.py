@@ -19,7 +19,7 @@ from google.protobuf import duration_pb2
 
 from cutout.v1 import accounts_pb2, cutout_pb2, erase_pb2, options_pb2
 from services.common import credits
-from services.common.errors import ServiceError, abort, invalid_argument
+from services.common.errors import ServiceError, abort, invalid_argument, to_service_error
 from services.common.limits import FairSlots
 from services.common.tasks import start_kept
 from services.gateway.charging import Handoff
@@ -201,11 +201,11 @@ class Streams:
         except ServiceError as error:
             stream.failed += 1
             await stream.write(cutout_pb2.StreamItemResult(id=item.id, error=error.to_proto()))
-        except Exception:  # a fault of ours: the item still gets its one answer
-            log.exception("a stream item failed")
+        except Exception as error:  # the item still gets its one answer, through the boundary's mapping:
+            # a downstream's error passed on, anything else INTERNAL with an error id (logged), never its text
             stream.failed += 1
-            internal = ServiceError(grpc.StatusCode.INTERNAL, "the item failed inside Cutout; retry it")
-            await stream.write(cutout_pb2.StreamItemResult(id=item.id, error=internal.to_proto()))
+            refused = to_service_error("/cutout.v1.Cutout/RemoveBackgroundStream", error)
+            await stream.write(cutout_pb2.StreamItemResult(id=item.id, error=refused.to_proto()))
         finally:
             if owns_id:
                 stream.ids.discard(item.id)

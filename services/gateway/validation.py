@@ -39,13 +39,14 @@ def check_image(data: bytes, max_bytes: int, field: str = "image") -> None:
         raise invalid_argument(
             f"{field} is not a JPEG, PNG or WebP file (its first bytes match none of them)", field=field
         ) from None
-    except (OSError, SyntaxError, ValueError) as error:
+    except output_spec.CORRUPT_DATA as error:
         raise invalid_argument(f"{field} header could not be read: {error}", field=field) from None
 
 
 def check_removal(image: bytes, options: options_pb2.RemoveBackgroundOptions, max_bytes: int) -> None:
     """What a removal can be refused for without decoding a pixel: its options and image header."""
     output_spec.OutputSpec.from_proto(options, output_spec.EncoderDefaults())
+    output_spec.check_subject(options)
     if options.HasField("keep_ttl"):
         ttl = options.keep_ttl
         if ttl.seconds < 0 or ttl.nanos < 0 or (ttl.seconds == 0 and ttl.nanos == 0):

@@ -22,6 +22,7 @@ from cutout.v1 import options_pb2
 from services.common.errors import ServiceError, invalid_argument
 from services.common.output_spec import (
     ACCEPTED_FORMATS,
+    CORRUPT_DATA,
     OPAQUE_FORMATS,
     PREVIEW_PIXELS,
     OutputFormat,
@@ -85,7 +86,7 @@ def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
         raise invalid_argument(
             "image is not a JPEG, PNG or WebP file (its first bytes match none of them)", field="image"
         ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except CORRUPT_DATA as exc:
         raise invalid_argument(f"image header could not be read: {exc}", field="image") from None
     width, height = image.size
     if width * height > limits.max_pixels:
@@ -115,10 +116,23 @@ def decode_with_alpha(
         image.load()
         image = ImageOps.exif_transpose(image) or image
         return _to_srgb(image)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise invalid_argument(
-            f"image data is corrupt or truncated ({exc}); send the complete file", field="image"
-        ) from None
+    except CORRUPT_DATA as exc:
+        raise _corrupt(exc) from None
+
+
+def _corrupt(exc: BaseException) -> ServiceError:
+    return invalid_argument(f"image data is corrupt or truncated ({exc}); send the complete file", field="image")
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """An opened image's size once its EXIF orientation is applied. Reading the EXIF may decode
+    the whole file (a PNG's eXIf chunk may follow its pixels), so corrupt data is refused here too
+    (fuzz/decode.py found a truncated PNG raising OSError here, outside any mapping)."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except CORRUPT_DATA as exc:
+        raise _corrupt(exc) from None
+    return (image.height, image.width) if orientation in (5, 6, 7, 8) else image.size
 
 
 def _draft(image: Image.Image, wanted: tuple[int, int]) -> None:
@@ -326,10 +340,7 @@ def prepare(
     all of one request's work before the model, in one call (one trip to a worker thread)."""
     stages = stages or Stages()
     with stages("decode"):
-        original = header.size
-        upright = original
-        if header.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):
-            upright = (original[1], original[0])
+        upright = upright_size(header)
         wanted = working_size(upright, spec)
         image, input_alpha = decode_with_alpha(header, wanted if wanted != upright else None)
         decoded_backdrop = decode_pixels(backdrop) if backdrop is not None else None

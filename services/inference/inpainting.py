@@ -30,6 +30,7 @@ from scipy import ndimage
 
 from cutout.v1 import erase_pb2
 from services.common.errors import ServiceError, invalid_argument
+from services.common.output_spec import CORRUPT_DATA
 from services.inference.imaging import DecodeLimits, open_image
 
 EraseMethod = erase_pb2.EraseMethod
@@ -93,7 +94,7 @@ def decode_picture(image: Image.Image) -> Picture:
         image.load()
         icc = image.info.get("icc_profile")
         image = ImageOps.exif_transpose(image) or image
-    except (OSError, SyntaxError, ValueError) as exc:
+    except CORRUPT_DATA as exc:
         raise invalid_argument(
             f"image data is corrupt or truncated ({exc}); send the complete file", field="image"
         ) from None
@@ -168,7 +169,7 @@ def read_mask(data: bytes, size: tuple[int, int], limits: DecodeLimits, field: s
             field=field,
             reason=error.reason or "INVALID_ARGUMENT",
         ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except CORRUPT_DATA as exc:
         raise invalid_argument(
             f"mask data is corrupt or truncated ({exc}); send the complete file", field=field
         ) from None

@@ -17,7 +17,7 @@ from PIL import Image
 
 from cutout.v1 import erase_pb2, inference_pb2, inference_pb2_grpc, options_pb2
 from services.common import output_spec
-from services.common.errors import ServiceError, invalid_argument
+from services.common.errors import ServiceError
 from services.common.server import ServiceSpec
 from services.common.telemetry import count, meter, stage, tracer
 from services.common.tls import Identity
@@ -94,15 +94,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def _models_for(self, options: options_pb2.RemoveBackgroundOptions) -> tuple[ServedModel, str | None]:
         """The model to run first, and the model AUTO falls back to when the first finds no person."""
+        output_spec.check_subject(options)
         subject = options.subject or Subject.SUBJECT_AUTO
-        if subject not in Subject.values():
-            known = ", ".join(n for n in Subject.keys() if n != "SUBJECT_UNSPECIFIED")
-            raise invalid_argument(f"unknown subject {subject}; use one of {known}", field="options.subject")
         if options.model:
-            if subject != Subject.SUBJECT_AUTO:
-                raise invalid_argument(
-                    "options.model and options.subject both choose the model; set one of them", field="options.model"
-                )
             return await self.catalog.get(options.model), None
         if subject == Subject.SUBJECT_ANY:
             return await self.catalog.get(self.settings.general_model), None
