@@ -128,6 +128,11 @@ class Admission(grpc.aio.ServerInterceptor):
         self.work = Budget(
             settings.work_in_flight, "removals and erasures in flight on this gateway", settings.overload_retry_after_s
         )
+        self.work_of_account = Budget(
+            settings.work_per_account,
+            "removals and erasures in flight on this gateway for this account",
+            settings.overload_retry_after_s,
+        )
         self.rate = rate_limiter(
             settings.redis_url, settings.key_rate_per_s, settings.key_rate_burst, "calls per second for this API key"
         )
@@ -170,8 +175,14 @@ class Admission(grpc.aio.ServerInterceptor):
             await abort(context, refused(error, "TOO_MANY_CALLS_IN_FLIGHT"))
         if charged:
             try:
+                self.work_of_account.acquire(caller.account_id)
+            except Refused as error:
+                self.per_key.release(caller.key_id)
+                await abort(context, refused(error, "OVERLOADED"))
+            try:
                 self.work.acquire()
             except Refused as error:
+                self.work_of_account.release(caller.account_id)
                 self.per_key.release(caller.key_id)
                 await abort(context, refused(error, "OVERLOADED"))
         admitted_caller.set(caller)
@@ -182,6 +193,7 @@ class Admission(grpc.aio.ServerInterceptor):
             self.per_key.release(caller.key_id)
             if charged:
                 self.work.release()
+                self.work_of_account.release(caller.account_id)
 
         return release
 

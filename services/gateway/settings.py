@@ -70,6 +70,9 @@ class GatewaySettings(ServiceSettings):
     # batcher full (max_batch_size 16 x 2 batches at once); at 4x capacity on 2 CPU cores it
     # kept the p99 of admitted 1 MP calls at 3 to 6 s, against 22 to 55 s unbounded (README, "Overload").
     work_in_flight: int = Field(default=32, ge=1)
+    # ... and at most this many of them for one account, so that one tenant's flood leaves
+    # slots to the others (8 of the default 32); a lone tenant still keeps the batcher full.
+    work_per_account: int = Field(default=24, ge=1)
     overload_retry_after_s: float = Field(default=1.0, gt=0)
     key_rate_per_s: float = 50.0
     key_rate_burst: int = 100

@@ -521,6 +521,35 @@ def test_overload_is_refused_with_retry_info_not_queued(rig: Rig, tmp_path: Path
         assert gateway.stop() == 0
 
 
+def test_one_accounts_flood_leaves_slots_to_the_others(rig: Rig, tmp_path: Path) -> None:
+    """An account holds at most WORK_PER_ACCOUNT of the gateway's WORK_IN_FLIGHT: while one
+    floods the gateway, another's calls are still admitted."""
+    gateway = gateway_process(
+        tmp_path,
+        {**rig.mesh.env, "CUTOUT_GATEWAY_WORK_IN_FLIGHT": "4", "CUTOUT_GATEWAY_WORK_PER_ACCOUNT": "2"},
+        inference=rig.mesh.inference.address,
+        accounts=rig.mesh.accounts.address,
+        retention=rig.mesh.retention.address,
+        pki=rig.mesh.pki,
+    )
+    gateway.start()
+    try:
+        gateway.wait_serving()
+        with gateway.channel() as channel:
+            flooder = new_account(channel, rig.mesh.admin_token, credits=100)
+            other = new_account(channel, rig.mesh.admin_token, credits=100)
+            stub = cutout_pb2_grpc.CutoutStub(channel)
+            request = cutout_pb2.RemoveBackgroundRequest(image=rig.photo)
+            flood = [stub.RemoveBackground.future(request, metadata=flooder.metadata, timeout=60) for _ in range(16)]
+            others = [stub.RemoveBackground.future(request, metadata=other.metadata, timeout=60) for _ in range(2)]
+            assert all(call.result().result.width for call in others), "the other account was crowded out"
+            refused = [call.exception() for call in flood if call.exception() is not None]
+            assert refused, "the flood was never refused"
+            assert all(error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for error in refused)
+    finally:
+        assert gateway.stop() == 0
+
+
 def _ledger_at(channel: grpc.Channel, account: Customer) -> account_pb2.ListLedgerResponse:
     return cutout_pb2_grpc.CutoutStub(channel).ListLedger(
         account_pb2.ListLedgerRequest(page_size=10), metadata=account.metadata, timeout=10
