@@ -42,7 +42,7 @@ from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, up
 
 from services.accounts.models import Account, CreditGrant, LedgerEntry, Reservation, ReservationAllocation
 from services.common import credits
-from services.common.errors import ServiceError
+from services.common.errors import ServiceError, invalid_argument
 from services.common.sql import aware
 
 HELD, COMMITTED, RELEASED = "held", "committed", "released"
@@ -145,12 +145,10 @@ class Ledger:
 
     def reserve(self, account_id: str, idempotency_key: str, amount: int, request_hash: str) -> Reserved:
         if amount <= 0:
-            raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "amount must be positive", field="amount")
+            raise invalid_argument("amount must be positive", field="amount")
         if not idempotency_key or len(idempotency_key) > 200:
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "idempotency_key must be 1 to 200 characters",
-                field="idempotency_key",
+            raise invalid_argument(
+                f"idempotency_key has {len(idempotency_key)} characters; give 1 to 200", field="idempotency_key"
             )
         with self.engine.begin() as db:
             # On the latency path of every removal: it frees lapsed holds (their credits

@@ -34,7 +34,7 @@ from sqlalchemy import func, select, text
 from sqlmodel import SQLModel
 
 from services.accounts.db import MIGRATIONS, make_engine, migrate
-from services.accounts.ledger import Ledger, Outcome
+from services.accounts.ledger import RESERVATIONS, Ledger, Outcome
 from services.accounts.models import (
     AccessLogEntry,
     Account,
@@ -484,6 +484,27 @@ def test_a_commit_whose_result_was_not_handed_over_is_refunded_once(template_db,
     assert sum(row.amount for row, _ in entries) == balance.available
     assert ledger.reserve("acc", "r1", 2, "h").outcome == Outcome.DUPLICATE_RELEASED  # a retry is charged anew
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("key", "amount", "field"), [("k" * 201, 1, "idempotency_key"), ("", 1, "idempotency_key"), ("k", 0, "amount")]
+)
+def test_impossible_reservations_are_refused_with_a_reason_and_write_nothing(
+    template_db, tmp_path, key: str, amount: int, field: str
+) -> None:
+    path = tmp_path / "ledger.db"
+    shutil.copy(template_db, path)
+    engine = make_engine(f"sqlite:///{path}")
+    ledger = Ledger(engine, hold_timeout=HOLD, clock=lambda: START)
+    with pytest.raises(ServiceError) as caught:
+        ledger.reserve("acc", key, amount, "h")
+    assert (caught.value.code, caught.value.reason, caught.value.field) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        field,
+    )
+    with engine.connect() as db:
+        assert db.execute(select(func.count()).select_from(RESERVATIONS)).scalar() == 0
 
 
 def test_migrate_command_creates_the_schema_and_is_idempotent(tmp_path) -> None:
