@@ -97,12 +97,18 @@ def assert_ledger_adds_up(channel: grpc.Channel, account: Customer, *, granted: 
     assert sum(e.amount for e in entries) == history.balance.available
     assert sum(e.held for e in entries) == history.balance.held
     assert sum(e.amount for e in entries if e.kind == "grant") == granted
-    assert -sum(e.held for e in entries if e.kind == "commit") == spent
+    # Spent: what was committed, less what was refunded (a result committed, then never
+    # handed over, e.g. its stream cancelled between the commit and the write).
+    refunded = sum(e.amount for e in entries if e.kind == "refund")
+    assert -sum(e.held for e in entries if e.kind == "commit") - refunded == spent
     if history.balance.held == 0:  # every reservation ended in a commit or a release
         assert kinds["reserve"] == kinds["commit"] + kinds["release"]
     # One commit per reservation at most: no double charge.
     commits = Counter(e.reservation_id for e in entries if e.kind == "commit")
     assert all(count == 1 for count in commits.values())
+    # A refund undoes one commit of its own reservation, once.
+    refunds = Counter(e.reservation_id for e in entries if e.kind == "refund")
+    assert all(count == 1 and reservation in commits for reservation, count in refunds.items())
 
 
 def test_fifty_removals_at_once_on_a_balance_of_twenty(backend, small_jpeg):

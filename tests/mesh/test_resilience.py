@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
@@ -185,6 +186,11 @@ def test_gateway_stays_serving_without_accounts_and_answers_unavailable(tmp_path
         assert gateway.stop() == 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 def test_sigterm_during_a_request_lets_it_finish_then_exits_zero(tmp_path, mesh, astronaut, funded_account):
     """Gateway and inference both get SIGTERM while a slow request is inside them."""
     inference = ServiceProcess("inference", {"CUTOUT_INFERENCE_TRITON_URL": mesh.triton.url}, tmp_path, pki=mesh.pki)
@@ -204,12 +210,19 @@ def test_sigterm_during_a_request_lets_it_finish_then_exits_zero(tmp_path, mesh,
     big = encode(astronaut.resize((4000, 3000)), "JPEG", quality=90)
     options = options_pb2.RemoveBackgroundOptions(compression_effort=9)
     with gateway.channel() as channel:
+        idle_cpu_s = _cpu_seconds(inference.process.pid)
         call = cutout_pb2_grpc.CutoutStub(channel).RemoveBackground.future(
             cutout_pb2.RemoveBackgroundRequest(image=big, options=options),
             metadata=funded_account.metadata,
             timeout=120,
         )
-        time.sleep(0.5)
+        # Inside inference: it has spent CPU on the picture (decoding 12 MP alone takes more
+        # than this; idle, it spends next to none). A fixed sleep raced the gateway's own
+        # checks on a loaded machine, and SIGTERM then met a call inference never got.
+        deadline = time.monotonic() + 60
+        while _cpu_seconds(inference.process.pid) - idle_cpu_s < 0.3:
+            assert time.monotonic() < deadline and not call.done(), "the request never reached inference"
+            time.sleep(0.02)
         assert not call.done(), "the request must still be in flight when SIGTERM arrives"
         gateway.process.send_signal(signal.SIGTERM)
         inference.process.send_signal(signal.SIGTERM)
