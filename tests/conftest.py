@@ -56,9 +56,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, model_paths: list[Path]) -> I
             # checks the default per-source limits on gateways of their own.
             "CUTOUT_GATEWAY_SOURCE_RATE_PER_S": "1000",
             "CUTOUT_GATEWAY_SOURCE_RATE_BURST": "1000",
-            # Load shedding (WORK_IN_FLIGHT, 32): tests fire 50 removals at once to race the
-            # ledger; tests/mesh/test_faults.py checks the shedding on a gateway of its own.
+            # Load shedding (WORK_IN_FLIGHT, 32, and WORK_PER_ACCOUNT, 24): tests fire 50 removals
+            # at once from one account to race the ledger; tests/mesh/test_faults.py checks the
+            # shedding and the per-account share on gateways of their own.
             "CUTOUT_GATEWAY_WORK_IN_FLIGHT": "1000",
+            "CUTOUT_GATEWAY_WORK_PER_ACCOUNT": "1000",
             # Likewise the admin listener's throttles (tests/mesh/test_rights.py checks the defaults).
             "CUTOUT_ACCOUNTS_ADMIN_RATE_PER_S": "1000",
             "CUTOUT_ACCOUNTS_ADMIN_RATE_BURST": "1000",
