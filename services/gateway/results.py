@@ -7,7 +7,6 @@ gateway only asks both with the caller's account and joins the answers.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -20,8 +19,6 @@ from services.common.settings import API_KEY_METADATA
 from services.gateway import export
 from services.gateway.downstreams import RETENTION_UNAVAILABLE, Downstreams
 from services.gateway.settings import GatewaySettings
-
-log = logging.getLogger(__name__)
 
 # Accounts reads the caller from the API key, forwarded as it came.
 FORWARD_KEY = (API_KEY_METADATA,)

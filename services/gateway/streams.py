@@ -9,7 +9,6 @@ charged like a unary call (services/gateway/removals.py), once its bytes go to g
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
@@ -26,8 +25,6 @@ from services.gateway.charging import Handoff
 from services.gateway.downstreams import Downstreams
 from services.gateway.removals import Removals
 from services.gateway.settings import GatewaySettings
-
-log = logging.getLogger(__name__)
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
