@@ -443,11 +443,17 @@ def main() -> int:
                     result.compare(floor, references)
                     _print_case(result)
                 results += group
+        watch.start()  # the general model's batches peak here: Triton's memory bound is set by them
         try:
             models, models_table = quality.run(mesh, api_key, args.quick)
         except grpc.RpcError as error:  # a loaded machine can time a model out: keep the cases measured
             print(f"model quality and cost not measured: {error.code().name}", flush=True)
             models, models_table = {"error": error.code().name}, ""
+        peak = {role: round(mib) for role, mib in watch.stop()[1].items() if role != CLIENT}
+        models["peak_rss_mib"] = peak
+        models_table += (
+            "\nPeak RSS over the two steps above, MiB: " + ", ".join(f"{r} {m}" for r, m in peak.items()) + "\n"
+        )
     finally:
         mesh.stop()
 

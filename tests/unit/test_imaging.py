@@ -126,9 +126,9 @@ def test_decoded_images_are_not_kept_open_on_their_buffer():
 def test_refinement_in_bands_matches_refinement_in_one_piece(monkeypatch, astronaut):
     picture = astronaut.resize((1500, 1100))
     mask = np.random.default_rng(1).random((256, 256)).astype(np.float32)
-    banded = np.asarray(imaging.refine_mask(picture, mask), np.int16)
-    monkeypatch.setattr(imaging, "_BAND_ROWS", 10_000)
-    whole = np.asarray(imaging.refine_mask(picture, mask), np.int16)
+    whole = np.asarray(imaging.refine_mask(picture, mask), np.int16)  # cv2.resize of the whole maps
+    monkeypatch.setattr(imaging, "_WHOLE_PIXELS", 0)
+    banded = np.asarray(imaging.refine_mask(picture, mask), np.int16)  # warpAffine, band by band
     assert np.abs(banded - whole).max() <= 1
 
 
