@@ -30,9 +30,9 @@ log = logging.getLogger(__name__)
 
 # How often a request for a model the catalog does not know may trigger a new look
 # at the Triton servers' repositories (a model loaded since start-up).
+_REFRESH_INTERVAL_S = 5.0
 # A model spends at most this share of its time on canaries (see _canaries_answer).
 CANARY_TIME_SHARE = 0.01
-_REFRESH_INTERVAL_S = 5.0
 
 
 @dataclass
