@@ -208,15 +208,18 @@ def admin(admin_channel: grpc.Channel) -> cutout_pb2_grpc.AdminStub:
 
 
 @contextlib.contextmanager
-def another_gateway(mesh: Mesh, run_dir: Path, env: dict[str, str]) -> Iterator[ServiceProcess]:
-    """A second gateway on the session's inference, accounts and retention, with its own
-    environment (say, other prices or limits); stopped, and its exit checked, on the way out."""
+def another_gateway(
+    mesh: Mesh, run_dir: Path, env: dict[str, str], *, accounts: str = "", retention: str = ""
+) -> Iterator[ServiceProcess]:
+    """A second gateway on the session's inference, accounts and retention (or the `accounts`
+    and `retention` addresses given, say a fault proxy's), with its own environment (say,
+    other prices or limits); stopped, and its exit checked, on the way out."""
     gateway = gateway_process(
         run_dir,
         env,
         inference=mesh.inference.address,
-        accounts=mesh.accounts.address,
-        retention=mesh.retention.address,
+        accounts=accounts or mesh.accounts.address,
+        retention=retention or mesh.retention.address,
         pki=mesh.pki,
     )
     gateway.start()

@@ -150,6 +150,7 @@ class ModelCatalog:
             return False
         timeout = self.settings.readiness_timeout_s
         if not all([await self.models[name].server.is_ready(name, timeout) for name in required]):
+            self._canary_due.clear()  # a Triton that comes back is canaried at once
             return False
         return await self._canaries_answer(required)
 

@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.errors import error_details
-from services.launcher import Mesh, ServiceProcess, gateway_process
-from tests.conftest import encode, new_account
+from services.launcher import Mesh, ServiceProcess
+from tests.conftest import another_gateway, encode, new_account
 from tests.faultproxy import FaultProxy
 
 
@@ -44,21 +44,12 @@ def _until(predicate, within_s: float = 30.0) -> bool:  # type: ignore[no-untype
 @pytest.fixture
 def retention_behind_proxy(mesh: Mesh, tmp_path) -> Iterator[tuple[ServiceProcess, FaultProxy]]:
     proxy = FaultProxy(mesh.retention.address).start()
-    gateway = gateway_process(
-        tmp_path,
-        {**mesh.env, "CUTOUT_GATEWAY_RETENTION_TIMEOUT_S": "3"},
-        inference=mesh.inference.address,
-        accounts=mesh.accounts.address,
-        retention=proxy.address,
-        pki=mesh.pki,
-    )
-    gateway.start()
+    env = {**mesh.env, "CUTOUT_GATEWAY_RETENTION_TIMEOUT_S": "3"}
     try:
-        gateway.wait_serving()
-        yield gateway, proxy
+        with another_gateway(mesh, tmp_path, env, retention=proxy.address) as gateway:
+            yield gateway, proxy
+            proxy.heal()  # before the gateway stops
     finally:
-        proxy.heal()
-        assert gateway.stop() == 0
         proxy.stop()
 
 

@@ -40,7 +40,7 @@ from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.errors import error_details
 from services.launcher import Mesh, ServiceProcess, free_port, gateway_process
 from services.retention.models import KeptResult
-from tests.conftest import Customer, encode, new_account
+from tests.conftest import Customer, another_gateway, encode, new_account
 from tests.faultproxy import FaultProxy
 
 CLIENTS = 3
@@ -481,73 +481,49 @@ def test_overload_is_refused_with_retry_info_not_queued(rig: Rig, tmp_path: Path
     """More removals at once than a gateway's WORK_IN_FLIGHT: the excess is refused at once
     with OVERLOADED and a RetryInfo (never left waiting), and only what was delivered is
     charged. (bench/overload.py measures the same at 4x capacity, with timings.)"""
-    gateway = gateway_process(
-        tmp_path,
-        {**rig.mesh.env, "CUTOUT_GATEWAY_WORK_IN_FLIGHT": "2"},
-        inference=rig.mesh.inference.address,
-        accounts=rig.mesh.accounts.address,
-        retention=rig.mesh.retention.address,
-        pki=rig.mesh.pki,
-    )
-    gateway.start()
-    try:
-        gateway.wait_serving()
-        with gateway.channel() as channel:
-            account = new_account(channel, rig.mesh.admin_token, credits=1000)
-            stub = cutout_pb2_grpc.CutoutStub(channel)
-            request = cutout_pb2.RemoveBackgroundRequest(image=rig.photo)
-            calls = [stub.RemoveBackground.future(request, metadata=account.metadata, timeout=60) for _ in range(24)]
-            ok, refused, other = 0, [], []
-            for call in calls:
-                try:
-                    call.result()
-                    ok += 1
-                except grpc.RpcError as error:
-                    (refused if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else other).append(error)
-            assert not other, [f"{e.code().name}: {e.details()}" for e in other]
-            assert ok >= 2 and refused, f"{ok} OK, {len(refused)} refused"
-            for error in refused:
-                details = error_details(error)
-                assert [d.reason for d in details if isinstance(d, error_details_pb2.ErrorInfo)] == ["OVERLOADED"]
-                assert any(isinstance(d, error_details_pb2.RetryInfo) for d in details)
-            assert _until(lambda: _ledger_at(channel, account).balance.held == 0, 30)
-            ledger = _ledger_at(channel, account)
-            charged = 1000 - ledger.balance.available
-            assert charged == ok, f"{charged} charged for {ok} delivered"
-            # Every slot came back: two calls at once are admitted again.
-            again = [stub.RemoveBackground.future(request, metadata=account.metadata, timeout=60) for _ in range(2)]
-            assert all(call.result().result.width for call in again)
-    finally:
-        assert gateway.stop() == 0
+    env = {**rig.mesh.env, "CUTOUT_GATEWAY_WORK_IN_FLIGHT": "2"}
+    with another_gateway(rig.mesh, tmp_path, env) as gateway, gateway.channel() as channel:
+        account = new_account(channel, rig.mesh.admin_token, credits=1000)
+        stub = cutout_pb2_grpc.CutoutStub(channel)
+        request = cutout_pb2.RemoveBackgroundRequest(image=rig.photo)
+        calls = [stub.RemoveBackground.future(request, metadata=account.metadata, timeout=60) for _ in range(24)]
+        ok, refused, other = 0, [], []
+        for call in calls:
+            try:
+                call.result()
+                ok += 1
+            except grpc.RpcError as error:
+                (refused if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else other).append(error)
+        assert not other, [f"{e.code().name}: {e.details()}" for e in other]
+        assert ok >= 2 and refused, f"{ok} OK, {len(refused)} refused"
+        for error in refused:
+            details = error_details(error)
+            assert [d.reason for d in details if isinstance(d, error_details_pb2.ErrorInfo)] == ["OVERLOADED"]
+            assert any(isinstance(d, error_details_pb2.RetryInfo) for d in details)
+        assert _until(lambda: _ledger_at(channel, account).balance.held == 0, 30)
+        ledger = _ledger_at(channel, account)
+        charged = 1000 - ledger.balance.available
+        assert charged == ok, f"{charged} charged for {ok} delivered"
+        # Every slot came back: two calls at once are admitted again.
+        again = [stub.RemoveBackground.future(request, metadata=account.metadata, timeout=60) for _ in range(2)]
+        assert all(call.result().result.width for call in again)
 
 
 def test_one_accounts_flood_leaves_slots_to_the_others(rig: Rig, tmp_path: Path) -> None:
     """An account holds at most WORK_PER_ACCOUNT of the gateway's WORK_IN_FLIGHT: while one
     floods the gateway, another's calls are still admitted."""
-    gateway = gateway_process(
-        tmp_path,
-        {**rig.mesh.env, "CUTOUT_GATEWAY_WORK_IN_FLIGHT": "4", "CUTOUT_GATEWAY_WORK_PER_ACCOUNT": "2"},
-        inference=rig.mesh.inference.address,
-        accounts=rig.mesh.accounts.address,
-        retention=rig.mesh.retention.address,
-        pki=rig.mesh.pki,
-    )
-    gateway.start()
-    try:
-        gateway.wait_serving()
-        with gateway.channel() as channel:
-            flooder = new_account(channel, rig.mesh.admin_token, credits=100)
-            other = new_account(channel, rig.mesh.admin_token, credits=100)
-            stub = cutout_pb2_grpc.CutoutStub(channel)
-            request = cutout_pb2.RemoveBackgroundRequest(image=rig.photo)
-            flood = [stub.RemoveBackground.future(request, metadata=flooder.metadata, timeout=60) for _ in range(16)]
-            others = [stub.RemoveBackground.future(request, metadata=other.metadata, timeout=60) for _ in range(2)]
-            assert all(call.result().result.width for call in others), "the other account was crowded out"
-            refused = [call.exception() for call in flood if call.exception() is not None]
-            assert refused, "the flood was never refused"
-            assert all(error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for error in refused)
-    finally:
-        assert gateway.stop() == 0
+    env = {**rig.mesh.env, "CUTOUT_GATEWAY_WORK_IN_FLIGHT": "4", "CUTOUT_GATEWAY_WORK_PER_ACCOUNT": "2"}
+    with another_gateway(rig.mesh, tmp_path, env) as gateway, gateway.channel() as channel:
+        flooder = new_account(channel, rig.mesh.admin_token, credits=100)
+        other = new_account(channel, rig.mesh.admin_token, credits=100)
+        stub = cutout_pb2_grpc.CutoutStub(channel)
+        request = cutout_pb2.RemoveBackgroundRequest(image=rig.photo)
+        flood = [stub.RemoveBackground.future(request, metadata=flooder.metadata, timeout=60) for _ in range(16)]
+        others = [stub.RemoveBackground.future(request, metadata=other.metadata, timeout=60) for _ in range(2)]
+        assert all(call.result().result.width for call in others), "the other account was crowded out"
+        refused = [call.exception() for call in flood if call.exception() is not None]
+        assert refused, "the flood was never refused"
+        assert all(error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for error in refused)
 
 
 def _ledger_at(channel: grpc.Channel, account: Customer) -> account_pb2.ListLedgerResponse:

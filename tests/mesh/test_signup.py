@@ -20,8 +20,8 @@ from services.accounts.ledger import Ledger
 from services.accounts.mail import CODE_HEADER, Outbox, messages_to
 from services.accounts.store import AccountStore
 from services.common.errors import error_details
-from services.launcher import Mesh, ServiceProcess, accounts_process, gateway_process, write_secret
-from tests.conftest import SIGNUP_CREDITS, new_account, sign_up, sign_up_code
+from services.launcher import Mesh, ServiceProcess, accounts_process, write_secret
+from tests.conftest import SIGNUP_CREDITS, another_gateway, new_account, sign_up, sign_up_code
 
 
 def info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
@@ -147,20 +147,8 @@ def capped_gateway(mesh: Mesh, tmp_path: Path) -> Iterator[ServiceProcess]:
     accounts.start()
     try:
         accounts.wait_serving()
-        gateway = gateway_process(
-            run_dir,
-            mesh.env,
-            inference=mesh.inference.address,
-            accounts=accounts.address,
-            retention=mesh.retention.address,
-            pki=mesh.pki,
-        )
-        gateway.start()
-        try:
-            gateway.wait_serving()
+        with another_gateway(mesh, run_dir, mesh.env, accounts=accounts.address) as gateway:
             yield gateway
-        finally:
-            assert gateway.stop() == 0
     finally:
         assert accounts.stop() == 0
 

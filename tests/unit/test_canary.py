@@ -23,6 +23,10 @@ class FakeServer:
         self.delays = delays
         self.calls = dict.fromkeys(delays, 0)
         self.failing: set[str] = set()
+        self.up = True  # what is_ready answers
+
+    async def is_ready(self, model_name: str, timeout_s: float | None = None) -> bool:
+        return self.up
 
     async def infer(self, profile: ModelProfile, batch: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
         self.calls[profile.name] += 1
@@ -52,7 +56,9 @@ def _profile(name: str) -> ModelProfile:
 
 def _catalog(server: FakeServer, interval_s: float) -> ModelCatalog:
     """(Made inside a running loop: the catalog opens its Triton clients' channels.)"""
-    catalog = ModelCatalog(InferenceSettings(canary_interval_s=interval_s))
+    names = list(server.delays)
+    settings = InferenceSettings(canary_interval_s=interval_s, person_model=names[0], general_model=names[-1])
+    catalog = ModelCatalog(settings)
     catalog.models = {name: ServedModel(_profile(name), server, None) for name in server.delays}  # type: ignore[arg-type]
     return catalog
 
@@ -91,3 +97,20 @@ def test_a_failed_canary_keeps_the_service_out_until_the_model_answers_again():
         return seen
 
     assert asyncio.run(scenario()) == [True, False, False, True]
+
+
+def test_a_triton_that_was_down_is_canaried_as_soon_as_it_is_back():
+    heavy = "heavy"
+    server = FakeServer({heavy: 0.01})
+
+    async def scenario() -> list[bool]:
+        catalog = _catalog(server, interval_s=0.01)
+        seen = [await catalog.ready()]  # canaried; the next is >= 1 s away
+        server.up = False
+        seen.append(await catalog.ready())
+        server.up = True
+        seen.append(await catalog.ready())  # back: canaried again at once
+        return seen
+
+    assert asyncio.run(scenario()) == [True, False, True]
+    assert server.calls[heavy] == 2
