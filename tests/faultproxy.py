@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-PASS, BLACKHOLE, RESET = "pass", "blackhole", "reset"
+PASS, BLACKHOLE, RESET, ANSWERS_HELD = "pass", "blackhole", "reset", "answers held"
 
 
 @dataclass(eq=False)
@@ -63,6 +63,11 @@ class FaultProxy:
         """Bytes go in and nothing comes out (held, not dropped), on open connections and new ones."""
         self.mode = BLACKHOLE
 
+    def hold_answers(self) -> None:
+        """Bytes to the upstream pass, bytes back are held: the upstream does the work and its
+        answer is lost to the caller (until healed)."""
+        self.mode = ANSWERS_HELD
+
     def reset(self) -> None:
         """Open connections are reset (RST) and new ones are reset at once, until healed."""
         self.mode = RESET
@@ -104,20 +109,20 @@ class FaultProxy:
         link = _Link(writer, up_writer)
         self._links.add(link)
         try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            await asyncio.gather(self._pipe(reader, up_writer, True), self._pipe(up_reader, writer, False))
         finally:
             self._links.discard(link)
             for end in (writer, up_writer):
                 end.close()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool) -> None:
         try:
             while data := await reader.read(65536):
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
                 # A partition: nothing passes and nothing is refused; as with lost packets that
                 # TCP sends again, what was sent arrives once the link heals.
-                while self.mode == BLACKHOLE:  # noqa: ASYNC110 (steered from another thread)
+                while self.mode == BLACKHOLE or (self.mode == ANSWERS_HELD and not upstream):  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
                 if self.mode == RESET:
                     return

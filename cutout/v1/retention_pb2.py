@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from cutout.v1 import options_pb2 as cutout_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63utout/v1/retention.proto\x12\tcutout.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17\x63utout/v1/options.proto\"\x8a\x01\n\x0bStoreHeader\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06height\x18\x05 \x01(\r\x12&\n\x03ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"D\n\x0cStoreRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.cutout.v1.StoreHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"6\n\rStoreResponse\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.cutout.v1.KeptResult\"$\n\x13\x46\x65tchByTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"K\n\x14\x46\x65tchByTokenResponse\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.cutout.v1.KeptResult\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\":\n\x11\x46\x65tchOwnedRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tresult_id\x18\x02 \x01(\t\"I\n\x12\x46\x65tchOwnedResponse\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.cutout.v1.KeptResult\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\\\n\x10ListOwnedRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"T\n\x11ListOwnedResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.cutout.v1.KeptResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x12\x44\x65leteOwnedRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tresult_id\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteOwnedResponse\")\n\x13\x45raseAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\".\n\x14\x45raseAccountResponse\x12\x16\n\x0eresults_erased\x18\x01 \x01(\r\"L\n\x14ListAccessLogRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x11\n\tbefore_id\x18\x03 \x01(\x03\"v\n\x0e\x41\x63\x63\x65ssLogEntry\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x11\n\tresult_id\x18\x04 \x01(\t\x12\n\n\x02id\x18\x05 \x01(\x03\"C\n\x15ListAccessLogResponse\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.cutout.v1.AccessLogEntry2\xa4\x04\n\tRetention\x12<\n\x05Store\x12\x17.cutout.v1.StoreRequest\x1a\x18.cutout.v1.StoreResponse(\x01\x12Q\n\x0c\x46\x65tchByToken\x12\x1e.cutout.v1.FetchByTokenRequest\x1a\x1f.cutout.v1.FetchByTokenResponse0\x01\x12K\n\nFetchOwned\x12\x1c.cutout.v1.FetchOwnedRequest\x1a\x1d.cutout.v1.FetchOwnedResponse0\x01\x12\x46\n\tListOwned\x12\x1b.cutout.v1.ListOwnedRequest\x1a\x1c.cutout.v1.ListOwnedResponse\x12L\n\x0b\x44\x65leteOwned\x12\x1d.cutout.v1.DeleteOwnedRequest\x1a\x1e.cutout.v1.DeleteOwnedResponse\x12O\n\x0c\x45raseAccount\x12\x1e.cutout.v1.EraseAccountRequest\x1a\x1f.cutout.v1.EraseAccountResponse\x12R\n\rListAccessLog\x12\x1f.cutout.v1.ListAccessLogRequest\x1a .cutout.v1.ListAccessLogResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63utout/v1/retention.proto\x12\tcutout.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17\x63utout/v1/options.proto\"\x9d\x01\n\x0bStoreHeader\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06height\x18\x05 \x01(\r\x12&\n\x03ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tresult_id\x18\x07 \x01(\t\"D\n\x0cStoreRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.cutout.v1.StoreHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"6\n\rStoreResponse\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.cutout.v1.KeptResult\"$\n\x13\x46\x65tchByTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"K\n\x14\x46\x65tchByTokenResponse\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.cutout.v1.KeptResult\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\":\n\x11\x46\x65tchOwnedRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tresult_id\x18\x02 \x01(\t\"I\n\x12\x46\x65tchOwnedResponse\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.cutout.v1.KeptResult\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\\\n\x10ListOwnedRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"T\n\x11ListOwnedResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.cutout.v1.KeptResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x12\x44\x65leteOwnedRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tresult_id\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteOwnedResponse\")\n\x13\x45raseAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\".\n\x14\x45raseAccountResponse\x12\x16\n\x0eresults_erased\x18\x01 \x01(\r\"L\n\x14ListAccessLogRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x11\n\tbefore_id\x18\x03 \x01(\x03\"v\n\x0e\x41\x63\x63\x65ssLogEntry\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x11\n\tresult_id\x18\x04 \x01(\t\x12\n\n\x02id\x18\x05 \x01(\x03\"C\n\x15ListAccessLogResponse\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.cutout.v1.AccessLogEntry2\xa4\x04\n\tRetention\x12<\n\x05Store\x12\x17.cutout.v1.StoreRequest\x1a\x18.cutout.v1.StoreResponse(\x01\x12Q\n\x0c\x46\x65tchByToken\x12\x1e.cutout.v1.FetchByTokenRequest\x1a\x1f.cutout.v1.FetchByTokenResponse0\x01\x12K\n\nFetchOwned\x12\x1c.cutout.v1.FetchOwnedRequest\x1a\x1d.cutout.v1.FetchOwnedResponse0\x01\x12\x46\n\tListOwned\x12\x1b.cutout.v1.ListOwnedRequest\x1a\x1c.cutout.v1.ListOwnedResponse\x12L\n\x0b\x44\x65leteOwned\x12\x1d.cutout.v1.DeleteOwnedRequest\x1a\x1e.cutout.v1.DeleteOwnedResponse\x12O\n\x0c\x45raseAccount\x12\x1e.cutout.v1.EraseAccountRequest\x1a\x1f.cutout.v1.EraseAccountResponse\x12R\n\rListAccessLog\x12\x1f.cutout.v1.ListAccessLogRequest\x1a .cutout.v1.ListAccessLogResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,37 +35,37 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cutout.v1.retention_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STOREHEADER']._serialized_start=131
-  _globals['_STOREHEADER']._serialized_end=269
-  _globals['_STOREREQUEST']._serialized_start=271
-  _globals['_STOREREQUEST']._serialized_end=339
-  _globals['_STORERESPONSE']._serialized_start=341
-  _globals['_STORERESPONSE']._serialized_end=395
-  _globals['_FETCHBYTOKENREQUEST']._serialized_start=397
-  _globals['_FETCHBYTOKENREQUEST']._serialized_end=433
-  _globals['_FETCHBYTOKENRESPONSE']._serialized_start=435
-  _globals['_FETCHBYTOKENRESPONSE']._serialized_end=510
-  _globals['_FETCHOWNEDREQUEST']._serialized_start=512
-  _globals['_FETCHOWNEDREQUEST']._serialized_end=570
-  _globals['_FETCHOWNEDRESPONSE']._serialized_start=572
-  _globals['_FETCHOWNEDRESPONSE']._serialized_end=645
-  _globals['_LISTOWNEDREQUEST']._serialized_start=647
-  _globals['_LISTOWNEDREQUEST']._serialized_end=739
-  _globals['_LISTOWNEDRESPONSE']._serialized_start=741
-  _globals['_LISTOWNEDRESPONSE']._serialized_end=825
-  _globals['_DELETEOWNEDREQUEST']._serialized_start=827
-  _globals['_DELETEOWNEDREQUEST']._serialized_end=886
-  _globals['_DELETEOWNEDRESPONSE']._serialized_start=888
-  _globals['_DELETEOWNEDRESPONSE']._serialized_end=909
-  _globals['_ERASEACCOUNTREQUEST']._serialized_start=911
-  _globals['_ERASEACCOUNTREQUEST']._serialized_end=952
-  _globals['_ERASEACCOUNTRESPONSE']._serialized_start=954
-  _globals['_ERASEACCOUNTRESPONSE']._serialized_end=1000
-  _globals['_LISTACCESSLOGREQUEST']._serialized_start=1002
-  _globals['_LISTACCESSLOGREQUEST']._serialized_end=1078
-  _globals['_ACCESSLOGENTRY']._serialized_start=1080
-  _globals['_ACCESSLOGENTRY']._serialized_end=1198
-  _globals['_LISTACCESSLOGRESPONSE']._serialized_start=1200
-  _globals['_LISTACCESSLOGRESPONSE']._serialized_end=1267
-  _globals['_RETENTION']._serialized_start=1270
-  _globals['_RETENTION']._serialized_end=1818
+  _globals['_STOREHEADER']._serialized_end=288
+  _globals['_STOREREQUEST']._serialized_start=290
+  _globals['_STOREREQUEST']._serialized_end=358
+  _globals['_STORERESPONSE']._serialized_start=360
+  _globals['_STORERESPONSE']._serialized_end=414
+  _globals['_FETCHBYTOKENREQUEST']._serialized_start=416
+  _globals['_FETCHBYTOKENREQUEST']._serialized_end=452
+  _globals['_FETCHBYTOKENRESPONSE']._serialized_start=454
+  _globals['_FETCHBYTOKENRESPONSE']._serialized_end=529
+  _globals['_FETCHOWNEDREQUEST']._serialized_start=531
+  _globals['_FETCHOWNEDREQUEST']._serialized_end=589
+  _globals['_FETCHOWNEDRESPONSE']._serialized_start=591
+  _globals['_FETCHOWNEDRESPONSE']._serialized_end=664
+  _globals['_LISTOWNEDREQUEST']._serialized_start=666
+  _globals['_LISTOWNEDREQUEST']._serialized_end=758
+  _globals['_LISTOWNEDRESPONSE']._serialized_start=760
+  _globals['_LISTOWNEDRESPONSE']._serialized_end=844
+  _globals['_DELETEOWNEDREQUEST']._serialized_start=846
+  _globals['_DELETEOWNEDREQUEST']._serialized_end=905
+  _globals['_DELETEOWNEDRESPONSE']._serialized_start=907
+  _globals['_DELETEOWNEDRESPONSE']._serialized_end=928
+  _globals['_ERASEACCOUNTREQUEST']._serialized_start=930
+  _globals['_ERASEACCOUNTREQUEST']._serialized_end=971
+  _globals['_ERASEACCOUNTRESPONSE']._serialized_start=973
+  _globals['_ERASEACCOUNTRESPONSE']._serialized_end=1019
+  _globals['_LISTACCESSLOGREQUEST']._serialized_start=1021
+  _globals['_LISTACCESSLOGREQUEST']._serialized_end=1097
+  _globals['_ACCESSLOGENTRY']._serialized_start=1099
+  _globals['_ACCESSLOGENTRY']._serialized_end=1217
+  _globals['_LISTACCESSLOGRESPONSE']._serialized_start=1219
+  _globals['_LISTACCESSLOGRESPONSE']._serialized_end=1286
+  _globals['_RETENTION']._serialized_start=1289
+  _globals['_RETENTION']._serialized_end=1837
 # @@protoc_insertion_point(module_scope)

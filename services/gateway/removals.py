@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import secrets
 from collections.abc import Iterator
 
 import grpc
@@ -21,6 +22,7 @@ from services.common.errors import ServiceError, processing_restricted
 from services.common.wire import as_message
 from services.gateway import validation
 from services.gateway.charging import (
+    RETRYABLE,
     Charger,
     Deliver,
     erase_hash,
@@ -161,7 +163,10 @@ class Removals:
         result: options_pb2.CutoutImage,
         options: options_pb2.RemoveBackgroundOptions,
     ) -> options_pb2.KeptResult:
+        # The id is ours, so that a store whose answer is lost can still be deleted.
+        result_id = secrets.token_hex(16)
         header = retention_pb2.StoreHeader(
+            result_id=result_id,
             account_id=caller.account_id,
             plan=caller.plan,
             media_type=result.media_type,
@@ -182,17 +187,29 @@ class Removals:
             )
         except grpc.aio.AioRpcError as error:
             log.info("keeping a result failed: %s (not charged)", error.code().name)
+            # Retention may have kept it all the same (its answer lost, say): it goes.
+            self.charger.to_the_end(self._discard_kept(caller, result_id))
             raise ServiceError.from_downstream(
                 error, "the result could not be kept (retention unavailable); nothing was charged, retry"
             ) from None
         return stored.result
 
     async def _discard_kept(self, caller: accounts_pb2.AuthenticateResponse, result_id: str) -> None:
-        """Deletes a result kept for a call that failed after keeping it (nothing half-done stays)."""
-        try:
-            await self.down.retention.DeleteOwned(
-                retention_pb2.DeleteOwnedRequest(account_id=caller.account_id, result_id=result_id),
-                timeout=self.settings.retention_timeout_s,
-            )
-        except grpc.aio.AioRpcError as error:
-            log.warning("a kept result of a failed call could not be deleted (%s)", error.code().name)
+        """Deletes a result kept, or perhaps kept, for a call that failed (nothing half-done
+        stays), retrying while retention does not answer, up to settle_retry_s."""
+        delete = retention_pb2.DeleteOwnedRequest(account_id=caller.account_id, result_id=result_id)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.settings.settle_retry_s
+        pause = 0.1
+        while True:
+            try:
+                await self.down.retention.DeleteOwned(delete, timeout=self.settings.retention_timeout_s)
+                return
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    return  # never kept (a store cut off first is undone by retention itself)
+                if error.code() not in RETRYABLE or loop.time() + pause > give_up:
+                    log.warning("a kept result of a failed call could not be deleted (%s)", error.code().name)
+                    return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)

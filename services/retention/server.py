@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +31,8 @@ from services.retention.store import Fetched, ResultStore, SweepReport
 
 log = logging.getLogger(__name__)
 
+# A caller-chosen result id (StoreHeader.result_id): what retention itself makes, secrets.token_hex(16).
+RESULT_ID = re.compile(r"[0-9a-f]{32}")
 _stored = meter.create_counter("cutout.retention.stored", description="Results kept")
 _swept = meter.create_counter("cutout.retention.swept", description="Results removed by the sweep, by reason")
 
@@ -110,15 +114,29 @@ class RetentionServicer(retention_pb2_grpc.RetentionServicer):
             parts.append(chunk.data)
         if header is None or not header.account_id:
             raise invalid_argument("a store needs a header with the account id", field="header")
-        stored = await asyncio.to_thread(
-            self.store.store,
-            header.account_id,
-            b"".join(parts),
-            media_type=header.media_type,
-            width=header.width,
-            height=header.height,
-            ttl=self._ttl(header),
+        if header.result_id and not RESULT_ID.fullmatch(header.result_id):
+            raise invalid_argument("result_id is 32 lowercase hex digits, or empty", field="header.result_id")
+        storing = asyncio.ensure_future(
+            asyncio.to_thread(
+                self.store.store,
+                header.account_id,
+                b"".join(parts),
+                media_type=header.media_type,
+                width=header.width,
+                height=header.height,
+                ttl=self._ttl(header),
+                result_id=header.result_id,
+            )
         )
+        try:
+            stored = await asyncio.shield(storing)
+        except asyncio.CancelledError:
+            # The caller gave up while this was written (its deadline passed, say while a
+            # network held its bytes): it was told nothing was kept, so nothing stays.
+            with contextlib.suppress(Exception):
+                stored = await storing
+                await asyncio.to_thread(self.store.delete, header.account_id, stored.result.id)
+            raise
         count(_stored, 1)
         return retention_pb2.StoreResponse(result=_described(stored.result, stored.token))
 

@@ -132,12 +132,21 @@ class ResultStore:
     # -- store ------------------------------------------------------------------------
 
     def store(
-        self, account_id: str, data: bytes, *, media_type: str, width: int, height: int, ttl: timedelta
+        self,
+        account_id: str,
+        data: bytes,
+        *,
+        media_type: str,
+        width: int,
+        height: int,
+        ttl: timedelta,
+        result_id: str = "",
     ) -> Stored:
-        """Seals and writes the bytes; the result becomes visible only once they are all written."""
+        """Seals and writes the bytes; the result becomes visible only once they are all written.
+        `result_id`: the caller's (see StoreHeader), else a new one."""
         now = self.clock()
         # The prefix says what the token is and keeps it from starting with "-" (read as a flag).
-        result_id, token = secrets.token_hex(16), TOKEN_PREFIX + secrets.token_urlsafe(24)
+        result_id, token = result_id or secrets.token_hex(16), TOKEN_PREFIX + secrets.token_urlsafe(24)
         object_key = crypto.new_key()
         context = crypto.object_context(account_id, result_id)
         with Session(self.engine, expire_on_commit=False) as session, session.begin():

@@ -91,6 +91,39 @@ def test_a_retention_outage_fails_keeping_and_leaves_removals_serving(
         assert _until(kept), "keeping works again once retention is back"
 
 
+@pytest.mark.parametrize("fault", ["answers held", "blackhole"])
+def test_a_keep_whose_answer_is_lost_leaves_nothing_kept(mesh, raw_channel, astronaut, retention_behind_proxy, fault):
+    """Retention keeps the result but its answer is held past the gateway's retention timeout
+    (3 s), or the store itself is held: the call fails uncharged, and once the link heals
+    nothing of it stays kept (the gateway deletes by the id it chose; a store that arrives
+    after its caller gave up is undone by retention)."""
+    gateway, proxy = retention_behind_proxy
+    account = new_account(raw_channel, mesh.admin_token, credits=10)
+    request = cutout_pb2.RemoveBackgroundRequest(
+        image=encode(astronaut.resize((128, 128)), "JPEG"),
+        options=options_pb2.RemoveBackgroundOptions(keep_result=True),
+    )
+    with gateway.channel() as channel:
+        stub = cutout_pb2_grpc.CutoutStub(channel)
+
+        def listed() -> int:
+            return len(stub.ListResults(cutout_pb2.ListResultsRequest(), metadata=account.metadata, timeout=30).results)
+
+        assert stub.RemoveBackground(request, metadata=account.metadata, timeout=60).kept.result_id
+        assert listed() == 1
+        proxy.hold_answers() if fault == "answers held" else proxy.blackhole()
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.RemoveBackground(request, metadata=account.metadata, timeout=60)
+        assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        proxy.heal()
+        time.sleep(2)  # the held store reaches retention; the gateway's delete retries
+        assert _until(lambda: listed() == 1), "the failed call's result was deleted"
+        time.sleep(2)
+        assert listed() == 1, "nothing of the failed call came back"
+        balance = stub.GetBalance(account_pb2.GetBalanceRequest(), metadata=account.metadata, timeout=10)
+        assert (balance.available, balance.held) == (9, 0), "only the call that was served is charged"
+
+
 def test_inference_is_ready_only_while_a_canary_inference_answers(mesh, tmp_path):
     """Triton's models say READY either way; only the canary tells them apart. A canary
     that cannot answer in time (1 ms) keeps the service NOT_SERVING and says why.

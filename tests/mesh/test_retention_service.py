@@ -114,6 +114,21 @@ def test_time_to_live_is_capped_by_the_plan(retention):
     assert "at most 30 days on the free plan" in caught.value.details()
 
 
+def test_a_store_keeps_the_callers_result_id_so_a_lost_answer_can_be_undone(retention):
+    """The gateway names the result before storing it: if the answer never reaches it, it
+    still deletes what may have been kept. Ids it could not have made are refused."""
+    retention_stub = stub(retention)
+    chosen = "0123456789abcdef" * 2
+    stored = retention_stub.Store(chunks("acct-c", b"x", result_id=chosen), timeout=30).result
+    assert stored.result_id == chosen
+    retention_stub.DeleteOwned(retention_pb2.DeleteOwnedRequest(account_id="acct-c", result_id=chosen), timeout=30)
+    assert not retention_stub.ListOwned(retention_pb2.ListOwnedRequest(account_id="acct-c"), timeout=30).results
+    for bad in ("../etc", "ABCDEF" * 6, "0" * 31):
+        with pytest.raises(grpc.RpcError) as caught:
+            retention_stub.Store(chunks("acct-c", b"x", result_id=bad), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_killed_in_the_middle_of_a_store_leaves_nothing_listable(tmp_path):
     env = retention_env(tmp_path, "local")
     service = ServiceProcess("retention", env, tmp_path)
