@@ -303,20 +303,13 @@ class Charger:
         undo = accounts_pb2.ReleaseRequest(
             account_id=settle.account_id, reservation_id=settle.reservation_id, undelivered=True
         )
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.settings.settle_retry_s
-        pause = 0.1
-        while True:
-            try:
-                await self.accounts.Release(undo, timeout=self.settings.accounts_timeout_s)
-                count(_credits, amount / credits.MILLI, {"operation": "release"})
-                return
-            except grpc.aio.AioRpcError as error:
-                if error.code() not in RETRYABLE or loop.time() + pause > give_up:
-                    log.warning("release failed (%s); the hold lapses by itself", error.code().name)
-                    return
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 5.0)
+        failed = await retried(
+            lambda: self.accounts.Release(undo, timeout=self.settings.accounts_timeout_s), self.settings.settle_retry_s
+        )
+        if failed is None:
+            count(_credits, amount / credits.MILLI, {"operation": "release"})
+        else:
+            log.warning("release failed (%s); the hold lapses by itself", failed.name)
 
     async def _release_once_reserved(
         self, reserve: accounts_pb2.ReserveRequest, reserving: asyncio.Task[accounts_pb2.ReserveResponse]
@@ -329,6 +322,24 @@ class Charger:
         if reserved.outcome in OWNED:
             settle = accounts_pb2.CommitRequest(account_id=reserve.account_id, reservation_id=reserved.reservation_id)
             await self._undo(settle, reserve.amount_millicredits)
+
+
+async def retried(call: Callable[[], Awaitable[object]], give_up_s: float) -> grpc.StatusCode | None:
+    """Runs `call` until it answers, again with backoff (0.1 s, doubling to 5 s) while its error
+    is RETRYABLE, for up to `give_up_s`: None once it succeeded, else the code it stopped on.
+    For work that outlives its call (a release, a refund, the deletion of a kept result)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + give_up_s
+    pause = 0.1
+    while True:
+        try:
+            await call()
+            return None
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in RETRYABLE or loop.time() + pause > give_up:
+                return error.code()
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 5.0)
 
 
 def new_key(idempotency_key: str) -> tuple[str, bool]:

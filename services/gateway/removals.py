@@ -22,7 +22,6 @@ from services.common.errors import ServiceError, processing_restricted
 from services.common.wire import as_message
 from services.gateway import validation
 from services.gateway.charging import (
-    RETRYABLE,
     Charger,
     Deliver,
     erase_hash,
@@ -30,6 +29,7 @@ from services.gateway.charging import (
     price,
     report_charge,
     request_hash,
+    retried,
 )
 from services.gateway.downstreams import Downstreams, inference_error
 from services.gateway.settings import GatewaySettings
@@ -198,18 +198,10 @@ class Removals:
         """Deletes a result kept, or perhaps kept, for a call that failed (nothing half-done
         stays), retrying while retention does not answer, up to settle_retry_s."""
         delete = retention_pb2.DeleteOwnedRequest(account_id=caller.account_id, result_id=result_id)
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.settings.settle_retry_s
-        pause = 0.1
-        while True:
-            try:
-                await self.down.retention.DeleteOwned(delete, timeout=self.settings.retention_timeout_s)
-                return
-            except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.NOT_FOUND:
-                    return  # never kept (a store cut off first is undone by retention itself)
-                if error.code() not in RETRYABLE or loop.time() + pause > give_up:
-                    log.warning("a kept result of a failed call could not be deleted (%s)", error.code().name)
-                    return
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 5.0)
+        failed = await retried(
+            lambda: self.down.retention.DeleteOwned(delete, timeout=self.settings.retention_timeout_s),
+            self.settings.settle_retry_s,
+        )
+        # NOT_FOUND: never kept (a store cut off first is undone by retention itself).
+        if failed not in (None, grpc.StatusCode.NOT_FOUND):
+            log.warning("a kept result of a failed call could not be deleted (%s)", failed.name)

@@ -182,9 +182,9 @@ class ModelCatalog:
                 self._canary_failed.add(name)
                 self._canary_due[name] = time.monotonic() + interval
                 break  # one Triton timeout per probe at most
-            took = time.monotonic() - now
+            done = time.monotonic()
             self._canary_failed.discard(name)
-            self._canary_due[name] = time.monotonic() + max(interval, took / CANARY_TIME_SHARE)
+            self._canary_due[name] = done + max(interval, (done - now) / CANARY_TIME_SHARE)
         return not self._canary_failed
 
     async def get(self, name: str) -> ServedModel:
