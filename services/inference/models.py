@@ -4,8 +4,9 @@ The catalog asks every configured Triton server for its ready models and their
 configs; each model whose config declares a profile (`profiles.py`) gets its own
 batcher, so requests are batched per model and a slow model's queue never holds up
 a fast one's. A request names a model, or a subject: PERSON and ANY map to the
-models the settings name; AUTO tries the person model first and keeps its mask only
-when it looks like a person (see `looks_like_person`), else runs the general model.
+models the settings name; at DETAIL_FAST, AUTO tries the person model first and keeps its
+mask only when it looks like a person (see `looks_like_person`), else runs the general
+model (the levels: `detail.py`).
 """
 
 from __future__ import annotations
@@ -142,8 +143,8 @@ class ModelCatalog:
         )
 
     async def ready(self) -> bool:
-        """Ready when the person and general models are served and their servers say they are ready."""
-        required = (self.settings.person_model, self.settings.general_model)
+        """Ready when the person and general models (both levels') are served and their servers say they are ready."""
+        required = (self.settings.person_model, self.settings.general_model, self.settings.fine_model)
         if any(name not in self.models for name in required):
             await self.refresh()
         if any(name not in self.models for name in required):
@@ -191,7 +192,7 @@ class ModelCatalog:
         if name not in self.models and time.monotonic() - self._refreshed_at >= _REFRESH_INTERVAL_S:
             await self.refresh()
         if name not in self.models:
-            if name in (self.settings.person_model, self.settings.general_model):
+            if name in (self.settings.person_model, self.settings.general_model, self.settings.fine_model):
                 raise unavailable_model(name)  # configured, so it is expected back
             served = ", ".join(sorted(self.models)) or "none right now"
             raise invalid_argument(f"unknown model {name!r}; this service runs: {served}", field="options.model")

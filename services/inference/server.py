@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from services.common.errors import ServiceError
 from services.common.server import ServiceSpec
 from services.common.telemetry import count, meter, stage, tracer
 from services.common.tls import Identity
-from services.inference import imaging, inpainting
+from services.inference import detail, imaging, inpainting, matting
 from services.inference.models import ModelCatalog, ServedModel, looks_like_person
 from services.inference.pixel_budget import PixelBudget
 from services.inference.settings import InferenceSettings
@@ -51,10 +52,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         )
         self.pool = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="pixels")
         self._in_pool = 0  # tasks submitted to `pool` and not finished
-        # Parts of one picture's guided filter, run beside the pool thread that asked for
-        # them, but only while nothing else is in the pool: under load the cores are taken
-        # and splitting the work would only add thread switches.
-        self.filter_helpers = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="filter")
+        self.matting = functools.partial(
+            matting.matte,
+            side=settings.matting_side,
+            band=settings.matting_band_px,
+            max_iterations=settings.matting_max_iterations,
+        )
         self.pixel_budget = PixelBudget(settings.max_pixels_in_flight)
 
     async def _cpu(self, fn: Callable[..., T], *args: object) -> T:
@@ -74,7 +77,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         timings = options_pb2.StageTimings()
         # Options first: a wrong option costs no decoding and no model time.
         spec = output_spec.OutputSpec.from_proto(request.options, self.encoders)
-        model, fallback = await self._models_for(request.options)
+        model, fallback, level = await self._models_for(request.options)
         header = await self._cpu(imaging.open_image, request.image, self.limits)
         backdrop = None
         if spec.background_image:
@@ -82,7 +85,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         width, height = header.size
         pixels = width * height + (backdrop.width * backdrop.height if backdrop is not None else 0)
         async with self.pixel_budget.hold(pixels):
-            return await self._process(header, backdrop, spec, model, fallback, timings, started)
+            return await self._process(header, backdrop, spec, model, fallback, level, timings, started)
 
     def _open_background(self, data: bytes) -> Image.Image:
         try:
@@ -92,16 +95,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 error.code, f"background_image: {error.message}", reason=error.reason, field="options.background_image"
             ) from None
 
-    async def _models_for(self, options: options_pb2.RemoveBackgroundOptions) -> tuple[ServedModel, str | None]:
-        """The model to run first, and the model AUTO falls back to when the first finds no person."""
+    async def _models_for(
+        self, options: options_pb2.RemoveBackgroundOptions
+    ) -> tuple[ServedModel, str | None, detail.Level]:
+        """The model to run first, the model AUTO falls back to when the first finds no
+        person, and the detail level (services/inference/detail.py)."""
         output_spec.check_subject(options)
         subject = options.subject or Subject.SUBJECT_AUTO
+        level = detail.level(options, self.settings)
         if options.model:
-            return await self.catalog.get(options.model), None
-        if subject == Subject.SUBJECT_ANY:
-            return await self.catalog.get(self.settings.general_model), None
+            return await self.catalog.get(options.model), None, level
+        if subject == Subject.SUBJECT_ANY or (subject == Subject.SUBJECT_AUTO and not level.person_first):
+            return await self.catalog.get(level.general_model), None, level
         person = await self.catalog.get(self.settings.person_model)
-        return person, (self.settings.general_model if subject == Subject.SUBJECT_AUTO else None)
+        return person, (level.general_model if subject == Subject.SUBJECT_AUTO else None), level
 
     async def _run_model(self, model: ServedModel, tensor: np.ndarray, timings: options_pb2.StageTimings) -> np.ndarray:
         """One image through a model's batcher: its foreground probability at the model's size."""
@@ -122,6 +129,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         spec: output_spec.OutputSpec,
         model: ServedModel,
         fallback: str | None,
+        level: detail.Level,
         timings: options_pb2.StageTimings,
         started: float,
     ) -> inference_pb2.SegmentResponse:
@@ -141,8 +149,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
         format_name = options_pb2.OutputFormat.Name(spec.format)
         stages = imaging.Stages()
-        helpers = self.filter_helpers if self._in_pool == 0 else None
-        rendered, fraction = await self._cpu(imaging.finish, prepared, probability, spec, helpers, stages)
+        matting = self.matting if level.matting else None
+        rendered, fraction = await self._cpu(imaging.finish, prepared, probability, spec, matting, stages)
         _record(stages, timings, {"cutout.output_format": format_name})
         timings.total_ms = _ms_since(started)
         count(_images, 1, {"cutout.output_format": format_name})
@@ -228,7 +236,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         if self.inpainter is not None:
             await self.inpainter.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.filter_helpers.shutdown(wait=False, cancel_futures=True)
 
 
 def _record(

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import MIB, ServiceSettings
-from services.inference.model import GENERAL_MODEL, PERSON_MODEL
+from services.inference.model import FINE_MODEL, GENERAL_MODEL, PERSON_MODEL
 
 
 class InferenceSettings(ServiceSettings):
@@ -30,9 +32,19 @@ class InferenceSettings(ServiceSettings):
     # says its models are ready but cannot infer is not ready.
     canary_interval_s: float = 10.0
     canary_timeout_s: float = 10.0
-    # The models behind `subject: PERSON` and `subject: ANY` (AUTO tries the first, then the second).
+    # The models behind `subject: PERSON` and `subject: ANY` (at DETAIL_FAST, AUTO tries the
+    # first, then the second), and the general model of DETAIL_FINE (services/inference/detail.py).
     person_model: str = PERSON_MODEL
     general_model: str = GENERAL_MODEL
+    fine_model: str = FINE_MODEL
+    # The level a request that names none gets: fast, balanced or fine.
+    default_detail: Literal["fast", "balanced", "fine"] = "fine"
+    # Alpha matting (services/inference/matting.py) works on the picture scaled to at most
+    # this many pixels on its long side, in a band this wide around the mask's outline, and
+    # stops after this many solver iterations: its cost is bounded whatever the upload.
+    matting_side: int = Field(default=640, ge=64, le=2048)
+    matting_band_px: int = Field(default=3, ge=1, le=16)
+    matting_max_iterations: int = Field(default=400, ge=10)
     # AUTO keeps the person model's mask when it covers this much of the picture ...
     auto_person_min_area: float = 0.02
     auto_person_max_area: float = 0.8

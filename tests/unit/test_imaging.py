@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -62,23 +61,6 @@ def test_pixel_limit_is_checked_before_decoding():
     assert imaging.decode(encode(Image.new("RGB", (100, 100)), "PNG"), small_limits).size == (100, 100)
 
 
-def test_refinement_follows_the_image_edge_not_the_coarse_mask():
-    # A bright square on black at 512 px; the "model" saw it on a 32-pixel grid.
-    image = Image.new("RGB", (512, 512))
-    image.paste((230, 230, 230), (128, 128, 384, 384))
-    coarse = np.zeros((32, 32), np.float32)
-    coarse[8:24, 8:24] = 1
-    alpha = np.asarray(imaging.refine_mask(image, coarse), np.float32) / 255
-    plain = np.asarray(Image.fromarray(coarse, "F").resize((512, 512), Image.Resampling.BILINEAR))
-    inside, outside = alpha[140:372, 140:372], np.concatenate([alpha[:100].ravel(), alpha[412:].ravel()])
-    assert inside.min() > 0.9 and outside.max() < 0.1
-    # Across the edge, the refined matte jumps where the picture's edge is (between
-    # columns 127 and 128); plain upsampling only ramps over the model's grid.
-    refined_steps, plain_steps = np.diff(alpha[256, :256]), np.diff(plain[256, :256])
-    assert int(np.argmax(refined_steps)) == 127 and refined_steps.max() > 0.3
-    assert plain_steps.max() < 0.1
-
-
 def spec(**options) -> output_spec.OutputSpec:
     return output_spec.OutputSpec.from_proto(
         options_pb2.RemoveBackgroundOptions(**options), output_spec.EncoderDefaults()
@@ -121,24 +103,6 @@ def test_decoded_images_are_not_kept_open_on_their_buffer():
     image = imaging.decode(data, LIMITS)
     del data
     assert image.getpixel((0, 0)) == (0, 0, 0)
-
-
-def test_refinement_in_bands_matches_refinement_in_one_piece(monkeypatch, astronaut):
-    picture = astronaut.resize((1500, 1100))
-    mask = np.random.default_rng(1).random((256, 256)).astype(np.float32)
-    whole = np.asarray(imaging.refine_mask(picture, mask), np.int16)  # cv2.resize of the whole maps
-    monkeypatch.setattr(imaging, "_WHOLE_PIXELS", 0)
-    banded = np.asarray(imaging.refine_mask(picture, mask), np.int16)  # warpAffine, band by band
-    assert np.abs(banded - whole).max() <= 1
-
-
-def test_refinement_spread_over_helper_threads_is_the_same_refinement(astronaut):
-    picture = astronaut.resize((1500, 1100))
-    mask = np.random.default_rng(2).random((256, 256)).astype(np.float32)
-    alone = np.asarray(imaging.refine_mask(picture, mask))
-    with ThreadPoolExecutor(2) as helpers:
-        spread = np.asarray(imaging.refine_mask(picture, mask, helpers=helpers))
-    assert np.array_equal(alone, spread)
 
 
 def test_preview_size_is_at_most_a_quarter_megapixel_and_never_larger():
