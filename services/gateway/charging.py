@@ -23,6 +23,7 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, TypeVar
 
 import grpc
@@ -68,9 +69,13 @@ Deliver = Callable[[R, Handoff], Awaitable[None]]
 # -- what is charged -------------------------------------------------------------------
 
 
-def price(settings: GatewaySettings, size: int) -> int:
-    """The price of a removal at a size, in millicredits (the ledger's unit)."""
-    return credits.to_milli(settings.price_preview if size == options_pb2.SIZE_PREVIEW else settings.price_full)
+def price(settings: GatewaySettings, options: options_pb2.RemoveBackgroundOptions) -> int:
+    """The price of a removal with these options (size, model), in millicredits (the ledger's unit)."""
+    full = settings.price_per_model.get(options.model, settings.price_full)
+    if options.size == options_pb2.SIZE_PREVIEW:
+        share = full * settings.price_preview / settings.price_full
+        return credits.to_milli(share.quantize(Decimal("0.001"), rounding=ROUND_HALF_UP))
+    return credits.to_milli(full)
 
 
 def request_hash(request: cutout_pb2.RemoveBackgroundRequest) -> str:
@@ -201,7 +206,7 @@ class Charger:
             reserve = accounts_pb2.ReserveRequest(
                 account_id=account_id,
                 idempotency_key=idempotency_key,
-                amount_millicredits=price(self.settings, size),
+                amount_millicredits=price(self.settings, resolved.options),
                 request_hash=await asyncio.to_thread(request_hash, resolved),
             )
             try:

@@ -85,7 +85,7 @@ class Removals:
             reserve = accounts_pb2.ReserveRequest(
                 account_id=caller.account_id,
                 idempotency_key=idempotency_key,
-                amount_millicredits=price(self.settings, size),
+                amount_millicredits=price(self.settings, request.options),
                 request_hash=await asyncio.to_thread(request_hash, request),
             )
             reserved, segmenting = await self.charger.reserve_then_start(

@@ -44,6 +44,10 @@ class GatewaySettings(ServiceSettings):
     # (a preview a quarter of a full result). Decimals to 0.001 credit, the ledger's unit.
     price_full: Decimal = Field(default=Decimal(1), ge=Decimal("0.001"), decimal_places=3)
     price_preview: Decimal = Field(default=Decimal("0.25"), ge=Decimal("0.001"), decimal_places=3)
+    # A removal by a model named here (options.model) costs its price instead of
+    # price_full, and a preview by it the same share of that as price_preview is of
+    # price_full: JSON, e.g. {"isnet": 3} for the opt-in quality tier.
+    price_per_model: dict[str, Decimal] = Field(default_factory=dict)
     # Credits one EraseRegions (or one stream item carrying regions) costs.
     price_per_erase: Decimal = Field(default=Decimal(1), ge=Decimal("0.001"), decimal_places=3)
     # Flow control of RemoveBackgroundStream: items read and not yet answered, per
@@ -95,4 +99,7 @@ class GatewaySettings(ServiceSettings):
     def _preview_not_dearer(self) -> GatewaySettings:
         if self.price_preview > self.price_full:
             raise ValueError(f"price_preview ({self.price_preview}) is more than price_full ({self.price_full})")
+        for model, amount in self.price_per_model.items():
+            if amount < Decimal("0.001") or amount != amount.quantize(Decimal("0.001")):
+                raise ValueError(f"price_per_model[{model!r}] ({amount}) must be at least 0.001, to 0.001")
         return self

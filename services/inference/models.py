@@ -144,7 +144,9 @@ class ModelCatalog:
 
     async def ready(self) -> bool:
         """Ready when the person and general models (both levels') are served and their servers say they are ready."""
-        required = (self.settings.person_model, self.settings.general_model, self.settings.fine_model)
+        required = tuple(
+            dict.fromkeys((self.settings.person_model, self.settings.general_model, self.settings.fine_model))
+        )
         if any(name not in self.models for name in required):
             await self.refresh()
         if any(name not in self.models for name in required):

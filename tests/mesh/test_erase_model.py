@@ -18,7 +18,7 @@ from PIL import Image
 from cutout.v1 import cutout_pb2_grpc, erase_pb2, inference_pb2, inference_pb2_grpc
 from services.common.channels import channel_options
 from services.inference.inpainting import EraseMethod
-from services.inference.model import GENERAL_MODEL, MODEL_REPOSITORY, PERSON_MODEL
+from services.inference.model import GENERAL_MODEL, MODEL_REPOSITORY, PERSON_MODEL, REQUIRED_MODELS
 from services.inference.triton_local import LocalTriton
 from services.launcher import ServiceProcess, free_port
 from tests.conftest import decode, encode, new_account
@@ -50,7 +50,7 @@ def inference_with_a_model(tmp_path_factory, model_paths: list[Path]) -> Iterato
     work = tmp_path_factory.mktemp("inpainting-slot")
     repository = work / "models"
     ignore = shutil.ignore_patterns("__pycache__")
-    for name in (PERSON_MODEL, GENERAL_MODEL):
+    for name in REQUIRED_MODELS:
         shutil.copytree(MODEL_REPOSITORY / name, repository / name, ignore=ignore)
     shutil.copytree(SLOTS / "inpainting", repository / "inpainting", ignore=ignore)
     (repository / "inpainting" / "1").mkdir()

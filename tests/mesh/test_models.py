@@ -27,6 +27,7 @@ from services.inference.model import (
     GENERAL_MODEL,
     MODEL_REPOSITORY,
     PERSON_MODEL,
+    REQUIRED_MODELS,
     TRITON_BACKENDS,
     U2NETP,
     dynamic_batch,
@@ -149,7 +150,7 @@ parameters { key: "cutout.output" value: { string_value: "probability" } }
 @pytest.fixture(scope="module")
 def mesh_with_a_third_model(tmp_path_factory: pytest.TempPathFactory, model_paths: list[Path]) -> Iterator[Mesh]:
     repository = tmp_path_factory.mktemp("models")
-    for name in (PERSON_MODEL, GENERAL_MODEL):
+    for name in REQUIRED_MODELS:
         shutil.copytree(MODEL_REPOSITORY / name, repository / name)
     folder = repository / "selfie_segmentation_landscape"
     LANDSCAPE.fetch(folder / "1" / "selfie_segmentation_landscape.tflite")

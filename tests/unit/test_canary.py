@@ -57,7 +57,9 @@ def _profile(name: str) -> ModelProfile:
 def _catalog(server: FakeServer, interval_s: float) -> ModelCatalog:
     """(Made inside a running loop: the catalog opens its Triton clients' channels.)"""
     names = list(server.delays)
-    settings = InferenceSettings(canary_interval_s=interval_s, person_model=names[0], general_model=names[-1])
+    settings = InferenceSettings(
+        canary_interval_s=interval_s, person_model=names[0], general_model=names[-1], fine_model=names[-1]
+    )
     catalog = ModelCatalog(settings)
     catalog.models = {name: ServedModel(_profile(name), server, None) for name in server.delays}  # type: ignore[arg-type]
     return catalog

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -194,11 +195,11 @@ def test_size_auto_takes_full_when_the_balance_covers_it_else_preview() -> None:
     request = cutout_pb2.RemoveBackgroundRequest(
         image=b"x", options=options_pb2.RemoveBackgroundOptions(size=options_pb2.SIZE_AUTO)
     )
-    full, preview = price(SETTINGS, options_pb2.SIZE_FULL), price(SETTINGS, options_pb2.SIZE_PREVIEW)
+    full, preview = price(SETTINGS, _sized(options_pb2.SIZE_FULL)), price(SETTINGS, _sized(options_pb2.SIZE_PREVIEW))
 
     async def auto(accounts: FakeAccounts) -> int:
         reserve, _, resolved = await charger(accounts).reserve_auto(FakeContext(), "a1", request, "k1")
-        assert reserve.amount_millicredits == price(SETTINGS, resolved.options.size)
+        assert reserve.amount_millicredits == price(SETTINGS, resolved.options)
         return resolved.options.size
 
     assert asyncio.run(auto(FakeAccounts())) == options_pb2.SIZE_FULL
@@ -213,9 +214,24 @@ def test_size_auto_takes_full_when_the_balance_covers_it_else_preview() -> None:
     assert reason_of(caught.value) == "INSUFFICIENT_CREDITS"
 
 
+def _sized(size: int, model: str = "") -> options_pb2.RemoveBackgroundOptions:
+    return options_pb2.RemoveBackgroundOptions(size=size, model=model)
+
+
 def test_prices_are_millicredits_and_the_response_shows_both_units() -> None:
-    assert price(SETTINGS, options_pb2.SIZE_FULL) == int(SETTINGS.price_full * 1000)
-    assert price(SETTINGS, options_pb2.SIZE_PREVIEW) == int(SETTINGS.price_preview * 1000)
+    assert price(SETTINGS, _sized(options_pb2.SIZE_FULL)) == int(SETTINGS.price_full * 1000)
+    assert price(SETTINGS, _sized(options_pb2.SIZE_PREVIEW)) == int(SETTINGS.price_preview * 1000)
     response = cutout_pb2.RemoveBackgroundResponse()
     report_charge(response, 2500)
     assert (response.credits_charged_decimal, response.credits_charged) == ("2.5", 2)
+
+
+def test_a_model_with_a_price_of_its_own_costs_it_and_its_preview_the_same_share() -> None:
+    settings = GatewaySettings(
+        price_full=Decimal(1), price_preview=Decimal("0.25"), price_per_model={"isnet": Decimal(3)}
+    )
+    assert price(settings, _sized(options_pb2.SIZE_FULL, "isnet")) == 3000
+    assert price(settings, _sized(options_pb2.SIZE_PREVIEW, "isnet")) == 750
+    assert price(settings, _sized(options_pb2.SIZE_FULL, "u2net")) == 1000  # no price of its own: price_full
+    with pytest.raises(ValueError):
+        GatewaySettings(price_per_model={"isnet": Decimal("0.0001")})
