@@ -128,12 +128,20 @@ def test_blurred_original_background(gateway, astronaut_png, astronaut, alpha):
 # Placement ----------------------------------------------------------------------------
 
 
-def test_scale_half_centres_a_subject_box_of_half_the_canvas(gateway, astronaut_png, alpha):
-    result = remove(gateway, astronaut_png, scale=50).result
+# The placement tests measure boxes to a few pixels, so they cut out at the fine level: the fast
+# level's mask of this photo keeps a faint, half-opaque ghost of the flag up to the frame's edge,
+# whose box is blurred by any resampling.
+FINE = options_pb2.DETAIL_FINE
+
+
+def test_scale_half_centres_a_subject_box_of_half_the_canvas(gateway, astronaut_png):
+    result = remove(gateway, astronaut_png, scale=50, detail=FINE).result
     out_alpha = pixels(result.image)[..., 3]
     left, top, right, bottom = box_of(out_alpha)
     width, height = right - left, bottom - top
-    original = box_of(alpha)
+    original = box_of(
+        pixels(remove(gateway, astronaut_png, format=options_pb2.OUTPUT_FORMAT_MASK, detail=FINE).result.image)
+    )
     aspect = (original[2] - original[0]) / (original[3] - original[1])
     # The limiting side is half the canvas, the aspect kept.
     assert max(width, height) == pytest.approx(256, abs=3)
@@ -150,6 +158,7 @@ def test_position_percent_and_original(gateway, astronaut_png, alpha):
         position=options_pb2.POSITION_PERCENT,
         position_x_percent=100,
         position_y_percent=0,
+        detail=FINE,
     ).result
     left, top, right, bottom = box_of(pixels(corner.image)[..., 3])
     assert right == pytest.approx(512, abs=2) and top == pytest.approx(0, abs=2), "flush top right"
