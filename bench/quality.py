@@ -14,8 +14,11 @@ S-measure (structure, higher is better), MAE (lower) and weighted F (higher).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import datetime as dt
 import io
+import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -30,7 +33,7 @@ from PIL import Image, ImageOps
 
 from bench.load import unary_load
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
-from services.common.assets import ASTRONAUT, BRICK, COFFEE, GRASS, GRAVEL, HORSE, LOGO, PAGE, WheelAsset
+from services.common.assets import ASTRONAUT, BRICK, COFFEE, GRASS, GRAVEL, HOPPER, HORSE, LOGO, PAGE, WheelAsset
 from services.common.channels import channel_options
 from services.common.settings import API_KEY_METADATA
 from services.common.tls import channel_credentials
@@ -43,6 +46,7 @@ from services.inference.model import (
     fetch_models,
 )
 from services.inference.profiles import ModelProfile, load_config
+from services.inference.settings import InferenceSettings
 from services.inference.triton_local import LocalTriton, model_counts
 from services.launcher import ROOT, Mesh, demo_account
 
@@ -264,10 +268,31 @@ def run(mesh: Mesh, api_key: str, quick: bool) -> tuple[dict[str, object], str]:
     return payload, markdown(quality, speeds, samples)
 
 
+def _one_megapixel(asset: WheelAsset, folder: Path) -> bytes:
+    """A photo resampled to about 1 MP and saved as a camera would (JPEG q90)."""
+    image = _image(asset, folder).convert("RGB")
+    factor = (1_000_000 / (image.width * image.height)) ** 0.5
+    out = io.BytesIO()
+    image.resize((round(image.width * factor), round(image.height * factor)), Image.Resampling.BICUBIC).save(
+        out, "JPEG", quality=90
+    )
+    return out.getvalue()
+
+
 def main() -> int:
-    """python -m bench.quality: only this part of `make bench`, on a mesh of its own."""
+    """python -m bench.quality: the soft-edge evaluation (bench/edge_quality.py), the hard-edged
+    set as a regression check, and each level's cost, on a mesh of its own with the service's
+    defaults. Writes bench/results/quality-<time>.json and .md, the contact sheet and the plot
+    under docs/images/quality/, and the README's quality tables."""
+    from bench import edge_quality, softedge
+    from bench.run import RESULTS, ProcessWatch, update_readme
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--repeats", type=int, default=6, help="requests per level and photo for the cost")
+    args = parser.parse_args()
     fetch_models()
     data_dir = ROOT / ".data" / "bench-quality"
+    samples = softedge.composites(data_dir / "samples")
     mesh = Mesh(data_dir=data_dir)
     mesh.start()
     try:
@@ -275,14 +300,45 @@ def main() -> int:
             mesh.gateway.address,
             mesh.admin_token,
             data_dir,
-            credits=1000,
+            credits=5000,
             ca_file=mesh.ca_file,
             admin=mesh.admin_address,
         )
-        _, table = run(mesh, api_key, quick=True)
+        gateway, ca_file = mesh.gateway.address, mesh.ca_file
+        levels, cutouts = edge_quality.levels(gateway, ca_file, api_key, samples)
+        hard_set = evaluation_set(data_dir / "samples")
+        regression = measure_quality(gateway, ca_file, api_key, hard_set)
+        photos = {
+            "portrait": _one_megapixel(HOPPER, data_dir / "samples"),
+            "product": _one_megapixel(COFFEE, data_dir / "samples"),
+        }
+        costs = edge_quality.cost(gateway, ca_file, api_key, photos, ProcessWatch(mesh), args.repeats)
     finally:
         mesh.stop()
+    steps = edge_quality.steps(samples, InferenceSettings())
+    shown = edge_quality.sheet_indices(samples)
+    edge_quality.contact_sheet(
+        [samples[i] for i in shown],
+        {label: [images[i] for i in shown] for label, images in cutouts.items()},
+        edge_quality.IMAGES / "contact-sheet.png",
+    )
+    edge_quality.plot(levels, steps, costs, edge_quality.IMAGES / "quality-vs-cost.png")
+    table = edge_quality.markdown(levels, steps, costs, samples)
+    table += "\n" + markdown(regression, [], hard_set).split("\n\nCost per model")[0] + "\n"
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    payload = {
+        "samples": [s.name for s in samples],
+        "levels": {row.label: {"total": row.total(), "per_image": [x.as_dict() for x in row.scores]} for row in levels},
+        "steps": {row.label: {"total": row.total(), "per_image": [x.as_dict() for x in row.scores]} for row in steps},
+        "cost": costs,
+        "hard_edged_set": regression,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"quality-{stamp}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"quality-{stamp}.md").write_text(table)
+    update_readme(table, "quality")
     print("\n" + table)
+    print(f"saved bench/results/quality-{stamp}.json and .md; the pictures in {edge_quality.IMAGES}")
     return 0
 
 

@@ -59,6 +59,7 @@ class Composite:
     category: str  # portrait, animal, product
     photo: bytes  # PNG
     truth: np.ndarray  # float32 alpha in [0, 1]
+    foreground: np.ndarray  # float32 RGB in [0, 1]: the subject's colours where truth > 0
 
 
 def photo_of(subject: str, folder: Path) -> Image.Image:
@@ -104,7 +105,13 @@ def composites(folder: Path = ROOT / ".cache" / "samples") -> list[Composite]:
             out = io.BytesIO()
             Image.fromarray((np.clip(mixed, 0, 1) * 255 + 0.5).astype(np.uint8)).save(out, "PNG")
             result.append(
-                Composite(f"{subject} on {background_name}", category, out.getvalue(), alpha.astype(np.float32))
+                Composite(
+                    f"{subject} on {background_name}",
+                    category,
+                    out.getvalue(),
+                    alpha.astype(np.float32),
+                    foreground.astype(np.float32),
+                )
             )
     return result
 

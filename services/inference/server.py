@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -78,6 +79,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         # Options first: a wrong option costs no decoding and no model time.
         spec = output_spec.OutputSpec.from_proto(request.options, self.encoders)
         model, fallback, level = await self._models_for(request.options)
+        if level.clean_edges and spec.format != options_pb2.OUTPUT_FORMAT_MASK:
+            spec = dataclasses.replace(spec, clean_edges=True)
         header = await self._cpu(imaging.open_image, request.image, self.limits)
         backdrop = None
         if spec.background_image:
