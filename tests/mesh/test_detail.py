@@ -141,3 +141,19 @@ def test_the_quality_tier_is_not_served_unless_an_operator_opted_in(gateway, ast
         remove(gateway, astronaut_png, model=ISNET.file.model)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "unknown model 'isnet'" in caught.value.details()
+
+
+def test_the_fine_level_estimates_the_foreground_colour_at_the_edge(gateway, astronaut_png, astronaut):
+    fine = options_pb2.DETAIL_FINE
+    mask = np.asarray(
+        decode(remove(gateway, astronaut_png, detail=fine, format=options_pb2.OUTPUT_FORMAT_MASK).result.image).convert(
+            "L"
+        )
+    )
+    cutout = np.asarray(decode(remove(gateway, astronaut_png, detail=fine).result.image))
+    edge = (mask > 20) & (mask < 235)
+    assert edge.sum() > 200
+    assert np.array_equal(cutout[..., 3], mask), "the same alpha as the mask"
+    changed = np.abs(cutout[..., :3].astype(int) - np.asarray(astronaut, int)).max(axis=-1) > 8
+    assert changed[edge].mean() > 0.5, "edge colours are the foreground's estimate, not the photo's mix"
+    assert changed[mask == 255].mean() < 0.01, "inside the subject the photo's colours stay"
