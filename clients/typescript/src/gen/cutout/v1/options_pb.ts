@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cutout/v1/options.proto.
  */
 export const file_cutout_v1_options: GenFile = /*@__PURE__*/
-  fileDesc("ChdjdXRvdXQvdjEvb3B0aW9ucy5wcm90bxIJY3V0b3V0LnYxIkAKBFJlY3QSDAoEbGVmdBgBIAEoDRILCgN0b3AYAiABKA0SDQoFd2lkdGgYAyABKA0SDgoGaGVpZ2h0GAQgASgNIq0FChdSZW1vdmVCYWNrZ3JvdW5kT3B0aW9ucxInCgZmb3JtYXQYASABKA4yFy5jdXRvdXQudjEuT3V0cHV0Rm9ybWF0EhgKEGJhY2tncm91bmRfY29sb3IYAiABKAkSFwoPY3JvcF90b19zdWJqZWN0GAMgASgIEhYKDmNyb3BfbWFyZ2luX3B4GAQgASgNEhEKCW1heF93aWR0aBgFIAEoDRISCgptYXhfaGVpZ2h0GAYgASgNEhoKEmNvbXByZXNzaW9uX2VmZm9ydBgHIAEoDRIPCgdxdWFsaXR5GAggASgNEhMKC2tlZXBfcmVzdWx0GAkgASgIEisKCGtlZXBfdHRsGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiMKB3N1YmplY3QYCyABKA4yEi5jdXRvdXQudjEuU3ViamVjdBINCgVtb2RlbBgMIAEoCRIdCgRzaXplGBQgASgOMg8uY3V0b3V0LnYxLlNpemUSGAoQYmFja2dyb3VuZF9pbWFnZRgVIAEoDBIwCg5iYWNrZ3JvdW5kX2ZpdBgWIAEoDjIYLmN1dG91dC52MS5CYWNrZ3JvdW5kRml0EhcKD2JsdXJfYmFja2dyb3VuZBgXIAEoCBINCgVzY2FsZRgYIAEoDRIlCghwb3NpdGlvbhgZIAEoDjITLmN1dG91dC52MS5Qb3NpdGlvbhIaChJwb3NpdGlvbl94X3BlcmNlbnQYGiABKA0SGgoScG9zaXRpb25feV9wZXJjZW50GBsgASgNEhwKA3JvaRgcIAEoCzIPLmN1dG91dC52MS5SZWN0EhsKE2Nyb3BfbWFyZ2luX3BlcmNlbnQYHSABKA0SEgoKYWRkX3NoYWRvdxgeIAEoCBITCgtjbGVhbl9lZGdlcxgfIAEoCCKyAQoMU3RhZ2VUaW1pbmdzEhEKCWRlY29kZV9tcxgBIAEoARIVCg1wcmVwcm9jZXNzX21zGAIgASgBEhUKDWJhdGNoX3dhaXRfbXMYAyABKAESEAoIbW9kZWxfbXMYBCABKAESFgoOcG9zdHByb2Nlc3NfbXMYBSABKAESEQoJZW5jb2RlX21zGAYgASgBEhAKCHRvdGFsX21zGAcgASgBEhIKCmJhdGNoX3NpemUYCCABKA0i2AEKC0N1dG91dEltYWdlEg0KBWltYWdlGAEgASgMEhIKCm1lZGlhX3R5cGUYAiABKAkSDQoFd2lkdGgYAyABKA0SDgoGaGVpZ2h0GAQgASgNEhsKE2ZvcmVncm91bmRfZnJhY3Rpb24YBSABKAISDQoFbW9kZWwYBiABKAkSJwoOZm9yZWdyb3VuZF9ib3gYCiABKAsyDy5jdXRvdXQudjEuUmVjdBITCgthbHBoYV9pbWFnZRgLIAEoDBIdCgRzaXplGAwgASgOMg8uY3V0b3V0LnYxLlNpemUizwEKCktlcHRSZXN1bHQSEQoJcmVzdWx0X2lkGAEgASgJEg0KBXRva2VuGAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCm1lZGlhX3R5cGUYBSABKAkSDQoFd2lkdGgYBiABKA0SDgoGaGVpZ2h0GAcgASgNEgwKBHNpemUYCCABKAQiQgoLUmVzdWx0Q2h1bmsSJQoGcmVzdWx0GAEgASgLMhUuY3V0b3V0LnYxLktlcHRSZXN1bHQSDAoEZGF0YRgCIAEoDCrxAQoMT3V0cHV0Rm9ybWF0Eh0KGU9VVFBVVF9GT1JNQVRfVU5TUEVDSUZJRUQQABIVChFPVVRQVVRfRk9STUFUX1BORxABEhYKEk9VVFBVVF9GT1JNQVRfV0VCUBACEhYKEk9VVFBVVF9GT1JNQVRfTUFTSxADEh8KG09VVFBVVF9GT1JNQVRfSlBFR19PTl9DT0xPUhAEEh4KGk9VVFBVVF9GT1JNQVRfUE5HX09OX0NPTE9SEAUSFgoST1VUUFVUX0ZPUk1BVF9BVVRPEAYSIgoeT1VUUFVUX0ZPUk1BVF9DT0xPUl9BTFBIQV9QQUlSEAcqTAoEU2l6ZRIUChBTSVpFX1VOU1BFQ0lGSUVEEAASEAoMU0laRV9QUkVWSUVXEAESDQoJU0laRV9GVUxMEAISDQoJU0laRV9BVVRPEAMqYQoNQmFja2dyb3VuZEZpdBIeChpCQUNLR1JPVU5EX0ZJVF9VTlNQRUNJRklFRBAAEhgKFEJBQ0tHUk9VTkRfRklUX0NPVkVSEAESFgoSQkFDS0dST1VORF9GSVRfRklUEAIqZgoIUG9zaXRpb24SGAoUUE9TSVRJT05fVU5TUEVDSUZJRUQQABIVChFQT1NJVElPTl9PUklHSU5BTBABEhMKD1BPU0lUSU9OX0NFTlRFUhACEhQKEFBPU0lUSU9OX1BFUkNFTlQQAypZCgdTdWJqZWN0EhcKE1NVQkpFQ1RfVU5TUEVDSUZJRUQQABIQCgxTVUJKRUNUX0FVVE8QARISCg5TVUJKRUNUX1BFUlNPThACEg8KC1NVQkpFQ1RfQU5ZEANiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChdjdXRvdXQvdjEvb3B0aW9ucy5wcm90bxIJY3V0b3V0LnYxIkAKBFJlY3QSDAoEbGVmdBgBIAEoDRILCgN0b3AYAiABKA0SDQoFd2lkdGgYAyABKA0SDgoGaGVpZ2h0GAQgASgNItAFChdSZW1vdmVCYWNrZ3JvdW5kT3B0aW9ucxInCgZmb3JtYXQYASABKA4yFy5jdXRvdXQudjEuT3V0cHV0Rm9ybWF0EhgKEGJhY2tncm91bmRfY29sb3IYAiABKAkSFwoPY3JvcF90b19zdWJqZWN0GAMgASgIEhYKDmNyb3BfbWFyZ2luX3B4GAQgASgNEhEKCW1heF93aWR0aBgFIAEoDRISCgptYXhfaGVpZ2h0GAYgASgNEhoKEmNvbXByZXNzaW9uX2VmZm9ydBgHIAEoDRIPCgdxdWFsaXR5GAggASgNEhMKC2tlZXBfcmVzdWx0GAkgASgIEisKCGtlZXBfdHRsGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiMKB3N1YmplY3QYCyABKA4yEi5jdXRvdXQudjEuU3ViamVjdBINCgVtb2RlbBgMIAEoCRIdCgRzaXplGBQgASgOMg8uY3V0b3V0LnYxLlNpemUSGAoQYmFja2dyb3VuZF9pbWFnZRgVIAEoDBIwCg5iYWNrZ3JvdW5kX2ZpdBgWIAEoDjIYLmN1dG91dC52MS5CYWNrZ3JvdW5kRml0EhcKD2JsdXJfYmFja2dyb3VuZBgXIAEoCBINCgVzY2FsZRgYIAEoDRIlCghwb3NpdGlvbhgZIAEoDjITLmN1dG91dC52MS5Qb3NpdGlvbhIaChJwb3NpdGlvbl94X3BlcmNlbnQYGiABKA0SGgoScG9zaXRpb25feV9wZXJjZW50GBsgASgNEhwKA3JvaRgcIAEoCzIPLmN1dG91dC52MS5SZWN0EhsKE2Nyb3BfbWFyZ2luX3BlcmNlbnQYHSABKA0SEgoKYWRkX3NoYWRvdxgeIAEoCBITCgtjbGVhbl9lZGdlcxgfIAEoCBIhCgZkZXRhaWwYKCABKA4yES5jdXRvdXQudjEuRGV0YWlsIrIBCgxTdGFnZVRpbWluZ3MSEQoJZGVjb2RlX21zGAEgASgBEhUKDXByZXByb2Nlc3NfbXMYAiABKAESFQoNYmF0Y2hfd2FpdF9tcxgDIAEoARIQCghtb2RlbF9tcxgEIAEoARIWCg5wb3N0cHJvY2Vzc19tcxgFIAEoARIRCgllbmNvZGVfbXMYBiABKAESEAoIdG90YWxfbXMYByABKAESEgoKYmF0Y2hfc2l6ZRgIIAEoDSLYAQoLQ3V0b3V0SW1hZ2USDQoFaW1hZ2UYASABKAwSEgoKbWVkaWFfdHlwZRgCIAEoCRINCgV3aWR0aBgDIAEoDRIOCgZoZWlnaHQYBCABKA0SGwoTZm9yZWdyb3VuZF9mcmFjdGlvbhgFIAEoAhINCgVtb2RlbBgGIAEoCRInCg5mb3JlZ3JvdW5kX2JveBgKIAEoCzIPLmN1dG91dC52MS5SZWN0EhMKC2FscGhhX2ltYWdlGAsgASgMEh0KBHNpemUYDCABKA4yDy5jdXRvdXQudjEuU2l6ZSLPAQoKS2VwdFJlc3VsdBIRCglyZXN1bHRfaWQYASABKAkSDQoFdG9rZW4YAiABKAkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKbWVkaWFfdHlwZRgFIAEoCRINCgV3aWR0aBgGIAEoDRIOCgZoZWlnaHQYByABKA0SDAoEc2l6ZRgIIAEoBCJCCgtSZXN1bHRDaHVuaxIlCgZyZXN1bHQYASABKAsyFS5jdXRvdXQudjEuS2VwdFJlc3VsdBIMCgRkYXRhGAIgASgMKvEBCgxPdXRwdXRGb3JtYXQSHQoZT1VUUFVUX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhUKEU9VVFBVVF9GT1JNQVRfUE5HEAESFgoST1VUUFVUX0ZPUk1BVF9XRUJQEAISFgoST1VUUFVUX0ZPUk1BVF9NQVNLEAMSHwobT1VUUFVUX0ZPUk1BVF9KUEVHX09OX0NPTE9SEAQSHgoaT1VUUFVUX0ZPUk1BVF9QTkdfT05fQ09MT1IQBRIWChJPVVRQVVRfRk9STUFUX0FVVE8QBhIiCh5PVVRQVVRfRk9STUFUX0NPTE9SX0FMUEhBX1BBSVIQBypMCgRTaXplEhQKEFNJWkVfVU5TUEVDSUZJRUQQABIQCgxTSVpFX1BSRVZJRVcQARINCglTSVpFX0ZVTEwQAhINCglTSVpFX0FVVE8QAyphCg1CYWNrZ3JvdW5kRml0Eh4KGkJBQ0tHUk9VTkRfRklUX1VOU1BFQ0lGSUVEEAASGAoUQkFDS0dST1VORF9GSVRfQ09WRVIQARIWChJCQUNLR1JPVU5EX0ZJVF9GSVQQAipmCghQb3NpdGlvbhIYChRQT1NJVElPTl9VTlNQRUNJRklFRBAAEhUKEVBPU0lUSU9OX09SSUdJTkFMEAESEwoPUE9TSVRJT05fQ0VOVEVSEAISFAoQUE9TSVRJT05fUEVSQ0VOVBADKlkKB1N1YmplY3QSFwoTU1VCSkVDVF9VTlNQRUNJRklFRBAAEhAKDFNVQkpFQ1RfQVVUTxABEhIKDlNVQkpFQ1RfUEVSU09OEAISDwoLU1VCSkVDVF9BTlkQAypXCgZEZXRhaWwSFgoSREVUQUlMX1VOU1BFQ0lGSUVEEAASDwoLREVUQUlMX0ZBU1QQARITCg9ERVRBSUxfQkFMQU5DRUQQAhIPCgtERVRBSUxfRklORRADYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A rectangle in the input picture's pixels (after EXIF orientation).
@@ -219,6 +219,13 @@ export type RemoveBackgroundOptions = Message<"cutout.v1.RemoveBackgroundOptions
    * @generated from field: bool clean_edges = 31;
    */
   cleanEdges: boolean;
+
+  /**
+   * Speed against fidelity at the edges: see Detail.
+   *
+   * @generated from field: cutout.v1.Detail detail = 40;
+   */
+  detail: Detail;
 };
 
 /**
@@ -648,8 +655,10 @@ export enum Subject {
   UNSPECIFIED = 0,
 
   /**
-   * The person model when its mask shows a confident person (fast: portraits), else
-   * the general model. The response's `model` says which one ran.
+   * At DETAIL_FAST, the person model when its mask shows a confident person (portraits),
+   * else the general model; at the finer levels, the level's general model, whose
+   * outlines measured closer to the truth on portraits too. The response's `model` says
+   * which one ran.
    *
    * @generated from enum value: SUBJECT_AUTO = 1;
    */
@@ -675,4 +684,50 @@ export enum Subject {
  */
 export const SubjectSchema: GenEnum<Subject> = /*@__PURE__*/
   enumDesc(file_cutout_v1_options, 4);
+
+/**
+ * How much work goes into the cut-out's edges (hair, fur, soft outlines): speed against
+ * fidelity, measured by `python -m bench.quality`. With `model` named, the level's
+ * refinement still applies; with SUBJECT_PERSON, the person model runs at every level.
+ *
+ * @generated from enum cutout.v1.Detail
+ */
+export enum Detail {
+  /**
+   * the service's default level (DEFAULT_DETAIL, FINE unless set)
+   *
+   * @generated from enum value: DETAIL_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The fast models, their mask upsampled: AUTO's person model for portraits, else
+   * U²-Net-p. Tens of milliseconds of CPU per picture.
+   *
+   * @generated from enum value: DETAIL_FAST = 1;
+   */
+  FAST = 1,
+
+  /**
+   * U²-Net-p, then alpha matting in a thin band around the edge.
+   *
+   * @generated from enum value: DETAIL_BALANCED = 2;
+   */
+  BALANCED = 2,
+
+  /**
+   * Full U²-Net, then alpha matting in a thin band around the edge, and the foreground's
+   * colours estimated at the edge (as `clean_edges`): about 1.5 s of CPU per 1 MP picture
+   * without a GPU.
+   *
+   * @generated from enum value: DETAIL_FINE = 3;
+   */
+  FINE = 3,
+}
+
+/**
+ * Describes the enum cutout.v1.Detail.
+ */
+export const DetailSchema: GenEnum<Detail> = /*@__PURE__*/
+  enumDesc(file_cutout_v1_options, 5);
 
