@@ -73,10 +73,11 @@ test: setup
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit
 
-# The mesh under load against the floor, then erase quality on held-out photos;
-# writes bench/results/ and the README's tables.
+# The mesh under load against the floor, edge quality per detail level with its contact sheet,
+# then erase quality on held-out photos; writes bench/results/ and the README's tables.
 bench: setup
 	$(PY) -m bench.run
+	$(PY) -m bench.quality
 	$(PY) -m bench.erase
 	$(PY) -m bench.overload
 
