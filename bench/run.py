@@ -9,8 +9,9 @@ shares the cores) and their peak resident memory. The floor (bench/floor.py) is
 measured in the same run, right before and right after the mesh's cases of each photo
 and output, because a shared machine's speed drifts over minutes; every mesh figure is
 also given as a ratio to the mean of the two. Results go to bench/results/ (JSON and
-Markdown) and the README. Then bench/quality.py scores the models' masks on a set with known
-truth and measures each model's cost against the model in-process.
+Markdown), their tables into docs/benchmarks.md and docs/models/index.md, and their plots
+(bench/plots.py) under docs/images/bench/. Then bench/quality.py scores the models' masks on a
+set with known truth and measures each model's cost against the model in-process.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import grpc
 import psutil
 from PIL import Image
 
-from bench import quality
+from bench import plots, quality
 from bench.floor import FloorResult, measure_floor
 from bench.load import gateway_channel, unary_load
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
@@ -45,7 +46,9 @@ from services.inference.triton_local import model_counts
 from services.launcher import ROOT, Mesh, demo_account
 
 RESULTS = ROOT / "bench" / "results"
-README = ROOT / "README.md"
+# The pages whose marked sections (<!-- name:start --> ... <!-- name:end -->) a full run rewrites.
+BENCH_PAGE = ROOT / "docs" / "benchmarks.md"
+MODELS_PAGE = ROOT / "docs" / "models" / "index.md"
 SIZES = {"1MP": (1024, 1024), "12MP": (3464, 3464)}
 FORMATS = {
     "png": options_pb2.OUTPUT_FORMAT_PNG,
@@ -347,13 +350,13 @@ def _load(result: CaseResult) -> str:
     return f"stream of {result.requests}" if result.mode == "stream" else str(result.concurrency)
 
 
-def update_readme(table: str, section: str = "bench") -> None:
-    text = README.read_text()
+def update_page(page: Path, table: str, section: str = "bench") -> None:
+    text = page.read_text()
     start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
     if start in text and end in text:
         before, rest = text.split(start, 1)
         after = rest.split(end, 1)[1]
-        README.write_text(f"{before}{start}\n{table}{end}{after}")
+        page.write_text(f"{before}{start}\n{table}{end}{after}")
 
 
 def _unary_requests(size: str, concurrency: int, quick: bool) -> int:
@@ -468,9 +471,10 @@ def main() -> int:
     (results_dir / f"{stamp}.md").write_text(table + "\n" + models_table)
     if not args.quick:
         (RESULTS / "latest.md").write_text(table + "\n" + models_table)
-        update_readme(table)
+        update_page(BENCH_PAGE, table)
         if models_table:
-            update_readme(models_table, "models")
+            update_page(MODELS_PAGE, models_table, "models")
+        plots.write_all(results_dir / f"{stamp}.json")
     print("\n" + table + "\n" + models_table)
     print(f"saved {results_dir / stamp}.json and .md")
     return 0
