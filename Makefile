@@ -74,7 +74,8 @@ test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit
 
 # The mesh under load against the floor, then erase quality on held-out photos;
-# writes bench/results/ and the README's tables.
+# writes bench/results/, the tables of docs/benchmarks.md (and the models' and erasing pages) and
+# the plots under docs/images/.
 bench: setup
 	$(PY) -m bench.run
 	$(PY) -m bench.erase

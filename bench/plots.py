@@ -20,9 +20,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -145,7 +145,8 @@ def write_all(results: Path | None = None, out: Path = PLOTS) -> list[Path]:
     """The benchmark's plots of one run (the newest full run by default), under docs/images/bench/."""
     results = results or latest_results()
     run = json.loads(results.read_text())
-    source = f"make bench, {results.stem}: {run['machine'].get('cores', '?')} cores, Triton {run['machine'].get('triton', '')}"
+    machine = run["machine"]
+    source = f"make bench, {results.stem}: {machine.get('cores', '?')} cores, Triton {machine.get('triton', '')}"
     return [
         throughput(run, source, out / "throughput.png"),
         latency(run, source, out / "latency.png"),

@@ -43,7 +43,7 @@ from services.common.assets import ASTRONAUT
 from services.common.settings import API_KEY_METADATA
 from services.inference.model import PERSON_MODEL, fetch_models
 from services.inference.triton_local import model_counts
-from services.launcher import ROOT, Mesh, demo_account
+from services.launcher import ROOT, Mesh, demo_account, run_demo
 
 RESULTS = ROOT / "bench" / "results"
 # The pages whose marked sections (<!-- name:start --> ... <!-- name:end -->) a full run rewrites.
@@ -454,6 +454,9 @@ def main() -> int:
             models, models_table = {"error": error.code().name}, ""
         peak = {role: round(mib) for role, mib in watch.stop()[1].items() if role != CLIENT}
         models["peak_rss_mib"] = peak
+        if not args.quick:  # the README's picture, from the same mesh as `make up`'s demo
+            cutout = run_demo(mesh.gateway.address, data_dir, api_key, ca_file=mesh.ca_file)
+            plots.before_after(ASTRONAUT.fetch(data_dir / "samples" / "astronaut.png"), cutout)
         models_table += (
             "\nPeak RSS over the two steps above, MiB: " + ", ".join(f"{r} {m}" for r, m in peak.items()) + "\n"
         )
