@@ -111,7 +111,7 @@ def reasons_raised(root: Path = ROOT / "services") -> dict[str, set[tuple[str, s
 
     found: dict[str, set[tuple[str, str | None]]] = {}
     for path, tree in trees.items():
-        where = str(path.relative_to(ROOT))
+        where = str(path.relative_to(root.parent))
         for node in ast.walk(tree):
             hits: list[tuple[str, str | None]] = []
             if isinstance(node, ast.Call):
