@@ -75,8 +75,18 @@ REASONS: tuple[Reason, ...] = (
         "BadRequest (`region`)",
     ),
     Reason("WEAK_PASSWORD", (C.INVALID_ARGUMENT,), "a password that is too easy to guess", "BadRequest (`password`)"),
-    Reason("AGE_NOT_CONFIRMED", (C.INVALID_ARGUMENT,), "sign-up without `age_confirmed` (at least 13)", "BadRequest"),
-    Reason("EMAIL_TAKEN", (C.ALREADY_EXISTS,), "`ChangeEmail` to an address another account uses", "BadRequest"),
+    Reason(
+        "AGE_NOT_CONFIRMED",
+        (C.INVALID_ARGUMENT,),
+        "sign-up without `age_confirmed` (at least 13)",
+        "BadRequest (`age_confirmed`)",
+    ),
+    Reason(
+        "EMAIL_TAKEN",
+        (C.ALREADY_EXISTS,),
+        "`ChangeEmail` to an address another account uses",
+        "BadRequest (`new_email`)",
+    ),
     # Accounts and their data
     Reason(
         "ACCOUNT_NOT_FOUND", (C.NOT_FOUND,), "an account, or an admin's target, that does not exist (or was erased)"
