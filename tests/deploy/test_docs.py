@@ -22,8 +22,8 @@ DOCS = ROOT / "docs"
 MKDOCS = [sys.executable, "-m", "mkdocs"]
 # What names the docs from code: a page by its path from the root, maybe with an anchor.
 DOCS_REFERENCE = re.compile(r"\bdocs/((?:[\w-]+/)*[\w-]+\.md)(?:#([\w-]+))?")
-# What named a README section by its title: README, "Overload" / the README's "Lists and pages" / ...
-README_SECTION = re.compile("READ" + r"ME[^\n\"]{0,24}\"[A-Z][^\"\n]*\"|READ" + r"ME's [\w ]*(?:section|notes)\b")
+# What named a README section by its title: the word, then a quoted title close by, or "... section".
+SECTION_BY_TITLE = re.compile("READ" + r"ME[^\n\"]{0,24}\"[A-Z][^\"\n]*\"|READ" + r"ME's [\w ]*(?:section|notes)\b")
 # Where code and tests live (what a comment or test could point from).
 CODE = ("services", "cutout", "tests", "bench", "tools", "k8s", "protos", "clients", "fuzz")
 CODE_FILES = ("Dockerfile", "Makefile", "mkdocs.yml", "pyproject.toml", ".ci/run")
@@ -92,7 +92,7 @@ def bad_references(paths: list[Path], site: Path) -> list[str]:
             continue
         where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
         for line_number, line in enumerate(text.splitlines(), 1):
-            for match in README_SECTION.finditer(line):
+            for match in SECTION_BY_TITLE.finditer(line):
                 problems.append(f"{where}:{line_number}: names a README section: {match.group(0)!r}")
             for page, anchor in DOCS_REFERENCE.findall(line):
                 reason = broken(site, page, anchor or None)
