@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,41 @@ def test_the_benchmark_page_shows_the_plots_make_bench_writes():
     for name in ("throughput", "latency", "references"):
         assert f"](images/bench/{name}.png)" in page
         assert (DOCS / "images" / "bench" / f"{name}.png").is_file()
+
+
+def defaults_that_differ(text: str) -> list[str]:
+    """`NAME` (default) quoted in a prose page, against the settings classes' defaults.
+
+    A paragraph that opens with a service's name and prefix, "Gateway (`CUTOUT_GATEWAY_`): ...",
+    quotes that service's settings; any other quotes a setting some service has. Values with a
+    unit after them (50 MiB) are left to the reader.
+    """
+    defaults: dict[str, dict[str, float]] = {}
+    for title, cls in tools.docs._settings_classes():
+        for name, field in cls.model_fields.items():
+            value = field.get_default(call_default_factory=True)
+            if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+                defaults.setdefault(name.upper(), {})[title] = float(value)
+    wrong = []
+    for paragraph in text.split("\n\n"):
+        scope = re.match(r"(\w+) \(`CUTOUT_\w+_`\)", paragraph)
+        quoted = re.findall(r"`(?:<PREFIX>)?([A-Z][A-Z0-9_]+)` \((-?\d+(?:\.\d+)?)(?=[),:;])", paragraph)
+        for name, value in quoted:
+            known = defaults.get(name, {})
+            if scope and scope.group(1) in known:
+                known = {scope.group(1): known[scope.group(1)]}
+            if known and float(value) not in known.values():
+                wrong.append(f"{name} ({value}): the code says {known}")
+    return wrong
+
+
+def test_the_settings_page_quotes_the_defaults_the_code_has():
+    page = (DOCS / "operations" / "settings.md").read_text()
+    assert len(re.findall(r"` \(\d", page)) > 50
+    assert defaults_that_differ(page) == []
+    assert defaults_that_differ("Gateway (`CUTOUT_GATEWAY_`): `WORK_IN_FLIGHT` (64: slots)") == [
+        "WORK_IN_FLIGHT (64): the code says {'Gateway': 32.0}"
+    ]
 
 
 def _split(target: str) -> tuple[str, str | None]:
