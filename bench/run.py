@@ -44,11 +44,9 @@ from services.common.settings import API_KEY_METADATA
 from services.inference.model import PERSON_MODEL, fetch_models
 from services.inference.triton_local import model_counts
 from services.launcher import ROOT, Mesh, demo_account, run_demo
+from tools.docs import replace_section
 
 RESULTS = ROOT / "bench" / "results"
-# The pages whose marked sections (<!-- name:start --> ... <!-- name:end -->) a full run rewrites.
-BENCH_PAGE = ROOT / "docs" / "benchmarks.md"
-MODELS_PAGE = ROOT / "docs" / "models" / "index.md"
 SIZES = {"1MP": (1024, 1024), "12MP": (3464, 3464)}
 FORMATS = {
     "png": options_pb2.OUTPUT_FORMAT_PNG,
@@ -350,13 +348,14 @@ def _load(result: CaseResult) -> str:
     return f"stream of {result.requests}" if result.mode == "stream" else str(result.concurrency)
 
 
-def update_page(page: Path, table: str, section: str = "bench") -> None:
-    text = page.read_text()
-    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        after = rest.split(end, 1)[1]
-        page.write_text(f"{before}{start}\n{table}{end}{after}")
+def update_docs(table: str, section: str = "bench") -> None:
+    """The table into the docs page that holds `<!-- section:start -->` ... `<!-- section:end -->`
+    (bench: docs/benchmarks.md, models: docs/models/index.md)."""
+    replace_section(section, table)
+
+
+# Its name from before docs/ existed, for callers written then (bench/quality.py on other branches).
+update_readme = update_docs
 
 
 def _unary_requests(size: str, concurrency: int, quick: bool) -> int:
@@ -474,9 +473,9 @@ def main() -> int:
     (results_dir / f"{stamp}.md").write_text(table + "\n" + models_table)
     if not args.quick:
         (RESULTS / "latest.md").write_text(table + "\n" + models_table)
-        update_page(BENCH_PAGE, table)
+        update_docs(table)
         if models_table:
-            update_page(MODELS_PAGE, models_table, "models")
+            update_docs(models_table, "models")
         plots.write_all(results_dir / f"{stamp}.json")
     print("\n" + table + "\n" + models_table)
     print(f"saved {results_dir / stamp}.json and .md")

@@ -328,6 +328,23 @@ def _enum(enum: descriptor_pb2.EnumDescriptorProto, path: tuple[int, ...], comme
     return lines
 
 
+# --- sections other tools write (make bench) --------------------------------------------------
+
+
+def replace_section(section: str, text: str, docs: Path = ROOT / "docs") -> list[Path]:
+    """Replaces what lies between `<!-- section:start -->` and `<!-- section:end -->` in whichever
+    docs pages hold those marks (the marks say where a table lives, not the writer); returns them."""
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+    written = []
+    for page in sorted(docs.rglob("*.md")):
+        content = page.read_text()
+        if start in content and end in content:
+            before, rest = content.split(start, 1)
+            page.write_text(f"{before}{start}\n{text}{end}{rest.split(end, 1)[1]}")
+            written.append(page)
+    return written
+
+
 # ---------------------------------------------------------------------------------------------
 
 PAGES: dict[str, Callable[[], str]] = {"errors.md": errors_page, "settings.md": settings_page, "api.md": api_page}

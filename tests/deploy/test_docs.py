@@ -205,6 +205,21 @@ def test_the_settings_page_quotes_the_defaults_the_code_has():
     ]
 
 
+def test_each_section_make_bench_writes_is_in_one_page():
+    pages = sorted(DOCS.rglob("*.md"))
+    for section in ("bench", "models", "erase-bench"):
+        holding = [p for p in pages if f"<!-- {section}:start -->" in p.read_text()]
+        assert len(holding) == 1 and f"<!-- {section}:end -->" in holding[0].read_text(), (section, holding)
+
+
+def test_a_section_is_written_where_its_marks_are(tmp_path: Path):
+    (tmp_path / "a.md").write_text("# A\n\n<!-- t:start -->\nold\n<!-- t:end -->\n\nafter\n")
+    (tmp_path / "b.md").write_text("# B\n")
+    assert tools.docs.replace_section("t", "new\n", tmp_path) == [tmp_path / "a.md"]
+    assert (tmp_path / "a.md").read_text() == "# A\n\n<!-- t:start -->\nnew\n<!-- t:end -->\n\nafter\n"
+    assert (tmp_path / "b.md").read_text() == "# B\n"
+
+
 def _split(target: str) -> tuple[str, str | None]:
     page, _, anchor = target.partition("#")
     return page, anchor or None
