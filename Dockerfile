@@ -8,7 +8,7 @@
 #   docker build --target triton    -t registry.example.com/cutout/triton:24.10-0.1.0 .
 #
 # The four services share one runtime stage (the same virtualenv, a different command).
-# Triton is NVIDIA's NGC image with the model baked in: see the README's "Kubernetes".
+# Triton is NVIDIA's NGC image with the model baked in: see docs/decisions/triton-image.md.
 # Base images are pinned by tag; pin them by digest too where the registry allows.
 
 ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm

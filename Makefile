@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Material's notice about MkDocs 2 would otherwise open every build's output.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs
 
-.PHONY: setup up test test-unit bench bench-overload protos model clean lock fuzz
+.PHONY: setup up test test-unit bench bench-overload protos model clean lock fuzz docs docs-serve
 
 # A virtualenv with the project, its services and dev tools, at the locked versions
 # (requirements/dev.lock; the images install requirements/server.lock, the same pins).
@@ -62,19 +64,23 @@ CELLS ?= eu
 up: setup
 	$(PY) -m services.launcher --cells $(CELLS)
 
-# Lint, generated-code check, then the whole suite against the real mesh.
+# Lint, generated-code and generated-docs checks, the docs built strictly, then the whole suite
+# against the real mesh (tests/deploy/test_docs.py also checks the links into docs/).
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m tools.protos --check
+	$(PY) -m tools.docs --check
+	$(MKDOCS) build --strict  # not --quiet: it hides the warnings that --strict counts
 	$(PY) -m pytest
 
 # The unit tests alone (no Triton, no services): the quick loop while changing one module.
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit
 
-# The mesh under load against the floor, edge quality per detail level with its contact sheet,
-# then erase quality on held-out photos; writes bench/results/ and the README's tables.
+# The mesh under load against the floor, edge quality per detail level (bench.quality, with its
+# contact sheet), then erase quality on held-out photos; writes bench/results/, the tables of
+# docs/benchmarks.md (and the models', quality and erasing pages) and the plots under docs/images/.
 bench: setup
 	$(PY) -m bench.run
 	$(PY) -m bench.quality
@@ -98,6 +104,16 @@ fuzz: setup
 
 protos: $(STAMP)
 	$(PY) -m tools.protos
+
+# The docs site (docs/, mkdocs.yml) into .cache/site/: the reference pages regenerated from the code
+# first, then built strictly (a broken link or anchor fails). docs-serve rebuilds it on every change.
+docs: $(STAMP)
+	$(PY) -m tools.docs
+	$(MKDOCS) build --strict
+
+docs-serve: $(STAMP)
+	$(PY) -m tools.docs
+	$(MKDOCS) serve
 
 clean:
 	rm -rf .data .cache

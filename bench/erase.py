@@ -24,11 +24,11 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from services.common.assets import CHELSEA, COFFEE, ROCKET, WheelAsset
 from services.inference.inpainting import EraseMethod, erase
+from tools.docs import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "samples"
 RESULTS = ROOT / "bench" / "results"
-README = ROOT / "README.md"
 HELD_OUT: dict[str, WheelAsset] = {"coffee": COFFEE, "chelsea": CHELSEA, "rocket": ROCKET}
 MARKS = ("watermark", "blob")
 
@@ -131,18 +131,9 @@ def table(cases: list[Case]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(text_table: str) -> None:
-    text = README.read_text()
-    start, end = "<!-- erase-bench:start -->", "<!-- erase-bench:end -->"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        after = rest.split(end, 1)[1]
-        README.write_text(f"{before}{start}\n{text_table}{end}{after}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--no-readme", action="store_true", help="print the table only")
+    parser.add_argument("--no-page", "--no-readme", action="store_true", help="print the table only")
     args = parser.parse_args()
     cases = [measure(name, kind) for name in HELD_OUT for kind in MARKS]
     text_table = table(cases)
@@ -150,10 +141,10 @@ def main() -> int:
     if not all(c.outside_unchanged for c in cases):
         print("FAILED: pixels outside a mask changed")
         return 1
-    if not args.no_readme:
+    if not args.no_page:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "erase.md").write_text(text_table)
-        update_readme(text_table)
+        replace_section("erase-bench", text_table)  # docs/api/erasing.md
     return 0
 
 

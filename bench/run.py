@@ -9,8 +9,9 @@ shares the cores) and their peak resident memory. The floor (bench/floor.py) is
 measured in the same run, right before and right after the mesh's cases of each photo
 and output, because a shared machine's speed drifts over minutes; every mesh figure is
 also given as a ratio to the mean of the two. Results go to bench/results/ (JSON and
-Markdown) and the README. Then bench/quality.py scores the models' masks on a set with known
-truth and measures each model's cost against the model in-process.
+Markdown), their tables into docs/benchmarks.md and docs/models/index.md, and their plots
+(bench/plots.py) under docs/images/bench/. Then bench/quality.py scores the models' masks on a
+set with known truth and measures each model's cost against the model in-process.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import grpc
 import psutil
 from PIL import Image
 
-from bench import quality
+from bench import plots, quality
 from bench.floor import FloorResult, measure_floor
 from bench.load import gateway_channel, unary_load
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
@@ -42,10 +43,10 @@ from services.common.assets import ASTRONAUT
 from services.common.settings import API_KEY_METADATA
 from services.inference.model import PERSON_MODEL, fetch_models
 from services.inference.triton_local import model_counts
-from services.launcher import ROOT, Mesh, demo_account
+from services.launcher import ROOT, Mesh, demo_account, run_demo
+from tools.docs import replace_section
 
 RESULTS = ROOT / "bench" / "results"
-README = ROOT / "README.md"
 SIZES = {"1MP": (1024, 1024), "12MP": (3464, 3464)}
 FORMATS = {
     "png": options_pb2.OUTPUT_FORMAT_PNG,
@@ -347,13 +348,14 @@ def _load(result: CaseResult) -> str:
     return f"stream of {result.requests}" if result.mode == "stream" else str(result.concurrency)
 
 
-def update_readme(table: str, section: str = "bench") -> None:
-    text = README.read_text()
-    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        after = rest.split(end, 1)[1]
-        README.write_text(f"{before}{start}\n{table}{end}{after}")
+def update_docs(table: str, section: str = "bench") -> None:
+    """The table into the docs page that holds `<!-- section:start -->` ... `<!-- section:end -->`
+    (bench: docs/benchmarks.md, models: docs/models/index.md)."""
+    replace_section(section, table)
+
+
+# Its name from before docs/ existed, for callers written then (bench/quality.py on other branches).
+update_readme = update_docs
 
 
 def _unary_requests(size: str, concurrency: int, quick: bool) -> int:
@@ -451,6 +453,9 @@ def main() -> int:
             models, models_table = {"error": error.code().name}, ""
         peak = {role: round(mib) for role, mib in watch.stop()[1].items() if role != CLIENT}
         models["peak_rss_mib"] = peak
+        if not args.quick:  # the README's picture, from the same mesh as `make up`'s demo
+            cutout = run_demo(mesh.gateway.address, data_dir, api_key, ca_file=mesh.ca_file)
+            plots.before_after(ASTRONAUT.fetch(data_dir / "samples" / "astronaut.png"), cutout)
         models_table += (
             "\nPeak RSS over the two steps above, MiB: " + ", ".join(f"{r} {m}" for r, m in peak.items()) + "\n"
         )
@@ -468,9 +473,10 @@ def main() -> int:
     (results_dir / f"{stamp}.md").write_text(table + "\n" + models_table)
     if not args.quick:
         (RESULTS / "latest.md").write_text(table + "\n" + models_table)
-        update_readme(table)
+        update_docs(table)
         if models_table:
-            update_readme(models_table, "models")
+            update_docs(models_table, "models")
+        plots.write_all(results_dir / f"{stamp}.json")
     print("\n" + table + "\n" + models_table)
     print(f"saved {results_dir / stamp}.json and .md")
     return 0

@@ -1,5 +1,5 @@
 // The Go client as a module. Here it builds offline in GOPATH mode from Debian's sources
-// (see README, "Other languages"), which ignores this file; elsewhere `go mod tidy`, with
+// (see docs/development/index.md#other-languages), which ignores this file; elsewhere `go mod tidy`, with
 // the module proxy in reach, adds the indirect requirements and go.sum. The versions are
 // those it is built and tested with here (Debian bookworm's).
 module example.com/cutout/clients/go

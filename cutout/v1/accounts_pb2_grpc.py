@@ -177,7 +177,7 @@ class AccountsServicer:
     def SignUp(self, request, context):
         """The account calls: the public calls of the same name, in messages of their own with
         the public messages' field numbers and types (the gateway passes the bytes on; see
-        buf.yaml and the README's "Contract and compatibility").
+        buf.yaml and docs/decisions/internal-messages.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -256,7 +256,7 @@ class CutoutServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportAccount(self, request, context):
-        """Your data (see the README's "Your data"): everything held about you as a zip
+        """Your data (docs/privacy/index.md#your-data): everything held about you as a zip
         archive; correcting the e-mail; erasing the account; who accessed your data.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -27,7 +27,7 @@ def unsafe_characters(text: str) -> bool:
 def canonical_email(email: str) -> str:
     """One spelling per mailbox, or ValueError saying what is wrong.
 
-    The rule (README, "The API"): NFKC, trimmed; syntax checked by email-validator (one
+    The rule (docs/api/index.md): NFKC, trimmed; syntax checked by email-validator (one
     @, no trailing dot, ...); the mailbox name must be ASCII (no look-alike letters from
     other scripts) and the domain is stored in its IDNA (punycode) form; all lower case;
     a "+tag" is dropped (sub-addressing, as most providers deliver it to the same

@@ -1,7 +1,7 @@
 """The credit ledger: grants, reservations (hold, commit, release), expiry, balance.
 
 Synchronous SQLAlchemy Core on the sqlmodel tables (reserve and commit run on every
-removal, and the ORM's unit of work cost several times their SQL; README, "Benchmark");
+removal, and the ORM's unit of work cost several times their SQL; docs/benchmarks.md#before-issue-18);
 the gRPC servicer calls it in a thread. Every write locks the
 account first (`SELECT ... FOR UPDATE` on PostgreSQL; on SQLite every transaction is
 BEGIN IMMEDIATE, see db.py), so concurrent reserves of one account run one at a time

@@ -50,7 +50,7 @@ OUTCOMES = {
     Outcome.DUPLICATE_RELEASED: accounts_pb2.RESERVE_OUTCOME_DUPLICATE_RELEASED,
 }
 PROFILE_FIELDS = ("display_name", "marketing_opt_in", "usage_stats_opt_out", "processing_restricted")
-# Page sizes (the README's "Lists and pages"). The access log is paged by the gateway, which
+# Page sizes (docs/api/pages.md). The access log is paged by the gateway, which
 # merges it with retention's; accounts serves at most a page of it per call.
 KEYS_PAGE = pages.PageSize(default=100, maximum=1000)
 LEDGER_PAGE = pages.PageSize(default=100, maximum=1000)
@@ -561,7 +561,7 @@ def mailer(settings: AccountsSettings) -> Mailer:
 
 
 def sweep_all(ledger: Ledger, store: AccountStore, settings: AccountsSettings) -> str:
-    """One pass of the schedule (README, "What is kept, and for how long"); a report if anything went."""
+    """One pass of the schedule (docs/privacy/retention.md); a report if anything went."""
     settled = ledger.sweep()
     compacted, deleted = ledger.compact(
         timedelta(hours=settings.idempotency_hours), timedelta(days=settings.released_reservation_days)

@@ -73,7 +73,7 @@ class AccountsSettings(ServiceSettings):
     # then 4, 8, ... up to login_backoff_max_s after each further failure.
     login_failures_free: int = 5
     login_backoff_max_s: float = 900.0
-    # Lifetimes of what is not an image (README, "What is kept, and for how long"):
+    # Lifetimes of what is not an image (docs/privacy/retention.md):
     # a settled reservation's idempotency key and request fingerprint (sha256 of the
     # image and options) are dropped this long after its last reserve (the amounts stay);
     idempotency_hours: float = 24.0

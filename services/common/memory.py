@@ -8,7 +8,7 @@ its guided filter took 30 % more CPU than the same call in a single-threaded pro
 which faulted almost never. With blocks up to 32 MiB served from the heap and the heap
 trimmed only past 64 MiB free at its top, it faults about 50 times per image and runs
 as fast. Peaks are unchanged; after a burst a process keeps up to that much memory
-free for the next one instead of returning it.
+free for the next one instead of returning it. The record: docs/decisions/malloc.md.
 """
 
 from __future__ import annotations

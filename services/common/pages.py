@@ -8,7 +8,7 @@ for another list fails the check and is refused with INVALID_ARGUMENT. No secret
 needed (every replica checks every other's tokens, across restarts): the MAC binds a token
 to its owner and its list; it does not hide the position from the owner, and an owner who
 forges a position of their own list sees nothing more, since every list reads only the
-authenticated account's rows.
+authenticated account's rows. The record: docs/decisions/page-tokens.md.
 """
 
 from __future__ import annotations

@@ -96,7 +96,8 @@ def grpc_message_options(settings: ServiceSettings) -> list[tuple[str, int]]:
         # A fixed 8 MiB receive window per stream. With BDP probing on, gRPC grew it as fast
         # senders pushed (30 MiB of 12 MP photos held in transport buffers beyond the
         # gateway's stream window, in 2 of 8 runs of tests/mesh/test_stream.py's fast sender);
-        # fixed, the same sender stays 24 items ahead every time, and runs faster.
+        # fixed, the same sender stays 24 items ahead every time, and runs faster
+        # (docs/decisions/http2-window.md).
         ("grpc.http2.bdp_probe", 0),
         ("grpc.http2.lookahead_bytes", 8 * MIB),
     ]

@@ -8,7 +8,7 @@
     access_log.json   who accessed your data, when, and how (accounts and retention)
     results/<id>.<ext>  the kept results themselves, if asked
 
-JSON field names are the protobuf JSON mapping of the API's messages (the README's API).
+JSON field names are the protobuf JSON mapping of the API's messages (docs/reference/api.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Kept results and the caller's own data: fetch, list and delete results; export the
-account; read its access log (README, "Your data").
+account; read its access log (docs/privacy/index.md#your-data).
 
 Retention holds the results and its half of the access log, accounts the rest; the
 gateway only asks both with the caller's account and joins the answers.
@@ -22,7 +22,7 @@ from services.gateway.settings import GatewaySettings
 
 # Accounts reads the caller from the API key, forwarded as it came.
 FORWARD_KEY = (API_KEY_METADATA,)
-# The public access log's pages (the README's "Lists and pages"); the gateway keeps its page
+# The public access log's pages (docs/api/pages.md); the gateway keeps its page
 # token, since it merges accounts' half with retention's.
 ACCESS_LOG_PAGE = pages.PageSize(default=1000, maximum=10000)
 ACCESS_LOG_LIST = "access_log"

@@ -72,7 +72,8 @@ class GatewaySettings(ServiceSettings):
     # on this gateway at once; beyond it calls are refused at once with OVERLOADED and a
     # RetryInfo of overload_retry_after_s instead of queueing. 32 is what keeps inference's
     # batcher full (max_batch_size 16 x 2 batches at once); at 4x capacity on 2 CPU cores it
-    # kept the p99 of admitted 1 MP calls at 3 to 6 s, against 22 to 55 s unbounded (README, "Overload").
+    # kept the p99 of admitted 1 MP calls at 3 to 6 s, against 22 to 55 s unbounded
+    # (docs/operations/faults.md#overload).
     work_in_flight: int = Field(default=32, ge=1)
     # ... and at most this many of them for one account, so that one tenant's flood leaves
     # slots to the others (8 of the default 32); a lone tenant still keeps the batcher full.

@@ -49,7 +49,7 @@ class DecodeLimits:
 
 # zlib's run-length strategy: on 1 MP cut-outs and photos it was both faster and
 # smaller than the default strategy at every level (57 ms vs 68 ms at level 1,
-# 66 ms vs 311 ms at level 6; see the README's benchmark notes).
+# 66 ms vs 311 ms at level 6; docs/decisions/png-zlib-rle.md).
 _Z_RLE = 3
 
 

@@ -45,7 +45,7 @@ class ServedModel:
 
 @dataclass(frozen=True)
 class PersonRule:
-    """When AUTO keeps the person model's mask: measured on labelled photos (README, "Models")."""
+    """When AUTO keeps the person model's mask: measured on labelled photos (docs/decisions/auto-rule.md)."""
 
     min_area: float  # fraction of the picture the person covers (p > 0.5)
     max_area: float

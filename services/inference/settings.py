@@ -50,7 +50,7 @@ class InferenceSettings(ServiceSettings):
     auto_person_max_area: float = 0.8
     # ... with this mean probability inside, at most this many uncertain pixels
     # (0.2 < p < 0.8) per person pixel, and covering at least this much of the frame's
-    # bottom edge. Measured: README, "Models".
+    # bottom edge. Measured: docs/models/index.md#choosing-the-model.
     auto_person_min_confidence: float = 0.9
     auto_person_max_edge_ratio: float = 0.35
     auto_person_min_bottom_contact: float = 0.15

@@ -39,7 +39,7 @@ _swept = meter.create_counter("cutout.retention.swept", description="Results rem
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version_retention"
 RETENTION = retention_pb2.DESCRIPTOR.services_by_name["Retention"].full_name
-# Page sizes (the README's "Lists and pages"); the access log is paged by the gateway,
+# Page sizes (docs/api/pages.md); the access log is paged by the gateway,
 # which merges it with accounts' and asks for at most a page of each.
 RESULTS_PAGE = pages.PageSize(default=100, maximum=1000)
 RESULTS_LIST = "results"

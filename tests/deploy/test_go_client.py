@@ -33,7 +33,7 @@ def test_the_committed_go_matches_a_fresh_buf_generate(tmp_path: Path):
     for plugin in template["plugins"]:
         plugin["out"] = str(tmp_path / "gen")
     (tmp_path / "buf.gen.yaml").write_text(yaml.safe_dump(template))
-    # From clients/go, as the README's command: the template's paths are relative to it.
+    # From clients/go, as docs/development/index.md#other-languages says: the template's paths are relative to it.
     subprocess.run(
         [str(BUF), "generate", "--template", str(tmp_path / "buf.gen.yaml")], cwd=GO, check=True, timeout=120
     )

@@ -131,7 +131,7 @@ def test_the_go_client_signs_up_and_removes_a_background(mesh, astronaut_png: by
 
 
 def test_buf_curl_speaks_to_the_gateway_through_reflection(mesh, funded_account):
-    """The README's `buf curl` lines, against the session's mesh."""
+    """The `buf curl` lines of docs/development/index.md#the-contract, against the session's mesh."""
     _toolchain()
     base = [str(BIN / "buf"), "curl", "--protocol", "grpc", "--cacert", str(mesh.ca_file)]
     url = f"https://{mesh.gateway.address}"

@@ -10,7 +10,7 @@ a full disk under retention's blobs). After each:
   port, as its supervisor would; nothing else is touched).
 
 The private mesh runs with short timeouts (holds lapse after 20 s, a commit waits 3 s) so
-the whole file stays bounded; `FAULT_TABLE` is printed at the end (README, "Faults").
+the whole file stays bounded; `FAULT_TABLE` is printed at the end (docs/operations/faults.md).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from tests.conftest import Customer, another_gateway, encode, new_account
 from tests.faultproxy import FaultProxy
 
 CLIENTS = 3
-# The statuses the README documents as "retry": nothing else may come back.
+# The statuses docs/operations/faults.md documents as "retry": nothing else may come back.
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,

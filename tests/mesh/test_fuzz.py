@@ -134,7 +134,7 @@ def test_an_unknown_subject_is_refused_before_any_credit_is_reserved() -> None:
 
 # -- the public RPCs through the running gateway ------------------------------------------
 
-# Statuses the README documents for the public API; UNKNOWN never, INTERNAL only with an error id.
+# Statuses docs/api/errors.md documents for the public API; UNKNOWN never, INTERNAL only with an error id.
 DOCUMENTED = {
     grpc.StatusCode.OK,
     grpc.StatusCode.INVALID_ARGUMENT,

@@ -1,4 +1,4 @@
-"""What is kept, and for how long (README): one test per line of the table that is not an
+"""What is kept, and for how long (docs/privacy/retention.md): one test per line of the table that is not an
 image, each with an injected clock, through the very sweep the services run
 (`services.accounts.server.sweep_all`, `ResultStore.sweep`, `services.launcher.rotate_logs`),
 on a migrated SQLite database and real folders."""

@@ -113,7 +113,7 @@ class Sender:
             yield request
 
 
-# The stated bounds (README, "Streaming"): under a sender of 12 MP photos as fast as it can,
+# The stated bounds (docs/api/streaming.md): under a sender of 12 MP photos as fast as it can,
 # the gateway stays under this, and inference under its bound at the default pixel budget.
 GATEWAY_STREAM_RSS_MIB = 512
 INFERENCE_RSS_MIB = 1536

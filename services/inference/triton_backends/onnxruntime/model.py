@@ -27,7 +27,7 @@ class TritonPythonModel:
         options.inter_op_num_threads = 1
         # No memory pattern (one block planned for a whole run, sized by the batch): U²-Net-p
         # peaks at 2.4 GiB instead of 4.0 at a batch of 8, 1.1 instead of 1.8 at 4, and runs
-        # no slower (README, "Memory bounds"). Turning the arena off instead saved as much
+        # no slower (docs/benchmarks.md#memory-bounds). Turning the arena off instead saved as much
         # but cost a quarter of the throughput.
         options.enable_mem_pattern = False
         self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])

@@ -559,7 +559,7 @@ func (x *ApiKey) GetRevokedAt() *timestamppb.Timestamp {
 	return nil
 }
 
-// Pages as in AIP-158 (the README's "Lists and pages"): oldest first (created time, then id).
+// Pages as in AIP-158 (docs/api/pages.md): oldest first (created time, then id).
 type ListApiKeysRequest struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache
@@ -921,7 +921,7 @@ func (x *Balance) GetExpiringNextDecimal() string {
 	return ""
 }
 
-// Pages as in AIP-158 (the README's "Lists and pages"): newest first, in the ledger's order.
+// Pages as in AIP-158 (docs/api/pages.md): newest first, in the ledger's order.
 type ListLedgerRequest struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache

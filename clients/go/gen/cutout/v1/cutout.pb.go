@@ -265,7 +265,7 @@ func (*FetchResultRequest_Token) isFetchResultRequest_Result() {}
 
 func (*FetchResultRequest_ResultId) isFetchResultRequest_Result() {}
 
-// Pages as in AIP-158 (see the README's "Lists and pages"): newest first, in a stable order
+// Pages as in AIP-158 (docs/api/pages.md): newest first, in a stable order
 // (created time, then id).
 type ListResultsRequest struct {
 	state         protoimpl.MessageState

@@ -45,7 +45,7 @@ type CutoutClient interface {
 	FetchResult(ctx context.Context, in *FetchResultRequest, opts ...grpc.CallOption) (Cutout_FetchResultClient, error)
 	ListResults(ctx context.Context, in *ListResultsRequest, opts ...grpc.CallOption) (*ListResultsResponse, error)
 	DeleteResult(ctx context.Context, in *DeleteResultRequest, opts ...grpc.CallOption) (*DeleteResultResponse, error)
-	// Your data (see the README's "Your data"): everything held about you as a zip
+	// Your data (docs/privacy/index.md#your-data): everything held about you as a zip
 	// archive; correcting the e-mail; erasing the account; who accessed your data.
 	ExportAccount(ctx context.Context, in *ExportAccountRequest, opts ...grpc.CallOption) (Cutout_ExportAccountClient, error)
 	ChangeEmail(ctx context.Context, in *ChangeEmailRequest, opts ...grpc.CallOption) (*Profile, error)
@@ -341,7 +341,7 @@ type CutoutServer interface {
 	FetchResult(*FetchResultRequest, Cutout_FetchResultServer) error
 	ListResults(context.Context, *ListResultsRequest) (*ListResultsResponse, error)
 	DeleteResult(context.Context, *DeleteResultRequest) (*DeleteResultResponse, error)
-	// Your data (see the README's "Your data"): everything held about you as a zip
+	// Your data (docs/privacy/index.md#your-data): everything held about you as a zip
 	// archive; correcting the e-mail; erasing the account; who accessed your data.
 	ExportAccount(*ExportAccountRequest, Cutout_ExportAccountServer) error
 	ChangeEmail(context.Context, *ChangeEmailRequest) (*Profile, error)

@@ -26,7 +26,7 @@ type EraseMethod int32
 const (
 	// The server's learned model if it has one (MODEL); else per region (connected
 	// component of the marks) by its thickness: Telea for thin marks (text, logo
-	// strokes), the patch fill for compact ones. See the README.
+	// strokes), the patch fill for compact ones. See docs/api/erasing.md.
 	EraseMethod_ERASE_METHOD_AUTO          EraseMethod = 0
 	EraseMethod_ERASE_METHOD_TELEA         EraseMethod = 1 // OpenCV's fast-marching inpainting
 	EraseMethod_ERASE_METHOD_NAVIER_STOKES EraseMethod = 2 // OpenCV's Navier-Stokes inpainting

@@ -336,7 +336,7 @@ func (x *AdminDeleteAccountRequest) GetReason() string {
 	return ""
 }
 
-// Pages as in AIP-158 (the README's "Lists and pages"): newest first; accounts' and
+// Pages as in AIP-158 (docs/api/pages.md): newest first; accounts' and
 // retention's records merged by time.
 type OwnerAccessLogRequest struct {
 	state         protoimpl.MessageState

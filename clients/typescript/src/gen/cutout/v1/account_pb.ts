@@ -304,7 +304,7 @@ export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
   messageDesc(file_cutout_v1_account, 6);
 
 /**
- * Pages as in AIP-158 (the README's "Lists and pages"): oldest first (created time, then id).
+ * Pages as in AIP-158 (docs/api/pages.md): oldest first (created time, then id).
  *
  * @generated from message cutout.v1.ListApiKeysRequest
  */
@@ -480,7 +480,7 @@ export const BalanceSchema: GenMessage<Balance> = /*@__PURE__*/
   messageDesc(file_cutout_v1_account, 12);
 
 /**
- * Pages as in AIP-158 (the README's "Lists and pages"): newest first, in the ledger's order.
+ * Pages as in AIP-158 (docs/api/pages.md): newest first, in the ledger's order.
  *
  * @generated from message cutout.v1.ListLedgerRequest
  */

@@ -138,7 +138,7 @@ export const FetchResultRequestSchema: GenMessage<FetchResultRequest> = /*@__PUR
   messageDesc(file_cutout_v1_cutout, 2);
 
 /**
- * Pages as in AIP-158 (see the README's "Lists and pages"): newest first, in a stable order
+ * Pages as in AIP-158 (docs/api/pages.md): newest first, in a stable order
  * (created time, then id).
  *
  * @generated from message cutout.v1.ListResultsRequest
@@ -578,7 +578,7 @@ export const Cutout: GenService<{
     output: typeof DeleteResultResponseSchema;
   },
   /**
-   * Your data (see the README's "Your data"): everything held about you as a zip
+   * Your data (docs/privacy/index.md#your-data): everything held about you as a zip
    * archive; correcting the e-mail; erasing the account; who accessed your data.
    *
    * @generated from rpc cutout.v1.Cutout.ExportAccount

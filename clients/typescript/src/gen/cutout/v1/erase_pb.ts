@@ -211,7 +211,7 @@ export enum EraseMethod {
   /**
    * The server's learned model if it has one (MODEL); else per region (connected
    * component of the marks) by its thickness: Telea for thin marks (text, logo
-   * strokes), the patch fill for compact ones. See the README.
+   * strokes), the patch fill for compact ones. See docs/api/erasing.md.
    *
    * @generated from enum value: ERASE_METHOD_AUTO = 0;
    */

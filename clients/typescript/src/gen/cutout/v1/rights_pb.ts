@@ -153,7 +153,7 @@ export const AdminDeleteAccountRequestSchema: GenMessage<AdminDeleteAccountReque
   messageDesc(file_cutout_v1_rights, 5);
 
 /**
- * Pages as in AIP-158 (the README's "Lists and pages"): newest first; accounts' and
+ * Pages as in AIP-158 (docs/api/pages.md): newest first; accounts' and
  * retention's records merged by time.
  *
  * @generated from message cutout.v1.OwnerAccessLogRequest
