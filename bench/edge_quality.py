@@ -5,9 +5,10 @@ contact sheet and a quality-against-cost plot. Part of `python -m bench.quality`
 Two kinds of rows:
 
 - **steps, in-process**: each model's mask turned into an alpha in each way
-  (services/inference/matting.py, and the candidates that were tried and are not served:
-  test-time flips, fusing the person model's confidence with U²-Net-p's outline), so each
-  step's effect is measured on its own, with its CPU time;
+  (services/inference/matting.py; the guided filter it replaced, bench/guided_filter.py;
+  and the candidates that were tried and are not served: test-time flips, fusing the
+  person model's confidence with U²-Net-p's outline), so each step's effect is measured
+  on its own, with its CPU time;
 - **levels, through the mesh**: what a caller gets with `detail` FAST, BALANCED and FINE
   (AUTO subject, mask output), and the CPU the mesh spends per 1 MP portrait and product.
 """
@@ -29,6 +30,7 @@ import onnxruntime as ort
 from PIL import Image, ImageDraw
 
 from bench.floor import PersonModel
+from bench.guided_filter import guided_filter
 from bench.matte_scores import MatteScores, edge_band, score, summary
 from bench.run import CLIENT
 from bench.softedge import Composite
@@ -122,11 +124,14 @@ def steps(samples: list[Composite], settings: InferenceSettings) -> list[Row]:
 
     for sample in samples:
         image = Image.open(io.BytesIO(sample.photo)).convert("RGB")
-        masks = {}
+        masks, model_cpu = {}, {}
         for name, model in models.items():
             masks[name], model_ms = _timed(model, image)
+            model_cpu[name] = model_ms
             alpha, ms = _timed(matting.upsample, masks[name], image.size)
             add(f"{name}, mask upsampled", alpha, model_ms + ms, sample.truth)
+            alpha, ms = _timed(guided_filter, image, masks[name])
+            add(f"{name} + guided filter (removed)", alpha, model_ms + ms, sample.truth)
             alpha, ms = _timed(matte, image, masks[name])
             add(f"{name} + matting", alpha, model_ms + ms, sample.truth)
             if name == GENERAL_MODEL:
@@ -137,7 +142,8 @@ def steps(samples: list[Composite], settings: InferenceSettings) -> list[Row]:
         person = cv2.dilate((masks[PERSON_MODEL] >= 0.5).astype(np.uint8), np.ones((9, 9), np.uint8))
         near = cv2.resize(person, masks[GENERAL_MODEL].shape[::-1], interpolation=cv2.INTER_NEAREST)
         alpha, ms = _timed(matte, image, masks[GENERAL_MODEL] * near)
-        add(f"{GENERAL_MODEL} x {PERSON_MODEL} + matting (not served)", alpha, ms, sample.truth)
+        both_ms = model_cpu[GENERAL_MODEL] + model_cpu[PERSON_MODEL]
+        add(f"{GENERAL_MODEL} x {PERSON_MODEL} + matting (not served)", alpha, both_ms + ms, sample.truth)
     return list(rows.values())
 
 
@@ -253,40 +259,38 @@ def contact_sheet(
     sheet.save(path, optimize=True)
 
 
-def plot(levels_rows: list[Row], steps_rows: list[Row], costs: dict[str, dict], path: Path) -> None:
-    """Edge error against CPU per 1 MP portrait (mesh) and per picture (steps, in-process)."""
-    figure, axis = plt.subplots(figsize=(7, 4.2), dpi=120)
-    for row in steps_rows:
-        total = row.total()
-        axis.scatter(total["cpu_ms"], total["edge"], color="0.6", s=18)
-        axis.annotate(
-            row.label,
-            (total["cpu_ms"], total["edge"]),
-            fontsize=6,
-            color="0.4",
-            xytext=(3, 2),
-            textcoords="offset points",
-        )
-    for row in levels_rows:
-        name = row.label.removeprefix("detail ").split(" ")[0]
-        if f"{name} portrait" not in costs or "clean" in row.label:
-            continue
-        total = row.total()
-        x = costs[f"{name} portrait"]["cpu_ms_per_image"]
-        axis.scatter(x, total["edge"], color="tab:blue", s=40)
-        axis.annotate(
-            row.label + " (mesh, 1 MP)",
-            (x, total["edge"]),
-            fontsize=8,
-            color="tab:blue",
-            xytext=(4, -10),
-            textcoords="offset points",
-        )
-    axis.set_xscale("log")
-    axis.set_xlabel("CPU ms per picture (log)")
-    axis.set_ylabel("mean alpha error within 6 px of the edge")
-    axis.set_title("Soft-edge set: edge error against cost (lower left is better)", fontsize=9)
-    axis.grid(True, which="both", alpha=0.3)
+def plot(
+    levels_rows: list[Row], steps_rows: list[Row], costs: dict[str, dict], samples: list[Composite], path: Path
+) -> None:
+    """Edge error against CPU, for portraits and for the whole set: the steps in-process (grey,
+    CPU per picture of 0.1 to 0.3 MP) and the levels through the mesh (blue, CPU per 1 MP picture)."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.4), dpi=110, sharex=True)
+    for axis, category in zip(axes, ("portrait", None), strict=True):
+        chosen = [i for i, sample in enumerate(samples) if category in (None, sample.category)]
+
+        def edge(row: Row, chosen: list[int] = chosen) -> float:
+            return float(np.mean([row.scores[i].edge for i in chosen]))
+
+        for row in steps_rows:
+            x, y = row.total()["cpu_ms"], edge(row)
+            axis.scatter(x, y, color="0.55", s=16)
+            axis.annotate(row.label, (x, y), fontsize=6, color="0.35", xytext=(3, 2), textcoords="offset points")
+        for row in levels_rows:
+            name = row.label.removeprefix("detail ")
+            if f"{name} portrait" not in costs:
+                continue
+            x, y = costs[f"{name} portrait"]["cpu_ms_per_image"], edge(row)
+            axis.scatter(x, y, color="tab:blue", s=40)
+            axis.annotate(row.label, (x, y), fontsize=8, color="tab:blue", xytext=(4, -10), textcoords="offset points")
+        axis.set_xscale("log")
+        axis.set_xlabel("CPU ms per picture (log)")
+        axis.set_title(f"{category + 's' if category else 'all subjects'}: edge error against cost", fontsize=9)
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("mean alpha error within 6 px of the edge")
+    figure.suptitle(
+        "Soft-edge set, lower left is better: grey = a step in-process, blue = a level through the mesh (1 MP)",
+        fontsize=9,
+    )
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
@@ -350,15 +354,18 @@ def markdown(levels_rows: list[Row], steps_rows: list[Row], costs: dict[str, dic
     cells = []
     for row in steps_rows:
         t = row.total()
-        edges = (f"{t[k]:.3f}" for k in ("edge", "worst_edge", "worst_iou"))
+        by = [[s.edge for s, c in zip(row.scores, samples, strict=True) if c.category == cat] for cat in categories]
+        edges = [f"{t['edge']:.3f}", *(f"{np.mean(e):.3f} ({max(e):.3f})" for e in by)]
         cells.append(
             [row.label, *edges, f"{100 * t['worst_ghost']:.2f} %", f"{t['s_measure']:.3f}", f"{t['cpu_ms']:.0f}"]
         )
+    header = ["model and step", "edge", *(f"{c} (worst)" for c in categories), "worst ghost", "S", "CPU ms"]
     lines += [
         "",
-        "Each step on its own, in-process (CPU ms per picture for the model and the step, median, 0.1 to 0.3 MP):",
+        "Each step on its own, in-process, edge error by category (CPU ms per picture for the model and the step, "
+        "median, 0.1 to 0.3 MP):",
         "",
-        *_table(["model and step", "edge", "worst edge", "worst IoU", "worst ghost", "S", "CPU ms"], cells),
+        *_table(header, cells),
     ]
     cells = []
     for label in LEVELS:

@@ -283,9 +283,9 @@ def main() -> int:
     """python -m bench.quality: the soft-edge evaluation (bench/edge_quality.py), the hard-edged
     set as a regression check, and each level's cost, on a mesh of its own with the service's
     defaults. Writes bench/results/quality-<time>.json and .md, the contact sheet and the plot
-    under docs/images/quality/, and the README's quality tables."""
+    under docs/images/quality/, and the tables of docs/models/quality.md."""
     from bench import edge_quality, softedge
-    from bench.run import RESULTS, ProcessWatch, update_readme
+    from bench.run import RESULTS, ProcessWatch, update_docs
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--repeats", type=int, default=6, help="requests per level and photo for the cost")
@@ -322,7 +322,7 @@ def main() -> int:
         {label: [images[i] for i in shown] for label, images in cutouts.items()},
         edge_quality.IMAGES / "contact-sheet.png",
     )
-    edge_quality.plot(levels, steps, costs, edge_quality.IMAGES / "quality-vs-cost.png")
+    edge_quality.plot(levels, steps, costs, samples, edge_quality.IMAGES / "quality-vs-cost.png")
     table = edge_quality.markdown(levels, steps, costs, samples)
     table += "\n" + markdown(regression, [], hard_set).split("\n\nCost per model")[0] + "\n"
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -336,7 +336,7 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"quality-{stamp}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (RESULTS / f"quality-{stamp}.md").write_text(table)
-    update_readme(table, "quality")
+    update_docs(table, "quality")
     print("\n" + table)
     print(f"saved bench/results/quality-{stamp}.json and .md; the pictures in {edge_quality.IMAGES}")
     return 0

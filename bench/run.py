@@ -354,10 +354,6 @@ def update_docs(table: str, section: str = "bench") -> None:
     replace_section(section, table)
 
 
-# Its name from before docs/ existed, for callers written then (bench/quality.py on other branches).
-update_readme = update_docs
-
-
 def _unary_requests(size: str, concurrency: int, quick: bool) -> int:
     if concurrency == 1:
         return 24 if size == "1MP" else 6
