@@ -717,7 +717,7 @@ export enum Detail {
 
   /**
    * Full U²-Net, then alpha matting in a thin band around the edge, and the foreground's
-   * colours estimated at the edge (as `clean_edges`): about 1.5 s of CPU per 1 MP picture
+   * colours estimated at the edge (as `clean_edges`): 1.5 to 1.8 s of CPU per 1 MP picture
    * without a GPU.
    *
    * @generated from enum value: DETAIL_FINE = 3;
