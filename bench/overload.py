@@ -29,7 +29,7 @@ import grpc
 from google.rpc import error_details_pb2
 
 from bench.load import gateway_channel, unary_load
-from bench.run import RESULTS, ProcessWatch, machine, percentile, photos
+from bench.run import LEVEL, RESULTS, ProcessWatch, machine, percentile, photos
 from cutout.client import CutoutClient
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.errors import error_details
@@ -74,7 +74,7 @@ class Overload:
 
 def capacity(mesh: Mesh, api_key: str, photo: bytes, steps: tuple[int, ...]) -> Capacity:
     request = cutout_pb2.RemoveBackgroundRequest(
-        image=photo, options=options_pb2.RemoveBackgroundOptions(format=options_pb2.OUTPUT_FORMAT_PNG)
+        image=photo, options=options_pb2.RemoveBackgroundOptions(format=options_pb2.OUTPUT_FORMAT_PNG, detail=LEVEL)
     )
     measured: dict[int, float] = {}
     asyncio.run(unary_load(mesh.gateway.address, mesh.ca_file, api_key, request, 2, 4))  # warm-up
@@ -104,7 +104,7 @@ async def offer(
     reasons: Counter[str] = Counter()
     other: Counter[str] = Counter()
     request = cutout_pb2.RemoveBackgroundRequest(
-        image=photo, options=options_pb2.RemoveBackgroundOptions(format=options_pb2.OUTPUT_FORMAT_PNG)
+        image=photo, options=options_pb2.RemoveBackgroundOptions(format=options_pb2.OUTPUT_FORMAT_PNG, detail=LEVEL)
     )
     arrivals = random.Random(19)
     async with gateway_channel(target, ca_file) as channel:

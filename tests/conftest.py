@@ -45,6 +45,12 @@ def model_paths() -> list[Path]:
     return fetch_models()
 
 
+# The suite makes hundreds of removals: its meshes cut out at the fast level unless a request
+# asks for another (tens of ms each, not a second or two). tests/mesh/test_detail.py asks for
+# each level by name and checks the service's own default.
+FAST_LEVEL = {"CUTOUT_INFERENCE_DEFAULT_DETAIL": "fast"}
+
+
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory, model_paths: list[Path]) -> Iterator[Mesh]:
     # Few free credits at sign-up, so that tests can top accounts up to small exact balances.
@@ -52,10 +58,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, model_paths: list[Path]) -> I
         data_dir=tmp_path_factory.mktemp("mesh"),
         env={
             "CUTOUT_ACCOUNTS_SIGNUP_CREDITS": str(SIGNUP_CREDITS),
-            # The suite makes hundreds of removals: at the fast level by default (tens of ms each,
-            # not a second). tests/mesh/test_detail.py asks for each level by name and checks
-            # the service's own default on an inference service of its own.
-            "CUTOUT_INFERENCE_DEFAULT_DETAIL": "fast",
+            **FAST_LEVEL,
             # The suite signs up hundreds of accounts from one address; tests/mesh/test_abuse.py
             # checks the default per-source limits on gateways of their own.
             "CUTOUT_GATEWAY_SOURCE_RATE_PER_S": "1000",

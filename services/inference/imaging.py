@@ -250,7 +250,7 @@ class Prepared:
 def working_size(size: tuple[int, int], spec: OutputSpec) -> tuple[int, int]:
     """The size the output is made at: the picture's, or the smaller size the output will
     have anyway (a preview, or max_width / max_height without a crop or placement, whose
-    final size depends on the subject), so the guided filter, compositing and encoding
+    final size depends on the subject), so the alpha, compositing and encoding
     never work on pixels that would only be thrown away."""
     if spec.size == Size.SIZE_PREVIEW:
         size = preview_size(size)

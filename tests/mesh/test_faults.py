@@ -40,7 +40,7 @@ from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.errors import error_details
 from services.launcher import Mesh, ServiceProcess, free_port, gateway_process
 from services.retention.models import KeptResult
-from tests.conftest import Customer, another_gateway, encode, new_account
+from tests.conftest import FAST_LEVEL, Customer, another_gateway, encode, new_account
 from tests.faultproxy import FaultProxy
 
 CLIENTS = 3
@@ -138,6 +138,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory, model_paths, astronaut: Image.
     mesh = Mesh(
         data_dir=tmp_path_factory.mktemp("faults"),
         env={
+            **FAST_LEVEL,
             "CUTOUT_ACCOUNTS_SIGNUP_CREDITS": "3",
             "CUTOUT_ACCOUNTS_HOLD_TIMEOUT_S": "20",
             "CUTOUT_ACCOUNTS_SWEEP_INTERVAL_S": "1",

@@ -37,7 +37,7 @@ from services.inference.profiles import ModelProfile, ProfileError, load_config
 from services.inference.settings import InferenceSettings
 from services.inference.triton_local import model_counts
 from services.launcher import Mesh
-from tests.conftest import CACHE, WithApiKey, decode, new_account
+from tests.conftest import CACHE, FAST_LEVEL, WithApiKey, decode, new_account
 from tests.mesh.test_end_to_end import BACKDROP, FACE
 
 PHOTOS = {"coffee": COFFEE, "chelsea": CHELSEA}
@@ -155,7 +155,7 @@ def mesh_with_a_third_model(tmp_path_factory: pytest.TempPathFactory, model_path
     folder = repository / "selfie_segmentation_landscape"
     LANDSCAPE.fetch(folder / "1" / "selfie_segmentation_landscape.tflite")
     (folder / "config.pbtxt").write_text(LANDSCAPE_CONFIG)
-    mesh = Mesh(data_dir=tmp_path_factory.mktemp("mesh3"), model_repository=repository)
+    mesh = Mesh(data_dir=tmp_path_factory.mktemp("mesh3"), model_repository=repository, env=FAST_LEVEL)
     mesh.start()
     yield mesh
     assert all(code == 0 for code in mesh.stop().values())

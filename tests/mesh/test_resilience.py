@@ -36,7 +36,7 @@ from services.common.tls import channel_credentials
 from services.inference.triton_local import LocalTriton
 from services.launcher import ROOT, ServiceProcess, free_port, gateway_process
 from services.retention.store import READY
-from tests.conftest import Customer, encode, new_account
+from tests.conftest import FAST_LEVEL, Customer, encode, new_account
 
 
 def balance_of(channel: grpc.Channel, account) -> tuple[int, int]:
@@ -73,7 +73,9 @@ def own_triton(tmp_path, model_paths, mesh) -> Iterator[LocalTriton]:
 def test_triton_down_gives_unavailable_and_inference_recovers_when_it_is_back(
     tmp_path, own_triton, astronaut_png, mesh, raw_channel
 ):
-    inference = ServiceProcess("inference", {"CUTOUT_INFERENCE_TRITON_URL": own_triton.url}, tmp_path, pki=mesh.pki)
+    inference = ServiceProcess(
+        "inference", {**FAST_LEVEL, "CUTOUT_INFERENCE_TRITON_URL": own_triton.url}, tmp_path, pki=mesh.pki
+    )
     inference.start()
     gateway = gateway_process(
         tmp_path,
@@ -193,7 +195,9 @@ def _cpu_seconds(pid: int) -> float:
 
 def test_sigterm_during_a_request_lets_it_finish_then_exits_zero(tmp_path, mesh, astronaut, funded_account):
     """Gateway and inference both get SIGTERM while a slow request is inside them."""
-    inference = ServiceProcess("inference", {"CUTOUT_INFERENCE_TRITON_URL": mesh.triton.url}, tmp_path, pki=mesh.pki)
+    inference = ServiceProcess(
+        "inference", {**FAST_LEVEL, "CUTOUT_INFERENCE_TRITON_URL": mesh.triton.url}, tmp_path, pki=mesh.pki
+    )
     inference.start()
     inference.wait_serving()
     gateway = gateway_process(

@@ -13,7 +13,7 @@ from PIL import PngImagePlugin
 
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.launcher import Mesh, ServiceProcess, free_port
-from tests.conftest import Customer, encode, new_account
+from tests.conftest import FAST_LEVEL, Customer, encode, new_account
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 MARKER = "cutout-telemetry-private-marker-51c2"
@@ -33,6 +33,7 @@ def traced_mesh(tmp_path_factory, receiver, model_paths) -> Iterator[Mesh]:
     mesh = Mesh(
         data_dir=tmp_path_factory.mktemp("traced"),
         env={
+            **FAST_LEVEL,
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
             "OTEL_EXPORTER_OTLP_INSECURE": "true",
             "OTEL_BSP_SCHEDULE_DELAY": "100",
