@@ -1,9 +1,9 @@
 """The floor, and two pipelines a user could write in-process instead of calling the mesh.
 
 - "floor": the same work as the mesh on the shortest possible path. No gRPC, no Triton,
-  no batcher: decode, resize, the model with ai-edge-litert in-process, mask refinement,
-  compositing and encoding with the very functions and encoder settings the inference
-  service uses (so it moves with them).
+  no batcher: decode, resize, the model with ai-edge-litert in-process, the mask to alpha
+  as the fast detail level does it, compositing and encoding with the very functions and
+  encoder settings the inference service uses (so it moves with them).
 - "pillow": Pillow's defaults, as a first attempt looks: decode, `resize` to the model's
   input, the model, the mask resized back, `putalpha`, `save("PNG")`.
 - "lean": what a user who cared about speed would write without refinement: a draft
