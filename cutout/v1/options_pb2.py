@@ -26,33 +26,43 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63utout/v1/options.proto\x12\tcutout.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\x04Rect\x12\x0c\n\x04left\x18\x01 \x01(\r\x12\x0b\n\x03top\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"\xad\x05\n\x17RemoveBackgroundOptions\x12\'\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x17.cutout.v1.OutputFormat\x12\x18\n\x10\x62\x61\x63kground_color\x18\x02 \x01(\t\x12\x17\n\x0f\x63rop_to_subject\x18\x03 \x01(\x08\x12\x16\n\x0e\x63rop_margin_px\x18\x04 \x01(\r\x12\x11\n\tmax_width\x18\x05 \x01(\r\x12\x12\n\nmax_height\x18\x06 \x01(\r\x12\x1a\n\x12\x63ompression_effort\x18\x07 \x01(\r\x12\x0f\n\x07quality\x18\x08 \x01(\r\x12\x13\n\x0bkeep_result\x18\t \x01(\x08\x12+\n\x08keep_ttl\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12#\n\x07subject\x18\x0b \x01(\x0e\x32\x12.cutout.v1.Subject\x12\r\n\x05model\x18\x0c \x01(\t\x12\x1d\n\x04size\x18\x14 \x01(\x0e\x32\x0f.cutout.v1.Size\x12\x18\n\x10\x62\x61\x63kground_image\x18\x15 \x01(\x0c\x12\x30\n\x0e\x62\x61\x63kground_fit\x18\x16 \x01(\x0e\x32\x18.cutout.v1.BackgroundFit\x12\x17\n\x0f\x62lur_background\x18\x17 \x01(\x08\x12\r\n\x05scale\x18\x18 \x01(\r\x12%\n\x08position\x18\x19 \x01(\x0e\x32\x13.cutout.v1.Position\x12\x1a\n\x12position_x_percent\x18\x1a \x01(\r\x12\x1a\n\x12position_y_percent\x18\x1b \x01(\r\x12\x1c\n\x03roi\x18\x1c \x01(\x0b\x32\x0f.cutout.v1.Rect\x12\x1b\n\x13\x63rop_margin_percent\x18\x1d \x01(\r\x12\x12\n\nadd_shadow\x18\x1e \x01(\x08\x12\x13\n\x0b\x63lean_edges\x18\x1f \x01(\x08\"\xb2\x01\n\x0cStageTimings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x15\n\rpreprocess_ms\x18\x02 \x01(\x01\x12\x15\n\rbatch_wait_ms\x18\x03 \x01(\x01\x12\x10\n\x08model_ms\x18\x04 \x01(\x01\x12\x16\n\x0epostprocess_ms\x18\x05 \x01(\x01\x12\x11\n\tencode_ms\x18\x06 \x01(\x01\x12\x10\n\x08total_ms\x18\x07 \x01(\x01\x12\x12\n\nbatch_size\x18\x08 \x01(\r\"\xd8\x01\n\x0b\x43utoutImage\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x1b\n\x13\x66oreground_fraction\x18\x05 \x01(\x02\x12\r\n\x05model\x18\x06 \x01(\t\x12\'\n\x0e\x66oreground_box\x18\n \x01(\x0b\x32\x0f.cutout.v1.Rect\x12\x13\n\x0b\x61lpha_image\x18\x0b \x01(\x0c\x12\x1d\n\x04size\x18\x0c \x01(\x0e\x32\x0f.cutout.v1.Size\"\xcf\x01\n\nKeptResult\x12\x11\n\tresult_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmedia_type\x18\x05 \x01(\t\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\x0c\n\x04size\x18\x08 \x01(\x04\"B\n\x0bResultChunk\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.cutout.v1.KeptResult\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c*\xf1\x01\n\x0cOutputFormat\x12\x1d\n\x19OUTPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_FORMAT_PNG\x10\x01\x12\x16\n\x12OUTPUT_FORMAT_WEBP\x10\x02\x12\x16\n\x12OUTPUT_FORMAT_MASK\x10\x03\x12\x1f\n\x1bOUTPUT_FORMAT_JPEG_ON_COLOR\x10\x04\x12\x1e\n\x1aOUTPUT_FORMAT_PNG_ON_COLOR\x10\x05\x12\x16\n\x12OUTPUT_FORMAT_AUTO\x10\x06\x12\"\n\x1eOUTPUT_FORMAT_COLOR_ALPHA_PAIR\x10\x07*L\n\x04Size\x12\x14\n\x10SIZE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSIZE_PREVIEW\x10\x01\x12\r\n\tSIZE_FULL\x10\x02\x12\r\n\tSIZE_AUTO\x10\x03*a\n\rBackgroundFit\x12\x1e\n\x1a\x42\x41\x43KGROUND_FIT_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42\x41\x43KGROUND_FIT_COVER\x10\x01\x12\x16\n\x12\x42\x41\x43KGROUND_FIT_FIT\x10\x02*f\n\x08Position\x12\x18\n\x14POSITION_UNSPECIFIED\x10\x00\x12\x15\n\x11POSITION_ORIGINAL\x10\x01\x12\x13\n\x0fPOSITION_CENTER\x10\x02\x12\x14\n\x10POSITION_PERCENT\x10\x03*Y\n\x07Subject\x12\x17\n\x13SUBJECT_UNSPECIFIED\x10\x00\x12\x10\n\x0cSUBJECT_AUTO\x10\x01\x12\x12\n\x0eSUBJECT_PERSON\x10\x02\x12\x0f\n\x0bSUBJECT_ANY\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63utout/v1/options.proto\x12\tcutout.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\x04Rect\x12\x0c\n\x04left\x18\x01 \x01(\r\x12\x0b\n\x03top\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"\xf7\x05\n\x17RemoveBackgroundOptions\x12\'\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x17.cutout.v1.OutputFormat\x12\x18\n\x10\x62\x61\x63kground_color\x18\x02 \x01(\t\x12\x17\n\x0f\x63rop_to_subject\x18\x03 \x01(\x08\x12\x16\n\x0e\x63rop_margin_px\x18\x04 \x01(\r\x12\x11\n\tmax_width\x18\x05 \x01(\r\x12\x12\n\nmax_height\x18\x06 \x01(\r\x12\x1a\n\x12\x63ompression_effort\x18\x07 \x01(\r\x12\x0f\n\x07quality\x18\x08 \x01(\r\x12\x13\n\x0bkeep_result\x18\t \x01(\x08\x12+\n\x08keep_ttl\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12#\n\x07subject\x18\x0b \x01(\x0e\x32\x12.cutout.v1.Subject\x12\r\n\x05model\x18\x0c \x01(\t\x12\x1d\n\x04size\x18\x14 \x01(\x0e\x32\x0f.cutout.v1.Size\x12\x18\n\x10\x62\x61\x63kground_image\x18\x15 \x01(\x0c\x12\x30\n\x0e\x62\x61\x63kground_fit\x18\x16 \x01(\x0e\x32\x18.cutout.v1.BackgroundFit\x12\x17\n\x0f\x62lur_background\x18\x17 \x01(\x08\x12\r\n\x05scale\x18\x18 \x01(\r\x12%\n\x08position\x18\x19 \x01(\x0e\x32\x13.cutout.v1.Position\x12\x1a\n\x12position_x_percent\x18\x1a \x01(\r\x12\x1a\n\x12position_y_percent\x18\x1b \x01(\r\x12\x1c\n\x03roi\x18\x1c \x01(\x0b\x32\x0f.cutout.v1.Rect\x12\x1b\n\x13\x63rop_margin_percent\x18\x1d \x01(\r\x12\x12\n\nadd_shadow\x18\x1e \x01(\x08\x12\x13\n\x0b\x63lean_edges\x18\x1f \x01(\x08\x12\x1c\n\x14\x62\x61\x63kground_image_url\x18  \x01(\t\x12*\n\x0boutput_size\x18! \x01(\x0b\x32\x15.cutout.v1.OutputSize\"i\n\nOutputSize\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12#\n\x07padding\x18\x03 \x01(\x0b\x32\x12.cutout.v1.Margins\x12\x17\n\x0fpadding_percent\x18\x04 \x01(\r\"C\n\x07Margins\x12\x0b\n\x03top\x18\x01 \x01(\r\x12\r\n\x05right\x18\x02 \x01(\r\x12\x0e\n\x06\x62ottom\x18\x03 \x01(\r\x12\x0c\n\x04left\x18\x04 \x01(\r\"\x13\n\x11ListModelsRequest\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.cutout.v1.Model\"\xb2\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x13\n\x0binput_width\x18\x03 \x01(\r\x12\x14\n\x0cinput_height\x18\x04 \x01(\r\x12\x0f\n\x07license\x18\x05 \x01(\t\x12\x15\n\rprice_decimal\x18\x06 \x01(\t\x12\x0e\n\x06served\x18\x07 \x01(\x08\x12\'\n\x0b\x64\x65\x66\x61ult_for\x18\x08 \x01(\x0e\x32\x12.cutout.v1.Subject\"\xb2\x01\n\x0cStageTimings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x15\n\rpreprocess_ms\x18\x02 \x01(\x01\x12\x15\n\rbatch_wait_ms\x18\x03 \x01(\x01\x12\x10\n\x08model_ms\x18\x04 \x01(\x01\x12\x16\n\x0epostprocess_ms\x18\x05 \x01(\x01\x12\x11\n\tencode_ms\x18\x06 \x01(\x01\x12\x10\n\x08total_ms\x18\x07 \x01(\x01\x12\x12\n\nbatch_size\x18\x08 \x01(\r\"\x91\x02\n\x0b\x43utoutImage\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x1b\n\x13\x66oreground_fraction\x18\x05 \x01(\x02\x12\r\n\x05model\x18\x06 \x01(\t\x12\'\n\x0e\x66oreground_box\x18\n \x01(\x0b\x32\x0f.cutout.v1.Rect\x12\x13\n\x0b\x61lpha_image\x18\x0b \x01(\x0c\x12\x1d\n\x04size\x18\x0c \x01(\x0e\x32\x0f.cutout.v1.Size\x12#\n\x07subject\x18\r \x01(\x0e\x32\x12.cutout.v1.Subject\x12\x12\n\nconfidence\x18\x0e \x01(\x02\"\xcf\x01\n\nKeptResult\x12\x11\n\tresult_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmedia_type\x18\x05 \x01(\t\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\x0c\n\x04size\x18\x08 \x01(\x04\"B\n\x0bResultChunk\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.cutout.v1.KeptResult\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c*\xf1\x01\n\x0cOutputFormat\x12\x1d\n\x19OUTPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_FORMAT_PNG\x10\x01\x12\x16\n\x12OUTPUT_FORMAT_WEBP\x10\x02\x12\x16\n\x12OUTPUT_FORMAT_MASK\x10\x03\x12\x1f\n\x1bOUTPUT_FORMAT_JPEG_ON_COLOR\x10\x04\x12\x1e\n\x1aOUTPUT_FORMAT_PNG_ON_COLOR\x10\x05\x12\x16\n\x12OUTPUT_FORMAT_AUTO\x10\x06\x12\"\n\x1eOUTPUT_FORMAT_COLOR_ALPHA_PAIR\x10\x07*L\n\x04Size\x12\x14\n\x10SIZE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSIZE_PREVIEW\x10\x01\x12\r\n\tSIZE_FULL\x10\x02\x12\r\n\tSIZE_AUTO\x10\x03*a\n\rBackgroundFit\x12\x1e\n\x1a\x42\x41\x43KGROUND_FIT_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42\x41\x43KGROUND_FIT_COVER\x10\x01\x12\x16\n\x12\x42\x41\x43KGROUND_FIT_FIT\x10\x02*f\n\x08Position\x12\x18\n\x14POSITION_UNSPECIFIED\x10\x00\x12\x15\n\x11POSITION_ORIGINAL\x10\x01\x12\x13\n\x0fPOSITION_CENTER\x10\x02\x12\x14\n\x10POSITION_PERCENT\x10\x03*Y\n\x07Subject\x12\x17\n\x13SUBJECT_UNSPECIFIED\x10\x00\x12\x10\n\x0cSUBJECT_AUTO\x10\x01\x12\x12\n\x0eSUBJECT_PERSON\x10\x02\x12\x0f\n\x0bSUBJECT_ANY\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cutout.v1.options_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTPUTFORMAT']._serialized_start=1536
-  _globals['_OUTPUTFORMAT']._serialized_end=1777
-  _globals['_SIZE']._serialized_start=1779
-  _globals['_SIZE']._serialized_end=1855
-  _globals['_BACKGROUNDFIT']._serialized_start=1857
-  _globals['_BACKGROUNDFIT']._serialized_end=1954
-  _globals['_POSITION']._serialized_start=1956
-  _globals['_POSITION']._serialized_end=2058
-  _globals['_SUBJECT']._serialized_start=2060
-  _globals['_SUBJECT']._serialized_end=2149
+  _globals['_OUTPUTFORMAT']._serialized_start=2101
+  _globals['_OUTPUTFORMAT']._serialized_end=2342
+  _globals['_SIZE']._serialized_start=2344
+  _globals['_SIZE']._serialized_end=2420
+  _globals['_BACKGROUNDFIT']._serialized_start=2422
+  _globals['_BACKGROUNDFIT']._serialized_end=2519
+  _globals['_POSITION']._serialized_start=2521
+  _globals['_POSITION']._serialized_end=2623
+  _globals['_SUBJECT']._serialized_start=2625
+  _globals['_SUBJECT']._serialized_end=2714
   _globals['_RECT']._serialized_start=103
   _globals['_RECT']._serialized_end=167
   _globals['_REMOVEBACKGROUNDOPTIONS']._serialized_start=170
-  _globals['_REMOVEBACKGROUNDOPTIONS']._serialized_end=855
-  _globals['_STAGETIMINGS']._serialized_start=858
-  _globals['_STAGETIMINGS']._serialized_end=1036
-  _globals['_CUTOUTIMAGE']._serialized_start=1039
-  _globals['_CUTOUTIMAGE']._serialized_end=1255
-  _globals['_KEPTRESULT']._serialized_start=1258
-  _globals['_KEPTRESULT']._serialized_end=1465
-  _globals['_RESULTCHUNK']._serialized_start=1467
-  _globals['_RESULTCHUNK']._serialized_end=1533
+  _globals['_REMOVEBACKGROUNDOPTIONS']._serialized_end=929
+  _globals['_OUTPUTSIZE']._serialized_start=931
+  _globals['_OUTPUTSIZE']._serialized_end=1036
+  _globals['_MARGINS']._serialized_start=1038
+  _globals['_MARGINS']._serialized_end=1105
+  _globals['_LISTMODELSREQUEST']._serialized_start=1107
+  _globals['_LISTMODELSREQUEST']._serialized_end=1126
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1128
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1182
+  _globals['_MODEL']._serialized_start=1185
+  _globals['_MODEL']._serialized_end=1363
+  _globals['_STAGETIMINGS']._serialized_start=1366
+  _globals['_STAGETIMINGS']._serialized_end=1544
+  _globals['_CUTOUTIMAGE']._serialized_start=1547
+  _globals['_CUTOUTIMAGE']._serialized_end=1820
+  _globals['_KEPTRESULT']._serialized_start=1823
+  _globals['_KEPTRESULT']._serialized_end=2030
+  _globals['_RESULTCHUNK']._serialized_start=2032
+  _globals['_RESULTCHUNK']._serialized_end=2098
 # @@protoc_insertion_point(module_scope)
