@@ -68,7 +68,7 @@ def looks_like_person(probability: np.ndarray, rule: PersonRule) -> bool:
     area = float(inside.mean())
     if not rule.min_area <= area <= rule.max_area:
         return False
-    confidence = float(probability[inside].mean())
+    confidence = mask_confidence(probability)
     uncertain = float(((probability > 0.2) & (probability < 0.8)).mean())
     bottom = float(inside[-max(1, len(inside) // 32) :].mean())
     return (
@@ -76,6 +76,13 @@ def looks_like_person(probability: np.ndarray, rule: PersonRule) -> bool:
         and uncertain / area <= rule.max_edge_ratio
         and bottom >= rule.min_bottom_contact
     )
+
+
+def mask_confidence(probability: np.ndarray) -> float:
+    """How sure a mask is, 0 to 1: the mean probability of its pixels above 0.5 (0 if none is),
+    the measure AUTO's person rule reads (CutoutImage.confidence)."""
+    inside = probability > 0.5
+    return float(probability[inside].mean()) if inside.any() else 0.0
 
 
 class ModelCatalog:

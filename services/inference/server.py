@@ -22,7 +22,7 @@ from services.common.server import ServiceSpec
 from services.common.telemetry import count, meter, stage, tracer
 from services.common.tls import Identity
 from services.inference import imaging, inpainting
-from services.inference.models import ModelCatalog, ServedModel, looks_like_person
+from services.inference.models import ModelCatalog, ServedModel, looks_like_person, mask_confidence
 from services.inference.pixel_budget import PixelBudget
 from services.inference.settings import InferenceSettings
 from services.inference.triton import TritonInpainter
@@ -157,6 +157,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 foreground_box=_rect(rendered.foreground_box),
                 alpha_image=rendered.alpha_data,
                 size=options_pb2.SIZE_PREVIEW if spec.size == options_pb2.SIZE_PREVIEW else options_pb2.SIZE_FULL,
+                subject=Subject.SUBJECT_PERSON
+                if model.profile.name == self.settings.person_model
+                else Subject.SUBJECT_ANY,
+                confidence=mask_confidence(probability),
             ),
             timings=timings,
         )
