@@ -125,10 +125,14 @@ def _api_key(request: Request) -> str:
 
 
 async def _no_key(request: Request, google: bool = False) -> JSONResponse:
-    """403, decided before the body is read: a large upload without a key costs nothing but its
-    headers (the connection is closed under it). A small body is read and dropped first, so
-    that a client still sending it gets the answer instead of a broken connection."""
     refused = errors.HttpError(403, "auth_failed", f"send your API key in the {API_KEY_HEADER} header")
+    return await _unread(request, refused, google)
+
+
+async def _unread(request: Request, refused: errors.HttpError, google: bool = False) -> JSONResponse:
+    """A refusal decided before the body is read: a large upload without a key costs nothing
+    but its headers (the connection is closed under it). A small body is read and dropped
+    first, so that a client still sending it gets the answer instead of a broken connection."""
     try:
         length = body.declared_length(request)
     except body.BadBody:
@@ -237,7 +241,7 @@ def build_app(settings: EdgeSettings, gateway: Gateway | None = None) -> ASGIApp
                 if method in all_methods
                 else f"no method {method} in cutout.v1.Cutout"
             )
-            return _refusal(errors.HttpError(404, "not_found", detail), True)
+            return await _unread(request, errors.HttpError(404, "not_found", detail), True)
         try:
             raw = await body.read_body(request, settings.max_body_bytes) if _api_key(request) else b""
         except (body.BodyTooLarge, body.BadBody) as error:
