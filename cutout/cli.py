@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("id", help="the key's id from `cutout keys list`")
     revoke.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
 
+    commands.add_parser("models", help="the segmentation models the service runs: use, input size, licence, price")
     balance = commands.add_parser("balance", help="show your credits")
     balance.add_argument("--ledger", type=int, default=0, metavar="N", help="also show the last N ledger entries")
     results = commands.add_parser("results", help="results kept with --keep").add_subparsers(
@@ -397,6 +398,20 @@ def keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def models(args: argparse.Namespace) -> int:
+    with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
+        listed = client.list_models().models
+    print(f"{'model':24} {'served':6} {'input':9} {'licence':12} {'credits':7} {'default for':11} purpose")
+    for model in listed:
+        default = options_pb2.Subject.Name(model.default_for).removeprefix("SUBJECT_").lower()
+        size = f"{model.input_width}x{model.input_height}" if model.input_width else "-"
+        print(
+            f"{model.name:24} {'yes' if model.served else 'no':6} {size:9} {model.license or '-':12} "
+            f"{model.price_decimal or '-':7} {default if model.default_for else '-':11} {model.purpose}"
+        )
+    return 0
+
+
 def balance(args: argparse.Namespace) -> int:
     with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
         shown = client.balance()
@@ -651,6 +666,8 @@ def main(argv: list[str] | None = None) -> int:
             return keys(args)
         if args.command == "balance":
             return balance(args)
+        if args.command == "models":
+            return models(args)
         if args.command == "results":
             return results(args)
         if args.command == "account":

@@ -23,12 +23,22 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import Message
 
-from cutout.v1 import account_pb2, accounts_pb2, cutout_pb2, cutout_pb2_grpc, erase_pb2, options_pb2, rights_pb2
+from cutout.v1 import (
+    account_pb2,
+    accounts_pb2,
+    cutout_pb2,
+    cutout_pb2_grpc,
+    erase_pb2,
+    inference_pb2,
+    options_pb2,
+    rights_pb2,
+)
+from services.common import credits
 from services.common.server import ServiceSpec
 from services.common.settings import SOURCE_METADATA
 from services.common.wire import as_message
 from services.gateway.admission import Admission, source_address
-from services.gateway.downstreams import Downstreams
+from services.gateway.downstreams import Downstreams, inference_error
 from services.gateway.removals import Removals
 from services.gateway.results import FORWARD_KEY, Results
 from services.gateway.settings import GatewaySettings
@@ -59,6 +69,7 @@ def _public_response(name: str) -> type[Message]:
 
 class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
     def __init__(self, settings: GatewaySettings, down: Downstreams) -> None:
+        self.settings = settings
         self.down = down
         self.removals = Removals(settings, down)
         self.streams = Streams(settings, down, self.removals)
@@ -72,6 +83,21 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         response, _ = await self.removals.remove(context, caller, request)
         response.timings.total_ms = (time.perf_counter() - started) * 1000
         return response
+
+    async def ListModels(
+        self, request: options_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> options_pb2.ListModelsResponse:
+        await self.down.caller(context)  # a key is needed, like every call about the service's work
+        try:
+            listed = await self.down.inference.ListModels(
+                inference_pb2.InferenceListModelsRequest(), timeout=self.down.deadline(context, 10.0)
+            )
+        except grpc.aio.AioRpcError as error:
+            raise inference_error(error) from None
+        price = credits.text(credits.to_milli(self.settings.price_full))
+        for model in listed.models:
+            model.price_decimal = price  # one price list for every model (settings.price_*)
+        return options_pb2.ListModelsResponse(models=listed.models)
 
     async def EraseRegions(
         self, request: erase_pb2.EraseRegionsRequest, context: grpc.aio.ServicerContext

@@ -64,6 +64,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         finally:
             self._in_pool -= 1
 
+    async def ListModels(
+        self, request: inference_pb2.InferenceListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.InferenceListModelsResponse:
+        return inference_pb2.InferenceListModelsResponse(models=await self.catalog.listing())
+
     async def Segment(
         self, request: inference_pb2.SegmentRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.SegmentResponse:
