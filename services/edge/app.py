@@ -56,7 +56,9 @@ class Gateway:
 
     def open(self) -> None:
         target = self.settings.gateway_target
-        options = channel_options()
+        options: list[tuple[str, int | str]] = channel_options()
+        if self.settings.gateway_tls_name:
+            options.append(("grpc.ssl_target_name_override", self.settings.gateway_tls_name))
         if self.settings.gateway_ca_file is None and is_loopback(target) and self.settings.gateway_plaintext:
             self.channel = grpc.aio.insecure_channel(target, options=options)
         else:

@@ -20,6 +20,9 @@ class EdgeSettings(ServiceSettings):
     # The CA the gateway's certificate is checked against (the cell's CA); unset: the
     # system's roots. The edge is a client of the public port like any other.
     gateway_ca_file: Path | None = None
+    # The name the gateway's certificate carries when gateway_target's host is not it (on
+    # Kubernetes: dns:///gateway:50051, whose certificate is the region's public name).
+    gateway_tls_name: str = ""
     # Plaintext to the gateway: only to a loopback address (a gateway without TLS, in tests).
     gateway_plaintext: bool = False
     # The largest request body read: the gateway's 50 MiB input cap as base64 (4/3) plus a
