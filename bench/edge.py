@@ -47,7 +47,6 @@ def _http_load(mesh: Mesh, api_key: str, photo: bytes, concurrency: int, count: 
 
     def worker() -> None:
         with requests.Session() as session:
-            session.verify = str(mesh.ca_file)
             while True:
                 with lock:
                     if remaining[0] <= 0:
@@ -59,6 +58,7 @@ def _http_load(mesh: Mesh, api_key: str, photo: bytes, concurrency: int, count: 
                     headers={"X-Api-Key": api_key},
                     files={"image_file": photo},
                     data={"size": "full", "format": "png"},
+                    verify=str(mesh.ca_file),  # per request: a REQUESTS_CA_BUNDLE would win over the session's
                     timeout=300,
                 )
                 answer.raise_for_status()

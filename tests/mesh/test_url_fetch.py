@@ -157,7 +157,7 @@ def test_internal_addresses_are_refused_before_connecting_and_uncharged(
     assert _balance(stub, customer) == before
 
 
-def test_a_redirect_to_an_internal_address_is_refused(stub, customer: Customer, pictures: Pictures):
+def test_a_redirect_to_an_internal_address_is_refused(mesh: Mesh, stub, customer: Customer, pictures: Pictures):
     before = _balance(stub, customer)
     with pytest.raises(grpc.RpcError) as caught:
         _remove(stub, customer, pictures.url("/to-internal"))
@@ -180,6 +180,10 @@ def test_a_redirect_to_an_internal_address_is_refused(stub, customer: Customer, 
         _remove(stub, customer, pictures.url("/photo.png"), image=b"\x89PNG")
     assert "not both" in caught.value.details()
     assert _balance(stub, customer) == before
+    # Neither the URLs nor their hosts reach a log line (the refusals name the rule only).
+    for service in (mesh.gateway, mesh.edge):
+        log = service.log_path.read_text()
+        assert "to-internal" not in log and "internal-target" not in log and "no-such-host" not in log, service.name
 
 
 def test_background_image_url(stub, customer: Customer, pictures: Pictures):
