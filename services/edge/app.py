@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, message_factory
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.applications import Starlette
@@ -281,7 +281,7 @@ def build_app(settings: EdgeSettings, gateway: Gateway | None = None) -> ASGIApp
     service = cutout_pb2.DESCRIPTOR.services_by_name["Cutout"]
     all_methods = {m.name for m in service.methods}
     api_key_methods: dict[str, Callable[[], Message]] = {
-        m.name: getattr(cutout_pb2, m.input_type.name, None) or _message_class(m.input_type)
+        m.name: message_factory.GetMessageClass(m.input_type)
         for m in service.methods
         if not m.client_streaming and not m.server_streaming and m.name not in KEYLESS
     }
@@ -307,16 +307,16 @@ def build_app(settings: EdgeSettings, gateway: Gateway | None = None) -> ASGIApp
     async def failed(request: Request, error: Exception) -> Response:
         # The type only: an exception's text could quote what the caller sent.
         log.error("edge error on %s: %s", request.url.path, type(error).__name__, exc_info=error)
-        return _refusal(errors.HttpError(500, "internal", "internal error of the HTTP edge; nothing was charged"))
+        return _refusal(
+            errors.HttpError(
+                500,
+                "internal",
+                "internal error of the HTTP edge; retry with the same Idempotency-Key to be charged at most once",
+            )
+        )
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: failed})
     return InFlight(app, settings.max_requests, settings.busy_retry_after_s)
-
-
-def _message_class(descriptor: Any) -> Callable[[], Message]:
-    from google.protobuf import message_factory
-
-    return message_factory.GetMessageClass(descriptor)
 
 
 def _number(decimal: str) -> int | float:
