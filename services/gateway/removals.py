@@ -159,6 +159,13 @@ class Removals:
             raise invalid_argument(
                 "send background_image or background_image_url, not both", field="options.background_image_url"
             )
+        # Options that would be refused anyway are refused before any fetch: a placeholder
+        # stands for the pictures, whose bytes are checked once fetched.
+        probe = options_pb2.RemoveBackgroundOptions()
+        probe.CopyFrom(options)
+        if probe.background_image_url:
+            probe.background_image = b"\0"
+        await asyncio.to_thread(validation.check_options, probe)
         rules = self.settings.fetch_rules
         fetched = cutout_pb2.RemoveBackgroundRequest()
         fetched.CopyFrom(request)

@@ -202,6 +202,38 @@ def test_a_100_mb_body_is_refused_before_it_is_read(mesh: Mesh, api_key: str | N
     assert b"connection: close" in head.lower()
 
 
+def test_a_chunked_body_is_refused_as_it_passes_the_limit(mesh: Mesh, customer: Customer, tmp_path: Path):
+    """No Content-Length to refuse from: the edge counts while reading (its limit 4 KiB here)."""
+    edge = edge_process(tmp_path, {"CUTOUT_EDGE_MAX_BODY_BYTES": "4096"}, gateway=mesh.gateway.address, pki=mesh.pki)
+    edge.start()
+    try:
+        edge.wait_serving()
+
+        def chunks() -> Iterator[bytes]:
+            for _ in range(64):  # 64 KiB in all, without a declared length
+                yield b"x" * 1024
+
+        answer = requests.post(
+            f"{edge.url}/v1.0/removebg",
+            headers={"X-Api-Key": customer.api_key, "Content-Type": "application/x-www-form-urlencoded"},
+            data=chunks(),
+            verify=str(mesh.ca_file),
+            timeout=30,
+        )
+        assert answer.status_code == 413, answer.text
+        assert answer.json()["errors"][0]["code"] == "file_too_large"
+        small = requests.post(
+            f"{edge.url}/v1.0/removebg",
+            headers={"X-Api-Key": customer.api_key},
+            data={"size": "hd", "image_file_b64": "AAAA"},
+            verify=str(mesh.ca_file),
+            timeout=30,
+        )
+        assert small.status_code == 400  # under the limit: read, parsed, refused for its size option
+    finally:
+        assert edge.stop() == 0
+
+
 def test_tls_1_3_only_and_http2_by_alpn(mesh: Mesh):
     with pytest.raises(ssl.SSLError):
         _tls_socket(mesh, maximum_version=ssl.TLSVersion.TLSv1_2).close()

@@ -205,6 +205,18 @@ def test_background_image_url(stub, customer: Customer, pictures: Pictures):
             background_image_url=pictures.url("/backdrop.png", "127.0.0.1"),
         )
     assert _reason(caught.value) == "URL_ADDRESS_REFUSED" and "background_image_url" in caught.value.details()
+    # Options refused anyway (a background under a transparent format) are refused before any fetch.
+    hits = sum(pictures.hits.values())
+    with pytest.raises(grpc.RpcError) as caught:
+        _remove(
+            stub,
+            customer,
+            pictures.url("/photo.png"),
+            format=options_pb2.OUTPUT_FORMAT_PNG,
+            background_image_url=pictures.url("/backdrop.png"),
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "background_image" in caught.value.details()
+    assert sum(pictures.hits.values()) == hits, "fetched for a request refused anyway"
 
 
 def test_byte_and_time_limits(mesh: Mesh, customer: Customer, pictures: Pictures, tmp_path: Path):
