@@ -28,6 +28,8 @@ from services.edge.settings import EdgeSettings
 log = logging.getLogger(__name__)
 # How long a closing TLS connection waits for the peer's close_notify.
 TLS_CLOSE_S = 2.0
+# How often the certificate files are looked at for a renewal.
+CERT_CHECK_S = 1.0
 
 
 class EdgeConfig(Config):
@@ -37,6 +39,7 @@ class EdgeConfig(Config):
         super().__init__()
         self.listener = listener
         self.tls = tls
+        self.context: ssl.SSLContext | None = None  # the one hypercorn serves with, once made
 
     def create_sockets(self) -> Sockets:
         return Sockets([self.listener] if self.tls else [], [] if self.tls else [self.listener], [])
@@ -46,7 +49,30 @@ class EdgeConfig(Config):
         if context is not None:
             # hypercorn allows TLS 1.2 (RFC 7540's floor); the edge, like the gRPC port, speaks 1.3.
             context.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.context = context
         return context
+
+
+async def watch_certificate(config: EdgeConfig, cert: Path, key: Path, interval_s: float = CERT_CHECK_S) -> None:
+    """Re-reads the certificate and key when either file changes, as the gRPC ports do: the next
+    connection gets the renewed certificate, no restart. A pair caught mid-renewal (the key
+    written, not yet the certificate) fails to load and the previous one stays until both are."""
+
+    def stamp() -> tuple[tuple[int, int], ...]:
+        return tuple((s.st_mtime_ns, s.st_size) for s in (cert.stat(), key.stat()))
+
+    seen = stamp()
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            now = stamp()
+            if now == seen or config.context is None:
+                continue
+            config.context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+            seen = now
+            log.info("TLS certificate reloaded")
+        except (OSError, ssl.SSLError) as error:
+            log.warning("TLS certificate not reloaded yet (%s); serving the previous one", type(error).__name__)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -104,7 +130,15 @@ async def run(settings: EdgeSettings) -> None:
     if settings.port_file:
         _write_port(settings.port_file, port)
     log.info("listening on %s:%d (%s)", settings.host, port, "TLS 1.3, h2 and http/1.1" if tls else "plaintext")
-    await serve(build_app(settings), config, shutdown_trigger=stopping.wait)  # type: ignore[arg-type]
+    watcher = None
+    if tls:
+        assert settings.tls_cert_file is not None and settings.tls_key_file is not None
+        watcher = asyncio.create_task(watch_certificate(config, settings.tls_cert_file, settings.tls_key_file))
+    try:
+        await serve(build_app(settings), config, shutdown_trigger=stopping.wait)  # type: ignore[arg-type]
+    finally:
+        if watcher is not None:
+            watcher.cancel()
     log.info("stopped")
 
 

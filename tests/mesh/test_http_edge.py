@@ -11,6 +11,7 @@ import io
 import json
 import socket
 import ssl
+import time
 import zipfile
 from collections.abc import Iterator
 from decimal import Decimal
@@ -230,6 +231,41 @@ def test_a_chunked_body_is_refused_as_it_passes_the_limit(mesh: Mesh, customer: 
             timeout=30,
         )
         assert small.status_code == 400  # under the limit: read, parsed, refused for its size option
+    finally:
+        assert edge.stop() == 0
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(mesh: Mesh, tmp_path: Path):
+    assert mesh.pki is not None
+    cert, key = tmp_path / "edge.pem", tmp_path / "edge-key.pem"
+
+    def renew() -> bytes:
+        identity = mesh.pki.issue("edge-renewal")
+        key.write_bytes(identity.key_file.read_bytes())
+        cert.write_bytes(identity.cert_file.read_bytes())
+        return ssl.PEM_cert_to_DER_cert(identity.cert_file.read_text())
+
+    first = renew()
+    env = {"CUTOUT_EDGE_TLS_CERT_FILE": str(cert), "CUTOUT_EDGE_TLS_KEY_FILE": str(key)}
+    edge = edge_process(tmp_path, env, gateway=mesh.gateway.address, pki=mesh.pki)
+    edge.start()
+    try:
+        edge.wait_serving()
+        context = ssl.create_default_context(cafile=str(mesh.ca_file))
+
+        def served() -> bytes:
+            with (
+                socket.create_connection(("127.0.0.1", edge.port), timeout=10) as raw,
+                context.wrap_socket(raw, server_hostname="localhost") as tls,
+            ):
+                return tls.getpeercert(binary_form=True) or b""
+
+        assert served() == first
+        second = renew()
+        deadline = time.monotonic() + 15
+        while served() != second and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert served() == second
     finally:
         assert edge.stop() == 0
 
