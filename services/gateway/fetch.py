@@ -9,8 +9,8 @@ So every hop of a fetch:
   private, link-local, multicast, reserved, unspecified or otherwise not global (IPv4, IPv6,
   and IPv4 inside IPv6: mapped, NAT64, 6to4), unless the host is allowed by name
   (settings.fetch_allowed_hosts);
-- connects to that address itself (no second resolution that DNS could answer differently),
-  presenting the name for TLS and the Host header;
+- connects to the addresses it checked (the first that answers), never resolving again (a
+  second answer from DNS could differ), presenting the name for TLS and the Host header;
 - follows at most fetch_max_redirects redirects, each checked as a new URL.
 
 The body is read into memory up to fetch_max_bytes (a larger Content-Length is refused
@@ -119,8 +119,8 @@ def _parse(url: str, field: str) -> _Target:
     return _Target(scheme, host, port or (443 if scheme == "https" else 80), path)
 
 
-async def _address(target: _Target, rules: FetchRules, resolve: Resolver, field: str) -> str:
-    """The one address this hop connects to, after the checks."""
+async def _addresses(target: _Target, rules: FetchRules, resolve: Resolver, field: str) -> list[str]:
+    """The addresses this hop may connect to (in the resolver's order), after the checks."""
     try:
         literal: IPAddress | None = ipaddress.ip_address(target.host)
     except ValueError:
@@ -136,7 +136,7 @@ async def _address(target: _Target, rules: FetchRules, resolve: Resolver, field:
         if not candidates:
             raise refused(field, "URL_HOST_NOT_FOUND", "the URL's host name does not resolve")
     if literal is None and target.host.rstrip(".") in rules.allowed_hosts:
-        return str(candidates[0])
+        return [str(candidate) for candidate in candidates]
     for candidate in candidates:  # every answer: DNS must not be able to pick the internal one
         kind = internal_kind(candidate)
         if kind is not None:
@@ -145,7 +145,7 @@ async def _address(target: _Target, rules: FetchRules, resolve: Resolver, field:
                 "URL_ADDRESS_REFUSED",
                 f"the URL's host is (or resolves to) a {kind} address, which is not fetched",
             )
-    return str(candidates[0])
+    return [str(candidate) for candidate in candidates]
 
 
 def _tls_context(rules: FetchRules) -> ssl.SSLContext:
@@ -155,17 +155,27 @@ def _tls_context(rules: FetchRules) -> ssl.SSLContext:
     return context
 
 
-async def _get(target: _Target, address: str, rules: FetchRules, field: str) -> tuple[int, str | None, bytes]:
-    """One GET to `address`: (status, Location if a redirect, body if 200)."""
+async def _connect(
+    target: _Target, addresses: list[str], rules: FetchRules, field: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the first of the checked addresses that answers (a name may resolve to
+    ::1 and 127.0.0.1 while its server listens on one of them)."""
     tls = _tls_context(rules) if target.scheme == "https" else None
-    try:
-        reader, writer = await asyncio.open_connection(
-            address, target.port, ssl=tls, server_hostname=target.host if tls else None
-        )
-    except ssl.SSLError:
-        raise refused(field, "URL_FETCH_FAILED", "the URL's TLS certificate could not be verified") from None
-    except OSError:
-        raise refused(field, "URL_FETCH_FAILED", "the URL's server could not be reached") from None
+    for address in addresses:
+        try:
+            return await asyncio.open_connection(
+                address, target.port, ssl=tls, server_hostname=target.host if tls else None
+            )
+        except ssl.SSLError:
+            raise refused(field, "URL_FETCH_FAILED", "the URL's TLS certificate could not be verified") from None
+        except OSError:
+            continue
+    raise refused(field, "URL_FETCH_FAILED", "the URL's server could not be reached")
+
+
+async def _get(target: _Target, addresses: list[str], rules: FetchRules, field: str) -> tuple[int, str | None, bytes]:
+    """One GET to the checked addresses: (status, Location if a redirect, body if 200)."""
+    reader, writer = await _connect(target, addresses, rules, field)
     connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
     default_port = 443 if target.scheme == "https" else 80
     host_header = target.host if target.port == default_port else f"{target.host}:{target.port}"
@@ -232,8 +242,8 @@ async def fetch(url: str, rules: FetchRules, field: str, resolve: Resolver = sys
         current = url
         for _ in range(rules.max_redirects + 1):
             target = _parse(current, field)
-            address = await _address(target, rules, resolve, field)
-            status, location, body = await _get(target, address, rules, field)
+            addresses = await _addresses(target, rules, resolve, field)
+            status, location, body = await _get(target, addresses, rules, field)
             if location is None and 300 <= status < 400:
                 raise refused(field, "URL_FETCH_FAILED", f"the URL's server answered HTTP {status} without a Location")
             if location is None:
