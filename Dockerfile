@@ -55,6 +55,11 @@ FROM runtime AS gateway
 EXPOSE 50051
 CMD ["services.gateway"]
 
+# The HTTP edge (remove.bg's API, Cutout's as JSON), a client of the gateway's public port.
+FROM runtime AS edge
+EXPOSE 8443
+CMD ["services.edge"]
+
 FROM runtime AS inference
 EXPOSE 50052
 CMD ["services.inference"]

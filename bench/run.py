@@ -35,7 +35,7 @@ import grpc
 import psutil
 from PIL import Image
 
-from bench import plots, quality
+from bench import edge, plots, quality
 from bench.floor import FloorResult, measure_floor
 from bench.load import gateway_channel, unary_load
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
@@ -451,6 +451,10 @@ def main() -> int:
             print(f"model quality and cost not measured: {error.code().name}", flush=True)
             models, models_table = {"error": error.code().name}, ""
         peak = {role: round(mib) for role, mib in watch.stop()[1].items() if role != CLIENT}
+        # The HTTP edge beside the gRPC edge, 1 MP PNG (issue #29; bench/edge.py).
+        edge_cases, edge_table = edge.run(mesh, api_key, sources["1MP"], args.quick)
+        models["http_edge"] = [asdict(case) for case in edge_cases]
+        models_table += "\nThe HTTP edge beside the gRPC edge (1 MP PNG, full size):\n\n" + edge_table
         models["peak_rss_mib"] = peak
         if not args.quick:  # the README's picture, from the same mesh as `make up`'s demo
             cutout = run_demo(mesh.gateway.address, data_dir, api_key, ca_file=mesh.ca_file)

@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("id", help="the key's id from `cutout keys list`")
     revoke.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
 
+    commands.add_parser("models", help="the segmentation models the service runs: use, input size, licence, price")
     balance = commands.add_parser("balance", help="show your credits")
     balance.add_argument("--ledger", type=int, default=0, metavar="N", help="also show the last N ledger entries")
     results = commands.add_parser("results", help="results kept with --keep").add_subparsers(
@@ -228,6 +229,15 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
         "--position", default="", metavar="center|original|X,Y", help="where the subject goes (X,Y in percent)"
     )
     parser.add_argument("--roi", default="", metavar="LEFT,TOP,WIDTH,HEIGHT", help="only look inside this rectangle")
+    parser.add_argument(
+        "--canvas", default="", metavar="WxH", help="a fixed output size: the subject fitted inside the padding"
+    )
+    parser.add_argument(
+        "--padding",
+        default="",
+        metavar="PX|TOP,RIGHT,BOTTOM,LEFT|N%",
+        help="with --canvas: free space per side, in pixels, or N%% of the canvas",
+    )
     parser.add_argument("--margin-percent", type=int, default=0, help="with --crop: margin in %% of the subject (<=50)")
     parser.add_argument("--shadow", action="store_true", help="a soft drop shadow under the subject")
     parser.add_argument("--clean-edges", action="store_true", help="remove the old background's colour from edges")
@@ -296,9 +306,28 @@ def _options(args: argparse.Namespace) -> options_pb2.RemoveBackgroundOptions:
     if args.roi:
         left, top, width, height = _integers(args.roi, 4, "--roi")
         options.roi.CopyFrom(options_pb2.Rect(left=left, top=top, width=width, height=height))
+    if args.canvas:
+        _canvas(args.canvas, args.padding, options)
+    elif args.padding:
+        raise SystemExit("--padding needs --canvas")
     if args.keep_hours:
         options.keep_ttl.FromSeconds(round(args.keep_hours * 3600))
     return options
+
+
+def _canvas(canvas: str, padding: str, options: options_pb2.RemoveBackgroundOptions) -> None:
+    try:
+        width, height = (int(side) for side in canvas.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--canvas {canvas!r}: give WIDTHxHEIGHT, e.g. 1000x1000") from None
+    options.output_size.width, options.output_size.height = width, height
+    if padding.endswith("%"):
+        options.output_size.padding_percent = _integers(padding[:-1], 1, "--padding")[0]
+    elif padding:
+        sides = _integers(padding, 4, "--padding") if "," in padding else _integers(padding, 1, "--padding") * 4
+        options.output_size.padding.CopyFrom(
+            options_pb2.Margins(top=sides[0], right=sides[1], bottom=sides[2], left=sides[3])
+        )
 
 
 def output_extension(args: argparse.Namespace) -> str:
@@ -394,6 +423,20 @@ def keys(args: argparse.Namespace) -> int:
         else:
             revoked = client.revoke_api_key(args.id, password=_password(args, confirm=False))
             print(f"revoked {revoked.key.id} ({revoked.key.prefix}…) at {_when(revoked.key.revoked_at)}")
+    return 0
+
+
+def models(args: argparse.Namespace) -> int:
+    with CutoutClient(args.gateway, ca_file=args.ca, plaintext=args.plaintext or None) as client:
+        listed = client.list_models().models
+    print(f"{'model':24} {'served':6} {'input':9} {'licence':12} {'credits':7} {'default for':11} purpose")
+    for model in listed:
+        default = options_pb2.Subject.Name(model.default_for).removeprefix("SUBJECT_").lower()
+        size = f"{model.input_width}x{model.input_height}" if model.input_width else "-"
+        print(
+            f"{model.name:24} {'yes' if model.served else 'no':6} {size:9} {model.license or '-':12} "
+            f"{model.price_decimal or '-':7} {default if model.default_for else '-':11} {model.purpose}"
+        )
     return 0
 
 
@@ -651,6 +694,8 @@ def main(argv: list[str] | None = None) -> int:
             return keys(args)
         if args.command == "balance":
             return balance(args)
+        if args.command == "models":
+            return models(args)
         if args.command == "results":
             return results(args)
         if args.command == "account":

@@ -206,6 +206,9 @@ class CutoutClient:
             account_pb2.RevokeApiKeyRequest(id=key_id, password=password), timeout=30, metadata=self._metadata()
         )
 
+    def list_models(self) -> options_pb2.ListModelsResponse:
+        return self._stub.ListModels(options_pb2.ListModelsRequest(), timeout=30, metadata=self._metadata())
+
     def balance(self) -> account_pb2.Balance:
         return self._stub.GetBalance(account_pb2.GetBalanceRequest(), timeout=30, metadata=self._metadata())
 

@@ -43,8 +43,10 @@ DEFAULT_LOG_DAYS = 14.0
 # it served (peak 402 MiB after five test files, 560 MiB late in the suite; 320 MiB with it).
 # The images set the same (Dockerfile); the caller's environment may override both.
 MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-# Cell i of `--cells` serves its gateway on the base port + CELL_PORT_STEP * i.
+# Cell i of `--cells` serves its gateway on the base port + CELL_PORT_STEP * i (its HTTP edge too).
 CELL_PORT_STEP = 10
+# The services that listen for callers from outside the cell: TLS without client certificates.
+PUBLIC_SERVICES = ("gateway", "edge")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -90,7 +92,7 @@ class ServiceProcess:
             f"{self.prefix}MESH_CERT_FILE": str(own.cert_file),
             f"{self.prefix}MESH_KEY_FILE": str(own.key_file),
         }
-        if self.name != "gateway":  # the public port asks no client certificate
+        if self.name not in PUBLIC_SERVICES:  # the public ports ask no client certificate
             env[f"{self.prefix}TLS_CLIENT_CA_FILE"] = str(own.ca_file)
         return env
 
@@ -131,8 +133,41 @@ class ServiceProcess:
             )
         self.port = int(_wait_for_file(port_file, self.process, self.log_path))
 
+    @property
+    def url(self) -> str:
+        """The HTTP edge's base URL (https with the cell's certificate)."""
+        return f"{'https' if self.pki else 'http'}://127.0.0.1:{self.port}"
+
+    def _wait_http(self, deadline: float, timeout_s: float) -> None:
+        """The HTTP edge: GET /healthz, which follows the gateway's health."""
+        import http.client
+        import ssl
+
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                if self.pki is None:
+                    connection: http.client.HTTPConnection = http.client.HTTPConnection(
+                        "127.0.0.1", self.port, timeout=1
+                    )
+                else:
+                    context = ssl.create_default_context(cafile=str(self.pki.ca_file))
+                    connection = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=1, context=context)
+                try:
+                    connection.request("GET", "/healthz")
+                    if connection.getresponse().status == 200:
+                        return
+                finally:
+                    connection.close()
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not SERVING after {timeout_s:.0f}s; see {self.log_path}")
+
     def wait_serving(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
+        if self.name == "edge":
+            return self._wait_http(deadline, timeout_s)
         with self.channel() as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
@@ -283,12 +318,21 @@ def gateway_process(
     )
 
 
+def edge_process(
+    run_dir: Path, env: dict[str, str], *, gateway: str, port: int = 0, pki: CellPki | None = None
+) -> ServiceProcess:
+    """The HTTP edge, a client of `gateway`'s public port (TLS trusting the cell's CA)."""
+    tls = {"CUTOUT_EDGE_GATEWAY_CA_FILE": str(pki.ca_file)} if pki else {"CUTOUT_EDGE_GATEWAY_PLAINTEXT": "1"}
+    return ServiceProcess("edge", {**env, **tls, "CUTOUT_EDGE_GATEWAY_TARGET": gateway}, run_dir, port=port, pki=pki)
+
+
 @dataclass
 class Mesh:
     """Triton, inference, accounts, retention and gateway on loopback; `start()` returns once all are SERVING."""
 
     data_dir: Path = DEFAULT_DATA_DIR
     gateway_port: int = 0
+    edge_port: int = 0
     # Extra environment for the services (e.g. batcher settings in tests).
     env: dict[str, str] = field(default_factory=dict)
     # Accounts' database: a SQLite file under data_dir unless given (e.g. PostgreSQL).
@@ -323,6 +367,11 @@ class Mesh:
     @property
     def inference(self) -> ServiceProcess:
         return self.service("inference")
+
+    @property
+    def edge(self) -> ServiceProcess:
+        """The HTTP edge (remove.bg's API, Cutout's as JSON): `mesh.edge.url`."""
+        return self.service("edge")
 
     @property
     def accounts(self) -> ServiceProcess:
@@ -367,7 +416,7 @@ class Mesh:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         rotate_logs(self.run_dir, time.time(), self.log_days)
         self.pki = CellPki(self.data_dir / "pki")
-        for name in ("triton", "inference", "accounts", "retention", "gateway"):
+        for name in ("triton", "inference", "accounts", "retention", "gateway", "edge"):
             self.pki.issue(name)  # a fresh certificate for every start
         try:
             self.triton = LocalTriton(
@@ -419,6 +468,10 @@ class Mesh:
             self.services.append(gateway)
             gateway.start()
             gateway.wait_serving()
+            edge = edge_process(self.run_dir, self.cell_env, gateway=gateway.address, port=self.edge_port, pki=self.pki)
+            self.services.append(edge)
+            edge.start()
+            edge.wait_serving()
         except BaseException:
             self.stop()
             raise
@@ -540,19 +593,24 @@ def run_demo(gateway: str, data_dir: Path, api_key: str, ca_file: Path | None = 
     return output
 
 
-def cells_from(spec: str, base_port: int, data_dir: Path) -> list[Mesh]:
+def cells_from(spec: str, base_port: int, data_dir: Path, edge_port: int = 0) -> list[Mesh]:
     """`eu,us` -> one Mesh per region, each with its own data folder (databases, blobs, PKI,
     outbox, logs) and gateway port, and every other cell's address as its region's endpoint."""
     regions = [region.strip() for region in spec.split(",") if region.strip()]
     if len(regions) <= 1:
-        return [Mesh(data_dir=data_dir, gateway_port=base_port, region=regions[0] if regions else "eu")]
+        region = regions[0] if regions else "eu"
+        return [Mesh(data_dir=data_dir, gateway_port=base_port, edge_port=edge_port, region=region)]
     ports = {region: base_port + CELL_PORT_STEP * i for i, region in enumerate(regions)}
     endpoints = {region: f"127.0.0.1:{port}" for region, port in ports.items()}
     return [
         Mesh(
-            data_dir=data_dir / "cells" / region, gateway_port=ports[region], region=region, region_endpoints=endpoints
+            data_dir=data_dir / "cells" / region,
+            gateway_port=ports[region],
+            edge_port=edge_port + CELL_PORT_STEP * i if edge_port else 0,
+            region=region,
+            region_endpoints=endpoints,
         )
-        for region in regions
+        for i, region in enumerate(regions)
     ]
 
 
@@ -581,7 +639,8 @@ def main(argv: list[str] | None = None) -> int:
     fetch_models()
     port = int(os.environ.get("CUTOUT_GATEWAY_PORT", "50051"))
     data_dir = Path(os.environ.get("CUTOUT_DATA_DIR", DEFAULT_DATA_DIR))
-    cells = cells_from(args.cells, port, data_dir)
+    edge_port = int(os.environ.get("CUTOUT_EDGE_PORT", "8443"))
+    cells = cells_from(args.cells, port, data_dir, edge_port)
     for mesh in cells:
         mesh.log_days = float(os.environ.get("CUTOUT_LOG_DAYS", DEFAULT_LOG_DAYS))
     statuses: dict[str, int | None] = {}
@@ -590,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         for mesh in cells:
             # One cell prints as `make up` always has; several are told apart by region.
             tag = f"[{mesh.region}] " if len(cells) > 1 else ""
-            print(f"{tag}starting Triton, inference, accounts, retention and gateway ...", flush=True)
+            print(f"{tag}starting Triton, inference, accounts, retention, gateway and HTTP edge ...", flush=True)
             started.append(mesh)
             mesh.start()
             api_key = demo_account(
@@ -610,6 +669,11 @@ def main(argv: list[str] | None = None) -> int:
             exports = f"CUTOUT_GATEWAY={mesh.gateway.address} CUTOUT_API_KEY={api_key} CUTOUT_CA_FILE={mesh.ca_file}"
             print(f"  export {exports}")
             print("  cutout balance; cutout remove photo.jpg -o photo.png")
+            print(f"{tag}HTTP edge (remove.bg's API v1.0, Cutout's as JSON) on {mesh.edge.url}:")
+            print(
+                f"  curl --cacert {mesh.ca_file} -H 'X-Api-Key: {api_key}' -F image_file=@photo.jpg "
+                f"-o photo.png {mesh.edge.url}/v1.0/removebg"
+            )
             print(f"{tag}administration (inside the cell only), admin {mesh.admin_name}'s token:")
             print(f"  export CUTOUT_ADMIN_ENDPOINT={mesh.admin_address} CUTOUT_ADMIN_TOKEN={mesh.admin_token}")
             print(f"{tag}logs in {mesh.run_dir}, e-mails (sign-up codes) in {mesh.outbox}", flush=True)

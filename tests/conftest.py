@@ -75,6 +75,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, model_paths: list[Path]) -> I
             # ... and the cap on free grants per source (tests/mesh/test_signup.py checks it on
             # an accounts service of its own).
             "CUTOUT_ACCOUNTS_FREE_GRANTS_PER_SOURCE": "0",
+            # URL fetch: the tests' picture server listens on loopback, allowed by the name
+            # "localhost" only (tests/mesh/test_url_fetch.py: 127.0.0.1, "vm", ... stay refused).
+            "CUTOUT_GATEWAY_FETCH_ALLOWED_HOSTS": "localhost",
         },
     )
     mesh.start()

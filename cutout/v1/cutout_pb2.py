@@ -30,7 +30,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63utout/v1/cutout.proto\x12\tcutout.v1\x1a\x17\x63utout/v1/account.proto\x1a\x15\x63utout/v1/erase.proto\x1a\x17\x63utout/v1/options.proto\x1a\x16\x63utout/v1/rights.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\"v\n\x17RemoveBackgroundRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x33\n\x07options\x18\x02 \x01(\x0b\x32\".cutout.v1.RemoveBackgroundOptions\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"\xea\x01\n\x18RemoveBackgroundResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.cutout.v1.CutoutImage\x12(\n\x07timings\x18\x02 \x01(\x0b\x32\x17.cutout.v1.StageTimings\x12#\n\x04kept\x18\x03 \x01(\x0b\x32\x15.cutout.v1.KeptResult\x12\x1b\n\x0f\x63redits_charged\x18\n \x01(\x04\x42\x02\x18\x01\x12\x19\n\x11idempotent_replay\x18\x0b \x01(\x08\x12\x1f\n\x17\x63redits_charged_decimal\x18< \x01(\t\"D\n\x12\x46\x65tchResultRequest\x12\x0f\n\x05token\x18\x01 \x01(\tH\x00\x12\x13\n\tresult_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06result\"N\n\x12ListResultsRequest\x12\x11\n\x05limit\x18\x01 \x01(\rB\x02\x18\x01\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x13ListResultsResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.cutout.v1.KeptResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x13\x44\x65leteResultRequest\x12\x11\n\tresult_id\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteResultResponse\"v\n\rStreamRequest\x12\x36\n\x08\x64\x65\x66\x61ults\x18\x01 \x01(\x0b\x32\".cutout.v1.RemoveBackgroundOptionsH\x00\x12%\n\x04item\x18\x02 \x01(\x0b\x32\x15.cutout.v1.StreamItemH\x00\x42\x06\n\x04kind\"\x9f\x01\n\nStreamItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x33\n\x07options\x18\x03 \x01(\x0b\x32\".cutout.v1.RemoveBackgroundOptions\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12(\n\x07regions\x18\x05 \x01(\x0b\x32\x17.cutout.v1.EraseRegions\"r\n\x0eStreamResponse\x12+\n\x04item\x18\x01 \x01(\x0b\x32\x1b.cutout.v1.StreamItemResultH\x00\x12+\n\x07summary\x18\x02 \x01(\x0b\x32\x18.cutout.v1.StreamSummaryH\x00\x42\x06\n\x04kind\"\xba\x01\n\x10StreamItemResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x37\n\x08response\x18\x02 \x01(\x0b\x32#.cutout.v1.RemoveBackgroundResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\x31\n\x06\x65rased\x18\x04 \x01(\x0b\x32\x1f.cutout.v1.EraseRegionsResponseH\x00\x42\t\n\x07outcome\"\xa1\x01\n\rStreamSummary\x12\x10\n\x08items_ok\x18\x01 \x01(\r\x12\x14\n\x0citems_failed\x18\x02 \x01(\r\x12\x1b\n\x0f\x63redits_charged\x18\x03 \x01(\x04\x42\x02\x18\x01\x12*\n\x07\x65lapsed\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x17\x63redits_charged_decimal\x18< \x01(\t2\x90\x0c\n\x06\x43utout\x12[\n\x10RemoveBackground\x12\".cutout.v1.RemoveBackgroundRequest\x1a#.cutout.v1.RemoveBackgroundResponse\x12Q\n\x16RemoveBackgroundStream\x12\x18.cutout.v1.StreamRequest\x1a\x19.cutout.v1.StreamResponse(\x01\x30\x01\x12O\n\x0c\x45raseRegions\x12\x1e.cutout.v1.EraseRegionsRequest\x1a\x1f.cutout.v1.EraseRegionsResponse\x12=\n\x06SignUp\x12\x18.cutout.v1.SignUpRequest\x1a\x19.cutout.v1.SignUpResponse\x12O\n\x0cVerifySignUp\x12\x1e.cutout.v1.VerifySignUpRequest\x1a\x1f.cutout.v1.VerifySignUpResponse\x12O\n\x0c\x43reateApiKey\x12\x1e.cutout.v1.CreateApiKeyRequest\x1a\x1f.cutout.v1.CreateApiKeyResponse\x12L\n\x0bListApiKeys\x12\x1d.cutout.v1.ListApiKeysRequest\x1a\x1e.cutout.v1.ListApiKeysResponse\x12O\n\x0cRevokeApiKey\x12\x1e.cutout.v1.RevokeApiKeyRequest\x1a\x1f.cutout.v1.RevokeApiKeyResponse\x12>\n\nGetBalance\x12\x1c.cutout.v1.GetBalanceRequest\x1a\x12.cutout.v1.Balance\x12I\n\nListLedger\x12\x1c.cutout.v1.ListLedgerRequest\x1a\x1d.cutout.v1.ListLedgerResponse\x12>\n\nGetProfile\x12\x1c.cutout.v1.GetProfileRequest\x1a\x12.cutout.v1.Profile\x12\x44\n\rUpdateProfile\x12\x1f.cutout.v1.UpdateProfileRequest\x1a\x12.cutout.v1.Profile\x12U\n\x0e\x43hangePassword\x12 .cutout.v1.ChangePasswordRequest\x1a!.cutout.v1.ChangePasswordResponse\x12\x46\n\x0b\x46\x65tchResult\x12\x1d.cutout.v1.FetchResultRequest\x1a\x16.cutout.v1.ResultChunk0\x01\x12L\n\x0bListResults\x12\x1d.cutout.v1.ListResultsRequest\x1a\x1e.cutout.v1.ListResultsResponse\x12O\n\x0c\x44\x65leteResult\x12\x1e.cutout.v1.DeleteResultRequest\x1a\x1f.cutout.v1.DeleteResultResponse\x12J\n\rExportAccount\x12\x1f.cutout.v1.ExportAccountRequest\x1a\x16.cutout.v1.ExportChunk0\x01\x12@\n\x0b\x43hangeEmail\x12\x1d.cutout.v1.ChangeEmailRequest\x1a\x12.cutout.v1.Profile\x12R\n\rDeleteAccount\x12\x1f.cutout.v1.DeleteAccountRequest\x1a .cutout.v1.DeleteAccountResponse\x12T\n\rListAccessLog\x12 .cutout.v1.OwnerAccessLogRequest\x1a!.cutout.v1.OwnerAccessLogResponse2\x85\x02\n\x05\x41\x64min\x12O\n\x0cGrantCredits\x12\x1e.cutout.v1.GrantCreditsRequest\x1a\x1f.cutout.v1.GrantCreditsResponse\x12R\n\rLookupAccount\x12\x1f.cutout.v1.LookupAccountRequest\x1a .cutout.v1.LookupAccountResponse\x12W\n\rDeleteAccount\x12$.cutout.v1.AdminDeleteAccountRequest\x1a .cutout.v1.DeleteAccountResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63utout/v1/cutout.proto\x12\tcutout.v1\x1a\x17\x63utout/v1/account.proto\x1a\x15\x63utout/v1/erase.proto\x1a\x17\x63utout/v1/options.proto\x1a\x16\x63utout/v1/rights.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\"\x89\x01\n\x17RemoveBackgroundRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x33\n\x07options\x18\x02 \x01(\x0b\x32\".cutout.v1.RemoveBackgroundOptions\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x11\n\timage_url\x18\x04 \x01(\t\"\xea\x01\n\x18RemoveBackgroundResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.cutout.v1.CutoutImage\x12(\n\x07timings\x18\x02 \x01(\x0b\x32\x17.cutout.v1.StageTimings\x12#\n\x04kept\x18\x03 \x01(\x0b\x32\x15.cutout.v1.KeptResult\x12\x1b\n\x0f\x63redits_charged\x18\n \x01(\x04\x42\x02\x18\x01\x12\x19\n\x11idempotent_replay\x18\x0b \x01(\x08\x12\x1f\n\x17\x63redits_charged_decimal\x18< \x01(\t\"D\n\x12\x46\x65tchResultRequest\x12\x0f\n\x05token\x18\x01 \x01(\tH\x00\x12\x13\n\tresult_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06result\"N\n\x12ListResultsRequest\x12\x11\n\x05limit\x18\x01 \x01(\rB\x02\x18\x01\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x13ListResultsResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.cutout.v1.KeptResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x13\x44\x65leteResultRequest\x12\x11\n\tresult_id\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteResultResponse\"v\n\rStreamRequest\x12\x36\n\x08\x64\x65\x66\x61ults\x18\x01 \x01(\x0b\x32\".cutout.v1.RemoveBackgroundOptionsH\x00\x12%\n\x04item\x18\x02 \x01(\x0b\x32\x15.cutout.v1.StreamItemH\x00\x42\x06\n\x04kind\"\x9f\x01\n\nStreamItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x33\n\x07options\x18\x03 \x01(\x0b\x32\".cutout.v1.RemoveBackgroundOptions\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12(\n\x07regions\x18\x05 \x01(\x0b\x32\x17.cutout.v1.EraseRegions\"r\n\x0eStreamResponse\x12+\n\x04item\x18\x01 \x01(\x0b\x32\x1b.cutout.v1.StreamItemResultH\x00\x12+\n\x07summary\x18\x02 \x01(\x0b\x32\x18.cutout.v1.StreamSummaryH\x00\x42\x06\n\x04kind\"\xba\x01\n\x10StreamItemResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x37\n\x08response\x18\x02 \x01(\x0b\x32#.cutout.v1.RemoveBackgroundResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\x31\n\x06\x65rased\x18\x04 \x01(\x0b\x32\x1f.cutout.v1.EraseRegionsResponseH\x00\x42\t\n\x07outcome\"\xa1\x01\n\rStreamSummary\x12\x10\n\x08items_ok\x18\x01 \x01(\r\x12\x14\n\x0citems_failed\x18\x02 \x01(\r\x12\x1b\n\x0f\x63redits_charged\x18\x03 \x01(\x04\x42\x02\x18\x01\x12*\n\x07\x65lapsed\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x17\x63redits_charged_decimal\x18< \x01(\t2\xdb\x0c\n\x06\x43utout\x12[\n\x10RemoveBackground\x12\".cutout.v1.RemoveBackgroundRequest\x1a#.cutout.v1.RemoveBackgroundResponse\x12Q\n\x16RemoveBackgroundStream\x12\x18.cutout.v1.StreamRequest\x1a\x19.cutout.v1.StreamResponse(\x01\x30\x01\x12O\n\x0c\x45raseRegions\x12\x1e.cutout.v1.EraseRegionsRequest\x1a\x1f.cutout.v1.EraseRegionsResponse\x12I\n\nListModels\x12\x1c.cutout.v1.ListModelsRequest\x1a\x1d.cutout.v1.ListModelsResponse\x12=\n\x06SignUp\x12\x18.cutout.v1.SignUpRequest\x1a\x19.cutout.v1.SignUpResponse\x12O\n\x0cVerifySignUp\x12\x1e.cutout.v1.VerifySignUpRequest\x1a\x1f.cutout.v1.VerifySignUpResponse\x12O\n\x0c\x43reateApiKey\x12\x1e.cutout.v1.CreateApiKeyRequest\x1a\x1f.cutout.v1.CreateApiKeyResponse\x12L\n\x0bListApiKeys\x12\x1d.cutout.v1.ListApiKeysRequest\x1a\x1e.cutout.v1.ListApiKeysResponse\x12O\n\x0cRevokeApiKey\x12\x1e.cutout.v1.RevokeApiKeyRequest\x1a\x1f.cutout.v1.RevokeApiKeyResponse\x12>\n\nGetBalance\x12\x1c.cutout.v1.GetBalanceRequest\x1a\x12.cutout.v1.Balance\x12I\n\nListLedger\x12\x1c.cutout.v1.ListLedgerRequest\x1a\x1d.cutout.v1.ListLedgerResponse\x12>\n\nGetProfile\x12\x1c.cutout.v1.GetProfileRequest\x1a\x12.cutout.v1.Profile\x12\x44\n\rUpdateProfile\x12\x1f.cutout.v1.UpdateProfileRequest\x1a\x12.cutout.v1.Profile\x12U\n\x0e\x43hangePassword\x12 .cutout.v1.ChangePasswordRequest\x1a!.cutout.v1.ChangePasswordResponse\x12\x46\n\x0b\x46\x65tchResult\x12\x1d.cutout.v1.FetchResultRequest\x1a\x16.cutout.v1.ResultChunk0\x01\x12L\n\x0bListResults\x12\x1d.cutout.v1.ListResultsRequest\x1a\x1e.cutout.v1.ListResultsResponse\x12O\n\x0c\x44\x65leteResult\x12\x1e.cutout.v1.DeleteResultRequest\x1a\x1f.cutout.v1.DeleteResultResponse\x12J\n\rExportAccount\x12\x1f.cutout.v1.ExportAccountRequest\x1a\x16.cutout.v1.ExportChunk0\x01\x12@\n\x0b\x43hangeEmail\x12\x1d.cutout.v1.ChangeEmailRequest\x1a\x12.cutout.v1.Profile\x12R\n\rDeleteAccount\x12\x1f.cutout.v1.DeleteAccountRequest\x1a .cutout.v1.DeleteAccountResponse\x12T\n\rListAccessLog\x12 .cutout.v1.OwnerAccessLogRequest\x1a!.cutout.v1.OwnerAccessLogResponse2\x85\x02\n\x05\x41\x64min\x12O\n\x0cGrantCredits\x12\x1e.cutout.v1.GrantCreditsRequest\x1a\x1f.cutout.v1.GrantCreditsResponse\x12R\n\rLookupAccount\x12\x1f.cutout.v1.LookupAccountRequest\x1a .cutout.v1.LookupAccountResponse\x12W\n\rDeleteAccount\x12$.cutout.v1.AdminDeleteAccountRequest\x1a .cutout.v1.DeleteAccountResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,32 +43,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTRESULTSREQUEST'].fields_by_name['limit']._serialized_options = b'\030\001'
   _globals['_STREAMSUMMARY'].fields_by_name['credits_charged']._loaded_options = None
   _globals['_STREAMSUMMARY'].fields_by_name['credits_charged']._serialized_options = b'\030\001'
-  _globals['_REMOVEBACKGROUNDREQUEST']._serialized_start=191
-  _globals['_REMOVEBACKGROUNDREQUEST']._serialized_end=309
-  _globals['_REMOVEBACKGROUNDRESPONSE']._serialized_start=312
-  _globals['_REMOVEBACKGROUNDRESPONSE']._serialized_end=546
-  _globals['_FETCHRESULTREQUEST']._serialized_start=548
-  _globals['_FETCHRESULTREQUEST']._serialized_end=616
-  _globals['_LISTRESULTSREQUEST']._serialized_start=618
-  _globals['_LISTRESULTSREQUEST']._serialized_end=696
-  _globals['_LISTRESULTSRESPONSE']._serialized_start=698
-  _globals['_LISTRESULTSRESPONSE']._serialized_end=784
-  _globals['_DELETERESULTREQUEST']._serialized_start=786
-  _globals['_DELETERESULTREQUEST']._serialized_end=826
-  _globals['_DELETERESULTRESPONSE']._serialized_start=828
-  _globals['_DELETERESULTRESPONSE']._serialized_end=850
-  _globals['_STREAMREQUEST']._serialized_start=852
-  _globals['_STREAMREQUEST']._serialized_end=970
-  _globals['_STREAMITEM']._serialized_start=973
-  _globals['_STREAMITEM']._serialized_end=1132
-  _globals['_STREAMRESPONSE']._serialized_start=1134
-  _globals['_STREAMRESPONSE']._serialized_end=1248
-  _globals['_STREAMITEMRESULT']._serialized_start=1251
-  _globals['_STREAMITEMRESULT']._serialized_end=1437
-  _globals['_STREAMSUMMARY']._serialized_start=1440
-  _globals['_STREAMSUMMARY']._serialized_end=1601
-  _globals['_CUTOUT']._serialized_start=1604
-  _globals['_CUTOUT']._serialized_end=3156
-  _globals['_ADMIN']._serialized_start=3159
-  _globals['_ADMIN']._serialized_end=3420
+  _globals['_REMOVEBACKGROUNDREQUEST']._serialized_start=192
+  _globals['_REMOVEBACKGROUNDREQUEST']._serialized_end=329
+  _globals['_REMOVEBACKGROUNDRESPONSE']._serialized_start=332
+  _globals['_REMOVEBACKGROUNDRESPONSE']._serialized_end=566
+  _globals['_FETCHRESULTREQUEST']._serialized_start=568
+  _globals['_FETCHRESULTREQUEST']._serialized_end=636
+  _globals['_LISTRESULTSREQUEST']._serialized_start=638
+  _globals['_LISTRESULTSREQUEST']._serialized_end=716
+  _globals['_LISTRESULTSRESPONSE']._serialized_start=718
+  _globals['_LISTRESULTSRESPONSE']._serialized_end=804
+  _globals['_DELETERESULTREQUEST']._serialized_start=806
+  _globals['_DELETERESULTREQUEST']._serialized_end=846
+  _globals['_DELETERESULTRESPONSE']._serialized_start=848
+  _globals['_DELETERESULTRESPONSE']._serialized_end=870
+  _globals['_STREAMREQUEST']._serialized_start=872
+  _globals['_STREAMREQUEST']._serialized_end=990
+  _globals['_STREAMITEM']._serialized_start=993
+  _globals['_STREAMITEM']._serialized_end=1152
+  _globals['_STREAMRESPONSE']._serialized_start=1154
+  _globals['_STREAMRESPONSE']._serialized_end=1268
+  _globals['_STREAMITEMRESULT']._serialized_start=1271
+  _globals['_STREAMITEMRESULT']._serialized_end=1457
+  _globals['_STREAMSUMMARY']._serialized_start=1460
+  _globals['_STREAMSUMMARY']._serialized_end=1621
+  _globals['_CUTOUT']._serialized_start=1624
+  _globals['_CUTOUT']._serialized_end=3251
+  _globals['_ADMIN']._serialized_start=3254
+  _globals['_ADMIN']._serialized_end=3515
 # @@protoc_insertion_point(module_scope)

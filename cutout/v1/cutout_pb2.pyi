@@ -15,14 +15,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RemoveBackgroundRequest(_message.Message):
-    __slots__ = ("image", "options", "idempotency_key")
+    __slots__ = ("image", "options", "idempotency_key", "image_url")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_URL_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     options: _options_pb2.RemoveBackgroundOptions
     idempotency_key: str
-    def __init__(self, image: _Optional[bytes] = ..., options: _Optional[_Union[_options_pb2.RemoveBackgroundOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    image_url: str
+    def __init__(self, image: _Optional[bytes] = ..., options: _Optional[_Union[_options_pb2.RemoveBackgroundOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., image_url: _Optional[str] = ...) -> None: ...
 
 class RemoveBackgroundResponse(_message.Message):
     __slots__ = ("result", "timings", "kept", "credits_charged", "idempotent_replay", "credits_charged_decimal")

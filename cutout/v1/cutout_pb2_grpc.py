@@ -55,6 +55,11 @@ class CutoutStub:
                 request_serializer=cutout_dot_v1_dot_erase__pb2.EraseRegionsRequest.SerializeToString,
                 response_deserializer=cutout_dot_v1_dot_erase__pb2.EraseRegionsResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/cutout.v1.Cutout/ListModels',
+                request_serializer=cutout_dot_v1_dot_options__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_options__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
         self.SignUp = channel.unary_unary(
                 '/cutout.v1.Cutout/SignUp',
                 request_serializer=cutout_dot_v1_dot_account__pb2.SignUpRequest.SerializeToString,
@@ -170,6 +175,14 @@ class CutoutServicer:
         """Fills the regions a mask or boxes mark (watermarks, text, objects) from their
         surroundings; every other pixel comes back unchanged. Costs its own price in
         credits, charged like RemoveBackground (on success only, once per idempotency key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """The segmentation models this cell serves: what each is for, its input size, licence and
+        price, and whether it is served now. Needs an API key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -298,6 +311,11 @@ def add_CutoutServicer_to_server(servicer, server):
                     servicer.EraseRegions,
                     request_deserializer=cutout_dot_v1_dot_erase__pb2.EraseRegionsRequest.FromString,
                     response_serializer=cutout_dot_v1_dot_erase__pb2.EraseRegionsResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=cutout_dot_v1_dot_options__pb2.ListModelsRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_options__pb2.ListModelsResponse.SerializeToString,
             ),
             'SignUp': grpc.unary_unary_rpc_method_handler(
                     servicer.SignUp,
@@ -468,6 +486,33 @@ class Cutout:
             '/cutout.v1.Cutout/EraseRegions',
             cutout_dot_v1_dot_erase__pb2.EraseRegionsRequest.SerializeToString,
             cutout_dot_v1_dot_erase__pb2.EraseRegionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Cutout/ListModels',
+            cutout_dot_v1_dot_options__pb2.ListModelsRequest.SerializeToString,
+            cutout_dot_v1_dot_options__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,7 +26,7 @@ from cutout.v1 import erase_pb2 as cutout_dot_v1_dot_erase__pb2
 from cutout.v1 import options_pb2 as cutout_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63utout/v1/inference.proto\x12\tcutout.v1\x1a\x15\x63utout/v1/erase.proto\x1a\x17\x63utout/v1/options.proto\"T\n\x0eSegmentRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x33\n\x07options\x18\x02 \x01(\x0b\x32\".cutout.v1.RemoveBackgroundOptions\"c\n\x0fSegmentResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.cutout.v1.CutoutImage\x12(\n\x07timings\x18\x02 \x01(\x0b\x32\x17.cutout.v1.StageTimings\"G\n\x0c\x45raseRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12(\n\x07regions\x18\x02 \x01(\x0b\x32\x17.cutout.v1.EraseRegions\"\x8b\x01\n\rEraseResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.cutout.v1.CutoutImage\x12(\n\x07timings\x18\x02 \x01(\x0b\x32\x17.cutout.v1.StageTimings\x12(\n\x07regions\x18\x03 \x03(\x0b\x32\x17.cutout.v1.ErasedRegion2\x89\x01\n\tInference\x12@\n\x07Segment\x12\x19.cutout.v1.SegmentRequest\x1a\x1a.cutout.v1.SegmentResponse\x12:\n\x05\x45rase\x12\x17.cutout.v1.EraseRequest\x1a\x18.cutout.v1.EraseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63utout/v1/inference.proto\x12\tcutout.v1\x1a\x15\x63utout/v1/erase.proto\x1a\x17\x63utout/v1/options.proto\"T\n\x0eSegmentRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x33\n\x07options\x18\x02 \x01(\x0b\x32\".cutout.v1.RemoveBackgroundOptions\"c\n\x0fSegmentResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.cutout.v1.CutoutImage\x12(\n\x07timings\x18\x02 \x01(\x0b\x32\x17.cutout.v1.StageTimings\"G\n\x0c\x45raseRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12(\n\x07regions\x18\x02 \x01(\x0b\x32\x17.cutout.v1.EraseRegions\"\x8b\x01\n\rEraseResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.cutout.v1.CutoutImage\x12(\n\x07timings\x18\x02 \x01(\x0b\x32\x17.cutout.v1.StageTimings\x12(\n\x07regions\x18\x03 \x03(\x0b\x32\x17.cutout.v1.ErasedRegion\"\x1c\n\x1aInferenceListModelsRequest\"?\n\x1bInferenceListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.cutout.v1.Model2\xe6\x01\n\tInference\x12@\n\x07Segment\x12\x19.cutout.v1.SegmentRequest\x1a\x1a.cutout.v1.SegmentResponse\x12:\n\x05\x45rase\x12\x17.cutout.v1.EraseRequest\x1a\x18.cutout.v1.EraseResponse\x12[\n\nListModels\x12%.cutout.v1.InferenceListModelsRequest\x1a&.cutout.v1.InferenceListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,6 +41,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ERASEREQUEST']._serialized_end=346
   _globals['_ERASERESPONSE']._serialized_start=349
   _globals['_ERASERESPONSE']._serialized_end=488
-  _globals['_INFERENCE']._serialized_start=491
-  _globals['_INFERENCE']._serialized_end=628
+  _globals['_INFERENCELISTMODELSREQUEST']._serialized_start=490
+  _globals['_INFERENCELISTMODELSREQUEST']._serialized_end=518
+  _globals['_INFERENCELISTMODELSRESPONSE']._serialized_start=520
+  _globals['_INFERENCELISTMODELSRESPONSE']._serialized_end=583
+  _globals['_INFERENCE']._serialized_start=586
+  _globals['_INFERENCE']._serialized_end=816
 # @@protoc_insertion_point(module_scope)

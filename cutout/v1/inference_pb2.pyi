@@ -41,3 +41,13 @@ class EraseResponse(_message.Message):
     timings: _options_pb2.StageTimings
     regions: _containers.RepeatedCompositeFieldContainer[_erase_pb2.ErasedRegion]
     def __init__(self, result: _Optional[_Union[_options_pb2.CutoutImage, _Mapping]] = ..., timings: _Optional[_Union[_options_pb2.StageTimings, _Mapping]] = ..., regions: _Optional[_Iterable[_Union[_erase_pb2.ErasedRegion, _Mapping]]] = ...) -> None: ...
+
+class InferenceListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InferenceListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[_options_pb2.Model]
+    def __init__(self, models: _Optional[_Iterable[_Union[_options_pb2.Model, _Mapping]]] = ...) -> None: ...

@@ -46,6 +46,11 @@ class InferenceStub:
                 request_serializer=cutout_dot_v1_dot_inference__pb2.EraseRequest.SerializeToString,
                 response_deserializer=cutout_dot_v1_dot_inference__pb2.EraseResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/cutout.v1.Inference/ListModels',
+                request_serializer=cutout_dot_v1_dot_inference__pb2.InferenceListModelsRequest.SerializeToString,
+                response_deserializer=cutout_dot_v1_dot_inference__pb2.InferenceListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -67,6 +72,13 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """The segmentation models of the catalog (price_decimal left for the gateway to fill).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +91,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.Erase,
                     request_deserializer=cutout_dot_v1_dot_inference__pb2.EraseRequest.FromString,
                     response_serializer=cutout_dot_v1_dot_inference__pb2.EraseResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=cutout_dot_v1_dot_inference__pb2.InferenceListModelsRequest.FromString,
+                    response_serializer=cutout_dot_v1_dot_inference__pb2.InferenceListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +154,33 @@ class Inference:
             '/cutout.v1.Inference/Erase',
             cutout_dot_v1_dot_inference__pb2.EraseRequest.SerializeToString,
             cutout_dot_v1_dot_inference__pb2.EraseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cutout.v1.Inference/ListModels',
+            cutout_dot_v1_dot_inference__pb2.InferenceListModelsRequest.SerializeToString,
+            cutout_dot_v1_dot_inference__pb2.InferenceListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,10 +2,11 @@ import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -95,7 +96,7 @@ class Rect(_message.Message):
     def __init__(self, left: _Optional[int] = ..., top: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class RemoveBackgroundOptions(_message.Message):
-    __slots__ = ("format", "background_color", "crop_to_subject", "crop_margin_px", "max_width", "max_height", "compression_effort", "quality", "keep_result", "keep_ttl", "subject", "model", "size", "background_image", "background_fit", "blur_background", "scale", "position", "position_x_percent", "position_y_percent", "roi", "crop_margin_percent", "add_shadow", "clean_edges", "detail")
+    __slots__ = ("format", "background_color", "crop_to_subject", "crop_margin_px", "max_width", "max_height", "compression_effort", "quality", "keep_result", "keep_ttl", "subject", "model", "size", "background_image", "background_fit", "blur_background", "scale", "position", "position_x_percent", "position_y_percent", "roi", "crop_margin_percent", "add_shadow", "clean_edges", "background_image_url", "output_size", "detail")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     BACKGROUND_COLOR_FIELD_NUMBER: _ClassVar[int]
     CROP_TO_SUBJECT_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +121,8 @@ class RemoveBackgroundOptions(_message.Message):
     CROP_MARGIN_PERCENT_FIELD_NUMBER: _ClassVar[int]
     ADD_SHADOW_FIELD_NUMBER: _ClassVar[int]
     CLEAN_EDGES_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_IMAGE_URL_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     format: OutputFormat
     background_color: str
@@ -145,8 +148,64 @@ class RemoveBackgroundOptions(_message.Message):
     crop_margin_percent: int
     add_shadow: bool
     clean_edges: bool
+    background_image_url: str
+    output_size: OutputSize
     detail: Detail
-    def __init__(self, format: _Optional[_Union[OutputFormat, str]] = ..., background_color: _Optional[str] = ..., crop_to_subject: _Optional[bool] = ..., crop_margin_px: _Optional[int] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., compression_effort: _Optional[int] = ..., quality: _Optional[int] = ..., keep_result: _Optional[bool] = ..., keep_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., subject: _Optional[_Union[Subject, str]] = ..., model: _Optional[str] = ..., size: _Optional[_Union[Size, str]] = ..., background_image: _Optional[bytes] = ..., background_fit: _Optional[_Union[BackgroundFit, str]] = ..., blur_background: _Optional[bool] = ..., scale: _Optional[int] = ..., position: _Optional[_Union[Position, str]] = ..., position_x_percent: _Optional[int] = ..., position_y_percent: _Optional[int] = ..., roi: _Optional[_Union[Rect, _Mapping]] = ..., crop_margin_percent: _Optional[int] = ..., add_shadow: _Optional[bool] = ..., clean_edges: _Optional[bool] = ..., detail: _Optional[_Union[Detail, str]] = ...) -> None: ...
+    def __init__(self, format: _Optional[_Union[OutputFormat, str]] = ..., background_color: _Optional[str] = ..., crop_to_subject: _Optional[bool] = ..., crop_margin_px: _Optional[int] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., compression_effort: _Optional[int] = ..., quality: _Optional[int] = ..., keep_result: _Optional[bool] = ..., keep_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., subject: _Optional[_Union[Subject, str]] = ..., model: _Optional[str] = ..., size: _Optional[_Union[Size, str]] = ..., background_image: _Optional[bytes] = ..., background_fit: _Optional[_Union[BackgroundFit, str]] = ..., blur_background: _Optional[bool] = ..., scale: _Optional[int] = ..., position: _Optional[_Union[Position, str]] = ..., position_x_percent: _Optional[int] = ..., position_y_percent: _Optional[int] = ..., roi: _Optional[_Union[Rect, _Mapping]] = ..., crop_margin_percent: _Optional[int] = ..., add_shadow: _Optional[bool] = ..., clean_edges: _Optional[bool] = ..., background_image_url: _Optional[str] = ..., output_size: _Optional[_Union[OutputSize, _Mapping]] = ..., detail: _Optional[_Union[Detail, str]] = ...) -> None: ...
+
+class OutputSize(_message.Message):
+    __slots__ = ("width", "height", "padding", "padding_percent")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PADDING_FIELD_NUMBER: _ClassVar[int]
+    PADDING_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    padding: Margins
+    padding_percent: int
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., padding: _Optional[_Union[Margins, _Mapping]] = ..., padding_percent: _Optional[int] = ...) -> None: ...
+
+class Margins(_message.Message):
+    __slots__ = ("top", "right", "bottom", "left")
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    RIGHT_FIELD_NUMBER: _ClassVar[int]
+    BOTTOM_FIELD_NUMBER: _ClassVar[int]
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    top: int
+    right: int
+    bottom: int
+    left: int
+    def __init__(self, top: _Optional[int] = ..., right: _Optional[int] = ..., bottom: _Optional[int] = ..., left: _Optional[int] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[Model]
+    def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
+
+class Model(_message.Message):
+    __slots__ = ("name", "purpose", "input_width", "input_height", "license", "price_decimal", "served", "default_for")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    INPUT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    LICENSE_FIELD_NUMBER: _ClassVar[int]
+    PRICE_DECIMAL_FIELD_NUMBER: _ClassVar[int]
+    SERVED_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FOR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    purpose: str
+    input_width: int
+    input_height: int
+    license: str
+    price_decimal: str
+    served: bool
+    default_for: Subject
+    def __init__(self, name: _Optional[str] = ..., purpose: _Optional[str] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., license: _Optional[str] = ..., price_decimal: _Optional[str] = ..., served: _Optional[bool] = ..., default_for: _Optional[_Union[Subject, str]] = ...) -> None: ...
 
 class StageTimings(_message.Message):
     __slots__ = ("decode_ms", "preprocess_ms", "batch_wait_ms", "model_ms", "postprocess_ms", "encode_ms", "total_ms", "batch_size")
@@ -169,7 +228,7 @@ class StageTimings(_message.Message):
     def __init__(self, decode_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., batch_wait_ms: _Optional[float] = ..., model_ms: _Optional[float] = ..., postprocess_ms: _Optional[float] = ..., encode_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class CutoutImage(_message.Message):
-    __slots__ = ("image", "media_type", "width", "height", "foreground_fraction", "model", "foreground_box", "alpha_image", "size")
+    __slots__ = ("image", "media_type", "width", "height", "foreground_fraction", "model", "foreground_box", "alpha_image", "size", "subject", "confidence")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +238,8 @@ class CutoutImage(_message.Message):
     FOREGROUND_BOX_FIELD_NUMBER: _ClassVar[int]
     ALPHA_IMAGE_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     media_type: str
     width: int
@@ -188,7 +249,9 @@ class CutoutImage(_message.Message):
     foreground_box: Rect
     alpha_image: bytes
     size: Size
-    def __init__(self, image: _Optional[bytes] = ..., media_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., foreground_fraction: _Optional[float] = ..., model: _Optional[str] = ..., foreground_box: _Optional[_Union[Rect, _Mapping]] = ..., alpha_image: _Optional[bytes] = ..., size: _Optional[_Union[Size, str]] = ...) -> None: ...
+    subject: Subject
+    confidence: float
+    def __init__(self, image: _Optional[bytes] = ..., media_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., foreground_fraction: _Optional[float] = ..., model: _Optional[str] = ..., foreground_box: _Optional[_Union[Rect, _Mapping]] = ..., alpha_image: _Optional[bytes] = ..., size: _Optional[_Union[Size, str]] = ..., subject: _Optional[_Union[Subject, str]] = ..., confidence: _Optional[float] = ...) -> None: ...
 
 class KeptResult(_message.Message):
     __slots__ = ("result_id", "token", "created_at", "expires_at", "media_type", "width", "height", "size")

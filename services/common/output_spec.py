@@ -25,6 +25,10 @@ Size = options_pb2.Size
 Position = options_pb2.Position
 # SIZE_PREVIEW: at most a quarter of a megapixel.
 PREVIEW_PIXELS = 250_000
+# output_size: the largest canvas side, and the largest padding_percent per side.
+MAX_CANVAS_SIDE = 10_000
+MAX_CANVAS_PIXELS = 25_000_000  # the input cap (inference's max_pixels): memory is bounded alike
+MAX_PADDING_PERCENT = 45
 # The formats a background (colour, image or blur) shows in.
 OPAQUE_FORMATS = (OutputFormat.OUTPUT_FORMAT_JPEG_ON_COLOR, OutputFormat.OUTPUT_FORMAT_PNG_ON_COLOR)
 
@@ -63,10 +67,13 @@ class OutputSpec:
     roi: tuple[int, int, int, int] | None = None  # left, top, width, height in input pixels
     add_shadow: bool = False
     clean_edges: bool = False
+    # output_size: the canvas (width, height) and its padding (top, right, bottom, left) in pixels.
+    canvas: tuple[int, int] | None = None
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     @property
     def placed(self) -> bool:
-        return bool(self.scale) or self.position != Position.POSITION_UNSPECIFIED
+        return bool(self.scale) or self.position != Position.POSITION_UNSPECIFIED or self.canvas is not None
 
     @classmethod
     def from_proto(cls, options: options_pb2.RemoveBackgroundOptions, defaults: EncoderDefaults) -> OutputSpec:
@@ -104,6 +111,7 @@ class OutputSpec:
         _check_effects(options, fmt)
         position_percent = _check_placement(options)
         _check_crop(options)
+        canvas, padding = _check_canvas(options)
         size = options.size or Size.SIZE_FULL
         if size not in Size.values():
             raise invalid_argument(
@@ -137,6 +145,8 @@ class OutputSpec:
             roi=roi,
             add_shadow=options.add_shadow,
             clean_edges=options.clean_edges,
+            canvas=canvas,
+            padding=padding,
         )
 
 
@@ -209,6 +219,58 @@ def _check_placement(options: options_pb2.RemoveBackgroundOptions) -> tuple[int,
             field="options.blur_background",
         )
     return (options.position_x_percent, options.position_y_percent) if percent else (50, 50)
+
+
+def _check_canvas(
+    options: options_pb2.RemoveBackgroundOptions,
+) -> tuple[tuple[int, int] | None, tuple[int, int, int, int]]:
+    """output_size: the canvas and its padding in pixels, or (None, zeros) when unset."""
+    if not options.HasField("output_size"):
+        return None, (0, 0, 0, 0)
+    wanted = options.output_size
+    field = "options.output_size"
+    if not (1 <= wanted.width <= MAX_CANVAS_SIDE and 1 <= wanted.height <= MAX_CANVAS_SIDE):
+        raise invalid_argument(
+            f"output_size {wanted.width}x{wanted.height}: width and height must each be 1 to {MAX_CANVAS_SIDE}",
+            field=field,
+        )
+    if wanted.width * wanted.height > MAX_CANVAS_PIXELS:
+        raise invalid_argument(
+            f"output_size {wanted.width}x{wanted.height} is over {MAX_CANVAS_PIXELS // 1_000_000} megapixels",
+            field=field,
+        )
+    if wanted.HasField("padding") and wanted.padding_percent:
+        raise invalid_argument("output_size: give padding or padding_percent, not both", field=f"{field}.padding")
+    if wanted.padding_percent > MAX_PADDING_PERCENT:
+        raise invalid_argument(
+            f"output_size.padding_percent {wanted.padding_percent} is over the cap; use 0 to {MAX_PADDING_PERCENT}",
+            field=f"{field}.padding_percent",
+        )
+    if wanted.HasField("padding"):
+        p = wanted.padding
+        padding = (p.top, p.right, p.bottom, p.left)
+    else:
+        x, y = round(wanted.width * wanted.padding_percent / 100), round(wanted.height * wanted.padding_percent / 100)
+        padding = (y, x, y, x)
+    top, right, bottom, left = padding
+    if left + right >= wanted.width or top + bottom >= wanted.height:
+        raise invalid_argument(
+            f"output_size: the padding leaves no room for the subject on a {wanted.width}x{wanted.height} canvas",
+            field=f"{field}.padding",
+        )
+    for other in ("crop_to_subject", "max_width", "max_height", "blur_background"):
+        if getattr(options, other):
+            raise invalid_argument(
+                f"output_size fixes the output's size and framing; {other} cannot be combined with it",
+                field=f"options.{other}",
+            )
+    if (options.size == Size.SIZE_PREVIEW) and wanted.width * wanted.height > PREVIEW_PIXELS:
+        raise invalid_argument(
+            f"SIZE_PREVIEW is at most {PREVIEW_PIXELS} pixels; an output_size of {wanted.width}x{wanted.height} "
+            "needs SIZE_FULL",
+            field=field,
+        )
+    return (wanted.width, wanted.height), padding
 
 
 def _check_crop(options: options_pb2.RemoveBackgroundOptions) -> None:

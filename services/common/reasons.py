@@ -244,6 +244,27 @@ REASONS: tuple[Reason, ...] = (
         (C.FAILED_PRECONDITION,),
         "erase with `ERASE_METHOD_MODEL` on a server without an inpainting model",
     ),
+    # Fetching a picture from a URL (image_url, background_image_url): refused before any credit
+    Reason("URL_INVALID", (C.INVALID_ARGUMENT,), "not a URL, or one without a host", "BadRequest"),
+    Reason("URL_SCHEME_REFUSED", (C.INVALID_ARGUMENT,), "only http and https URLs are fetched", "BadRequest"),
+    Reason("URL_CREDENTIALS_REFUSED", (C.INVALID_ARGUMENT,), "a URL with a user name or password", "BadRequest"),
+    Reason("URL_HOST_NOT_FOUND", (C.INVALID_ARGUMENT,), "the URL's host name does not resolve", "BadRequest"),
+    Reason(
+        "URL_ADDRESS_REFUSED",
+        (C.INVALID_ARGUMENT,),
+        "the host resolves to a loopback, private, link-local, multicast, reserved or metadata address "
+        "(also after a redirect, and in IPv4-mapped forms) not allowed by `FETCH_ALLOWED_HOSTS`",
+        "BadRequest",
+    ),
+    Reason("URL_TOO_MANY_REDIRECTS", (C.INVALID_ARGUMENT,), "more redirects than `FETCH_MAX_REDIRECTS`", "BadRequest"),
+    Reason("URL_TOO_LARGE", (C.INVALID_ARGUMENT,), "a body longer than the image size limit", "BadRequest"),
+    Reason("URL_FETCH_TIMEOUT", (C.INVALID_ARGUMENT,), "the fetch took longer than `FETCH_TIMEOUT_S`", "BadRequest"),
+    Reason(
+        "URL_FETCH_FAILED",
+        (C.INVALID_ARGUMENT,),
+        "the server could not be reached, answered other than 200, sent nothing, or its certificate did not verify",
+        "BadRequest",
+    ),
     # Inference
     Reason(
         "INFERENCE_QUEUE_FULL",

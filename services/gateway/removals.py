@@ -18,9 +18,9 @@ import grpc
 from cutout.v1 import accounts_pb2, cutout_pb2, erase_pb2, inference_pb2, options_pb2, retention_pb2
 from services.common import credits
 from services.common.chunks import pieces
-from services.common.errors import ServiceError, processing_restricted
+from services.common.errors import ServiceError, invalid_argument, processing_restricted
 from services.common.wire import as_message
-from services.gateway import validation
+from services.gateway import fetch, validation
 from services.gateway.charging import (
     Charger,
     Deliver,
@@ -63,6 +63,7 @@ class Removals:
         """One charged removal and the credits it cost (services/gateway/charging.py says how).
         Errors are raised as ServiceError."""
         refuse_if_restricted(caller)
+        request = await self._fetched(request)
         await asyncio.to_thread(validation.check_removal, request.image, request.options, self.settings.max_image_bytes)
         size = request.options.size or options_pb2.SIZE_FULL
         if request.options.keep_result and not self.down.live["retention"]:
@@ -145,6 +146,37 @@ class Removals:
 
         response = await self.charger.charged(context, reserve, reserved, erasing, finish, deliver, inference_error)
         return response, reserve.amount_millicredits
+
+    async def _fetched(self, request: cutout_pb2.RemoveBackgroundRequest) -> cutout_pb2.RemoveBackgroundRequest:
+        """The request with the pictures its URLs point to fetched in (services/gateway/fetch.py),
+        before any credit is reserved: a refused or failed fetch is charged nothing."""
+        options = request.options
+        if not request.image_url and not options.background_image_url:
+            return request
+        if request.image_url and request.image:
+            raise invalid_argument("send image or image_url, not both", field="image_url")
+        if options.background_image_url and options.background_image:
+            raise invalid_argument(
+                "send background_image or background_image_url, not both", field="options.background_image_url"
+            )
+        # Options that would be refused anyway are refused before any fetch: a placeholder
+        # stands for the pictures, whose bytes are checked once fetched.
+        probe = options_pb2.RemoveBackgroundOptions()
+        probe.CopyFrom(options)
+        if probe.background_image_url:
+            probe.background_image = b"\0"
+        await asyncio.to_thread(validation.check_options, probe)
+        rules = self.settings.fetch_rules
+        fetched = cutout_pb2.RemoveBackgroundRequest()
+        fetched.CopyFrom(request)
+        if request.image_url:
+            fetched.image = await fetch.fetch(request.image_url, rules, "image_url")
+            fetched.ClearField("image_url")
+        if options.background_image_url:
+            background = await fetch.fetch(options.background_image_url, rules, "options.background_image_url")
+            fetched.options.background_image = background
+            fetched.options.ClearField("background_image_url")
+        return fetched
 
     def _segment(
         self, context: grpc.aio.ServicerContext, request: cutout_pb2.RemoveBackgroundRequest

@@ -23,12 +23,23 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import Message
 
-from cutout.v1 import account_pb2, accounts_pb2, cutout_pb2, cutout_pb2_grpc, erase_pb2, options_pb2, rights_pb2
+from cutout.v1 import (
+    account_pb2,
+    accounts_pb2,
+    cutout_pb2,
+    cutout_pb2_grpc,
+    erase_pb2,
+    inference_pb2,
+    options_pb2,
+    rights_pb2,
+)
+from services.common import credits
 from services.common.server import ServiceSpec
 from services.common.settings import SOURCE_METADATA
 from services.common.wire import as_message
 from services.gateway.admission import Admission, source_address
-from services.gateway.downstreams import Downstreams
+from services.gateway.charging import price
+from services.gateway.downstreams import Downstreams, inference_error
 from services.gateway.removals import Removals
 from services.gateway.results import FORWARD_KEY, Results
 from services.gateway.settings import GatewaySettings
@@ -59,6 +70,7 @@ def _public_response(name: str) -> type[Message]:
 
 class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
     def __init__(self, settings: GatewaySettings, down: Downstreams) -> None:
+        self.settings = settings
         self.down = down
         self.removals = Removals(settings, down)
         self.streams = Streams(settings, down, self.removals)
@@ -72,6 +84,21 @@ class CutoutServicer(cutout_pb2_grpc.CutoutServicer):
         response, _ = await self.removals.remove(context, caller, request)
         response.timings.total_ms = (time.perf_counter() - started) * 1000
         return response
+
+    async def ListModels(
+        self, request: options_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> options_pb2.ListModelsResponse:
+        await self.down.caller(context)  # a key is needed, like every call about the service's work
+        try:
+            listed = await self.down.inference.ListModels(
+                inference_pb2.InferenceListModelsRequest(), timeout=self.down.deadline(context, 10.0)
+            )
+        except grpc.aio.AioRpcError as error:
+            raise inference_error(error) from None
+        for model in listed.models:  # what a full-size result by this model costs (charging.price)
+            full = options_pb2.RemoveBackgroundOptions(model=model.name, size=options_pb2.SIZE_FULL)
+            model.price_decimal = credits.text(price(self.settings, full))
+        return options_pb2.ListModelsResponse(models=listed.models)
 
     async def EraseRegions(
         self, request: erase_pb2.EraseRegionsRequest, context: grpc.aio.ServicerContext

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import MIB, ServiceSettings
+from services.gateway.fetch import FetchRules
 
 
 class GatewaySettings(ServiceSettings):
@@ -24,6 +26,17 @@ class GatewaySettings(ServiceSettings):
     inference_target: str = "127.0.0.1:50052"
     accounts_target: str = "127.0.0.1:50053"
     retention_target: str = "127.0.0.1:50054"
+    # URL fetch (image_url, background_image_url; services/gateway/fetch.py). Host names,
+    # comma-separated, that may resolve to internal addresses (loopback, private, ...): every
+    # other host resolving to one is refused. Empty: none (the default, and the safe choice).
+    fetch_allowed_hosts: str = ""
+    # The most bytes read from one URL (the input cap), the time for a whole fetch with its
+    # redirects, and how many redirects are followed (each checked as a new URL).
+    fetch_max_bytes: int = Field(default=50 * MIB, ge=1)
+    fetch_timeout_s: float = Field(default=10.0, gt=0)
+    fetch_max_redirects: int = Field(default=3, ge=0, le=10)
+    # Extra CA trusted for https URLs besides the system's roots (tests; a private registry).
+    fetch_ca_file: Path | None = None
     # Upper bound for one inference call; a caller's shorter deadline wins.
     inference_timeout_s: float = 120.0
     # Upper bound for one call to accounts (authenticate, reserve, commit, ...).
@@ -95,6 +108,15 @@ class GatewaySettings(ServiceSettings):
     # is still refused before anything is done for it that counts. 0 asks every time.
     admitted_key_ttl_s: float = Field(default=5.0, ge=0)
     admitted_keys: int = Field(default=10_000, ge=1)  # keys remembered at most, least recent forgotten
+
+    @property
+    def fetch_rules(self) -> FetchRules:
+        hosts = frozenset(
+            name.strip().lower().rstrip(".") for name in self.fetch_allowed_hosts.split(",") if name.strip()
+        )
+        return FetchRules(
+            hosts, self.fetch_max_bytes, self.fetch_timeout_s, self.fetch_max_redirects, self.fetch_ca_file
+        )
 
     @model_validator(mode="after")
     def _preview_not_dearer(self) -> GatewaySettings:

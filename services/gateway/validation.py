@@ -43,6 +43,12 @@ def check_image(data: bytes, max_bytes: int, field: str = "image") -> None:
         raise invalid_argument(f"{field} header could not be read: {error}", field=field) from None
 
 
+def check_options(options: options_pb2.RemoveBackgroundOptions) -> None:
+    """The output options and the subject, without the pictures."""
+    output_spec.OutputSpec.from_proto(options, output_spec.EncoderDefaults())
+    output_spec.check_subject(options)
+
+
 def check_removal(image: bytes, options: options_pb2.RemoveBackgroundOptions, max_bytes: int) -> None:
     """What a removal can be refused for without decoding a pixel: its options and image header."""
     output_spec.OutputSpec.from_proto(options, output_spec.EncoderDefaults())

@@ -331,7 +331,9 @@ def render(image: Image.Image, alpha: Image.Image, spec: OutputSpec, background:
         if box is not None:
             image, alpha = image.crop(box), alpha.crop(box)
             backdrop = backdrop.crop(box) if backdrop is not None else None
-    if spec.placed:
+    if spec.canvas is not None:
+        image, alpha = on_canvas(image, alpha, spec)
+    elif spec.placed:
         image, alpha = place(image, alpha, spec)
     fitted = _fit(image.size, spec.max_width, spec.max_height)
     if fitted != image.size:
@@ -457,6 +459,49 @@ def place(image: Image.Image, alpha: Image.Image, spec: OutputSpec) -> tuple[Ima
     placed_image.paste(colour, at)
     placed_alpha.paste(coverage, at)
     return placed_image, placed_alpha
+
+
+def on_canvas(image: Image.Image, alpha: Image.Image, spec: OutputSpec) -> tuple[Image.Image, Image.Image]:
+    """output_size: the subject on a canvas of exactly spec.canvas, its box (pixels at least
+    half opaque) scaled to fit inside the padding (to `scale` percent of that room, if set)
+    and placed there as `position` says (CENTER by default; ORIGINAL keeps where the box's
+    centre was, relative to the picture). No subject: an empty canvas of the same size."""
+    assert spec.canvas is not None
+    width, height = spec.canvas
+    top, right, bottom, left = spec.padding
+    room_w, room_h = width - left - right, height - top - bottom
+    canvas_image, canvas_alpha = Image.new("RGB", spec.canvas), Image.new("L", spec.canvas, 0)
+    box = subject_box(alpha)
+    if box is None:
+        return canvas_image, canvas_alpha
+    layer_box = alpha.getbbox() or box  # the soft edges travel with the box
+    box_w, box_h = box[2] - box[0], box[3] - box[1]
+    fill = (spec.scale or 100) / 100
+    factor = min(room_w * fill / box_w, room_h * fill / box_h)
+    new_w, new_h = min(room_w, max(1, round(box_w * factor))), min(room_h, max(1, round(box_h * factor)))
+    free_w, free_h = room_w - new_w, room_h - new_h
+    mode = spec.position or Position.POSITION_CENTER
+    if mode == Position.POSITION_PERCENT:
+        x, y = free_w * spec.position_percent[0] / 100, free_h * spec.position_percent[1] / 100
+    elif mode == Position.POSITION_ORIGINAL:
+        centre_x, centre_y = (box[0] + box[2]) / 2 / image.width, (box[1] + box[3]) / 2 / image.height
+        x = min(max(0.0, centre_x * room_w - new_w / 2), free_w)
+        y = min(max(0.0, centre_y * room_h - new_h / 2), free_h)
+    else:
+        x, y = free_w / 2, free_h / 2
+    x, y = left + round(x), top + round(y)
+    layer_size = (
+        max(1, round((layer_box[2] - layer_box[0]) * factor)),
+        max(1, round((layer_box[3] - layer_box[1]) * factor)),
+    )
+    at = (x + round((layer_box[0] - box[0]) * factor), y + round((layer_box[1] - box[1]) * factor))
+    colour, coverage = image.crop(layer_box), alpha.crop(layer_box)
+    if layer_size != colour.size:
+        colour = colour.resize(layer_size, Image.Resampling.LANCZOS)
+        coverage = coverage.resize(layer_size, Image.Resampling.LANCZOS)
+    canvas_image.paste(colour, at)
+    canvas_alpha.paste(coverage, at)
+    return canvas_image, canvas_alpha
 
 
 def drop_shadow(alpha: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:

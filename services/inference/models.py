@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 from tritonclient.grpc import InferenceServerException
 
+from cutout.v1 import options_pb2
 from services.common.errors import ServiceError, invalid_argument
 from services.common.tls import Identity
 from services.inference.batcher import Batcher
@@ -28,6 +29,7 @@ from services.inference.settings import InferenceSettings
 from services.inference.triton import TritonServer
 
 log = logging.getLogger(__name__)
+Subject = options_pb2.Subject
 
 # How often a request for a model the catalog does not know may trigger a new look
 # at the Triton servers' repositories (a model loaded since start-up).
@@ -69,7 +71,7 @@ def looks_like_person(probability: np.ndarray, rule: PersonRule) -> bool:
     area = float(inside.mean())
     if not rule.min_area <= area <= rule.max_area:
         return False
-    confidence = float(probability[inside].mean())
+    confidence = mask_confidence(probability)
     uncertain = float(((probability > 0.2) & (probability < 0.8)).mean())
     bottom = float(inside[-max(1, len(inside) // 32) :].mean())
     return (
@@ -77,6 +79,13 @@ def looks_like_person(probability: np.ndarray, rule: PersonRule) -> bool:
         and uncertain / area <= rule.max_edge_ratio
         and bottom >= rule.min_bottom_contact
     )
+
+
+def mask_confidence(probability: np.ndarray) -> float:
+    """How sure a mask is, 0 to 1: the mean probability of its pixels above 0.5 (0 if none is),
+    the measure AUTO's person rule reads (CutoutImage.confidence)."""
+    inside = probability > 0.5
+    return float(probability[inside].mean()) if inside.any() else 0.0
 
 
 class ModelCatalog:
@@ -199,6 +208,27 @@ class ModelCatalog:
             served = ", ".join(sorted(self.models)) or "none right now"
             raise invalid_argument(f"unknown model {name!r}; this service runs: {served}", field="options.model")
         return self.models[name]
+
+    async def listing(self) -> list[options_pb2.Model]:
+        """Every model served (re-read from the servers at most every few seconds), and the
+        configured person and general models even while they are not, as served=false."""
+        if time.monotonic() - self._refreshed_at >= _REFRESH_INTERVAL_S:
+            await self.refresh()
+        defaults = {
+            self.settings.person_model: Subject.SUBJECT_PERSON,
+            self.settings.general_model: Subject.SUBJECT_ANY,
+        }
+        listed = []
+        for name in sorted(set(self.models) | set(defaults)):
+            served = self.models.get(name)
+            model = options_pb2.Model(name=name, default_for=defaults.get(name, Subject.SUBJECT_UNSPECIFIED))
+            if served is not None:
+                profile = served.profile
+                model.purpose, model.license = profile.purpose, profile.license
+                model.input_width, model.input_height = profile.width, profile.height
+                model.served = name not in self._canary_failed
+            listed.append(model)
+        return listed
 
     async def close(self) -> None:
         for model in self.models.values():

@@ -65,6 +65,9 @@ class ModelProfile:
     output: str  # one of OUTPUT_TRANSFORMS
     max_batch_size: int  # Triton's; 0 means the model takes no batch dimension
     max_queue: int | None  # images waiting for this model per replica; None: the service's default
+    # What ListModels says of it (config parameters cutout.license, an SPDX id, and cutout.purpose).
+    license: str = ""
+    purpose: str = ""
 
     @classmethod
     def from_config(cls, config: model_config_pb2.ModelConfig) -> ModelProfile:
@@ -106,6 +109,8 @@ class ModelProfile:
             output=output,
             max_batch_size=config.max_batch_size,
             max_queue=int(max_queue) if max_queue else None,
+            license=params.get("cutout.license", ""),
+            purpose=params.get("cutout.purpose", ""),
         )
 
     def tensor(self, image: Image.Image) -> np.ndarray:

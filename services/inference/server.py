@@ -24,7 +24,7 @@ from services.common.server import ServiceSpec
 from services.common.telemetry import count, meter, stage, tracer
 from services.common.tls import Identity
 from services.inference import detail, imaging, inpainting, matting
-from services.inference.models import ModelCatalog, ServedModel, looks_like_person
+from services.inference.models import ModelCatalog, ServedModel, looks_like_person, mask_confidence
 from services.inference.pixel_budget import PixelBudget
 from services.inference.settings import InferenceSettings
 from services.inference.triton import TritonInpainter
@@ -68,6 +68,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         finally:
             self._in_pool -= 1
 
+    async def ListModels(
+        self, request: inference_pb2.InferenceListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.InferenceListModelsResponse:
+        return inference_pb2.InferenceListModelsResponse(models=await self.catalog.listing())
+
     async def Segment(
         self, request: inference_pb2.SegmentRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.SegmentResponse:
@@ -79,6 +84,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         # Options first: a wrong option costs no decoding and no model time.
         spec = output_spec.OutputSpec.from_proto(request.options, self.encoders)
         model, fallback, level = await self._models_for(request.options)
+        # AUTO at a level that runs the general model at once still says what it saw.
+        classify = (
+            not request.options.model
+            and (request.options.subject or Subject.SUBJECT_AUTO) == (Subject.SUBJECT_AUTO)
+            and not level.person_first
+        )
         if level.clean_edges and spec.format != options_pb2.OUTPUT_FORMAT_MASK:
             spec = dataclasses.replace(spec, clean_edges=True)
         header = await self._cpu(imaging.open_image, request.image, self.limits)
@@ -88,7 +99,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         width, height = header.size
         pixels = width * height + (backdrop.width * backdrop.height if backdrop is not None else 0)
         async with self.pixel_budget.hold(pixels):
-            return await self._process(header, backdrop, spec, model, fallback, level, timings, started)
+            return await self._process(header, backdrop, spec, model, fallback, level, classify, timings, started)
 
     def _open_background(self, data: bytes) -> Image.Image:
         try:
@@ -125,6 +136,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         # A few hundred thousand floats at most: cheaper here than a trip to the pool.
         return model.profile.probability(batched.output)
 
+    async def _detected_subject(self, model: ServedModel, prepared: imaging.Prepared, classify: bool) -> int:
+        """PERSON when the person model cut the picture out or, with `classify`, when its mask
+        of the picture looks like a portrait (AUTO's rule; a few ms of model time); else ANY."""
+        if model.profile.name == self.settings.person_model:
+            return Subject.SUBJECT_PERSON
+        if not classify:
+            return Subject.SUBJECT_ANY
+        person = await self.catalog.get(self.settings.person_model)
+        tensor = await self._cpu(person.profile.tensor, prepared.looked_at)
+        probability = await self._run_model(person, tensor, options_pb2.StageTimings())
+        portrait = looks_like_person(probability, self.catalog.person_rule)
+        return Subject.SUBJECT_PERSON if portrait else Subject.SUBJECT_ANY
+
     async def _process(
         self,
         header: Image.Image,
@@ -133,6 +157,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         model: ServedModel,
         fallback: str | None,
         level: detail.Level,
+        classify: bool,
         timings: options_pb2.StageTimings,
         started: float,
     ) -> inference_pb2.SegmentResponse:
@@ -149,6 +174,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             with _stage(timings, "preprocess"):
                 tensor = await self._cpu(model.profile.tensor, prepared.looked_at)
             probability = await self._run_model(model, tensor, timings)
+        subject = await self._detected_subject(model, prepared, classify)
 
         format_name = options_pb2.OutputFormat.Name(spec.format)
         stages = imaging.Stages()
@@ -168,6 +194,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 foreground_box=_rect(rendered.foreground_box),
                 alpha_image=rendered.alpha_data,
                 size=options_pb2.SIZE_PREVIEW if spec.size == options_pb2.SIZE_PREVIEW else options_pb2.SIZE_FULL,
+                subject=subject,
+                confidence=mask_confidence(probability),
             ),
             timings=timings,
         )

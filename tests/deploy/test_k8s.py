@@ -49,7 +49,9 @@ CUTOUT_SERVICES = {
     "retention": (50054, "cutout.v1.Retention"),
 }
 TRITONS = {"triton", "triton-gpu"}  # the CPU models' Triton and the GPU models'
-WORKLOADS = {*CUTOUT_SERVICES, *TRITONS, "otel-collector"}
+# The HTTP edge (services/edge): HTTPS, probed over HTTP, a client of the gateway's public port.
+EDGE_PORT = 8443
+WORKLOADS = {*CUTOUT_SERVICES, *TRITONS, "otel-collector", "edge"}
 MONITORING = {"kubernetes.io/metadata.name": "monitoring"}  # the namespace of the cluster's Prometheus
 CERT_MANAGER = "cert-manager.io/v1"
 PROMETHEUS_OPERATOR = "monitoring.coreos.com/v1"
@@ -165,7 +167,7 @@ def test_every_cell_is_whole_and_in_its_own_namespace(cells):
         namespace = f"cutout-{region}"
         assert set(_of(objects, "Namespace")) == {namespace}
         assert set(_of(objects, "Deployment")) == WORKLOADS
-        assert {"gateway", "inference", "accounts", "retention", *TRITONS, "otel-collector"} <= set(
+        assert {"gateway", "inference", "accounts", "retention", *TRITONS, "otel-collector", "edge"} <= set(
             _of(objects, "Service")
         )
         for obj in objects:
@@ -228,7 +230,7 @@ def test_pods_get_no_service_account_token_and_outlive_their_drain(cells):
             ]
             if exit_timeout:  # Triton waits this long for in-flight inferences
                 assert grace > sleep + exit_timeout[0], f"{where}: grace {grace} <= {sleep} + {exit_timeout[0]}"
-            if workload["metadata"]["name"] in CUTOUT_SERVICES:
+            if workload["metadata"]["name"] in {*CUTOUT_SERVICES, "edge"}:
                 # The service's drain (default 30 s) must finish before the kubelet's SIGKILL.
                 assert drain, f"{where}: no SHUTDOWN_GRACE_S"
                 assert grace > sleep + drain[0], f"{where}: grace {grace} <= preStop {sleep} + drain {drain[0]}"
@@ -390,7 +392,7 @@ def test_environment_names_are_settings_the_services_read(cells):
 
     # Settings that arrive with branches not merged here yet.
     upcoming = {"gateway": {"accounts_target", "retention_target"}}
-    for name in CUTOUT_SERVICES:
+    for name in [*CUTOUT_SERVICES, "edge"]:
         try:
             module = importlib.import_module(f"services.{name}.settings")
         except ModuleNotFoundError:
@@ -491,11 +493,11 @@ def test_dockerfile_has_a_non_root_target_per_service_on_pinned_bases(cells):
         if base not in stages:
             assert ":" in base and not base.endswith(":latest"), f"stage {name}: base {base} is not pinned"
     # One target per workload image the cells run, each not root.
-    for workload in [*CUTOUT_SERVICES, "triton"]:
+    for workload in [*CUTOUT_SERVICES, "edge", "triton"]:
         assert workload in stages, f"no Dockerfile target for {workload}"
         user = _final_user(stages, workload)
         assert user and user.split(":")[0] not in {"0", "root"}, f"{workload} runs as {user}"
-    for name in CUTOUT_SERVICES:
+    for name in [*CUTOUT_SERVICES, "edge"]:
         assert stages[name]["lines"][-1] == f'CMD ["services.{name}"]'
         assert _container(cells["eu"], name)["image"].startswith(f"registry.example.com/cutout/{name}:")
     # Triton is NVIDIA's own image, with the model repository baked in.
@@ -505,7 +507,7 @@ def test_dockerfile_has_a_non_root_target_per_service_on_pinned_bases(cells):
     assert any("/models" in line for line in stages["triton"]["lines"] if line.startswith("COPY --from=model"))
     # No compilers in what runs: the runtime stages install no build tools.
     build_tools = re.compile(r"\b(gcc|g\+\+|build-essential|make|clang|cmake)\b")
-    for name in ["runtime", *CUTOUT_SERVICES, "triton"]:
+    for name in ["runtime", *CUTOUT_SERVICES, "edge", "triton"]:
         assert not any(build_tools.search(line) for line in stages[name]["lines"]), name
 
 
@@ -554,9 +556,10 @@ def test_only_the_gateway_is_reachable_from_outside_and_each_service_only_from_i
                 if (workload in TRITONS and port == 8443) or (workload == "otel-collector" and port in {8888, 8889}):
                     # Metrics, for the cluster's Prometheus, and nothing else.
                     assert outside == [{"namespaceSelector": {"matchLabels": MONITORING}}]
-                elif workload != "gateway":
+                elif workload not in ("gateway", "edge"):
                     assert not outside, f"{region}/{workload}:{port} open outside the namespace"
         assert _ingress_sources(objects, "gateway") == {50051: [None]}
+        assert _ingress_sources(objects, "edge") == {EDGE_PORT: [None]}
         only_from(_ingress_sources(objects, "inference"), 50052, "gateway")
         only_from(_ingress_sources(objects, "accounts"), 50053, "gateway")
         # Administration has a port of its own, open to the cell's admin pods only (issue #14).
@@ -711,7 +714,7 @@ def test_gateway_and_inference_scale_on_cpu_and_triton_on_its_queue(cells):
         for target, hpa in hpas.items():
             assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment" and target in deployments
             assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
-        for name in ("gateway", "inference"):
+        for name in ("gateway", "inference", "edge"):
             (metric,) = hpas[name]["spec"]["metrics"]
             assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu", region
             # CPU utilisation is measured against the request, so the request must exist.
@@ -1001,3 +1004,33 @@ def test_the_service_images_tune_malloc_as_the_launcher_does():
     runtime = " ".join(_dockerfile_stages()["runtime"]["lines"])
     for name, value in MALLOC_ENV.items():
         assert f"{name}={value}" in runtime, f"the runtime image sets no {name}={value}"
+
+
+def test_the_http_edge_calls_only_the_gateway_with_its_public_name_over_tls(cells):
+    """The edge is a client of the public port like any other: TLS checked against the region's
+    public name, egress to the gateway alone, the public certificate, probes over HTTPS."""
+    for region, objects in cells.items():
+        container = _container(objects, "edge")
+        env = _env(objects, container)
+        assert env["CUTOUT_EDGE_GATEWAY_TARGET"] == "dns:///gateway:50051"
+        edge_certificate = _certificates(objects)["gateway-edge"]["spec"]
+        assert [env["CUTOUT_EDGE_GATEWAY_TLS_NAME"]] == edge_certificate["dnsNames"], region
+        assert env["CUTOUT_EDGE_TLS_CERT_FILE"] == f"{TLS_DIR}/edge/tls.crt"
+        assert "CUTOUT_EDGE_TLS_CLIENT_CA_FILE" not in env and "CUTOUT_EDGE_GATEWAY_PLAINTEXT" not in env
+        (volume,) = [v for v in _pod_spec(_of(objects, "Deployment")["edge"])["volumes"] if v["name"] == "mesh-tls"]
+        assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}], "no mesh identity, the CA only"
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+        assert container["ports"][0]["containerPort"] == EDGE_PORT
+        egress = [
+            rule
+            for policy in _policies_for(objects, _pod_labels(_of(objects, "Deployment")["edge"]))
+            for rule in policy["spec"].get("egress", [])
+            if not any(p["port"] in (53, 4317) for p in rule.get("ports", []))
+        ]
+        assert egress == [
+            {
+                "to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}}],
+                "ports": [{"protocol": "TCP", "port": 50051}],
+            }
+        ], region

@@ -157,3 +157,14 @@ def test_the_fine_level_estimates_the_foreground_colour_at_the_edge(gateway, ast
     changed = np.abs(cutout[..., :3].astype(int) - np.asarray(astronaut, int)).max(axis=-1) > 8
     assert changed[edge].mean() > 0.5, "edge colours are the foreground's estimate, not the photo's mix"
     assert changed[mask == 255].mean() < 0.01, "inside the subject the photo's colours stay"
+
+
+@pytest.mark.parametrize(
+    ("photo_name", "detected"), [("astronaut", options_pb2.SUBJECT_PERSON), ("coffee", options_pb2.SUBJECT_ANY)]
+)
+def test_auto_at_the_fine_level_still_says_what_it_saw(gateway, astronaut_png, photo_name, detected):
+    data = astronaut_png if photo_name == "astronaut" else photo(photo_name)
+    result = remove(gateway, data, detail=options_pb2.DETAIL_FINE).result
+    assert result.model == FINE_MODEL, "the fine level's model cuts it out ..."
+    assert result.subject == detected, "... and the person model's look at it says what it is"
+    assert 0.5 < result.confidence <= 1.0

@@ -274,7 +274,12 @@ def test_ctrl_c_in_a_terminal_drains_the_mesh_and_everything_exits_zero(tmp_path
     marker = f"CUTOUT_DATA_DIR={data_dir}"  # every process the launcher starts inherits it
     launcher = subprocess.Popen(
         [sys.executable, "-m", "services.launcher"],
-        env={**os.environ, "CUTOUT_DATA_DIR": str(data_dir), "CUTOUT_GATEWAY_PORT": str(free_port())},
+        env={
+            **os.environ,
+            "CUTOUT_DATA_DIR": str(data_dir),
+            "CUTOUT_GATEWAY_PORT": str(free_port()),
+            "CUTOUT_EDGE_PORT": str(free_port()),
+        },
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -328,7 +333,7 @@ def test_ctrl_c_in_a_terminal_drains_the_mesh_and_everything_exits_zero(tmp_path
     stopped = next(line for line in lines if line.startswith("stopped:"))
     # In the reverse of their start: accounts calls retention (erasures), so it starts after it.
     assert stopped.split(": ", 1)[1].strip().split(", ") == [
-        f"{name} exit 0" for name in ["gateway", "accounts", "retention", "inference", "triton"]
+        f"{name} exit 0" for name in ["edge", "gateway", "accounts", "retention", "inference", "triton"]
     ]
 
     for response in responses.values():

@@ -30,6 +30,9 @@ type CutoutClient interface {
 	// surroundings; every other pixel comes back unchanged. Costs its own price in
 	// credits, charged like RemoveBackground (on success only, once per idempotency key).
 	EraseRegions(ctx context.Context, in *EraseRegionsRequest, opts ...grpc.CallOption) (*EraseRegionsResponse, error)
+	// The segmentation models this cell serves: what each is for, its input size, licence and
+	// price, and whether it is served now. Needs an API key.
+	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 	SignUp(ctx context.Context, in *SignUpRequest, opts ...grpc.CallOption) (*SignUpResponse, error)
 	VerifySignUp(ctx context.Context, in *VerifySignUpRequest, opts ...grpc.CallOption) (*VerifySignUpResponse, error)
 	CreateApiKey(ctx context.Context, in *CreateApiKeyRequest, opts ...grpc.CallOption) (*CreateApiKeyResponse, error)
@@ -104,6 +107,15 @@ func (x *cutoutRemoveBackgroundStreamClient) Recv() (*StreamResponse, error) {
 func (c *cutoutClient) EraseRegions(ctx context.Context, in *EraseRegionsRequest, opts ...grpc.CallOption) (*EraseRegionsResponse, error) {
 	out := new(EraseRegionsResponse)
 	err := c.cc.Invoke(ctx, "/cutout.v1.Cutout/EraseRegions", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cutoutClient) ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error) {
+	out := new(ListModelsResponse)
+	err := c.cc.Invoke(ctx, "/cutout.v1.Cutout/ListModels", in, out, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -326,6 +338,9 @@ type CutoutServer interface {
 	// surroundings; every other pixel comes back unchanged. Costs its own price in
 	// credits, charged like RemoveBackground (on success only, once per idempotency key).
 	EraseRegions(context.Context, *EraseRegionsRequest) (*EraseRegionsResponse, error)
+	// The segmentation models this cell serves: what each is for, its input size, licence and
+	// price, and whether it is served now. Needs an API key.
+	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	SignUp(context.Context, *SignUpRequest) (*SignUpResponse, error)
 	VerifySignUp(context.Context, *VerifySignUpRequest) (*VerifySignUpResponse, error)
 	CreateApiKey(context.Context, *CreateApiKeyRequest) (*CreateApiKeyResponse, error)
@@ -362,6 +377,9 @@ func (UnimplementedCutoutServer) RemoveBackgroundStream(Cutout_RemoveBackgroundS
 }
 func (UnimplementedCutoutServer) EraseRegions(context.Context, *EraseRegionsRequest) (*EraseRegionsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method EraseRegions not implemented")
+}
+func (UnimplementedCutoutServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListModels not implemented")
 }
 func (UnimplementedCutoutServer) SignUp(context.Context, *SignUpRequest) (*SignUpResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method SignUp not implemented")
@@ -485,6 +503,24 @@ func _Cutout_EraseRegions_Handler(srv interface{}, ctx context.Context, dec func
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(CutoutServer).EraseRegions(ctx, req.(*EraseRegionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cutout_ListModels_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListModelsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CutoutServer).ListModels(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/cutout.v1.Cutout/ListModels",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CutoutServer).ListModels(ctx, req.(*ListModelsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -812,6 +848,10 @@ var _Cutout_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EraseRegions",
 			Handler:    _Cutout_EraseRegions_Handler,
+		},
+		{
+			MethodName: "ListModels",
+			Handler:    _Cutout_ListModels_Handler,
 		},
 		{
 			MethodName: "SignUp",

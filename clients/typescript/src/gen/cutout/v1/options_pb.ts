@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cutout/v1/options.proto.
  */
 export const file_cutout_v1_options: GenFile = /*@__PURE__*/
-  fileDesc("ChdjdXRvdXQvdjEvb3B0aW9ucy5wcm90bxIJY3V0b3V0LnYxIkAKBFJlY3QSDAoEbGVmdBgBIAEoDRILCgN0b3AYAiABKA0SDQoFd2lkdGgYAyABKA0SDgoGaGVpZ2h0GAQgASgNItAFChdSZW1vdmVCYWNrZ3JvdW5kT3B0aW9ucxInCgZmb3JtYXQYASABKA4yFy5jdXRvdXQudjEuT3V0cHV0Rm9ybWF0EhgKEGJhY2tncm91bmRfY29sb3IYAiABKAkSFwoPY3JvcF90b19zdWJqZWN0GAMgASgIEhYKDmNyb3BfbWFyZ2luX3B4GAQgASgNEhEKCW1heF93aWR0aBgFIAEoDRISCgptYXhfaGVpZ2h0GAYgASgNEhoKEmNvbXByZXNzaW9uX2VmZm9ydBgHIAEoDRIPCgdxdWFsaXR5GAggASgNEhMKC2tlZXBfcmVzdWx0GAkgASgIEisKCGtlZXBfdHRsGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiMKB3N1YmplY3QYCyABKA4yEi5jdXRvdXQudjEuU3ViamVjdBINCgVtb2RlbBgMIAEoCRIdCgRzaXplGBQgASgOMg8uY3V0b3V0LnYxLlNpemUSGAoQYmFja2dyb3VuZF9pbWFnZRgVIAEoDBIwCg5iYWNrZ3JvdW5kX2ZpdBgWIAEoDjIYLmN1dG91dC52MS5CYWNrZ3JvdW5kRml0EhcKD2JsdXJfYmFja2dyb3VuZBgXIAEoCBINCgVzY2FsZRgYIAEoDRIlCghwb3NpdGlvbhgZIAEoDjITLmN1dG91dC52MS5Qb3NpdGlvbhIaChJwb3NpdGlvbl94X3BlcmNlbnQYGiABKA0SGgoScG9zaXRpb25feV9wZXJjZW50GBsgASgNEhwKA3JvaRgcIAEoCzIPLmN1dG91dC52MS5SZWN0EhsKE2Nyb3BfbWFyZ2luX3BlcmNlbnQYHSABKA0SEgoKYWRkX3NoYWRvdxgeIAEoCBITCgtjbGVhbl9lZGdlcxgfIAEoCBIhCgZkZXRhaWwYKCABKA4yES5jdXRvdXQudjEuRGV0YWlsIrIBCgxTdGFnZVRpbWluZ3MSEQoJZGVjb2RlX21zGAEgASgBEhUKDXByZXByb2Nlc3NfbXMYAiABKAESFQoNYmF0Y2hfd2FpdF9tcxgDIAEoARIQCghtb2RlbF9tcxgEIAEoARIWCg5wb3N0cHJvY2Vzc19tcxgFIAEoARIRCgllbmNvZGVfbXMYBiABKAESEAoIdG90YWxfbXMYByABKAESEgoKYmF0Y2hfc2l6ZRgIIAEoDSLYAQoLQ3V0b3V0SW1hZ2USDQoFaW1hZ2UYASABKAwSEgoKbWVkaWFfdHlwZRgCIAEoCRINCgV3aWR0aBgDIAEoDRIOCgZoZWlnaHQYBCABKA0SGwoTZm9yZWdyb3VuZF9mcmFjdGlvbhgFIAEoAhINCgVtb2RlbBgGIAEoCRInCg5mb3JlZ3JvdW5kX2JveBgKIAEoCzIPLmN1dG91dC52MS5SZWN0EhMKC2FscGhhX2ltYWdlGAsgASgMEh0KBHNpemUYDCABKA4yDy5jdXRvdXQudjEuU2l6ZSLPAQoKS2VwdFJlc3VsdBIRCglyZXN1bHRfaWQYASABKAkSDQoFdG9rZW4YAiABKAkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKbWVkaWFfdHlwZRgFIAEoCRINCgV3aWR0aBgGIAEoDRIOCgZoZWlnaHQYByABKA0SDAoEc2l6ZRgIIAEoBCJCCgtSZXN1bHRDaHVuaxIlCgZyZXN1bHQYASABKAsyFS5jdXRvdXQudjEuS2VwdFJlc3VsdBIMCgRkYXRhGAIgASgMKvEBCgxPdXRwdXRGb3JtYXQSHQoZT1VUUFVUX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhUKEU9VVFBVVF9GT1JNQVRfUE5HEAESFgoST1VUUFVUX0ZPUk1BVF9XRUJQEAISFgoST1VUUFVUX0ZPUk1BVF9NQVNLEAMSHwobT1VUUFVUX0ZPUk1BVF9KUEVHX09OX0NPTE9SEAQSHgoaT1VUUFVUX0ZPUk1BVF9QTkdfT05fQ09MT1IQBRIWChJPVVRQVVRfRk9STUFUX0FVVE8QBhIiCh5PVVRQVVRfRk9STUFUX0NPTE9SX0FMUEhBX1BBSVIQBypMCgRTaXplEhQKEFNJWkVfVU5TUEVDSUZJRUQQABIQCgxTSVpFX1BSRVZJRVcQARINCglTSVpFX0ZVTEwQAhINCglTSVpFX0FVVE8QAyphCg1CYWNrZ3JvdW5kRml0Eh4KGkJBQ0tHUk9VTkRfRklUX1VOU1BFQ0lGSUVEEAASGAoUQkFDS0dST1VORF9GSVRfQ09WRVIQARIWChJCQUNLR1JPVU5EX0ZJVF9GSVQQAipmCghQb3NpdGlvbhIYChRQT1NJVElPTl9VTlNQRUNJRklFRBAAEhUKEVBPU0lUSU9OX09SSUdJTkFMEAESEwoPUE9TSVRJT05fQ0VOVEVSEAISFAoQUE9TSVRJT05fUEVSQ0VOVBADKlkKB1N1YmplY3QSFwoTU1VCSkVDVF9VTlNQRUNJRklFRBAAEhAKDFNVQkpFQ1RfQVVUTxABEhIKDlNVQkpFQ1RfUEVSU09OEAISDwoLU1VCSkVDVF9BTlkQAypXCgZEZXRhaWwSFgoSREVUQUlMX1VOU1BFQ0lGSUVEEAASDwoLREVUQUlMX0ZBU1QQARITCg9ERVRBSUxfQkFMQU5DRUQQAhIPCgtERVRBSUxfRklORRADYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChdjdXRvdXQvdjEvb3B0aW9ucy5wcm90bxIJY3V0b3V0LnYxIkAKBFJlY3QSDAoEbGVmdBgBIAEoDRILCgN0b3AYAiABKA0SDQoFd2lkdGgYAyABKA0SDgoGaGVpZ2h0GAQgASgNIpoGChdSZW1vdmVCYWNrZ3JvdW5kT3B0aW9ucxInCgZmb3JtYXQYASABKA4yFy5jdXRvdXQudjEuT3V0cHV0Rm9ybWF0EhgKEGJhY2tncm91bmRfY29sb3IYAiABKAkSFwoPY3JvcF90b19zdWJqZWN0GAMgASgIEhYKDmNyb3BfbWFyZ2luX3B4GAQgASgNEhEKCW1heF93aWR0aBgFIAEoDRISCgptYXhfaGVpZ2h0GAYgASgNEhoKEmNvbXByZXNzaW9uX2VmZm9ydBgHIAEoDRIPCgdxdWFsaXR5GAggASgNEhMKC2tlZXBfcmVzdWx0GAkgASgIEisKCGtlZXBfdHRsGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiMKB3N1YmplY3QYCyABKA4yEi5jdXRvdXQudjEuU3ViamVjdBINCgVtb2RlbBgMIAEoCRIdCgRzaXplGBQgASgOMg8uY3V0b3V0LnYxLlNpemUSGAoQYmFja2dyb3VuZF9pbWFnZRgVIAEoDBIwCg5iYWNrZ3JvdW5kX2ZpdBgWIAEoDjIYLmN1dG91dC52MS5CYWNrZ3JvdW5kRml0EhcKD2JsdXJfYmFja2dyb3VuZBgXIAEoCBINCgVzY2FsZRgYIAEoDRIlCghwb3NpdGlvbhgZIAEoDjITLmN1dG91dC52MS5Qb3NpdGlvbhIaChJwb3NpdGlvbl94X3BlcmNlbnQYGiABKA0SGgoScG9zaXRpb25feV9wZXJjZW50GBsgASgNEhwKA3JvaRgcIAEoCzIPLmN1dG91dC52MS5SZWN0EhsKE2Nyb3BfbWFyZ2luX3BlcmNlbnQYHSABKA0SEgoKYWRkX3NoYWRvdxgeIAEoCBITCgtjbGVhbl9lZGdlcxgfIAEoCBIcChRiYWNrZ3JvdW5kX2ltYWdlX3VybBggIAEoCRIqCgtvdXRwdXRfc2l6ZRghIAEoCzIVLmN1dG91dC52MS5PdXRwdXRTaXplEiEKBmRldGFpbBgoIAEoDjIRLmN1dG91dC52MS5EZXRhaWwiaQoKT3V0cHV0U2l6ZRINCgV3aWR0aBgBIAEoDRIOCgZoZWlnaHQYAiABKA0SIwoHcGFkZGluZxgDIAEoCzISLmN1dG91dC52MS5NYXJnaW5zEhcKD3BhZGRpbmdfcGVyY2VudBgEIAEoDSJDCgdNYXJnaW5zEgsKA3RvcBgBIAEoDRINCgVyaWdodBgCIAEoDRIOCgZib3R0b20YAyABKA0SDAoEbGVmdBgEIAEoDSITChFMaXN0TW9kZWxzUmVxdWVzdCI2ChJMaXN0TW9kZWxzUmVzcG9uc2USIAoGbW9kZWxzGAEgAygLMhAuY3V0b3V0LnYxLk1vZGVsIrIBCgVNb2RlbBIMCgRuYW1lGAEgASgJEg8KB3B1cnBvc2UYAiABKAkSEwoLaW5wdXRfd2lkdGgYAyABKA0SFAoMaW5wdXRfaGVpZ2h0GAQgASgNEg8KB2xpY2Vuc2UYBSABKAkSFQoNcHJpY2VfZGVjaW1hbBgGIAEoCRIOCgZzZXJ2ZWQYByABKAgSJwoLZGVmYXVsdF9mb3IYCCABKA4yEi5jdXRvdXQudjEuU3ViamVjdCKyAQoMU3RhZ2VUaW1pbmdzEhEKCWRlY29kZV9tcxgBIAEoARIVCg1wcmVwcm9jZXNzX21zGAIgASgBEhUKDWJhdGNoX3dhaXRfbXMYAyABKAESEAoIbW9kZWxfbXMYBCABKAESFgoOcG9zdHByb2Nlc3NfbXMYBSABKAESEQoJZW5jb2RlX21zGAYgASgBEhAKCHRvdGFsX21zGAcgASgBEhIKCmJhdGNoX3NpemUYCCABKA0ikQIKC0N1dG91dEltYWdlEg0KBWltYWdlGAEgASgMEhIKCm1lZGlhX3R5cGUYAiABKAkSDQoFd2lkdGgYAyABKA0SDgoGaGVpZ2h0GAQgASgNEhsKE2ZvcmVncm91bmRfZnJhY3Rpb24YBSABKAISDQoFbW9kZWwYBiABKAkSJwoOZm9yZWdyb3VuZF9ib3gYCiABKAsyDy5jdXRvdXQudjEuUmVjdBITCgthbHBoYV9pbWFnZRgLIAEoDBIdCgRzaXplGAwgASgOMg8uY3V0b3V0LnYxLlNpemUSIwoHc3ViamVjdBgNIAEoDjISLmN1dG91dC52MS5TdWJqZWN0EhIKCmNvbmZpZGVuY2UYDiABKAIizwEKCktlcHRSZXN1bHQSEQoJcmVzdWx0X2lkGAEgASgJEg0KBXRva2VuGAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCm1lZGlhX3R5cGUYBSABKAkSDQoFd2lkdGgYBiABKA0SDgoGaGVpZ2h0GAcgASgNEgwKBHNpemUYCCABKAQiQgoLUmVzdWx0Q2h1bmsSJQoGcmVzdWx0GAEgASgLMhUuY3V0b3V0LnYxLktlcHRSZXN1bHQSDAoEZGF0YRgCIAEoDCrxAQoMT3V0cHV0Rm9ybWF0Eh0KGU9VVFBVVF9GT1JNQVRfVU5TUEVDSUZJRUQQABIVChFPVVRQVVRfRk9STUFUX1BORxABEhYKEk9VVFBVVF9GT1JNQVRfV0VCUBACEhYKEk9VVFBVVF9GT1JNQVRfTUFTSxADEh8KG09VVFBVVF9GT1JNQVRfSlBFR19PTl9DT0xPUhAEEh4KGk9VVFBVVF9GT1JNQVRfUE5HX09OX0NPTE9SEAUSFgoST1VUUFVUX0ZPUk1BVF9BVVRPEAYSIgoeT1VUUFVUX0ZPUk1BVF9DT0xPUl9BTFBIQV9QQUlSEAcqTAoEU2l6ZRIUChBTSVpFX1VOU1BFQ0lGSUVEEAASEAoMU0laRV9QUkVWSUVXEAESDQoJU0laRV9GVUxMEAISDQoJU0laRV9BVVRPEAMqYQoNQmFja2dyb3VuZEZpdBIeChpCQUNLR1JPVU5EX0ZJVF9VTlNQRUNJRklFRBAAEhgKFEJBQ0tHUk9VTkRfRklUX0NPVkVSEAESFgoSQkFDS0dST1VORF9GSVRfRklUEAIqZgoIUG9zaXRpb24SGAoUUE9TSVRJT05fVU5TUEVDSUZJRUQQABIVChFQT1NJVElPTl9PUklHSU5BTBABEhMKD1BPU0lUSU9OX0NFTlRFUhACEhQKEFBPU0lUSU9OX1BFUkNFTlQQAypZCgdTdWJqZWN0EhcKE1NVQkpFQ1RfVU5TUEVDSUZJRUQQABIQCgxTVUJKRUNUX0FVVE8QARISCg5TVUJKRUNUX1BFUlNPThACEg8KC1NVQkpFQ1RfQU5ZEAMqVwoGRGV0YWlsEhYKEkRFVEFJTF9VTlNQRUNJRklFRBAAEg8KC0RFVEFJTF9GQVNUEAESEwoPREVUQUlMX0JBTEFOQ0VEEAISDwoLREVUQUlMX0ZJTkUQA2IGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A rectangle in the input picture's pixels (after EXIF orientation).
@@ -221,6 +221,22 @@ export type RemoveBackgroundOptions = Message<"cutout.v1.RemoveBackgroundOptions
   cleanEdges: boolean;
 
   /**
+   * Instead of `background_image`: an http(s) URL the gateway fetches it from, under the
+   * same rules as RemoveBackgroundRequest.image_url.
+   *
+   * @generated from field: string background_image_url = 32;
+   */
+  backgroundImageUrl: string;
+
+  /**
+   * A fixed canvas: the output is exactly this size, the subject (its box) scaled to fit
+   * inside the padding and placed as `position` says (CENTER when unset).
+   *
+   * @generated from field: cutout.v1.OutputSize output_size = 33;
+   */
+  outputSize?: OutputSize | undefined;
+
+  /**
    * Speed against fidelity at the edges: see Detail.
    *
    * @generated from field: cutout.v1.Detail detail = 40;
@@ -234,6 +250,181 @@ export type RemoveBackgroundOptions = Message<"cutout.v1.RemoveBackgroundOptions
  */
 export const RemoveBackgroundOptionsSchema: GenMessage<RemoveBackgroundOptions> = /*@__PURE__*/
   messageDesc(file_cutout_v1_options, 1);
+
+/**
+ * A fixed output canvas (the e-commerce framing: every product on the same W x H).
+ *
+ * @generated from message cutout.v1.OutputSize
+ */
+export type OutputSize = Message<"cutout.v1.OutputSize"> & {
+  /**
+   * 1 to 10000 pixels
+   *
+   * @generated from field: uint32 width = 1;
+   */
+  width: number;
+
+  /**
+   * 1 to 10000 pixels
+   *
+   * @generated from field: uint32 height = 2;
+   */
+  height: number;
+
+  /**
+   * Free space kept on each side, in canvas pixels ...
+   *
+   * @generated from field: cutout.v1.Margins padding = 3;
+   */
+  padding?: Margins | undefined;
+
+  /**
+   * ... or, when `padding` is unset, this percentage (0 to 45) of the canvas's width on the
+   * left and right and of its height on the top and bottom.
+   *
+   * @generated from field: uint32 padding_percent = 4;
+   */
+  paddingPercent: number;
+};
+
+/**
+ * Describes the message cutout.v1.OutputSize.
+ * Use `create(OutputSizeSchema)` to create a new message.
+ */
+export const OutputSizeSchema: GenMessage<OutputSize> = /*@__PURE__*/
+  messageDesc(file_cutout_v1_options, 2);
+
+/**
+ * @generated from message cutout.v1.Margins
+ */
+export type Margins = Message<"cutout.v1.Margins"> & {
+  /**
+   * @generated from field: uint32 top = 1;
+   */
+  top: number;
+
+  /**
+   * @generated from field: uint32 right = 2;
+   */
+  right: number;
+
+  /**
+   * @generated from field: uint32 bottom = 3;
+   */
+  bottom: number;
+
+  /**
+   * @generated from field: uint32 left = 4;
+   */
+  left: number;
+};
+
+/**
+ * Describes the message cutout.v1.Margins.
+ * Use `create(MarginsSchema)` to create a new message.
+ */
+export const MarginsSchema: GenMessage<Margins> = /*@__PURE__*/
+  messageDesc(file_cutout_v1_options, 3);
+
+/**
+ * The public ListModels (inference's twin messages have the same fields).
+ *
+ * @generated from message cutout.v1.ListModelsRequest
+ */
+export type ListModelsRequest = Message<"cutout.v1.ListModelsRequest"> & {
+};
+
+/**
+ * Describes the message cutout.v1.ListModelsRequest.
+ * Use `create(ListModelsRequestSchema)` to create a new message.
+ */
+export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
+  messageDesc(file_cutout_v1_options, 4);
+
+/**
+ * @generated from message cutout.v1.ListModelsResponse
+ */
+export type ListModelsResponse = Message<"cutout.v1.ListModelsResponse"> & {
+  /**
+   * @generated from field: repeated cutout.v1.Model models = 1;
+   */
+  models: Model[];
+};
+
+/**
+ * Describes the message cutout.v1.ListModelsResponse.
+ * Use `create(ListModelsResponseSchema)` to create a new message.
+ */
+export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
+  messageDesc(file_cutout_v1_options, 5);
+
+/**
+ * A segmentation model a cell serves (ListModels).
+ *
+ * @generated from message cutout.v1.Model
+ */
+export type Model = Message<"cutout.v1.Model"> & {
+  /**
+   * what `options.model` takes
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * what it is for, in a few words
+   *
+   * @generated from field: string purpose = 2;
+   */
+  purpose: string;
+
+  /**
+   * the picture size the model looks at
+   *
+   * @generated from field: uint32 input_width = 3;
+   */
+  inputWidth: number;
+
+  /**
+   * @generated from field: uint32 input_height = 4;
+   */
+  inputHeight: number;
+
+  /**
+   * SPDX identifier of the weights' licence
+   *
+   * @generated from field: string license = 5;
+   */
+  license: string;
+
+  /**
+   * credits per full-size result (a preview costs less; see Size)
+   *
+   * @generated from field: string price_decimal = 6;
+   */
+  priceDecimal: string;
+
+  /**
+   * ready in this cell now
+   *
+   * @generated from field: bool served = 7;
+   */
+  served: boolean;
+
+  /**
+   * The subject it serves by default (PERSON, ANY), or UNSPECIFIED for one named only.
+   *
+   * @generated from field: cutout.v1.Subject default_for = 8;
+   */
+  defaultFor: Subject;
+};
+
+/**
+ * Describes the message cutout.v1.Model.
+ * Use `create(ModelSchema)` to create a new message.
+ */
+export const ModelSchema: GenMessage<Model> = /*@__PURE__*/
+  messageDesc(file_cutout_v1_options, 6);
 
 /**
  * Time spent per stage, in milliseconds, as measured by the service that did it.
@@ -297,7 +488,7 @@ export type StageTimings = Message<"cutout.v1.StageTimings"> & {
  * Use `create(StageTimingsSchema)` to create a new message.
  */
 export const StageTimingsSchema: GenMessage<StageTimings> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_options, 2);
+  messageDesc(file_cutout_v1_options, 7);
 
 /**
  * A finished cut-out.
@@ -362,6 +553,22 @@ export type CutoutImage = Message<"cutout.v1.CutoutImage"> & {
    * @generated from field: cutout.v1.Size size = 12;
    */
   size: Size;
+
+  /**
+   * What was detected: PERSON when the person model's mask was kept, else ANY (another
+   * salient subject); remove.bg's X-Type ("person", "other").
+   *
+   * @generated from field: cutout.v1.Subject subject = 13;
+   */
+  subject: Subject;
+
+  /**
+   * How sure the mask is, 0 to 1: the mean foreground probability of its pixels above 0.5
+   * (0 when none is). AUTO keeps the person model's mask only when this is high enough.
+   *
+   * @generated from field: float confidence = 14;
+   */
+  confidence: number;
 };
 
 /**
@@ -369,7 +576,7 @@ export type CutoutImage = Message<"cutout.v1.CutoutImage"> & {
  * Use `create(CutoutImageSchema)` to create a new message.
  */
 export const CutoutImageSchema: GenMessage<CutoutImage> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_options, 3);
+  messageDesc(file_cutout_v1_options, 8);
 
 /**
  * A result kept in retention (RemoveBackground with keep_result, or ListResults).
@@ -428,7 +635,7 @@ export type KeptResult = Message<"cutout.v1.KeptResult"> & {
  * Use `create(KeptResultSchema)` to create a new message.
  */
 export const KeptResultSchema: GenMessage<KeptResult> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_options, 4);
+  messageDesc(file_cutout_v1_options, 9);
 
 /**
  * A kept result streamed out: the first chunk carries `result`, every chunk `data`.
@@ -452,7 +659,7 @@ export type ResultChunk = Message<"cutout.v1.ResultChunk"> & {
  * Use `create(ResultChunkSchema)` to create a new message.
  */
 export const ResultChunkSchema: GenMessage<ResultChunk> = /*@__PURE__*/
-  messageDesc(file_cutout_v1_options, 5);
+  messageDesc(file_cutout_v1_options, 10);
 
 /**
  * What the returned image looks like.
