@@ -20,11 +20,13 @@ class ReserveOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESERVE_OUTCOME_DUPLICATE_HELD: _ClassVar[ReserveOutcome]
     RESERVE_OUTCOME_DUPLICATE_COMMITTED: _ClassVar[ReserveOutcome]
     RESERVE_OUTCOME_DUPLICATE_RELEASED: _ClassVar[ReserveOutcome]
+    RESERVE_OUTCOME_REPLAY: _ClassVar[ReserveOutcome]
 RESERVE_OUTCOME_UNSPECIFIED: ReserveOutcome
 RESERVE_OUTCOME_NEW: ReserveOutcome
 RESERVE_OUTCOME_DUPLICATE_HELD: ReserveOutcome
 RESERVE_OUTCOME_DUPLICATE_COMMITTED: ReserveOutcome
 RESERVE_OUTCOME_DUPLICATE_RELEASED: ReserveOutcome
+RESERVE_OUTCOME_REPLAY: ReserveOutcome
 
 class AuthenticateRequest(_message.Message):
     __slots__ = ("api_key",)
@@ -49,18 +51,20 @@ class AuthenticateResponse(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., key_id: _Optional[str] = ..., processing_restricted: _Optional[bool] = ..., usage_stats_opt_out: _Optional[bool] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("account_id", "idempotency_key", "amount", "amount_millicredits", "request_hash")
+    __slots__ = ("account_id", "idempotency_key", "amount", "amount_millicredits", "request_hash", "replay")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_HASH_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     idempotency_key: str
     amount: int
     amount_millicredits: int
     request_hash: str
-    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., amount: _Optional[int] = ..., amount_millicredits: _Optional[int] = ..., request_hash: _Optional[str] = ...) -> None: ...
+    replay: bool
+    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., amount: _Optional[int] = ..., amount_millicredits: _Optional[int] = ..., request_hash: _Optional[str] = ..., replay: _Optional[bool] = ...) -> None: ...
 
 class AuthorizeAndReserveRequest(_message.Message):
     __slots__ = ("api_key", "reserve")
@@ -79,20 +83,26 @@ class AuthorizeAndReserveResponse(_message.Message):
     def __init__(self, caller: _Optional[_Union[AuthenticateResponse, _Mapping]] = ..., reserved: _Optional[_Union[ReserveResponse, _Mapping]] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
-    __slots__ = ("reservation_id", "outcome")
+    __slots__ = ("reservation_id", "outcome", "kept_result_id", "replays_left")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    KEPT_RESULT_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLAYS_LEFT_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     outcome: ReserveOutcome
-    def __init__(self, reservation_id: _Optional[str] = ..., outcome: _Optional[_Union[ReserveOutcome, str]] = ...) -> None: ...
+    kept_result_id: str
+    replays_left: int
+    def __init__(self, reservation_id: _Optional[str] = ..., outcome: _Optional[_Union[ReserveOutcome, str]] = ..., kept_result_id: _Optional[str] = ..., replays_left: _Optional[int] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("account_id", "reservation_id")
+    __slots__ = ("account_id", "reservation_id", "kept_result_id")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    KEPT_RESULT_ID_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     reservation_id: str
-    def __init__(self, account_id: _Optional[str] = ..., reservation_id: _Optional[str] = ...) -> None: ...
+    kept_result_id: str
+    def __init__(self, account_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., kept_result_id: _Optional[str] = ...) -> None: ...
 
 class CommitResponse(_message.Message):
     __slots__ = ("state",)

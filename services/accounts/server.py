@@ -48,6 +48,7 @@ OUTCOMES = {
     Outcome.DUPLICATE_HELD: accounts_pb2.RESERVE_OUTCOME_DUPLICATE_HELD,
     Outcome.DUPLICATE_COMMITTED: accounts_pb2.RESERVE_OUTCOME_DUPLICATE_COMMITTED,
     Outcome.DUPLICATE_RELEASED: accounts_pb2.RESERVE_OUTCOME_DUPLICATE_RELEASED,
+    Outcome.REPLAY: accounts_pb2.RESERVE_OUTCOME_REPLAY,
 }
 PROFILE_FIELDS = ("display_name", "marketing_opt_in", "usage_stats_opt_out", "processing_restricted")
 # Page sizes (the README's "Lists and pages"). The access log is paged by the gateway, which
@@ -173,6 +174,15 @@ def reserve_amount(request: accounts_pb2.ReserveRequest) -> int:
     return request.amount_millicredits or request.amount * credits.MILLI
 
 
+def reserve_response(reserved: Reserved) -> accounts_pb2.ReserveResponse:
+    return accounts_pb2.ReserveResponse(
+        reservation_id=reserved.reservation_id,
+        outcome=OUTCOMES[reserved.outcome],
+        kept_result_id=reserved.kept_result_id,
+        replays_left=reserved.replays_left,
+    )
+
+
 class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
     def __init__(
         self, settings: AccountsSettings, store: AccountStore, ledger: Ledger, erasures: rights.Erasures
@@ -209,8 +219,9 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             request.idempotency_key,
             reserve_amount(request),
             request.request_hash,
+            replay=request.replay,
         )
-        return accounts_pb2.ReserveResponse(reservation_id=reserved.reservation_id, outcome=OUTCOMES[reserved.outcome])
+        return reserve_response(reserved)
 
     async def AuthorizeAndReserve(
         self, request: accounts_pb2.AuthorizeAndReserveRequest, context: grpc.aio.ServicerContext
@@ -218,9 +229,7 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         caller, reserved = await run_db(context, "AuthorizeAndReserve", self._authorize_and_reserve, request)
         return accounts_pb2.AuthorizeAndReserveResponse(
             caller=caller_pb(caller),
-            reserved=accounts_pb2.ReserveResponse(
-                reservation_id=reserved.reservation_id, outcome=OUTCOMES[reserved.outcome]
-            ),
+            reserved=reserve_response(reserved),
         )
 
     def _authorize_and_reserve(self, request: accounts_pb2.AuthorizeAndReserveRequest) -> tuple[Caller, Reserved]:
@@ -236,14 +245,20 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
                 reason="ACCOUNT_MISMATCH",
             )
         reserved = self.ledger.reserve(
-            caller.account_id, reserve.idempotency_key, reserve_amount(reserve), reserve.request_hash
+            caller.account_id,
+            reserve.idempotency_key,
+            reserve_amount(reserve),
+            reserve.request_hash,
+            replay=reserve.replay,
         )
         return caller, reserved
 
     async def Commit(
         self, request: accounts_pb2.CommitRequest, context: grpc.aio.ServicerContext
     ) -> accounts_pb2.CommitResponse:
-        state = await run_db(context, "Commit", self.ledger.commit, request.account_id, request.reservation_id)
+        state = await run_db(
+            context, "Commit", self.ledger.commit, request.account_id, request.reservation_id, request.kept_result_id
+        )
         return accounts_pb2.CommitResponse(state=state)
 
     async def Release(
@@ -612,7 +627,9 @@ def retention_eraser(settings: AccountsSettings) -> tuple[rights.EraseRetention,
 
 def build(settings: AccountsSettings) -> ServiceSpec:
     engine = open_database(settings)
-    ledger = Ledger(engine, hold_timeout=timedelta(seconds=settings.hold_timeout_s))
+    ledger = Ledger(
+        engine, hold_timeout=timedelta(seconds=settings.hold_timeout_s), replays_per_key=settings.replays_per_key
+    )
     store = AccountStore(
         engine,
         ledger,

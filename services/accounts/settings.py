@@ -53,6 +53,8 @@ class AccountsSettings(ServiceSettings):
     grant_credit_days: int = 365
     # A reservation not committed within this time is released (the request died).
     hold_timeout_s: float = 300.0
+    # Free replays of a served idempotency key (each makes the result again), then ALREADY_SERVED.
+    replays_per_key: int = Field(default=3, ge=0, le=100)
     # How often the sweep releases lapsed holds and writes off expired grants.
     sweep_interval_s: float = 30.0
     # The cell's own region: it signs up only accounts of this region; a sign-up for
