@@ -61,7 +61,7 @@ def downgrade() -> None:
     db = op.get_bind()
     reservations = sa.table("reservations", sa.column("request_hash", sa.String))
     db.execute(sa.update(reservations).values(request_hash=""))
-    with op.batch_alter_table("reservations") as batch:
-        batch.drop_column("kept_result_id")
-        batch.drop_column("replays")
+    # Plain DROP COLUMN (SQLite 3.35+): a batch rebuild would break the foreign keys.
+    op.drop_column("reservations", "kept_result_id")
+    op.drop_column("reservations", "replays")
     op.drop_column("accounts", "fingerprint_key")
