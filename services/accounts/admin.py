@@ -37,6 +37,7 @@ from services.accounts.store import AccountStore
 from services.common import credits
 from services.common.errors import ServiceError, abort
 from services.common.limits import Backoff, LocalRate, Refused
+from services.common.metadata import single_value
 from services.common.settings import ADMIN_TOKEN_METADATA
 
 log = logging.getLogger(__name__)
@@ -107,10 +108,8 @@ def _source(context: grpc.aio.ServicerContext) -> str:
 
 
 def _metadata(context: grpc.aio.ServicerContext, name: str) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == name:
-            return value if isinstance(value, str) else value.decode()
-    return ""
+    """The one value of `name`; a token sent twice is INVALID_ARGUMENT (services/common/metadata.py)."""
+    return single_value(context.invocation_metadata(), name)
 
 
 class AdminServicer(cutout_pb2_grpc.AdminServicer):

@@ -33,6 +33,7 @@ from services.common import credits, pages
 from services.common.channels import channel_options
 from services.common.errors import ServiceError, abort, processing_restricted
 from services.common.limits import Backoff, Budget, Refused
+from services.common.metadata import single_value
 from services.common.server import PeriodicJob, ServiceSpec
 from services.common.settings import API_KEY_METADATA, SOURCE_METADATA
 from services.common.sql import MigrationsApplied, aware, database_errors, database_ready
@@ -75,11 +76,18 @@ def profile_fields(request: accounts_pb2.AccountsUpdateProfileRequest) -> set[st
     field, names = "update_mask", list(request.update_mask.paths)
     if not names and request.update_fields:
         field, names = "update_fields", list(request.update_fields)
+    if len(names) > len(PROFILE_FIELDS):  # each field at most once: no loop over a client's thousands
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f'{field} has {len(names)} paths; name each of {", ".join(PROFILE_FIELDS)} at most once, or "*" for all',
+            field=field,
+        )
     if names == ["*"]:
         return set(PROFILE_FIELDS)
     unknown = [name for name in names if name not in PROFILE_FIELDS]
     if unknown or not names:
-        what = f"unknown path {', '.join(map(repr, unknown))}" if unknown else "no path"
+        shown = ", ".join(repr(name[:40]) for name in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
+        what = f"unknown path {shown}" if unknown else "no path"
         raise ServiceError(
             grpc.StatusCode.INVALID_ARGUMENT,
             f'{field} has {what}: name some of {", ".join(PROFILE_FIELDS)}, or "*" for all'
@@ -152,10 +160,8 @@ class PasswordPool:
 
 
 def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == name:
-            return value if isinstance(value, str) else value.decode()
-    return ""
+    """The one value of `name`: a credential sent twice is INVALID_ARGUMENT (services/common/metadata.py)."""
+    return single_value(context.invocation_metadata(), name)
 
 
 def caller_pb(caller: Caller) -> accounts_pb2.AuthenticateResponse:
@@ -362,7 +368,7 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         position = pages.decode(request.page_token, caller.account_id, KEYS_LIST)
         after = None
         if position is not None:
-            after = (from_micros(pages.field(position, "t", int)), pages.field(position, "id", str))
+            after = (pages.time_field(position, "t"), pages.field(position, "id", str))
         keys = await run_db(context, "ListApiKeys", self.store.list_keys, caller.account_id, size + 1, after)
         response = accounts_pb2.AccountsListApiKeysResponse(keys=[key_pb(key) for key in keys[:size]])
         if len(keys) > size:  # more than a page: the next one starts after the last key shown

@@ -25,6 +25,7 @@ import grpc
 from cutout.v1 import accounts_pb2
 from services.common.errors import ServiceError, abort
 from services.common.limits import Budget, Refused, rate_limiter
+from services.common.metadata import repeated_credential, repeated_error, single_value
 from services.common.settings import API_KEY_METADATA
 from services.common.telemetry import exclude_from_stats
 from services.gateway.settings import GatewaySettings
@@ -145,9 +146,13 @@ class Admission(grpc.aio.ServerInterceptor):
             "calls without an API key per second from this address",
         )
 
-    async def _admit(self, context: grpc.aio.ServicerContext, api_key: str, charged: bool) -> Callable[[], None]:
-        """Counts the call in; returns what counts it out. Aborts the call if refused.
-        `charged`: the call's handler looks its key up again (CHARGED_METHODS)."""
+    async def _admit(
+        self, context: grpc.aio.ServicerContext, api_key: str, charged: bool, refusal: ServiceError | None = None
+    ) -> Callable[[], None]:
+        """Counts the call in; returns what counts it out. Aborts the call if refused (with
+        `refusal`, at once). `charged`: the call's handler looks its key up again (CHARGED_METHODS)."""
+        if refusal is not None:
+            await abort(context, refusal)
         if not api_key:
             try:
                 await self.source_rate.take(source_address(context))
@@ -218,9 +223,10 @@ class Admission(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(self.guarded):
             return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        api_key = metadata.get(API_KEY_METADATA, "")
-        api_key = api_key.decode() if isinstance(api_key, bytes) else api_key
+        # A credential sent twice is refused before anything reads either value.
+        repeated = repeated_credential(handler_call_details.invocation_metadata)
+        refusal = None if repeated is None else repeated_error(repeated)
+        api_key = "" if refusal else single_value(handler_call_details.invocation_metadata, API_KEY_METADATA)
         charged = handler_call_details.method in CHARGED_METHODS
         options = {
             "request_deserializer": handler.request_deserializer,
@@ -233,7 +239,7 @@ class Admission(grpc.aio.ServerInterceptor):
             changes_account = handler_call_details.method in ACCOUNT_CHANGING_METHODS
 
             async def stream_unary(requests, context):  # type: ignore[no-untyped-def]
-                release = await self._admit(context, api_key, charged)
+                release = await self._admit(context, api_key, charged, refusal)
                 try:
                     response = await unary_unary(await self._first(requests, context), context)
                     caller = admitted_caller.get()
@@ -248,7 +254,7 @@ class Admission(grpc.aio.ServerInterceptor):
             unary_stream = handler.unary_stream
 
             async def stream_stream_from_unary(requests, context):  # type: ignore[no-untyped-def]
-                release = await self._admit(context, api_key, charged)
+                release = await self._admit(context, api_key, charged, refusal)
                 try:
                     async for response in unary_stream(await self._first(requests, context), context):
                         yield response
@@ -260,7 +266,7 @@ class Admission(grpc.aio.ServerInterceptor):
             yielding = handler.stream_stream
 
             async def admitted_generator(requests, context):  # type: ignore[no-untyped-def]
-                release = await self._admit(context, api_key, charged)
+                release = await self._admit(context, api_key, charged, refusal)
                 try:
                     async for response in yielding(requests, context):
                         yield response
@@ -272,7 +278,7 @@ class Admission(grpc.aio.ServerInterceptor):
             writing = handler.stream_stream  # a handler that writes with context.write()
 
             async def admitted_writer(requests, context):  # type: ignore[no-untyped-def]
-                release = await self._admit(context, api_key, charged)
+                release = await self._admit(context, api_key, charged, refusal)
                 try:
                     return await writing(requests, context)
                 finally:
