@@ -178,11 +178,14 @@ class AdminAuditEntry(SQLModel, table=True):
 
 class PendingSignUp(SQLModel, table=True):
     """A sign-up waiting for its e-mail code; the account is made from it by VerifySignUp.
-    Deleted then, or by the sweep once expired (SIGNUP_CODE_HOURS)."""
+    Deleted then (with every other sign-up of the address), or by the sweep once expired
+    (SIGNUP_CODE_HOURS). An address may have a few at once: a later sign-up (someone else's,
+    say) never invalidates a code its owner already holds."""
 
     __tablename__ = "pending_signups"
 
-    email: str = Field(primary_key=True, max_length=320)  # normalised, as Account.email
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, index=True)  # normalised, as Account.email
     display_name: str = Field(default="", max_length=200)
     password_hash: str = Field(max_length=200)
     region: str = Field(max_length=16)
@@ -204,3 +207,17 @@ class SignUpSource(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     source_hash: str = Field(max_length=64)
     at: datetime = Field(index=True)
+
+
+class EmailChange(SQLModel, table=True):
+    """A ChangeEmail waiting for the code sent to the new address: the e-mail changes only
+    once its mailbox is proven. One per account (a newer request replaces it); deleted when
+    done, with the account, or by the sweep once expired (SIGNUP_CODE_HOURS)."""
+
+    __tablename__ = "email_changes"
+
+    account_id: str = Field(primary_key=True, foreign_key="accounts.id", max_length=36)
+    new_email: str = Field(max_length=320)  # normalised
+    code_hash: str = Field(max_length=64)  # sha256 of the code sent; never the code
+    created_at: datetime
+    expires_at: datetime = Field(index=True)

@@ -36,7 +36,7 @@ from services.common.limits import Backoff, Budget, Refused
 from services.common.metadata import single_value
 from services.common.server import PeriodicJob, ServiceSpec
 from services.common.settings import API_KEY_METADATA, SOURCE_METADATA
-from services.common.sql import MigrationsApplied, aware, database_errors, database_ready
+from services.common.sql import MigrationsApplied, aware, compact_sqlite, database_errors, database_ready
 from services.common.tasks import start_kept
 from services.common.tls import channel_credentials, is_loopback
 from services.common.wire import as_message
@@ -494,9 +494,23 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
     ) -> accounts_pb2.AccountsChangeEmailResponse:
         caller = await self._caller(context, "ChangeEmail")
         await self._password(context, "ChangeEmail", caller, request.password)
-        account = await run_db(
-            context, "ChangeEmail", rights.change_email, self.store.engine, caller.account_id, request.new_email
+        if not request.code:  # step 1: a code to the new address; nothing changes yet
+            await run_db(context, "ChangeEmail", self.store.request_email_change, caller.account_id, request.new_email)
+            account = await run_db(context, "ChangeEmail", self.store.get, caller.account_id)
+            answer = as_message(accounts_pb2.AccountsChangeEmailResponse, profile_pb(account))
+            answer.email_verification_required = True
+            return answer
+        account, old = await run_db(
+            context,
+            "ChangeEmail",
+            self.store.confirm_email_change,
+            caller.account_id,
+            request.new_email,
+            request.code,
         )
+        # The old address goes from everywhere: the mail kept for it, and the database file.
+        await run_db(context, "ChangeEmail", self.erasures.forget_mail, old)
+        await run_db(context, "ChangeEmail", compact_sqlite, self.store.engine)
         log.info("e-mail corrected: %s", caller.account_id)
         return as_message(accounts_pb2.AccountsChangeEmailResponse, profile_pb(account))
 
