@@ -273,7 +273,7 @@ class AccountsGetProfileRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AccountsGetProfileResponse(_message.Message):
-    __slots__ = ("account_id", "email", "display_name", "region", "plan", "marketing_opt_in", "created_at", "usage_stats_opt_out", "processing_restricted")
+    __slots__ = ("account_id", "email", "display_name", "region", "plan", "marketing_opt_in", "created_at", "usage_stats_opt_out", "processing_restricted", "email_verification_required")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -283,6 +283,7 @@ class AccountsGetProfileResponse(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     USAGE_STATS_OPT_OUT_FIELD_NUMBER: _ClassVar[int]
     PROCESSING_RESTRICTED_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_VERIFICATION_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     email: str
     display_name: str
@@ -292,7 +293,8 @@ class AccountsGetProfileResponse(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     usage_stats_opt_out: bool
     processing_restricted: bool
-    def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ...) -> None: ...
+    email_verification_required: bool
+    def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ..., email_verification_required: _Optional[bool] = ...) -> None: ...
 
 class AccountsUpdateProfileRequest(_message.Message):
     __slots__ = ("display_name", "marketing_opt_in", "update_fields", "update_mask", "usage_stats_opt_out", "processing_restricted")
@@ -311,7 +313,7 @@ class AccountsUpdateProfileRequest(_message.Message):
     def __init__(self, display_name: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., update_fields: _Optional[_Iterable[str]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ...) -> None: ...
 
 class AccountsUpdateProfileResponse(_message.Message):
-    __slots__ = ("account_id", "email", "display_name", "region", "plan", "marketing_opt_in", "created_at", "usage_stats_opt_out", "processing_restricted")
+    __slots__ = ("account_id", "email", "display_name", "region", "plan", "marketing_opt_in", "created_at", "usage_stats_opt_out", "processing_restricted", "email_verification_required")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -321,6 +323,7 @@ class AccountsUpdateProfileResponse(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     USAGE_STATS_OPT_OUT_FIELD_NUMBER: _ClassVar[int]
     PROCESSING_RESTRICTED_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_VERIFICATION_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     email: str
     display_name: str
@@ -330,7 +333,8 @@ class AccountsUpdateProfileResponse(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     usage_stats_opt_out: bool
     processing_restricted: bool
-    def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ...) -> None: ...
+    email_verification_required: bool
+    def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ..., email_verification_required: _Optional[bool] = ...) -> None: ...
 
 class AccountsChangePasswordRequest(_message.Message):
     __slots__ = ("current_password", "new_password")
@@ -345,15 +349,17 @@ class AccountsChangePasswordResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class AccountsChangeEmailRequest(_message.Message):
-    __slots__ = ("new_email", "password")
+    __slots__ = ("new_email", "password", "code")
     NEW_EMAIL_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
     new_email: str
     password: str
-    def __init__(self, new_email: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+    code: str
+    def __init__(self, new_email: _Optional[str] = ..., password: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
 
 class AccountsChangeEmailResponse(_message.Message):
-    __slots__ = ("account_id", "email", "display_name", "region", "plan", "marketing_opt_in", "created_at", "usage_stats_opt_out", "processing_restricted")
+    __slots__ = ("account_id", "email", "display_name", "region", "plan", "marketing_opt_in", "created_at", "usage_stats_opt_out", "processing_restricted", "email_verification_required")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -363,6 +369,7 @@ class AccountsChangeEmailResponse(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     USAGE_STATS_OPT_OUT_FIELD_NUMBER: _ClassVar[int]
     PROCESSING_RESTRICTED_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_VERIFICATION_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     email: str
     display_name: str
@@ -372,7 +379,8 @@ class AccountsChangeEmailResponse(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     usage_stats_opt_out: bool
     processing_restricted: bool
-    def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ...) -> None: ...
+    email_verification_required: bool
+    def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ..., email_verification_required: _Optional[bool] = ...) -> None: ...
 
 class AccountsDeleteAccountRequest(_message.Message):
     __slots__ = ("password",)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import sqlmodel
 from sqlalchemy import func, select
 from sqlmodel import Session
 
@@ -264,7 +265,7 @@ def test_credential_helpers_keep_nothing_in_clear(cell):
     cell.sign_up("clear@example.com")
     code = latest_code(cell.settings.mail_outbox_dir, "clear@example.com")
     with Session(cell.engine) as session:
-        pending = session.get(PendingSignUp, "clear@example.com")
+        pending = session.exec(sqlmodel.select(PendingSignUp).where(PendingSignUp.email == "clear@example.com")).one()
     assert pending is not None and code is not None
     assert pending.code_hash == credentials.hash_api_key(code) and code not in pending.code_hash
     assert PASSWORD not in pending.password_hash
