@@ -122,7 +122,11 @@ class Admission(grpc.aio.ServerInterceptor):
         self.authenticate = authenticate
         self.recent_keys = RecentKeys(settings.admitted_key_ttl_s, settings.admitted_keys)
         self.without_key = Budget(settings.calls_without_key, "calls without an API key in flight on this gateway")
+        self.without_key_per_source = Budget(
+            settings.calls_without_key_per_source, "calls without an API key in flight from this address"
+        )
         self.per_key = Budget(settings.calls_per_key, "calls in flight for this API key")
+        self.per_account = Budget(settings.calls_per_account, "calls in flight for this account, over all its keys")
         # Load shedding: the work this gateway has started and not finished, over every key.
         # Past it a call is refused at once (RESOURCE_EXHAUSTED, RetryInfo) rather than queued
         # behind the others, so admitted calls keep their latency and memory stays bounded.
@@ -154,15 +158,35 @@ class Admission(grpc.aio.ServerInterceptor):
         if refusal is not None:
             await abort(context, refusal)
         if not api_key:
+            if charged:  # an image call needs a key: refused before its body is read
+                await abort(
+                    context,
+                    ServiceError(
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        f"this call needs an API key in the `{API_KEY_METADATA}` metadata; nothing was read or charged",
+                        reason="API_KEY_MISSING",
+                    ),
+                )
+            source = source_address(context)
             try:
-                await self.source_rate.take(source_address(context))
+                await self.source_rate.take(source)
             except Refused as error:
                 await abort(context, refused(error, "SOURCE_RATE_LIMITED"))
             try:
-                self.without_key.acquire()
+                self.without_key_per_source.acquire(source)
             except Refused as error:
                 await abort(context, refused(error, "TOO_MANY_CALLS_WITHOUT_KEY"))
-            return self.without_key.release
+            try:
+                self.without_key.acquire()
+            except Refused as error:
+                self.without_key_per_source.release(source)
+                await abort(context, refused(error, "TOO_MANY_CALLS_WITHOUT_KEY"))
+
+            def release_keyless() -> None:
+                self.without_key.release()
+                self.without_key_per_source.release(source)
+
+            return release_keyless
         caller = self.recent_keys.get(api_key) if charged else None
         if caller is None:
             try:
@@ -178,16 +202,23 @@ class Admission(grpc.aio.ServerInterceptor):
             self.per_key.acquire(caller.key_id)
         except Refused as error:
             await abort(context, refused(error, "TOO_MANY_CALLS_IN_FLIGHT"))
+        try:
+            self.per_account.acquire(caller.account_id)
+        except Refused as error:
+            self.per_key.release(caller.key_id)
+            await abort(context, refused(error, "TOO_MANY_CALLS_IN_FLIGHT"))
         if charged:
             try:
                 self.work_of_account.acquire(caller.account_id)
             except Refused as error:
+                self.per_account.release(caller.account_id)
                 self.per_key.release(caller.key_id)
                 await abort(context, refused(error, "OVERLOADED"))
             try:
                 self.work.acquire()
             except Refused as error:
                 self.work_of_account.release(caller.account_id)
+                self.per_account.release(caller.account_id)
                 self.per_key.release(caller.key_id)
                 await abort(context, refused(error, "OVERLOADED"))
         admitted_caller.set(caller)
@@ -196,6 +227,7 @@ class Admission(grpc.aio.ServerInterceptor):
 
         def release() -> None:
             self.per_key.release(caller.key_id)
+            self.per_account.release(caller.account_id)
             if charged:
                 self.work.release()
                 self.work_of_account.release(caller.account_id)
