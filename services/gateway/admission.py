@@ -163,7 +163,9 @@ class Admission(grpc.aio.ServerInterceptor):
                     context,
                     ServiceError(
                         grpc.StatusCode.UNAUTHENTICATED,
-                        f"this call needs an API key in the `{API_KEY_METADATA}` metadata; nothing was read or charged",
+                        f"this call needs an API key in the `{API_KEY_METADATA}` metadata; create one with "
+                        "`cutout keys create` (or CreateApiKey with your e-mail and password). Nothing was read "
+                        "or charged",
                         reason="API_KEY_MISSING",
                     ),
                 )
