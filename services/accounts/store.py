@@ -397,7 +397,7 @@ class AccountStore:
         now = self.clock()
         with Session(self.engine) as session, session.begin():
             pending = session.execute(delete(PendingSignUp).where(col(PendingSignUp.expires_at) <= now)).rowcount
-            pending += session.execute(delete(EmailChange).where(col(EmailChange.expires_at) <= now)).rowcount
+            changes = session.execute(delete(EmailChange).where(col(EmailChange.expires_at) <= now)).rowcount
             sources = session.execute(
                 delete(SignUpSource).where(col(SignUpSource.at) <= now - self.grant_window)
             ).rowcount
@@ -407,7 +407,13 @@ class AccountStore:
                 )
             ).rowcount
         mail = self.outbox.sweep(now, self.mail_lifetime)
-        return {"pending sign-ups": pending, "sign-up sources": sources, "revoked keys": keys, "e-mails": mail}
+        return {
+            "pending sign-ups": pending,
+            "e-mail changes": changes,
+            "sign-up sources": sources,
+            "revoked keys": keys,
+            "e-mails": mail,
+        }
 
     def login(self, email: str, password: str) -> Account:
         """The account for an e-mail and password, or UNAUTHENTICATED (same answer for either mistake)."""

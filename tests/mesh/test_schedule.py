@@ -21,7 +21,7 @@ from services.accounts import credentials
 from services.accounts.db import make_engine, migrate
 from services.accounts.ledger import Ledger, Outcome
 from services.accounts.mail import Outbox, latest_code, messages_to
-from services.accounts.models import ApiKey, PendingSignUp, Reservation, SignUpSource
+from services.accounts.models import ApiKey, EmailChange, PendingSignUp, Reservation, SignUpSource
 from services.accounts.server import sweep_all
 from services.accounts.settings import AccountsSettings
 from services.accounts.store import AccountStore
@@ -188,6 +188,19 @@ def test_unverified_sign_ups_go_after_signup_code_hours(cell, clock):
     assert cell.count(PendingSignUp.__table__) == 0  # type: ignore[attr-defined]
     with pytest.raises(ServiceError) as caught:
         cell.store.verify_sign_up("pending@example.com", PASSWORD, code, "")
+    assert caught.value.reason == "VERIFICATION_FAILED"
+
+
+def test_e_mail_changes_waiting_for_their_code_go_after_signup_code_hours(cell, clock):
+    account_id, _ = cell.account("before@example.com")
+    cell.store.request_email_change(account_id, "after@example.com")
+    code = latest_code(cell.settings.mail_outbox_dir, "after@example.com")
+    assert code is not None and cell.count(EmailChange.__table__) == 1  # type: ignore[attr-defined]
+    clock.advance(timedelta(hours=cell.settings.signup_code_hours))
+    assert "e-mail changes: 1" in cell.sweep()
+    assert cell.count(EmailChange.__table__) == 0  # type: ignore[attr-defined]
+    with pytest.raises(ServiceError) as caught:
+        cell.store.confirm_email_change(account_id, "after@example.com", code)
     assert caught.value.reason == "VERIFICATION_FAILED"
 
 
