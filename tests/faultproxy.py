@@ -49,8 +49,22 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
+        # Open links end inside the loop first, so that none is left to a closed loop.
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._close_all(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+    async def _close_all(self) -> None:
+        for link in list(self._links):
+            link.client.close()
+            link.server.close()
+        if self._server is not None:
+            self._server.close()
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     # -- steering (from any thread) -------------------------------------------------
 
