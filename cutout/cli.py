@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     name.add_argument("name")
     email = account.add_parser("email", help="correct your e-mail address (needs your password)")
     email.add_argument("new_email")
+    email.add_argument("--code", default="", help="the code e-mailed to the new address (first run without it)")
     email.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     restrict = account.add_parser("restrict", help="keep the account but process no image of it (--off lifts it)")
     restrict.add_argument("--off", action="store_true")
@@ -624,7 +625,10 @@ def account(args: argparse.Namespace) -> int:
             )
             return 0
         if command == "email":
-            profile = client.change_email(args.new_email, _password(args, confirm=False))
+            profile = client.change_email(args.new_email, _password(args, confirm=False), args.code)
+            if profile.email_verification_required:
+                print(f"a code went to {args.new_email}: run this again with --code CODE to finish")
+                return 0
         elif command == "name":
             profile = client.update_profile(display_name=args.name)
         elif command == "restrict":

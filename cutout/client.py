@@ -238,8 +238,9 @@ class CutoutClient:
         request.update_mask.paths.extend(fields)  # AIP-134: exactly these change
         return self._stub.UpdateProfile(request, timeout=30, metadata=self._metadata())
 
-    def change_email(self, new_email: str, password: str) -> account_pb2.Profile:
-        request = rights_pb2.ChangeEmailRequest(new_email=new_email, password=password)
+    def change_email(self, new_email: str, password: str, code: str = "") -> account_pb2.Profile:
+        """Without `code`: a code goes to new_email (email_verification_required); with it: changed."""
+        request = rights_pb2.ChangeEmailRequest(new_email=new_email, password=password, code=code)
         return self._stub.ChangeEmail(request, timeout=30, metadata=self._metadata())
 
     def delete_account(self, password: str) -> rights_pb2.DeleteAccountResponse:

@@ -10,6 +10,7 @@ through its environment variables, exactly as on Kubernetes. Tests use `Mesh` to
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -28,7 +29,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.accounts.admin import admins_line
 from services.common.assets import ASTRONAUT
 from services.common.channels import channel_options
-from services.common.processes import terminate
+from services.common.orphans import guarded
+from services.common.processes import owner_only_log, owner_only_tree, terminate
 from services.common.tls import CellPki
 from services.inference.model import MODEL_REPOSITORY, fetch_models
 from services.inference.triton_local import LocalTriton
@@ -119,14 +121,16 @@ class ServiceProcess:
             f"{self.prefix}PORT": str(self.port),
             f"{self.prefix}PORT_FILE": str(port_file),
         }
-        with self.log_path.open("ab") as log:
+        with owner_only_log(self.log_path) as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{self.name}"],
+                # Dies with the launcher (SIGTERM: it drains), even after a `kill -9` of it.
+                guarded([sys.executable, "-m", f"services.{self.name}"]),
                 env=env,
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                umask=0o077,  # its databases, blobs, mail and logs: owner-only
                 # Out of the terminal's process group: Ctrl-C reaches the launcher alone, which
                 # stops the services one by one (see `Mesh.stop`).
                 start_new_session=True,
@@ -413,6 +417,7 @@ class Mesh:
         return self.data_dir / "pki" / "ca.pem"
 
     def start(self) -> None:
+        owner_only_tree(self.data_dir)  # databases, blobs, keys, mail and logs: 0600 in 0700 folders
         self.run_dir.mkdir(parents=True, exist_ok=True)
         rotate_logs(self.run_dir, time.time(), self.log_days)
         self.pki = CellPki(self.data_dir / "pki")
@@ -614,6 +619,17 @@ def cells_from(spec: str, base_port: int, data_dir: Path, edge_port: int = 0) ->
     ]
 
 
+def _say(*parts: object, **_: object) -> None:
+    """print, flushed, for `make up`: a stdout that broke (`make up | tee log`, and Ctrl-C
+    stopped tee first) must never stop the launcher from stopping its services, so what can
+    no longer be written is dropped (and stdout pointed at /dev/null for the rest)."""
+    try:
+        print(*parts, flush=True)
+    except (BrokenPipeError, OSError, ValueError):
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # for the rest of the process
+
+
 def main(argv: list[str] | None = None) -> int:
     """`make up`; exits 0 once everything has stopped with status 0 (after Ctrl-C too)."""
     import argparse
@@ -649,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         for mesh in cells:
             # One cell prints as `make up` always has; several are told apart by region.
             tag = f"[{mesh.region}] " if len(cells) > 1 else ""
-            print(f"{tag}starting Triton, inference, accounts, retention, gateway and HTTP edge ...", flush=True)
+            _say(f"{tag}starting Triton, inference, accounts, retention, gateway and HTTP edge ...", flush=True)
             started.append(mesh)
             mesh.start()
             api_key = demo_account(
@@ -661,23 +677,23 @@ def main(argv: list[str] | None = None) -> int:
                 admin=mesh.admin_address,
             )
             run_demo(mesh.gateway.address, mesh.data_dir, api_key, ca_file=mesh.ca_file)
-            print(f"{tag}gateway listening on {mesh.gateway.address}")
-            print(
+            _say(f"{tag}gateway listening on {mesh.gateway.address}")
+            _say(
                 f"{tag}a demo account (topped up to {DEMO_CREDITS} credits before the demo); its new API key, "
                 "shown once:"
             )
             exports = f"CUTOUT_GATEWAY={mesh.gateway.address} CUTOUT_API_KEY={api_key} CUTOUT_CA_FILE={mesh.ca_file}"
-            print(f"  export {exports}")
-            print("  cutout balance; cutout remove photo.jpg -o photo.png")
-            print(f"{tag}HTTP edge (remove.bg's API v1.0, Cutout's as JSON) on {mesh.edge.url}:")
-            print(
+            _say(f"  export {exports}")
+            _say("  cutout balance; cutout remove photo.jpg -o photo.png")
+            _say(f"{tag}HTTP edge (remove.bg's API v1.0, Cutout's as JSON) on {mesh.edge.url}:")
+            _say(
                 f"  curl --cacert {mesh.ca_file} -H 'X-Api-Key: {api_key}' -F image_file=@photo.jpg "
                 f"-o photo.png {mesh.edge.url}/v1.0/removebg"
             )
-            print(f"{tag}administration (inside the cell only), admin {mesh.admin_name}'s token:")
-            print(f"  export CUTOUT_ADMIN_ENDPOINT={mesh.admin_address} CUTOUT_ADMIN_TOKEN={mesh.admin_token}")
-            print(f"{tag}logs in {mesh.run_dir}, e-mails (sign-up codes) in {mesh.outbox}", flush=True)
-        print("Ctrl-C stops everything", flush=True)
+            _say(f"{tag}administration (inside the cell only), admin {mesh.admin_name}'s token:")
+            _say(f"  export CUTOUT_ADMIN_ENDPOINT={mesh.admin_address} CUTOUT_ADMIN_TOKEN={mesh.admin_token}")
+            _say(f"{tag}logs in {mesh.run_dir}, e-mails (sign-up codes) in {mesh.outbox}", flush=True)
+        _say("Ctrl-C stops everything", flush=True)
         while True:
             for mesh in cells:
                 for service in mesh.services:
@@ -687,11 +703,11 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         stopping = True  # from here on, signals change nothing
-        print("stopping ...", flush=True)
+        _say("stopping ...", flush=True)
         for mesh in reversed(started):
             for name, code in mesh.stop().items():
                 statuses[f"{mesh.region}/{name}" if len(cells) > 1 else name] = code
-        print("stopped: " + ", ".join(f"{name} exit {code}" for name, code in statuses.items()), flush=True)
+        _say("stopped: " + ", ".join(f"{name} exit {code}" for name, code in statuses.items()), flush=True)
     return 0 if all(code == 0 for code in statuses.values()) else 1
 
 

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-PASS, BLACKHOLE, RESET, ANSWERS_HELD = "pass", "blackhole", "reset", "answers held"
+PASS, BLACKHOLE, RESET, ANSWERS_HELD, ANSWER_DROPPED = "pass", "blackhole", "reset", "answers held", "answer dropped"
 
 
 @dataclass(eq=False)
@@ -30,6 +30,8 @@ class FaultProxy:
         self.upstream = (host, int(port))
         self.mode = PASS
         self.delay_s = 0.0
+        self.drop_after_bytes = 0
+        self.dropped = threading.Event()  # set once drop_answer has dropped a connection
         self.port = 0
         self._links: set[_Link] = set()
         self._loop = asyncio.new_event_loop()
@@ -47,8 +49,22 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
+        # Open links end inside the loop first, so that none is left to a closed loop.
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._close_all(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+    async def _close_all(self) -> None:
+        for link in list(self._links):
+            link.client.close()
+            link.server.close()
+        if self._server is not None:
+            self._server.close()
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     # -- steering (from any thread) -------------------------------------------------
 
@@ -67,6 +83,15 @@ class FaultProxy:
         """Bytes to the upstream pass, bytes back are held: the upstream does the work and its
         answer is lost to the caller (until healed)."""
         self.mode = ANSWERS_HELD
+
+    def drop_answer(self, after_bytes: int) -> None:
+        """The next answer is lost after the upstream sent it: bytes back are held (not passed on)
+        until `after_bytes` of them have come, then that connection is reset and the proxy heals
+        itself (a retry connects anew). For "the server handed its answer over and the caller
+        never got it" (a connection that drops once the answer has passed the server)."""
+        self.drop_after_bytes = after_bytes
+        self.dropped.clear()
+        self.mode = ANSWER_DROPPED
 
     def reset(self) -> None:
         """Open connections are reset (RST) and new ones are reset at once, until healed."""
@@ -116,8 +141,17 @@ class FaultProxy:
                 end.close()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool) -> None:
+        held = 0  # bytes back held while an answer is being dropped
         try:
             while data := await reader.read(65536):
+                if self.mode == ANSWER_DROPPED and not upstream:
+                    held += len(data)
+                    if held >= self.drop_after_bytes:
+                        self.heal()
+                        self.dropped.set()
+                        _rst(writer)
+                        return
+                    continue
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
                 # A partition: nothing passes and nothing is refused; as with lost packets that

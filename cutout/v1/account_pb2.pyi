@@ -201,7 +201,7 @@ class GetProfileRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Profile(_message.Message):
-    __slots__ = ("account_id", "email", "display_name", "region", "plan", "marketing_opt_in", "created_at", "usage_stats_opt_out", "processing_restricted")
+    __slots__ = ("account_id", "email", "display_name", "region", "plan", "marketing_opt_in", "created_at", "usage_stats_opt_out", "processing_restricted", "email_verification_required")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +211,7 @@ class Profile(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     USAGE_STATS_OPT_OUT_FIELD_NUMBER: _ClassVar[int]
     PROCESSING_RESTRICTED_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_VERIFICATION_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     email: str
     display_name: str
@@ -220,7 +221,8 @@ class Profile(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     usage_stats_opt_out: bool
     processing_restricted: bool
-    def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ...) -> None: ...
+    email_verification_required: bool
+    def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ..., email_verification_required: _Optional[bool] = ...) -> None: ...
 
 class UpdateProfileRequest(_message.Message):
     __slots__ = ("display_name", "marketing_opt_in", "update_fields", "update_mask", "usage_stats_opt_out", "processing_restricted")

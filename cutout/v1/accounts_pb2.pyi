@@ -20,11 +20,13 @@ class ReserveOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESERVE_OUTCOME_DUPLICATE_HELD: _ClassVar[ReserveOutcome]
     RESERVE_OUTCOME_DUPLICATE_COMMITTED: _ClassVar[ReserveOutcome]
     RESERVE_OUTCOME_DUPLICATE_RELEASED: _ClassVar[ReserveOutcome]
+    RESERVE_OUTCOME_REPLAY: _ClassVar[ReserveOutcome]
 RESERVE_OUTCOME_UNSPECIFIED: ReserveOutcome
 RESERVE_OUTCOME_NEW: ReserveOutcome
 RESERVE_OUTCOME_DUPLICATE_HELD: ReserveOutcome
 RESERVE_OUTCOME_DUPLICATE_COMMITTED: ReserveOutcome
 RESERVE_OUTCOME_DUPLICATE_RELEASED: ReserveOutcome
+RESERVE_OUTCOME_REPLAY: ReserveOutcome
 
 class AuthenticateRequest(_message.Message):
     __slots__ = ("api_key",)
@@ -49,18 +51,20 @@ class AuthenticateResponse(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., key_id: _Optional[str] = ..., processing_restricted: _Optional[bool] = ..., usage_stats_opt_out: _Optional[bool] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("account_id", "idempotency_key", "amount", "amount_millicredits", "request_hash")
+    __slots__ = ("account_id", "idempotency_key", "amount", "amount_millicredits", "request_hash", "replay")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_MILLICREDITS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_HASH_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     idempotency_key: str
     amount: int
     amount_millicredits: int
     request_hash: str
-    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., amount: _Optional[int] = ..., amount_millicredits: _Optional[int] = ..., request_hash: _Optional[str] = ...) -> None: ...
+    replay: bool
+    def __init__(self, account_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., amount: _Optional[int] = ..., amount_millicredits: _Optional[int] = ..., request_hash: _Optional[str] = ..., replay: _Optional[bool] = ...) -> None: ...
 
 class AuthorizeAndReserveRequest(_message.Message):
     __slots__ = ("api_key", "reserve")
@@ -79,20 +83,26 @@ class AuthorizeAndReserveResponse(_message.Message):
     def __init__(self, caller: _Optional[_Union[AuthenticateResponse, _Mapping]] = ..., reserved: _Optional[_Union[ReserveResponse, _Mapping]] = ...) -> None: ...
 
 class ReserveResponse(_message.Message):
-    __slots__ = ("reservation_id", "outcome")
+    __slots__ = ("reservation_id", "outcome", "kept_result_id", "replays_left")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    KEPT_RESULT_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLAYS_LEFT_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     outcome: ReserveOutcome
-    def __init__(self, reservation_id: _Optional[str] = ..., outcome: _Optional[_Union[ReserveOutcome, str]] = ...) -> None: ...
+    kept_result_id: str
+    replays_left: int
+    def __init__(self, reservation_id: _Optional[str] = ..., outcome: _Optional[_Union[ReserveOutcome, str]] = ..., kept_result_id: _Optional[str] = ..., replays_left: _Optional[int] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("account_id", "reservation_id")
+    __slots__ = ("account_id", "reservation_id", "kept_result_id")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    KEPT_RESULT_ID_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     reservation_id: str
-    def __init__(self, account_id: _Optional[str] = ..., reservation_id: _Optional[str] = ...) -> None: ...
+    kept_result_id: str
+    def __init__(self, account_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., kept_result_id: _Optional[str] = ...) -> None: ...
 
 class CommitResponse(_message.Message):
     __slots__ = ("state",)
@@ -263,7 +273,7 @@ class AccountsGetProfileRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AccountsGetProfileResponse(_message.Message):
-    __slots__ = ("account_id", "email", "display_name", "region", "plan", "marketing_opt_in", "created_at", "usage_stats_opt_out", "processing_restricted")
+    __slots__ = ("account_id", "email", "display_name", "region", "plan", "marketing_opt_in", "created_at", "usage_stats_opt_out", "processing_restricted", "email_verification_required")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -273,6 +283,7 @@ class AccountsGetProfileResponse(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     USAGE_STATS_OPT_OUT_FIELD_NUMBER: _ClassVar[int]
     PROCESSING_RESTRICTED_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_VERIFICATION_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     email: str
     display_name: str
@@ -282,7 +293,8 @@ class AccountsGetProfileResponse(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     usage_stats_opt_out: bool
     processing_restricted: bool
-    def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ...) -> None: ...
+    email_verification_required: bool
+    def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ..., email_verification_required: _Optional[bool] = ...) -> None: ...
 
 class AccountsUpdateProfileRequest(_message.Message):
     __slots__ = ("display_name", "marketing_opt_in", "update_fields", "update_mask", "usage_stats_opt_out", "processing_restricted")
@@ -301,7 +313,7 @@ class AccountsUpdateProfileRequest(_message.Message):
     def __init__(self, display_name: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., update_fields: _Optional[_Iterable[str]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ...) -> None: ...
 
 class AccountsUpdateProfileResponse(_message.Message):
-    __slots__ = ("account_id", "email", "display_name", "region", "plan", "marketing_opt_in", "created_at", "usage_stats_opt_out", "processing_restricted")
+    __slots__ = ("account_id", "email", "display_name", "region", "plan", "marketing_opt_in", "created_at", "usage_stats_opt_out", "processing_restricted", "email_verification_required")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -311,6 +323,7 @@ class AccountsUpdateProfileResponse(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     USAGE_STATS_OPT_OUT_FIELD_NUMBER: _ClassVar[int]
     PROCESSING_RESTRICTED_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_VERIFICATION_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     email: str
     display_name: str
@@ -320,7 +333,8 @@ class AccountsUpdateProfileResponse(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     usage_stats_opt_out: bool
     processing_restricted: bool
-    def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ...) -> None: ...
+    email_verification_required: bool
+    def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ..., email_verification_required: _Optional[bool] = ...) -> None: ...
 
 class AccountsChangePasswordRequest(_message.Message):
     __slots__ = ("current_password", "new_password")
@@ -335,15 +349,17 @@ class AccountsChangePasswordResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class AccountsChangeEmailRequest(_message.Message):
-    __slots__ = ("new_email", "password")
+    __slots__ = ("new_email", "password", "code")
     NEW_EMAIL_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
     new_email: str
     password: str
-    def __init__(self, new_email: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+    code: str
+    def __init__(self, new_email: _Optional[str] = ..., password: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
 
 class AccountsChangeEmailResponse(_message.Message):
-    __slots__ = ("account_id", "email", "display_name", "region", "plan", "marketing_opt_in", "created_at", "usage_stats_opt_out", "processing_restricted")
+    __slots__ = ("account_id", "email", "display_name", "region", "plan", "marketing_opt_in", "created_at", "usage_stats_opt_out", "processing_restricted", "email_verification_required")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -353,6 +369,7 @@ class AccountsChangeEmailResponse(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     USAGE_STATS_OPT_OUT_FIELD_NUMBER: _ClassVar[int]
     PROCESSING_RESTRICTED_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_VERIFICATION_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     email: str
     display_name: str
@@ -362,7 +379,8 @@ class AccountsChangeEmailResponse(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     usage_stats_opt_out: bool
     processing_restricted: bool
-    def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ...) -> None: ...
+    email_verification_required: bool
+    def __init__(self, account_id: _Optional[str] = ..., email: _Optional[str] = ..., display_name: _Optional[str] = ..., region: _Optional[str] = ..., plan: _Optional[str] = ..., marketing_opt_in: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage_stats_opt_out: _Optional[bool] = ..., processing_restricted: _Optional[bool] = ..., email_verification_required: _Optional[bool] = ...) -> None: ...
 
 class AccountsDeleteAccountRequest(_message.Message):
     __slots__ = ("password",)

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from cutout.v1 import options_pb2 as cutout_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63utout/v1/erase.proto\x12\tcutout.v1\x1a\x17\x63utout/v1/options.proto\":\n\x03\x42ox\x12\t\n\x01x\x18\x01 \x01(\r\x12\t\n\x01y\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"o\n\x0c\x45raseOptions\x12&\n\x06method\x18\x01 \x01(\x0e\x32\x16.cutout.v1.EraseMethod\x12&\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x16.cutout.v1.EraseFormat\x12\x0f\n\x07quality\x18\x03 \x01(\r\"e\n\x0c\x45raseRegions\x12\x0c\n\x04mask\x18\x01 \x01(\x0c\x12\x1d\n\x05\x62oxes\x18\x02 \x03(\x0b\x32\x0e.cutout.v1.Box\x12(\n\x07options\x18\x03 \x01(\x0b\x32\x17.cutout.v1.EraseOptions\"g\n\x13\x45raseRegionsRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12(\n\x07regions\x18\x02 \x01(\x0b\x32\x17.cutout.v1.EraseRegions\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"f\n\x0c\x45rasedRegion\x12\x1e\n\x06\x62ounds\x18\x01 \x01(\x0b\x32\x0e.cutout.v1.Box\x12\x0e\n\x06pixels\x18\x02 \x01(\r\x12&\n\x06method\x18\x03 \x01(\x0e\x32\x16.cutout.v1.EraseMethod\"\x92\x01\n\x14\x45raseRegionsResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.cutout.v1.CutoutImage\x12(\n\x07timings\x18\x02 \x01(\x0b\x32\x17.cutout.v1.StageTimings\x12(\n\x07regions\x18\x03 \x03(\x0b\x32\x17.cutout.v1.ErasedRegion*\x8c\x01\n\x0b\x45raseMethod\x12\x15\n\x11\x45RASE_METHOD_AUTO\x10\x00\x12\x16\n\x12\x45RASE_METHOD_TELEA\x10\x01\x12\x1e\n\x1a\x45RASE_METHOD_NAVIER_STOKES\x10\x02\x12\x16\n\x12\x45RASE_METHOD_PATCH\x10\x03\x12\x16\n\x12\x45RASE_METHOD_MODEL\x10\x04*o\n\x0b\x45raseFormat\x12\x1c\n\x18\x45RASE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45RASE_FORMAT_PNG\x10\x01\x12\x15\n\x11\x45RASE_FORMAT_JPEG\x10\x02\x12\x15\n\x11\x45RASE_FORMAT_WEBP\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63utout/v1/erase.proto\x12\tcutout.v1\x1a\x17\x63utout/v1/options.proto\":\n\x03\x42ox\x12\t\n\x01x\x18\x01 \x01(\r\x12\t\n\x01y\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"o\n\x0c\x45raseOptions\x12&\n\x06method\x18\x01 \x01(\x0e\x32\x16.cutout.v1.EraseMethod\x12&\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x16.cutout.v1.EraseFormat\x12\x0f\n\x07quality\x18\x03 \x01(\r\"e\n\x0c\x45raseRegions\x12\x0c\n\x04mask\x18\x01 \x01(\x0c\x12\x1d\n\x05\x62oxes\x18\x02 \x03(\x0b\x32\x0e.cutout.v1.Box\x12(\n\x07options\x18\x03 \x01(\x0b\x32\x17.cutout.v1.EraseOptions\"g\n\x13\x45raseRegionsRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12(\n\x07regions\x18\x02 \x01(\x0b\x32\x17.cutout.v1.EraseRegions\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"f\n\x0c\x45rasedRegion\x12\x1e\n\x06\x62ounds\x18\x01 \x01(\x0b\x32\x0e.cutout.v1.Box\x12\x0e\n\x06pixels\x18\x02 \x01(\r\x12&\n\x06method\x18\x03 \x01(\x0e\x32\x16.cutout.v1.EraseMethod\"\xad\x01\n\x14\x45raseRegionsResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.cutout.v1.CutoutImage\x12(\n\x07timings\x18\x02 \x01(\x0b\x32\x17.cutout.v1.StageTimings\x12(\n\x07regions\x18\x03 \x03(\x0b\x32\x17.cutout.v1.ErasedRegion\x12\x19\n\x11idempotent_replay\x18\x04 \x01(\x08*\x8c\x01\n\x0b\x45raseMethod\x12\x15\n\x11\x45RASE_METHOD_AUTO\x10\x00\x12\x16\n\x12\x45RASE_METHOD_TELEA\x10\x01\x12\x1e\n\x1a\x45RASE_METHOD_NAVIER_STOKES\x10\x02\x12\x16\n\x12\x45RASE_METHOD_PATCH\x10\x03\x12\x16\n\x12\x45RASE_METHOD_MODEL\x10\x04*o\n\x0b\x45raseFormat\x12\x1c\n\x18\x45RASE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45RASE_FORMAT_PNG\x10\x01\x12\x15\n\x11\x45RASE_FORMAT_JPEG\x10\x02\x12\x15\n\x11\x45RASE_FORMAT_WEBP\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cutout.v1.erase_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERASEMETHOD']._serialized_start=696
-  _globals['_ERASEMETHOD']._serialized_end=836
-  _globals['_ERASEFORMAT']._serialized_start=838
-  _globals['_ERASEFORMAT']._serialized_end=949
+  _globals['_ERASEMETHOD']._serialized_start=723
+  _globals['_ERASEMETHOD']._serialized_end=863
+  _globals['_ERASEFORMAT']._serialized_start=865
+  _globals['_ERASEFORMAT']._serialized_end=976
   _globals['_BOX']._serialized_start=61
   _globals['_BOX']._serialized_end=119
   _globals['_ERASEOPTIONS']._serialized_start=121
@@ -47,5 +47,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ERASEDREGION']._serialized_start=442
   _globals['_ERASEDREGION']._serialized_end=544
   _globals['_ERASEREGIONSRESPONSE']._serialized_start=547
-  _globals['_ERASEREGIONSRESPONSE']._serialized_end=693
+  _globals['_ERASEREGIONSRESPONSE']._serialized_end=720
 # @@protoc_insertion_point(module_scope)

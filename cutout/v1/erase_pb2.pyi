@@ -85,11 +85,13 @@ class ErasedRegion(_message.Message):
     def __init__(self, bounds: _Optional[_Union[Box, _Mapping]] = ..., pixels: _Optional[int] = ..., method: _Optional[_Union[EraseMethod, str]] = ...) -> None: ...
 
 class EraseRegionsResponse(_message.Message):
-    __slots__ = ("result", "timings", "regions")
+    __slots__ = ("result", "timings", "regions", "idempotent_replay")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     REGIONS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENT_REPLAY_FIELD_NUMBER: _ClassVar[int]
     result: _options_pb2.CutoutImage
     timings: _options_pb2.StageTimings
     regions: _containers.RepeatedCompositeFieldContainer[ErasedRegion]
-    def __init__(self, result: _Optional[_Union[_options_pb2.CutoutImage, _Mapping]] = ..., timings: _Optional[_Union[_options_pb2.StageTimings, _Mapping]] = ..., regions: _Optional[_Iterable[_Union[ErasedRegion, _Mapping]]] = ...) -> None: ...
+    idempotent_replay: bool
+    def __init__(self, result: _Optional[_Union[_options_pb2.CutoutImage, _Mapping]] = ..., timings: _Optional[_Union[_options_pb2.StageTimings, _Mapping]] = ..., regions: _Optional[_Iterable[_Union[ErasedRegion, _Mapping]]] = ..., idempotent_replay: _Optional[bool] = ...) -> None: ...

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from cutout.v1 import account_pb2 as cutout_dot_v1_dot_account__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63utout/v1/rights.proto\x12\tcutout.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17\x63utout/v1/account.proto\"/\n\x14\x45xportAccountRequest\x12\x17\n\x0finclude_results\x18\x01 \x01(\x08\"\x1b\n\x0b\x45xportChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"9\n\x12\x43hangeEmailRequest\x12\x11\n\tnew_email\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"(\n\x14\x44\x65leteAccountRequest\x12\x10\n\x08password\x18\x01 \x01(\t\":\n\x15\x44\x65leteAccountResponse\x12\x12\n\nerasure_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"?\n\x19\x41\x64minDeleteAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Q\n\x15OwnerAccessLogRequest\x12\x11\n\x05limit\x18\x01 \x01(\rB\x02\x18\x01\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"y\n\x0c\x41\x63\x63\x65ssRecord\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x11\n\tresult_id\x18\x05 \x01(\t\"[\n\x16OwnerAccessLogResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.cutout.v1.AccessRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xea\x01\n\rAccountExport\x12#\n\x07profile\x18\x01 \x01(\x0b\x32\x12.cutout.v1.Profile\x12\x15\n\rage_confirmed\x18\x02 \x01(\x08\x12\x1f\n\x04keys\x18\x03 \x03(\x0b\x32\x11.cutout.v1.ApiKey\x12&\n\x06ledger\x18\x04 \x03(\x0b\x32\x16.cutout.v1.LedgerEntry\x12#\n\x07\x62\x61lance\x18\x05 \x01(\x0b\x32\x12.cutout.v1.Balance\x12+\n\naccess_log\x18\x06 \x03(\x0b\x32\x17.cutout.v1.AccessRecord:\x02\x18\x01\"\x1a\n\x14\x41\x63\x63ountExportRequest:\x02\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63utout/v1/rights.proto\x12\tcutout.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17\x63utout/v1/account.proto\"/\n\x14\x45xportAccountRequest\x12\x17\n\x0finclude_results\x18\x01 \x01(\x08\"\x1b\n\x0b\x45xportChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"G\n\x12\x43hangeEmailRequest\x12\x11\n\tnew_email\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\"(\n\x14\x44\x65leteAccountRequest\x12\x10\n\x08password\x18\x01 \x01(\t\":\n\x15\x44\x65leteAccountResponse\x12\x12\n\nerasure_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"?\n\x19\x41\x64minDeleteAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Q\n\x15OwnerAccessLogRequest\x12\x11\n\x05limit\x18\x01 \x01(\rB\x02\x18\x01\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"y\n\x0c\x41\x63\x63\x65ssRecord\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x11\n\tresult_id\x18\x05 \x01(\t\"[\n\x16OwnerAccessLogResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.cutout.v1.AccessRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xea\x01\n\rAccountExport\x12#\n\x07profile\x18\x01 \x01(\x0b\x32\x12.cutout.v1.Profile\x12\x15\n\rage_confirmed\x18\x02 \x01(\x08\x12\x1f\n\x04keys\x18\x03 \x03(\x0b\x32\x11.cutout.v1.ApiKey\x12&\n\x06ledger\x18\x04 \x03(\x0b\x32\x16.cutout.v1.LedgerEntry\x12#\n\x07\x62\x61lance\x18\x05 \x01(\x0b\x32\x12.cutout.v1.Balance\x12+\n\naccess_log\x18\x06 \x03(\x0b\x32\x17.cutout.v1.AccessRecord:\x02\x18\x01\"\x1a\n\x14\x41\x63\x63ountExportRequest:\x02\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,21 +44,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPORTCHUNK']._serialized_start=144
   _globals['_EXPORTCHUNK']._serialized_end=171
   _globals['_CHANGEEMAILREQUEST']._serialized_start=173
-  _globals['_CHANGEEMAILREQUEST']._serialized_end=230
-  _globals['_DELETEACCOUNTREQUEST']._serialized_start=232
-  _globals['_DELETEACCOUNTREQUEST']._serialized_end=272
-  _globals['_DELETEACCOUNTRESPONSE']._serialized_start=274
-  _globals['_DELETEACCOUNTRESPONSE']._serialized_end=332
-  _globals['_ADMINDELETEACCOUNTREQUEST']._serialized_start=334
-  _globals['_ADMINDELETEACCOUNTREQUEST']._serialized_end=397
-  _globals['_OWNERACCESSLOGREQUEST']._serialized_start=399
-  _globals['_OWNERACCESSLOGREQUEST']._serialized_end=480
-  _globals['_ACCESSRECORD']._serialized_start=482
-  _globals['_ACCESSRECORD']._serialized_end=603
-  _globals['_OWNERACCESSLOGRESPONSE']._serialized_start=605
-  _globals['_OWNERACCESSLOGRESPONSE']._serialized_end=696
-  _globals['_ACCOUNTEXPORT']._serialized_start=699
-  _globals['_ACCOUNTEXPORT']._serialized_end=933
-  _globals['_ACCOUNTEXPORTREQUEST']._serialized_start=935
-  _globals['_ACCOUNTEXPORTREQUEST']._serialized_end=961
+  _globals['_CHANGEEMAILREQUEST']._serialized_end=244
+  _globals['_DELETEACCOUNTREQUEST']._serialized_start=246
+  _globals['_DELETEACCOUNTREQUEST']._serialized_end=286
+  _globals['_DELETEACCOUNTRESPONSE']._serialized_start=288
+  _globals['_DELETEACCOUNTRESPONSE']._serialized_end=346
+  _globals['_ADMINDELETEACCOUNTREQUEST']._serialized_start=348
+  _globals['_ADMINDELETEACCOUNTREQUEST']._serialized_end=411
+  _globals['_OWNERACCESSLOGREQUEST']._serialized_start=413
+  _globals['_OWNERACCESSLOGREQUEST']._serialized_end=494
+  _globals['_ACCESSRECORD']._serialized_start=496
+  _globals['_ACCESSRECORD']._serialized_end=617
+  _globals['_OWNERACCESSLOGRESPONSE']._serialized_start=619
+  _globals['_OWNERACCESSLOGRESPONSE']._serialized_end=710
+  _globals['_ACCOUNTEXPORT']._serialized_start=713
+  _globals['_ACCOUNTEXPORT']._serialized_end=947
+  _globals['_ACCOUNTEXPORTREQUEST']._serialized_start=949
+  _globals['_ACCOUNTEXPORTREQUEST']._serialized_end=975
 # @@protoc_insertion_point(module_scope)

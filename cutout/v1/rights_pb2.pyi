@@ -23,12 +23,14 @@ class ExportChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class ChangeEmailRequest(_message.Message):
-    __slots__ = ("new_email", "password")
+    __slots__ = ("new_email", "password", "code")
     NEW_EMAIL_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
     new_email: str
     password: str
-    def __init__(self, new_email: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+    code: str
+    def __init__(self, new_email: _Optional[str] = ..., password: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
 
 class DeleteAccountRequest(_message.Message):
     __slots__ = ("password",)

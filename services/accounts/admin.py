@@ -35,8 +35,10 @@ from services.accounts.rights import Erasures, record_access
 from services.accounts.settings import AccountsSettings
 from services.accounts.store import AccountStore
 from services.common import credits
+from services.common.arrival import ArrivalGuard
 from services.common.errors import ServiceError, abort
 from services.common.limits import Backoff, LocalRate, Refused
+from services.common.metadata import single_value
 from services.common.settings import ADMIN_TOKEN_METADATA
 
 log = logging.getLogger(__name__)
@@ -107,10 +109,8 @@ def _source(context: grpc.aio.ServicerContext) -> str:
 
 
 def _metadata(context: grpc.aio.ServicerContext, name: str) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == name:
-            return value if isinstance(value, str) else value.decode()
-    return ""
+    """The one value of `name`; a token sent twice is INVALID_ARGUMENT (services/common/metadata.py)."""
+    return single_value(context.invocation_metadata(), name)
 
 
 class AdminServicer(cutout_pb2_grpc.AdminServicer):
@@ -297,6 +297,11 @@ def _granted(request: account_pb2.GrantCreditsRequest) -> int:
     return request.amount * credits.MILLI
 
 
+# What gRPC lets in at once on the admin listener (a few named admins; each admin, and each
+# source address without an admin's token, gets ADMIN_CALLS_PER_SOURCE of them).
+ADMIN_CONCURRENT_RPCS = 16
+
+
 async def start_admin_server(
     settings: AccountsSettings, servicer: AdminServicer, interceptors: list[grpc.aio.ServerInterceptor]
 ) -> tuple[grpc.aio.Server, int]:
@@ -305,8 +310,25 @@ async def start_admin_server(
     from services.common.server import grpc_message_options
     from services.common.tls import is_loopback, server_credentials
 
+    # Outermost, before anything reads a token: each source's share of the 16 calls gRPC
+    # lets in, and a body that must come within ADMIN_REQUEST_ARRIVAL_S.
+    def named_admin(metadata: tuple[tuple[str, str | bytes], ...]) -> str | None:
+        tokens = [value for key, value in metadata if key == ADMIN_TOKEN_METADATA]
+        if len(tokens) != 1:
+            return None
+        token = tokens[0].decode() if isinstance(tokens[0], bytes) else tokens[0]
+        return servicer.principals.name_of(token) if token else None
+
+    guard = ArrivalGuard(
+        settings.admin_request_arrival_s,
+        settings.admin_calls_per_source,
+        ADMIN_CONCURRENT_RPCS // 2,  # strangers together: half, the rest stays for named admins
+        named_admin,
+    )
     server = grpc.aio.server(
-        interceptors=interceptors, options=grpc_message_options(settings), maximum_concurrent_rpcs=16
+        interceptors=[guard, *interceptors],
+        options=grpc_message_options(settings),
+        maximum_concurrent_rpcs=ADMIN_CONCURRENT_RPCS,
     )
     cutout_pb2_grpc.add_AdminServicer_to_server(servicer, server)
     address = f"{settings.admin_host}:{settings.admin_port}"

@@ -31,6 +31,8 @@ account always add up to its balance and expired credits are never spendable.
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -67,12 +69,15 @@ class Outcome(enum.Enum):
     DUPLICATE_HELD = "duplicate_held"  # another call holds this key
     DUPLICATE_COMMITTED = "duplicate_committed"  # already charged
     DUPLICATE_RELEASED = "duplicate_released"  # an earlier try failed; held again now
+    REPLAY = "replay"  # already charged and a replay asked for: made again, free
 
 
 @dataclass(frozen=True)
 class Reserved:
     reservation_id: str
     outcome: Outcome
+    kept_result_id: str = ""  # REPLAY: the result the charged call kept
+    replays_left: int = 0  # REPLAY: how many more the key allows
 
     @property
     def owned(self) -> bool:
@@ -101,11 +106,22 @@ def insufficient_credits(available: int, wanted: int) -> ServiceError:
     )
 
 
+def keyed_fingerprint(fingerprint_key: str, request_hash: str) -> str:
+    """What is stored of a request's sha256: its HMAC under the account's own secret, so that
+    a copy of the database cannot be checked against a known photo (and erasing the account,
+    its secret with it, leaves nothing to check against)."""
+    return hmac.new(bytes.fromhex(fingerprint_key), request_hash.encode(), hashlib.sha256).hexdigest()
+
+
 class Ledger:
-    def __init__(self, engine: Engine, *, hold_timeout: timedelta, clock: Clock = utc_now) -> None:
+    def __init__(
+        self, engine: Engine, *, hold_timeout: timedelta, clock: Clock = utc_now, replays_per_key: int = 3
+    ) -> None:
         self.engine = engine
         self.hold_timeout = hold_timeout
         self.clock = clock
+        # Free replays of a served key: bounded, since each makes the result again.
+        self.replays_per_key = replays_per_key
 
     # -- writes ---------------------------------------------------------------------
 
@@ -143,7 +159,12 @@ class Ledger:
         self._entry(db, account_id, "grant", amount, 0, now, grant_id=grant_id)
         return grant_id
 
-    def reserve(self, account_id: str, idempotency_key: str, amount: int, request_hash: str) -> Reserved:
+    def reserve(
+        self, account_id: str, idempotency_key: str, amount: int, request_hash: str, *, replay: bool = False
+    ) -> Reserved:
+        """Holds `amount` under the key. A key already charged for this request is a
+        DUPLICATE_COMMITTED, or with `replay` (the caller can serve one) a REPLAY while the key
+        has replays left: counted here, nothing held or written to the ledger."""
         if amount <= 0:
             raise invalid_argument("amount must be positive", field="amount")
         if not idempotency_key or len(idempotency_key) > 200:
@@ -155,13 +176,18 @@ class Ledger:
             # may be spent now) but leaves writing off expired grants to the next read or
             # sweep; it only ever spends unexpired grants, so the write-off cannot change it.
             now = self._lock_and_release_lapsed(db, account_id)
+            fingerprint_key = db.execute(
+                select(ACCOUNTS.c.fingerprint_key).where(ACCOUNTS.c.id == account_id)
+            ).scalar_one()
+            request_hash = keyed_fingerprint(fingerprint_key, request_hash)
+            columns = RESERVATIONS.c
             earlier = db.execute(
-                select(RESERVATIONS.c.id, RESERVATIONS.c.request_hash, RESERVATIONS.c.state).where(
-                    RESERVATIONS.c.account_id == account_id, RESERVATIONS.c.idempotency_key == idempotency_key
+                select(columns.id, columns.request_hash, columns.state, columns.replays, columns.kept_result_id).where(
+                    columns.account_id == account_id, columns.idempotency_key == idempotency_key
                 )
             ).first()
             if earlier is not None:
-                if earlier.request_hash != request_hash:
+                if not hmac.compare_digest(earlier.request_hash, request_hash):
                     raise ServiceError(
                         grpc.StatusCode.INVALID_ARGUMENT,
                         "idempotency key reused for a different request; use a new key for a new request",
@@ -169,7 +195,11 @@ class Ledger:
                         field="idempotency_key",
                     )
                 if earlier.state == COMMITTED:
-                    return Reserved(earlier.id, Outcome.DUPLICATE_COMMITTED)
+                    if not replay or earlier.replays >= self.replays_per_key:
+                        return Reserved(earlier.id, Outcome.DUPLICATE_COMMITTED)
+                    db.execute(update(RESERVATIONS).where(columns.id == earlier.id).values(replays=earlier.replays + 1))
+                    left = self.replays_per_key - earlier.replays - 1
+                    return Reserved(earlier.id, Outcome.REPLAY, earlier.kept_result_id, left)
                 if earlier.state == HELD:  # settled above, so this hold is live
                     return Reserved(earlier.id, Outcome.DUPLICATE_HELD)
 
@@ -209,7 +239,8 @@ class Ledger:
             self._entry(db, account_id, "reserve", -amount, amount, now, reservation_id=reservation_id)
             return Reserved(reservation_id, outcome)
 
-    def commit(self, account_id: str, reservation_id: str) -> str:
+    def commit(self, account_id: str, reservation_id: str, kept_result_id: str = "") -> str:
+        """Charges a hold (idempotent), naming the result it kept, if any, for its replays."""
         # On the latency path of every removal, so it settles only what it touches:
         # its own hold, if that lapsed (committing never changes what grants hold).
         with self.engine.begin() as db:
@@ -228,7 +259,11 @@ class Ledger:
                     reason="RESERVATION_RELEASED",
                 )
             if state == HELD:
-                db.execute(update(RESERVATIONS).where(RESERVATIONS.c.id == reservation_id).values(state=COMMITTED))
+                db.execute(
+                    update(RESERVATIONS)
+                    .where(RESERVATIONS.c.id == reservation_id)
+                    .values(state=COMMITTED, kept_result_id=kept_result_id[:64])
+                )
                 self._entry(db, account_id, "commit", 0, -reservation.amount, now, reservation_id=reservation_id)
                 state = COMMITTED
             return state
@@ -311,7 +346,7 @@ class Ledger:
                 compacted += db.execute(
                     update(RESERVATIONS)
                     .where(mine & to_compact)
-                    .values(idempotency_key=columns.id, request_hash=COMPACTED)
+                    .values(idempotency_key=columns.id, request_hash=COMPACTED, kept_result_id="")
                 ).rowcount
         return compacted, deleted
 

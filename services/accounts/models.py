@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, Index, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -24,6 +25,12 @@ class Account(SQLModel, table=True):
     usage_stats_opt_out: bool = False
     # Restriction of processing: kept, but no image of it is processed.
     processing_restricted: bool = False
+    # The secret request fingerprints are keyed with (HMAC-SHA256), so that a copy of the
+    # reservations cannot be checked against a known photo; it goes with the account.
+    fingerprint_key: str = Field(
+        sa_column=Column(String(64), nullable=False, default=lambda: secrets.token_hex(32)),
+        default_factory=lambda: secrets.token_hex(32),
+    )
 
 
 class ApiKey(SQLModel, table=True):
@@ -69,11 +76,16 @@ class Reservation(SQLModel, table=True):
     # key becomes the reservation's own id and the hash "" (the fingerprint of the image
     # goes); the amounts stay for the ledger.
     idempotency_key: str = Field(max_length=200)
-    request_hash: str = Field(max_length=64)  # sha256 of the request; never the request itself
+    # HMAC (the account's fingerprint_key) of the request's sha256; never the request itself.
+    request_hash: str = Field(max_length=64)
     amount: int = Field(sa_column=Column(BigInteger, nullable=False))
     state: str = Field(max_length=16)  # held, committed, released
     created_at: datetime
     hold_expires_at: datetime
+    # Free replays served for this key so far (each made again; REPLAYS_PER_KEY at most).
+    replays: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    # The result the committed call kept (retention's id), so a replay names the same one.
+    kept_result_id: str = Field(default="", sa_column=Column(String(64), nullable=False, server_default=""))
 
 
 class ReservationAllocation(SQLModel, table=True):
@@ -166,11 +178,14 @@ class AdminAuditEntry(SQLModel, table=True):
 
 class PendingSignUp(SQLModel, table=True):
     """A sign-up waiting for its e-mail code; the account is made from it by VerifySignUp.
-    Deleted then, or by the sweep once expired (SIGNUP_CODE_HOURS)."""
+    Deleted then (with every other sign-up of the address), or by the sweep once expired
+    (SIGNUP_CODE_HOURS). An address may have a few at once: a later sign-up (someone else's,
+    say) never invalidates a code its owner already holds."""
 
     __tablename__ = "pending_signups"
 
-    email: str = Field(primary_key=True, max_length=320)  # normalised, as Account.email
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, index=True)  # normalised, as Account.email
     display_name: str = Field(default="", max_length=200)
     password_hash: str = Field(max_length=200)
     region: str = Field(max_length=16)
@@ -192,3 +207,17 @@ class SignUpSource(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     source_hash: str = Field(max_length=64)
     at: datetime = Field(index=True)
+
+
+class EmailChange(SQLModel, table=True):
+    """A ChangeEmail waiting for the code sent to the new address: the e-mail changes only
+    once its mailbox is proven. One per account (a newer request replaces it); deleted when
+    done, with the account, or by the sweep once expired (SIGNUP_CODE_HOURS)."""
+
+    __tablename__ = "email_changes"
+
+    account_id: str = Field(primary_key=True, foreign_key="accounts.id", max_length=36)
+    new_email: str = Field(max_length=320)  # normalised
+    code_hash: str = Field(max_length=64)  # sha256 of the code sent; never the code
+    created_at: datetime
+    expires_at: datetime = Field(index=True)

@@ -26,13 +26,13 @@ import grpc
 from sqlalchemy import Engine, delete, update
 from sqlmodel import Session, col, select
 
-from services.accounts import credentials
 from services.accounts.ledger import Clock, utc_now
 from services.accounts.models import (
     AccessLogEntry,
     Account,
     ApiKey,
     CreditGrant,
+    EmailChange,
     Erasure,
     LedgerEntry,
     PendingSignUp,
@@ -65,36 +65,6 @@ def access_log(engine: Engine, account_id: str, limit: int = 1000, before_id: in
         query = query.where(col(AccessLogEntry.id) < before_id)
     with Session(engine, expire_on_commit=False) as session:
         return list(session.exec(query.order_by(col(AccessLogEntry.id).desc()).limit(limit)).all())
-
-
-def change_email(engine: Engine, account_id: str, new_email: str, *, clock: Clock = utc_now) -> Account:
-    """The account under its new (canonical) e-mail; ALREADY_EXISTS if another account has it."""
-    try:
-        email = credentials.canonical_email(new_email)
-    except ValueError as error:
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"new_email must be an e-mail address like name@example.com: {error}",
-            field="new_email",
-        ) from None
-    with Session(engine, expire_on_commit=False) as session, session.begin():
-        taken = session.exec(select(Account.id).where(Account.email == email)).first()
-        if taken is not None and taken != account_id:
-            raise ServiceError(
-                grpc.StatusCode.ALREADY_EXISTS,
-                "another account uses this e-mail; choose another address",
-                reason="EMAIL_TAKEN",
-                field="new_email",
-            )
-        account = session.get(Account, account_id)
-        if account is None:
-            raise ServiceError(grpc.StatusCode.NOT_FOUND, "no such account", reason="ACCOUNT_NOT_FOUND")
-        account.email = email
-        session.add(account)
-        session.add(AccessLogEntry(at=clock(), account_id=account_id, actor="owner", action="correct_email"))
-        session.flush()
-    compact_sqlite(engine)  # the old address must not linger in the write-ahead log
-    return account
 
 
 @dataclass(frozen=True)
@@ -202,7 +172,7 @@ class Erasures:
             session.execute(
                 delete(ReservationAllocation).where(col(ReservationAllocation.reservation_id).in_(reservations))
             )
-            for table in (LedgerEntry, Reservation, CreditGrant, ApiKey, AccessLogEntry):
+            for table in (LedgerEntry, Reservation, CreditGrant, ApiKey, AccessLogEntry, EmailChange):
                 session.execute(delete(table).where(table.account_id == account_id))  # type: ignore[attr-defined]
             session.execute(delete(Account).where(col(Account.id) == account_id))
             if email:  # a sign-up of the same address waiting for its code

@@ -33,9 +33,10 @@ from services.common import credits, pages
 from services.common.channels import channel_options
 from services.common.errors import ServiceError, abort, processing_restricted
 from services.common.limits import Backoff, Budget, Refused
+from services.common.metadata import single_value
 from services.common.server import PeriodicJob, ServiceSpec
 from services.common.settings import API_KEY_METADATA, SOURCE_METADATA
-from services.common.sql import MigrationsApplied, aware, database_errors, database_ready
+from services.common.sql import MigrationsApplied, aware, compact_sqlite, database_errors, database_ready
 from services.common.tasks import start_kept
 from services.common.tls import channel_credentials, is_loopback
 from services.common.wire import as_message
@@ -48,6 +49,7 @@ OUTCOMES = {
     Outcome.DUPLICATE_HELD: accounts_pb2.RESERVE_OUTCOME_DUPLICATE_HELD,
     Outcome.DUPLICATE_COMMITTED: accounts_pb2.RESERVE_OUTCOME_DUPLICATE_COMMITTED,
     Outcome.DUPLICATE_RELEASED: accounts_pb2.RESERVE_OUTCOME_DUPLICATE_RELEASED,
+    Outcome.REPLAY: accounts_pb2.RESERVE_OUTCOME_REPLAY,
 }
 PROFILE_FIELDS = ("display_name", "marketing_opt_in", "usage_stats_opt_out", "processing_restricted")
 # Page sizes (docs/api/pages.md). The access log is paged by the gateway, which
@@ -74,11 +76,18 @@ def profile_fields(request: accounts_pb2.AccountsUpdateProfileRequest) -> set[st
     field, names = "update_mask", list(request.update_mask.paths)
     if not names and request.update_fields:
         field, names = "update_fields", list(request.update_fields)
+    if len(names) > len(PROFILE_FIELDS):  # each field at most once: no loop over a client's thousands
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f'{field} has {len(names)} paths; name each of {", ".join(PROFILE_FIELDS)} at most once, or "*" for all',
+            field=field,
+        )
     if names == ["*"]:
         return set(PROFILE_FIELDS)
     unknown = [name for name in names if name not in PROFILE_FIELDS]
     if unknown or not names:
-        what = f"unknown path {', '.join(map(repr, unknown))}" if unknown else "no path"
+        shown = ", ".join(repr(name[:40]) for name in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
+        what = f"unknown path {shown}" if unknown else "no path"
         raise ServiceError(
             grpc.StatusCode.INVALID_ARGUMENT,
             f'{field} has {what}: name some of {", ".join(PROFILE_FIELDS)}, or "*" for all'
@@ -151,10 +160,8 @@ class PasswordPool:
 
 
 def metadata_value(context: grpc.aio.ServicerContext, name: str) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == name:
-            return value if isinstance(value, str) else value.decode()
-    return ""
+    """The one value of `name`: a credential sent twice is INVALID_ARGUMENT (services/common/metadata.py)."""
+    return single_value(context.invocation_metadata(), name)
 
 
 def caller_pb(caller: Caller) -> accounts_pb2.AuthenticateResponse:
@@ -171,6 +178,15 @@ def caller_pb(caller: Caller) -> accounts_pb2.AuthenticateResponse:
 def reserve_amount(request: accounts_pb2.ReserveRequest) -> int:
     """The ledger's unit; a caller that sends whole credits (the older field) still works."""
     return request.amount_millicredits or request.amount * credits.MILLI
+
+
+def reserve_response(reserved: Reserved) -> accounts_pb2.ReserveResponse:
+    return accounts_pb2.ReserveResponse(
+        reservation_id=reserved.reservation_id,
+        outcome=OUTCOMES[reserved.outcome],
+        kept_result_id=reserved.kept_result_id,
+        replays_left=reserved.replays_left,
+    )
 
 
 class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
@@ -209,8 +225,9 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             request.idempotency_key,
             reserve_amount(request),
             request.request_hash,
+            replay=request.replay,
         )
-        return accounts_pb2.ReserveResponse(reservation_id=reserved.reservation_id, outcome=OUTCOMES[reserved.outcome])
+        return reserve_response(reserved)
 
     async def AuthorizeAndReserve(
         self, request: accounts_pb2.AuthorizeAndReserveRequest, context: grpc.aio.ServicerContext
@@ -218,9 +235,7 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         caller, reserved = await run_db(context, "AuthorizeAndReserve", self._authorize_and_reserve, request)
         return accounts_pb2.AuthorizeAndReserveResponse(
             caller=caller_pb(caller),
-            reserved=accounts_pb2.ReserveResponse(
-                reservation_id=reserved.reservation_id, outcome=OUTCOMES[reserved.outcome]
-            ),
+            reserved=reserve_response(reserved),
         )
 
     def _authorize_and_reserve(self, request: accounts_pb2.AuthorizeAndReserveRequest) -> tuple[Caller, Reserved]:
@@ -236,14 +251,20 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
                 reason="ACCOUNT_MISMATCH",
             )
         reserved = self.ledger.reserve(
-            caller.account_id, reserve.idempotency_key, reserve_amount(reserve), reserve.request_hash
+            caller.account_id,
+            reserve.idempotency_key,
+            reserve_amount(reserve),
+            reserve.request_hash,
+            replay=reserve.replay,
         )
         return caller, reserved
 
     async def Commit(
         self, request: accounts_pb2.CommitRequest, context: grpc.aio.ServicerContext
     ) -> accounts_pb2.CommitResponse:
-        state = await run_db(context, "Commit", self.ledger.commit, request.account_id, request.reservation_id)
+        state = await run_db(
+            context, "Commit", self.ledger.commit, request.account_id, request.reservation_id, request.kept_result_id
+        )
         return accounts_pb2.CommitResponse(state=state)
 
     async def Release(
@@ -347,7 +368,7 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         position = pages.decode(request.page_token, caller.account_id, KEYS_LIST)
         after = None
         if position is not None:
-            after = (from_micros(pages.field(position, "t", int)), pages.field(position, "id", str))
+            after = (pages.time_field(position, "t"), pages.field(position, "id", str))
         keys = await run_db(context, "ListApiKeys", self.store.list_keys, caller.account_id, size + 1, after)
         response = accounts_pb2.AccountsListApiKeysResponse(keys=[key_pb(key) for key in keys[:size]])
         if len(keys) > size:  # more than a page: the next one starts after the last key shown
@@ -473,9 +494,23 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
     ) -> accounts_pb2.AccountsChangeEmailResponse:
         caller = await self._caller(context, "ChangeEmail")
         await self._password(context, "ChangeEmail", caller, request.password)
-        account = await run_db(
-            context, "ChangeEmail", rights.change_email, self.store.engine, caller.account_id, request.new_email
+        if not request.code:  # step 1: a code to the new address; nothing changes yet
+            await run_db(context, "ChangeEmail", self.store.request_email_change, caller.account_id, request.new_email)
+            account = await run_db(context, "ChangeEmail", self.store.get, caller.account_id)
+            answer = as_message(accounts_pb2.AccountsChangeEmailResponse, profile_pb(account))
+            answer.email_verification_required = True
+            return answer
+        account, old = await run_db(
+            context,
+            "ChangeEmail",
+            self.store.confirm_email_change,
+            caller.account_id,
+            request.new_email,
+            request.code,
         )
+        # The old address goes from everywhere: the mail kept for it, and the database file.
+        await run_db(context, "ChangeEmail", self.erasures.forget_mail, old)
+        await run_db(context, "ChangeEmail", compact_sqlite, self.store.engine)
         log.info("e-mail corrected: %s", caller.account_id)
         return as_message(accounts_pb2.AccountsChangeEmailResponse, profile_pb(account))
 
@@ -612,7 +647,9 @@ def retention_eraser(settings: AccountsSettings) -> tuple[rights.EraseRetention,
 
 def build(settings: AccountsSettings) -> ServiceSpec:
     engine = open_database(settings)
-    ledger = Ledger(engine, hold_timeout=timedelta(seconds=settings.hold_timeout_s))
+    ledger = Ledger(
+        engine, hold_timeout=timedelta(seconds=settings.hold_timeout_s), replays_per_key=settings.replays_per_key
+    )
     store = AccountStore(
         engine,
         ledger,

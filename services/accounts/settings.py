@@ -39,6 +39,10 @@ class AccountsSettings(ServiceSettings):
     admin_backoff_max_s: float = 300.0
     admin_rate_per_s: float = 5.0
     admin_rate_burst: int = 20
+    # The admin listener's fair shares (services/common/arrival.py): calls in flight from one
+    # source address (of the 16 gRPC lets in), and how long a call's request may take to arrive.
+    admin_calls_per_source: int = Field(default=4, ge=1, le=8)
+    admin_request_arrival_s: float = Field(default=5.0, gt=0)
     # Retention, which an erasure crypto-shreds (accounts drives the erasure saga).
     retention_target: str = ""
     retention_timeout_s: float = 120.0
@@ -53,6 +57,8 @@ class AccountsSettings(ServiceSettings):
     grant_credit_days: int = 365
     # A reservation not committed within this time is released (the request died).
     hold_timeout_s: float = 300.0
+    # Free replays of a served idempotency key (each makes the result again), then ALREADY_SERVED.
+    replays_per_key: int = Field(default=3, ge=0, le=100)
     # How often the sweep releases lapsed holds and writes off expired grants.
     sweep_interval_s: float = 30.0
     # The cell's own region: it signs up only accounts of this region; a sign-up for

@@ -20,8 +20,8 @@ from sqlmodel import Session, col, select
 from services.accounts import credentials
 from services.accounts.ledger import Clock, Ledger, utc_now
 from services.accounts.mail import CODE_HEADER, Mailer, MailUnavailable
-from services.accounts.models import Account, ApiKey, PendingSignUp, SignUpSource
-from services.common.errors import ServiceError
+from services.accounts.models import AccessLogEntry, Account, ApiKey, EmailChange, PendingSignUp, SignUpSource
+from services.common.errors import ServiceError, invalid_argument
 from services.common.sql import aware
 
 MIN_PASSWORD_LENGTH = 10
@@ -56,6 +56,10 @@ class Caller:
 
 def unauthenticated(message: str, reason: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.UNAUTHENTICATED, message, reason=reason)
+
+
+# Sign-ups of one address waiting for their codes at once; past this, no new code is made.
+PENDING_PER_ADDRESS = 3
 
 
 def verification_failed() -> ServiceError:
@@ -139,11 +143,15 @@ class AccountStore:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             credits, note = self._free_credits(session, source, now)
             exists = session.exec(select(Account.id).where(Account.email == email)).first() is not None
-            if not exists:
-                pending = session.get(PendingSignUp, email)
-                if pending is not None:  # signed up again before verifying: the newest sign-up wins
-                    session.delete(pending)
-                    session.flush()
+            waiting = session.exec(
+                select(func.count())
+                .select_from(PendingSignUp)
+                .where(PendingSignUp.email == email, PendingSignUp.expires_at > now)
+            ).one()
+            # Signed up again before verifying: the earlier codes stay valid (a stranger's
+            # sign-up of your address must not void yours), up to a few per address.
+            crowded = not exists and waiting >= PENDING_PER_ADDRESS
+            if not exists and not crowded:
                 session.add(
                     PendingSignUp(
                         email=email,
@@ -158,7 +166,7 @@ class AccountStore:
                     )
                 )
         try:
-            self._send_sign_up_mail(email, code, exists)
+            self._send_sign_up_mail(email, code, exists, crowded)
         except MailUnavailable:
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE,
@@ -167,9 +175,18 @@ class AccountStore:
             ) from None
         return SignUpAnswer(free_millicredits=credits, note=note)
 
-    def _send_sign_up_mail(self, email: str, code: str, exists: bool) -> None:
-        """A code to a new address, a notice to one with an account: one e-mail either way."""
-        if exists:
+    def _send_sign_up_mail(self, email: str, code: str, exists: bool, crowded: bool = False) -> None:
+        """A code to a new address, a notice to one with an account (or with as many sign-ups
+        waiting as it may have): one e-mail either way."""
+        if crowded:
+            self.outbox.send(
+                email,
+                "Several Cutout sign-ups are waiting for your address",
+                f"{PENDING_PER_ADDRESS} sign-ups with your address are waiting for their codes, so no new code "
+                "was made. Use a code you already have, or wait until they expire; if these were not you, "
+                "ignore them.",
+            )
+        elif exists:
             self.outbox.send(
                 email,
                 "Someone asked for a Cutout account with your address",
@@ -234,13 +251,14 @@ class AccountStore:
         """
         email = credentials.normalise_email(email)
         now = self.clock()
+        code_hash = credentials.hash_api_key(code.strip()[:200])
         with Session(self.engine, expire_on_commit=False) as session:
-            pending = session.get(PendingSignUp, email)
+            waiting = session.exec(select(PendingSignUp).where(PendingSignUp.email == email)).all()
+        # The sign-up this code belongs to (an address may have a few); one scrypt either way.
+        pending = next((p for p in waiting if hmac.compare_digest(p.code_hash, code_hash)), None)
         stored = pending.password_hash if pending is not None else self._dummy_hash
         password_ok = credentials.verify_password(password[:MAX_PASSWORD_LENGTH], stored)
-        code_ok = pending is not None and hmac.compare_digest(
-            pending.code_hash, credentials.hash_api_key(code.strip()[:200])
-        )
+        code_ok = pending is not None
         if pending is None or not (password_ok and code_ok) or aware(pending.expires_at) <= now:
             raise verification_failed()
         account = Account(
@@ -265,13 +283,11 @@ class AccountStore:
         )
         try:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
-                gone = session.execute(
-                    delete(PendingSignUp).where(
-                        col(PendingSignUp.email) == email, col(PendingSignUp.code_hash) == pending.code_hash
-                    )
-                )
-                if gone.rowcount != 1:  # verified (or replaced) meanwhile
+                gone = session.execute(delete(PendingSignUp).where(col(PendingSignUp.id) == pending.id))
+                if gone.rowcount != 1:  # verified meanwhile
                     raise verification_failed()
+                # The address has its account now: the other sign-ups of it go.
+                session.execute(delete(PendingSignUp).where(col(PendingSignUp.email) == email))
                 session.add(account)
                 session.flush()
                 if pending.free_millicredits > 0:
@@ -288,11 +304,100 @@ class AccountStore:
             raise verification_failed() from None
         return account, api_key, key
 
+    # -- ChangeEmail: the new address proves its mailbox, as at sign-up ------------
+
+    def request_email_change(self, account_id: str, new_email: str) -> None:
+        """Step 1: a code to the new address, or a notice if it has an account; nothing changes
+        yet, and the caller hears the same either way (no "EMAIL_TAKEN" to probe with)."""
+        email = _check_email(new_email, "new_email")
+        code = credentials.new_signup_code()
+        now = self.clock()
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            account = session.get(Account, account_id)
+            if account is None:
+                raise ServiceError(grpc.StatusCode.NOT_FOUND, "no such account", reason="ACCOUNT_NOT_FOUND")
+            if account.email == email:
+                raise invalid_argument("new_email is the address the account has already", field="new_email")
+            taken = session.exec(select(Account.id).where(Account.email == email)).first() is not None
+            change = session.get(EmailChange, account_id)
+            if change is not None:  # a newer request of the owner replaces theirs
+                session.delete(change)
+                session.flush()
+            if not taken:
+                session.add(
+                    EmailChange(
+                        account_id=account_id,
+                        new_email=email,
+                        code_hash=credentials.hash_api_key(code),
+                        created_at=now,
+                        expires_at=now + self.code_lifetime,
+                    )
+                )
+        try:
+            if taken:
+                self.outbox.send(
+                    email,
+                    "Someone asked to move a Cutout account to your address",
+                    "Your address already has a Cutout account, so nothing was changed. If this was not you, "
+                    "ignore this.",
+                )
+            else:
+                hours = self.code_lifetime.total_seconds() / 3600
+                self.outbox.send(
+                    email,
+                    "Your Cutout code to change your e-mail",
+                    f"Your code: {code}\nFinish with `cutout account email {email} --code {code}` within "
+                    f"{hours:.0f} h. If this was not you, ignore this: nothing changes without the code.",
+                    {CODE_HEADER: code},
+                )
+        except MailUnavailable:
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                "the e-mail with your code could not be sent; try again in a minute",
+                reason="MAIL_UNAVAILABLE",
+            ) from None
+
+    def confirm_email_change(self, account_id: str, new_email: str, code: str) -> tuple[Account, str]:
+        """Step 2: the account under the proven address, and the address it had. A wrong or
+        expired code, another address, or an address taken meanwhile: the same refusal."""
+        email = _check_email(new_email, "new_email")
+        code_hash = credentials.hash_api_key(code.strip()[:200])
+        refused = unauthenticated(
+            "the code or new_email is wrong, or the code expired; call ChangeEmail without a code for a new one",
+            "VERIFICATION_FAILED",
+        )
+        now = self.clock()
+        try:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                change = session.get(EmailChange, account_id)
+                if (
+                    change is None
+                    or change.new_email != email
+                    or not hmac.compare_digest(change.code_hash, code_hash)
+                    or aware(change.expires_at) <= now
+                ):
+                    raise refused
+                if session.exec(select(Account.id).where(Account.email == email)).first() is not None:
+                    raise refused  # its owner made an account meanwhile
+                account = session.get(Account, account_id)
+                if account is None:
+                    raise ServiceError(grpc.StatusCode.NOT_FOUND, "no such account", reason="ACCOUNT_NOT_FOUND")
+                old = account.email
+                account.email = email
+                session.add(account)
+                session.delete(change)
+                session.add(AccessLogEntry(at=now, account_id=account_id, actor="owner", action="correct_email"))
+                session.flush()
+        except IntegrityError:  # taken by a sign-up verified at the same moment
+            raise refused from None
+        return account, old
+
     def sweep(self) -> dict[str, int]:
         """Deletes what has outlived its lifetime here; returns how many of each."""
         now = self.clock()
         with Session(self.engine) as session, session.begin():
             pending = session.execute(delete(PendingSignUp).where(col(PendingSignUp.expires_at) <= now)).rowcount
+            changes = session.execute(delete(EmailChange).where(col(EmailChange.expires_at) <= now)).rowcount
             sources = session.execute(
                 delete(SignUpSource).where(col(SignUpSource.at) <= now - self.grant_window)
             ).rowcount
@@ -302,7 +407,13 @@ class AccountStore:
                 )
             ).rowcount
         mail = self.outbox.sweep(now, self.mail_lifetime)
-        return {"pending sign-ups": pending, "sign-up sources": sources, "revoked keys": keys, "e-mails": mail}
+        return {
+            "pending sign-ups": pending,
+            "e-mail changes": changes,
+            "sign-up sources": sources,
+            "revoked keys": keys,
+            "e-mails": mail,
+        }
 
     def login(self, email: str, password: str) -> Account:
         """The account for an e-mail and password, or UNAUTHENTICATED (same answer for either mistake)."""
@@ -490,14 +601,14 @@ class AccountStore:
             session.add(fresh)
 
 
-def _check_email(email: str) -> str:
+def _check_email(email: str, field: str = "email") -> str:
     try:
         return credentials.canonical_email(email)
     except ValueError as error:
         raise ServiceError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"email must be an e-mail address like name@example.com: {error}",
-            field="email",
+            f"{field} must be an e-mail address like name@example.com: {error}",
+            field=field,
         ) from None
 
 

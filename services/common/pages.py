@@ -19,12 +19,19 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.common.errors import ServiceError, invalid_argument
 
 _MAC_BYTES = 16
 _CONTEXT = b"cutout page token v1\0"
+# A token's bounds: an owner can forge a position of their own list (the MAC has no
+# secret), so whatever it holds is checked before it reaches SQL: integers fit a signed
+# 64-bit column, strings a key column, the whole token a few hundred bytes.
+MAX_TOKEN_CHARS = 1024
+MAX_STRING_CHARS = 200
+INT64 = (-(2**63), 2**63 - 1)
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,8 @@ def decode(token: str, owner: str, list_name: str) -> dict[str, Any] | None:
     """The position a token holds (None for an empty token: the first page)."""
     if not token:
         return None
+    if len(token) > MAX_TOKEN_CHARS:
+        raise _bad(f"is longer than any this API issues ({len(token)} characters)")
     payload_text, _, mac_text = token.partition(".")
     try:
         payload, mac = _unb64(payload_text), _unb64(mac_text)
@@ -101,4 +110,23 @@ def field(position: dict[str, Any] | None, name: str, kind: type) -> Any:
     value = position.get(name)
     if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
         raise _bad("is from an older version of this list; start again from the first page")
+    if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        raise _bad("holds a position out of range")
+    if isinstance(value, str) and len(value) > MAX_STRING_CHARS:
+        raise _bad("holds a position out of range")
     return value
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Times in tokens are microseconds since the epoch, within what a datetime holds.
+_MAX_MICROS = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+
+
+def time_field(position: dict[str, Any] | None, name: str) -> datetime | None:
+    """A time of a decoded position (microseconds since the epoch), as an aware datetime."""
+    micros = field(position, name, int)
+    if micros is None:
+        return None
+    if not 0 <= micros <= _MAX_MICROS:
+        raise _bad("holds a time out of range")
+    return _EPOCH + timedelta(microseconds=micros)

@@ -37,6 +37,11 @@ REASONS: tuple[Reason, ...] = (
     Reason("TOO_MANY_KEYS", (C.FAILED_PRECONDITION,), "the account has its maximum of active keys; revoke one"),
     Reason("WRONG_CREDENTIALS", (C.UNAUTHENTICATED,), "wrong e-mail or password"),
     Reason(
+        "METADATA_REPEATED",
+        (C.INVALID_ARGUMENT,),
+        "a credential (`x-api-key`, `x-admin-token`) sent more than once in one call",
+    ),
+    Reason(
         "CREDENTIALS_MISSING",
         (C.UNAUTHENTICATED,),
         "`CreateApiKey` with neither e-mail and password nor a key and the password",
@@ -64,7 +69,9 @@ REASONS: tuple[Reason, ...] = (
         "VERIFICATION_FAILED",
         (C.UNAUTHENTICATED,),
         "sign-up code wrong, used or expired, or the password not the one signed up with (never "
-        '"e-mail already signed up": sign-up answers the same for every address)',
+        '"e-mail already signed up": sign-up answers the same for every address); `ChangeEmail` with a '
+        "wrong or expired code, or to an address taken meanwhile (a taken address is never told apart: "
+        "its owner gets a notice)",
     ),
     Reason("MAIL_UNAVAILABLE", (C.UNAVAILABLE,), "the e-mail with the sign-up code could not be handed to the relay"),
     Reason(
@@ -80,12 +87,6 @@ REASONS: tuple[Reason, ...] = (
         (C.INVALID_ARGUMENT,),
         "sign-up without `age_confirmed` (at least 13)",
         "BadRequest (`age_confirmed`)",
-    ),
-    Reason(
-        "EMAIL_TAKEN",
-        (C.ALREADY_EXISTS,),
-        "`ChangeEmail` to an address another account uses",
-        "BadRequest (`new_email`)",
     ),
     # Accounts and their data
     Reason(
@@ -131,7 +132,8 @@ REASONS: tuple[Reason, ...] = (
     Reason(
         "ALREADY_SERVED",
         (C.ALREADY_EXISTS,),
-        "the idempotency key was already served and charged (replays are not run again)",
+        "the idempotency key was already served and charged, and its `REPLAYS_PER_KEY` free replays are used "
+        "(or its kept result was deleted)",
     ),
     Reason(
         "RESERVATION_RELEASED",

@@ -25,6 +25,7 @@ import grpc
 from cutout.v1 import accounts_pb2
 from services.common.errors import ServiceError, abort
 from services.common.limits import Budget, Refused, rate_limiter
+from services.common.metadata import repeated_credential, repeated_error, single_value
 from services.common.settings import API_KEY_METADATA
 from services.common.telemetry import exclude_from_stats
 from services.gateway.settings import GatewaySettings
@@ -121,7 +122,11 @@ class Admission(grpc.aio.ServerInterceptor):
         self.authenticate = authenticate
         self.recent_keys = RecentKeys(settings.admitted_key_ttl_s, settings.admitted_keys)
         self.without_key = Budget(settings.calls_without_key, "calls without an API key in flight on this gateway")
+        self.without_key_per_source = Budget(
+            settings.calls_without_key_per_source, "calls without an API key in flight from this address"
+        )
         self.per_key = Budget(settings.calls_per_key, "calls in flight for this API key")
+        self.per_account = Budget(settings.calls_per_account, "calls in flight for this account, over all its keys")
         # Load shedding: the work this gateway has started and not finished, over every key.
         # Past it a call is refused at once (RESOURCE_EXHAUSTED, RetryInfo) rather than queued
         # behind the others, so admitted calls keep their latency and memory stays bounded.
@@ -145,19 +150,45 @@ class Admission(grpc.aio.ServerInterceptor):
             "calls without an API key per second from this address",
         )
 
-    async def _admit(self, context: grpc.aio.ServicerContext, api_key: str, charged: bool) -> Callable[[], None]:
-        """Counts the call in; returns what counts it out. Aborts the call if refused.
-        `charged`: the call's handler looks its key up again (CHARGED_METHODS)."""
+    async def _admit(
+        self, context: grpc.aio.ServicerContext, api_key: str, charged: bool, refusal: ServiceError | None = None
+    ) -> Callable[[], None]:
+        """Counts the call in; returns what counts it out. Aborts the call if refused (with
+        `refusal`, at once). `charged`: the call's handler looks its key up again (CHARGED_METHODS)."""
+        if refusal is not None:
+            await abort(context, refusal)
         if not api_key:
+            if charged:  # an image call needs a key: refused before its body is read
+                await abort(
+                    context,
+                    ServiceError(
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        f"this call needs an API key in the `{API_KEY_METADATA}` metadata; create one with "
+                        "`cutout keys create` (or CreateApiKey with your e-mail and password). Nothing was read "
+                        "or charged",
+                        reason="API_KEY_MISSING",
+                    ),
+                )
+            source = source_address(context)
             try:
-                await self.source_rate.take(source_address(context))
+                await self.source_rate.take(source)
             except Refused as error:
                 await abort(context, refused(error, "SOURCE_RATE_LIMITED"))
             try:
-                self.without_key.acquire()
+                self.without_key_per_source.acquire(source)
             except Refused as error:
                 await abort(context, refused(error, "TOO_MANY_CALLS_WITHOUT_KEY"))
-            return self.without_key.release
+            try:
+                self.without_key.acquire()
+            except Refused as error:
+                self.without_key_per_source.release(source)
+                await abort(context, refused(error, "TOO_MANY_CALLS_WITHOUT_KEY"))
+
+            def release_keyless() -> None:
+                self.without_key.release()
+                self.without_key_per_source.release(source)
+
+            return release_keyless
         caller = self.recent_keys.get(api_key) if charged else None
         if caller is None:
             try:
@@ -173,16 +204,23 @@ class Admission(grpc.aio.ServerInterceptor):
             self.per_key.acquire(caller.key_id)
         except Refused as error:
             await abort(context, refused(error, "TOO_MANY_CALLS_IN_FLIGHT"))
+        try:
+            self.per_account.acquire(caller.account_id)
+        except Refused as error:
+            self.per_key.release(caller.key_id)
+            await abort(context, refused(error, "TOO_MANY_CALLS_IN_FLIGHT"))
         if charged:
             try:
                 self.work_of_account.acquire(caller.account_id)
             except Refused as error:
+                self.per_account.release(caller.account_id)
                 self.per_key.release(caller.key_id)
                 await abort(context, refused(error, "OVERLOADED"))
             try:
                 self.work.acquire()
             except Refused as error:
                 self.work_of_account.release(caller.account_id)
+                self.per_account.release(caller.account_id)
                 self.per_key.release(caller.key_id)
                 await abort(context, refused(error, "OVERLOADED"))
         admitted_caller.set(caller)
@@ -191,6 +229,7 @@ class Admission(grpc.aio.ServerInterceptor):
 
         def release() -> None:
             self.per_key.release(caller.key_id)
+            self.per_account.release(caller.account_id)
             if charged:
                 self.work.release()
                 self.work_of_account.release(caller.account_id)
@@ -218,9 +257,10 @@ class Admission(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(self.guarded):
             return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        api_key = metadata.get(API_KEY_METADATA, "")
-        api_key = api_key.decode() if isinstance(api_key, bytes) else api_key
+        # A credential sent twice is refused before anything reads either value.
+        repeated = repeated_credential(handler_call_details.invocation_metadata)
+        refusal = None if repeated is None else repeated_error(repeated)
+        api_key = "" if refusal else single_value(handler_call_details.invocation_metadata, API_KEY_METADATA)
         charged = handler_call_details.method in CHARGED_METHODS
         options = {
             "request_deserializer": handler.request_deserializer,
@@ -233,7 +273,7 @@ class Admission(grpc.aio.ServerInterceptor):
             changes_account = handler_call_details.method in ACCOUNT_CHANGING_METHODS
 
             async def stream_unary(requests, context):  # type: ignore[no-untyped-def]
-                release = await self._admit(context, api_key, charged)
+                release = await self._admit(context, api_key, charged, refusal)
                 try:
                     response = await unary_unary(await self._first(requests, context), context)
                     caller = admitted_caller.get()
@@ -248,7 +288,7 @@ class Admission(grpc.aio.ServerInterceptor):
             unary_stream = handler.unary_stream
 
             async def stream_stream_from_unary(requests, context):  # type: ignore[no-untyped-def]
-                release = await self._admit(context, api_key, charged)
+                release = await self._admit(context, api_key, charged, refusal)
                 try:
                     async for response in unary_stream(await self._first(requests, context), context):
                         yield response
@@ -260,7 +300,7 @@ class Admission(grpc.aio.ServerInterceptor):
             yielding = handler.stream_stream
 
             async def admitted_generator(requests, context):  # type: ignore[no-untyped-def]
-                release = await self._admit(context, api_key, charged)
+                release = await self._admit(context, api_key, charged, refusal)
                 try:
                     async for response in yielding(requests, context):
                         yield response
@@ -272,7 +312,7 @@ class Admission(grpc.aio.ServerInterceptor):
             writing = handler.stream_stream  # a handler that writes with context.write()
 
             async def admitted_writer(requests, context):  # type: ignore[no-untyped-def]
-                release = await self._admit(context, api_key, charged)
+                release = await self._admit(context, api_key, charged, refusal)
                 try:
                     return await writing(requests, context)
                 finally:

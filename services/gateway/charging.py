@@ -5,10 +5,14 @@ undo what was not handed over. Every result handed to a caller is charged exactl
   a body that is no picture, or an impossible option, writes no ledger entry.
 - The price is the settings' price of the size asked for (SIZE_AUTO: FULL if the balance
   covers it, else PREVIEW), or of an erase; the ledger counts millicredits.
-- A client's idempotency key is reserved before the work starts, so a replay never runs
-  the model: a key another call holds is refused with ABORTED (IDEMPOTENCY_KEY_IN_USE,
-  retry), a key already served and charged with ALREADY_EXISTS (ALREADY_SERVED). Without
-  a key from the client the reservation runs beside the work (nothing can replay it).
+- A client's idempotency key is reserved before the work starts: a key another call holds
+  is refused with ABORTED (IDEMPOTENCY_KEY_IN_USE, retry, nothing run); a key already
+  served and charged for the same request is a *replay*: the work is made again from the
+  same request and handed over free, naming the result the first call kept (nothing is
+  kept twice). Accounts counts replays per key (REPLAYS_PER_KEY); past them, ALREADY_EXISTS
+  (ALREADY_SERVED). Nothing of a result is held for replays: making it again is what keeps
+  "written nowhere unless kept" (docs/decisions/idempotency-replay.md). Without a key from
+  the client the reservation runs beside the work (nothing can replay it).
 - The commit comes before the hand-over and is retried while the call has time; a result
   whose charge cannot be recorded is not handed over (UNAVAILABLE, retry with the key).
 - What was reserved and not handed over (any failure, a cancellation, a stream that ended
@@ -49,6 +53,7 @@ _credits = meter.create_counter(
 
 # Outcomes under which this call holds the credits and must commit or release them.
 OWNED = (accounts_pb2.RESERVE_OUTCOME_NEW, accounts_pb2.RESERVE_OUTCOME_DUPLICATE_RELEASED)
+REPLAY = accounts_pb2.RESERVE_OUTCOME_REPLAY
 # What a failed accounts call may be retried on: it did not answer (or answered "busy").
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
@@ -114,9 +119,9 @@ def refused_duplicate(outcome: int, idempotency_key: str) -> ServiceError | None
     if outcome == accounts_pb2.RESERVE_OUTCOME_DUPLICATE_COMMITTED:
         return ServiceError(
             grpc.StatusCode.ALREADY_EXISTS,
-            f"idempotency key {idempotency_key!r} was already served and charged; results are not stored "
-            "unless keep_result is set (then ListResults has it), so it is not sent again. Use a new key "
-            "for a new removal",
+            f"idempotency key {idempotency_key!r} was already served and charged, and its free replays "
+            "are used up (each makes the result again), so it is not made again; a kept result is in "
+            "ListResults. Use a new key for a new removal",
             reason="ALREADY_SERVED",
         )
     return None
@@ -159,7 +164,10 @@ class Charger:
         refused = refused_duplicate(reserved.outcome, reserve.idempotency_key)
         if refused is not None:
             raise refused
-        count(_credits, reserve.amount_millicredits / credits.MILLI, {"operation": "reserve"})
+        if reserved.outcome == REPLAY:
+            log.info("a replay of a served idempotency key (%d more allowed); not charged", reserved.replays_left)
+        else:
+            count(_credits, reserve.amount_millicredits / credits.MILLI, {"operation": "reserve"})
         return reserved
 
     async def reserve_then_start(
@@ -208,6 +216,7 @@ class Charger:
                 idempotency_key=idempotency_key,
                 amount_millicredits=price(self.settings, resolved.options),
                 request_hash=await asyncio.to_thread(request_hash, resolved),
+                replay=True,
             )
             try:
                 return reserve, await self.reserve(context, reserve), resolved
@@ -228,11 +237,15 @@ class Charger:
         deliver: Deliver[R] | None,
         unavailable: Callable[[grpc.aio.AioRpcError], ServiceError],
         discard: Callable[[R], Awaitable[None]] | None = None,
+        kept_of: Callable[[R], str] | None = None,
     ) -> R:
         """Settles a hold for a piece of work: the response, once it is charged (and handed over,
         with `deliver`); anything not handed over is released or refunded, and `discard` undoes
-        what `finish` stored for it. Errors are raised as ServiceError (`unavailable` maps the
-        work's own failures)."""
+        what `finish` stored for it; `kept_of` names the result it kept, recorded with the
+        charge for replays. A replay holds nothing: it is only made and handed over. Errors
+        are raised as ServiceError (`unavailable` maps the work's own failures)."""
+        if reserved.outcome == REPLAY:
+            return await self._replayed(working, finish, deliver, unavailable)
         settle = accounts_pb2.CommitRequest(account_id=reserve.account_id, reservation_id=reserved.reservation_id)
         handoff = Handoff()
         response: R | None = None
@@ -244,6 +257,8 @@ class Charger:
                 log.info("a request failed downstream: %s (not charged)", error.code().name)
                 raise unavailable(error) from None
             response = await finish(reply)
+            if kept_of is not None:
+                settle.kept_result_id = kept_of(response)
             committing = self.to_the_end(self._commit(context, settle, reserve.amount_millicredits))
             await asyncio.shield(committing)
             if deliver is None:
@@ -256,6 +271,24 @@ class Charger:
                 self.to_the_end(self._undo(settle, reserve.amount_millicredits, committing))
                 if response is not None and discard is not None:
                     self.to_the_end(discard(response))
+        return response
+
+    @staticmethod
+    async def _replayed(
+        working: asyncio.Future[T],
+        finish: Callable[[T], Awaitable[R]],
+        deliver: Deliver[R] | None,
+        unavailable: Callable[[grpc.aio.AioRpcError], ServiceError],
+    ) -> R:
+        """A served key made again: nothing to commit, release or discard."""
+        try:
+            reply = await working
+        except grpc.aio.AioRpcError as error:
+            log.info("a replay failed downstream: %s (not charged)", error.code().name)
+            raise unavailable(error) from None
+        response = await finish(reply)
+        if deliver is not None:
+            await deliver(response, Handoff())
         return response
 
     async def _commit(self, context: grpc.aio.ServicerContext, settle: accounts_pb2.CommitRequest, amount: int) -> None:

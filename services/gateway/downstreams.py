@@ -25,6 +25,7 @@ from cutout.v1 import (
 )
 from services.common.channels import mesh_channel
 from services.common.errors import ServiceError
+from services.common.metadata import single_value
 from services.common.settings import API_KEY_METADATA
 from services.gateway.admission import admitted_caller
 from services.gateway.settings import GatewaySettings
@@ -40,7 +41,7 @@ RETENTION_UNAVAILABLE = "the retention service is unavailable; retry shortly"
 
 
 def api_key(context: grpc.aio.ServicerContext) -> str:
-    return dict(context.invocation_metadata() or ()).get(API_KEY_METADATA, "")
+    return single_value(context.invocation_metadata(), API_KEY_METADATA)  # one, or INVALID_ARGUMENT
 
 
 def inference_error(error: grpc.aio.AioRpcError) -> ServiceError:

@@ -22,6 +22,7 @@ from services.common.errors import ServiceError, invalid_argument, processing_re
 from services.common.wire import as_message
 from services.gateway import fetch, validation
 from services.gateway.charging import (
+    REPLAY,
     Charger,
     Deliver,
     erase_hash,
@@ -88,30 +89,39 @@ class Removals:
                 idempotency_key=idempotency_key,
                 amount_millicredits=price(self.settings, request.options),
                 request_hash=await asyncio.to_thread(request_hash, request),
+                replay=True,  # a served key is made again, free (charging.py)
             )
             reserved, segmenting = await self.charger.reserve_then_start(
                 context, reserve, functools.partial(self._segment, context, request), keyed=keyed
             )
 
+        replay = reserved.outcome == REPLAY
+        charge = 0 if replay else reserve.amount_millicredits
+
         async def finish(segmented: inference_pb2.SegmentResponse) -> cutout_pb2.RemoveBackgroundResponse:
-            # Keeping is part of what is charged: if it fails, the request fails uncharged.
             kept = None
-            if request.options.keep_result:
+            if replay and request.options.keep_result:  # the same kept result, not a second copy
+                kept = await self._kept_again(context, caller, reserved.kept_result_id)
+            elif request.options.keep_result:
+                # Keeping is part of what is charged: if it fails, the request fails uncharged.
                 kept = await self._keep(context, caller, segmented.result, request.options)
             response = cutout_pb2.RemoveBackgroundResponse(
-                result=segmented.result, timings=segmented.timings, kept=kept
+                result=segmented.result, timings=segmented.timings, kept=kept, idempotent_replay=replay
             )
-            report_charge(response, reserve.amount_millicredits)  # what committing charges
+            report_charge(response, charge)  # what committing charges
             return response
 
         async def discard(response: cutout_pb2.RemoveBackgroundResponse) -> None:
             if response.HasField("kept"):  # kept for a result that was never handed over
                 await self._discard_kept(caller, response.kept.result_id)
 
+        def kept_of(response: cutout_pb2.RemoveBackgroundResponse) -> str:
+            return response.kept.result_id
+
         response = await self.charger.charged(
-            context, reserve, reserved, segmenting, finish, deliver, inference_error, discard
+            context, reserve, reserved, segmenting, finish, deliver, inference_error, discard, kept_of
         )
-        return response, reserve.amount_millicredits
+        return response, charge
 
     async def erase(
         self,
@@ -129,6 +139,7 @@ class Removals:
             idempotency_key=idempotency_key,
             amount_millicredits=credits.to_milli(self.settings.price_per_erase),
             request_hash=await asyncio.to_thread(erase_hash, request),
+            replay=True,
         )
 
         def start() -> asyncio.Future[inference_pb2.EraseResponse]:
@@ -141,11 +152,15 @@ class Removals:
 
         reserved, erasing = await self.charger.reserve_then_start(context, reserve, start, keyed=keyed)
 
+        replay = reserved.outcome == REPLAY
+
         async def finish(erased: inference_pb2.EraseResponse) -> erase_pb2.EraseRegionsResponse:
-            return as_message(erase_pb2.EraseRegionsResponse, erased)
+            response = as_message(erase_pb2.EraseRegionsResponse, erased)
+            response.idempotent_replay = replay
+            return response
 
         response = await self.charger.charged(context, reserve, reserved, erasing, finish, deliver, inference_error)
-        return response, reserve.amount_millicredits
+        return response, 0 if replay else reserve.amount_millicredits
 
     async def _fetched(self, request: cutout_pb2.RemoveBackgroundRequest) -> cutout_pb2.RemoveBackgroundRequest:
         """The request with the pictures its URLs point to fetched in (services/gateway/fetch.py),
@@ -225,6 +240,40 @@ class Removals:
                 error, "the result could not be kept (retention unavailable); nothing was charged, retry"
             ) from None
         return stored.result
+
+    async def _kept_again(
+        self, context: grpc.aio.ServicerContext, caller: accounts_pb2.AuthenticateResponse, result_id: str
+    ) -> options_pb2.KeptResult:
+        """A replay's kept result: the one its charged call kept (the token was shown once and is
+        not shown again; the owner's key fetches it by id)."""
+        gone = ServiceError(
+            grpc.StatusCode.ALREADY_EXISTS,
+            "this idempotency key was already served and charged, and the result it kept has been deleted or "
+            "has expired, so it is not made again; use a new key for a new removal",
+            reason="ALREADY_SERVED",
+        )
+        if not result_id:  # charged by a gateway that did not record it: ListResults has it
+            raise gone
+        call = self.down.retention.FetchOwned(
+            retention_pb2.FetchOwnedRequest(account_id=caller.account_id, result_id=result_id),
+            timeout=self.down.deadline(context, self.settings.retention_timeout_s),
+        )
+        try:
+            async for chunk in call:  # the first chunk carries the metadata; the bytes are not needed
+                if chunk.HasField("result"):
+                    kept = options_pb2.KeptResult()
+                    kept.CopyFrom(chunk.result)
+                    kept.token = ""
+                    return kept
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise gone from None
+            raise ServiceError.from_downstream(
+                error, "the kept result could not be looked up (retention unavailable); nothing was charged, retry"
+            ) from None
+        finally:
+            call.cancel()
+        raise gone
 
     async def _discard_kept(self, caller: accounts_pb2.AuthenticateResponse, result_id: str) -> None:
         """Deletes a result kept, or perhaps kept, for a call that failed (nothing half-done

@@ -79,8 +79,15 @@ class GatewaySettings(ServiceSettings):
     # passwords and admin tokens guessed quickly, from one address).
     source_rate_per_s: float = 0.5
     source_rate_burst: int = 10
+    # ... and from one source address at once, so that one source (header-only calls that
+    # never send their body, say) cannot hold every slot for calls without a key.
+    calls_without_key_per_source: int = Field(default=8, ge=1)
     # Per API key: calls in flight at once, and calls per second (bursts up to the burst).
     calls_per_key: int = 64
+    # Per account, over all its keys: its share of the calls gRPC lets in at once
+    # (MAX_CONCURRENT_RPCS), so that one tenant's keys cannot fill gRPC's own limit, past
+    # which every other tenant's call gets RESOURCE_EXHAUSTED from gRPC itself.
+    calls_per_account: int = Field(default=64, ge=1)
     # Load shedding: removals and erasures (unary calls and open streams, all keys) in flight
     # on this gateway at once; beyond it calls are refused at once with OVERLOADED and a
     # RetryInfo of overload_retry_after_s instead of queueing. 32 is what keeps inference's
@@ -117,6 +124,17 @@ class GatewaySettings(ServiceSettings):
         return FetchRules(
             hosts, self.fetch_max_bytes, self.fetch_timeout_s, self.fetch_max_redirects, self.fetch_ca_file
         )
+
+    @model_validator(mode="after")
+    def _shares_below_grpcs_limit(self) -> GatewaySettings:
+        # Each share leaves room under gRPC's own limit for everyone else.
+        for name in ("calls_per_account", "calls_without_key"):
+            if getattr(self, name) * 2 > self.max_concurrent_rpcs:
+                raise ValueError(
+                    f"{name} ({getattr(self, name)}) is more than half of max_concurrent_rpcs "
+                    f"({self.max_concurrent_rpcs})"
+                )
+        return self
 
     @model_validator(mode="after")
     def _preview_not_dearer(self) -> GatewaySettings:

@@ -57,6 +57,12 @@ MAX_PATCH_TARGETS = 60_000
 MAX_PATCH_REGIONS = 24
 MAX_PATCH_PIXELS = 100_000
 MAX_BOXES = 1000
+# What one erase (one credit) may ask at most: separate regions (a mask of isolated dots
+# every 3 px over 4 MP was 444,889 regions and 25 s of CPU; each region costs a pass of
+# its own), and marked pixels (Telea's time follows them). Past either: INVALID_ARGUMENT,
+# before any fill runs, so an erase stays within seconds.
+MAX_REGIONS = 1000
+MAX_MARKED_PIXELS = 4_000_000
 
 _CV_METHOD = {EraseMethod.ERASE_METHOD_TELEA: cv2.INPAINT_TELEA, EraseMethod.ERASE_METHOD_NAVIER_STOKES: cv2.INPAINT_NS}
 
@@ -220,7 +226,20 @@ def find_regions(mask: np.ndarray, method: int = 0) -> tuple[np.ndarray, list[Re
     fill (in raster order; the first always gets it), further regions get Telea instead
     (the response says so per region), so many marks take bounded time.
     """
-    labels, _ = ndimage.label(mask)
+    marked = int(np.count_nonzero(mask))
+    if marked > MAX_MARKED_PIXELS:
+        raise invalid_argument(
+            f"the marks cover {marked:,} pixels; one erase fills at most {MAX_MARKED_PIXELS:,}. Mark less, or "
+            "send the picture in parts",
+            field="regions",
+        )
+    labels, count = ndimage.label(mask)
+    if count > MAX_REGIONS:
+        raise invalid_argument(
+            f"the marks form {count:,} separate regions; one erase fills at most {MAX_REGIONS:,}. Join nearby "
+            "marks into larger ones (e.g. widen them by a pixel or two) or send fewer",
+            field="regions",
+        )
     height, width = mask.shape
     regions = []
     patch_regions = patch_pixels = 0

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytriton
 import tritonclient.grpc as triton_grpc
 
-from services.common.processes import terminate
+from services.common.orphans import guarded
+from services.common.processes import owner_only_log, terminate
 from services.common.tls import CellPki
 from services.inference.model import MODEL_REPOSITORY, REQUIRED_MODELS, TRITON_BACKENDS
 
@@ -113,13 +114,14 @@ class LocalTriton:
                 f"--grpc-server-key={served.key_file}",
                 f"--grpc-root-cert={served.ca_file}",
             ]
-        with self.log_path.open("ab") as log:
+        with owner_only_log(self.log_path) as log:
             self.process = subprocess.Popen(
-                command,
+                guarded(command),  # dies with whoever started it
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                umask=0o077,
                 start_new_session=True,  # stopped by whoever started it, not by a terminal's Ctrl-C
             )
 

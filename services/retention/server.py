@@ -170,8 +170,7 @@ class RetentionServicer(retention_pb2_grpc.RetentionServicer):
         position = pages.decode(request.page_token, request.account_id, RESULTS_LIST)
         after = None
         if position is not None:
-            micros, result_id = pages.field(position, "t", int), pages.field(position, "id", str)
-            after = (datetime.fromtimestamp(micros / 1e6, UTC), result_id)
+            after = (pages.time_field(position, "t"), pages.field(position, "id", str))
         rows = await asyncio.to_thread(self.store.list, request.account_id, size + 1, after)
         response = retention_pb2.ListOwnedResponse(results=[_described(row) for row in rows[:size]])
         if len(rows) > size:  # one more than a page was there: the next page starts after the last shown

@@ -77,14 +77,15 @@ def test_batch_of_50_photos_writes_50_cutouts_and_a_rerun_skips_them_all(mesh, r
     assert "0 done, 0 failed, 50 skipped" in again.stdout
     assert balance(raw_channel, account).available == 10
 
-    # Outputs lost after they were charged (a crash before the write) are not run or charged
-    # again: their keys were served, and results are stored only when asked (issue 19).
-    for path in outputs[:3]:
+    # Outputs lost after they were charged (a crash before the write) are made again and not
+    # charged again: their keys were served, so the rerun's items are free replays (issue 28).
+    lost = {path: path.read_bytes() for path in outputs[:3]}
+    for path in lost:
         path.unlink()
     resumed = run_cli(mesh, "batch", str(photos), "-o", str(out), "--format", "webp", api_key=account.api_key)
-    assert resumed.returncode == 1 and "0 done, 3 failed, 47 skipped" in resumed.stdout, resumed.stdout
-    assert resumed.stdout.count("ALREADY_EXISTS") == 3
+    assert resumed.returncode == 0 and "3 done, 0 failed, 47 skipped" in resumed.stdout, resumed.stdout
     assert "0 credits charged" in resumed.stdout and balance(raw_channel, account).available == 10
+    assert {path: path.read_bytes() for path in lost} == lost, "the same pictures, byte for byte"
 
 
 def test_batch_lists_failed_items_exits_1_and_records_kept_results(mesh, raw_channel, astronaut, tmp_path):

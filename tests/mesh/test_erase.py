@@ -4,6 +4,7 @@ through the real mesh (charging, idempotency, bad masks, mixed streams)."""
 from __future__ import annotations
 
 import io
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -243,9 +244,8 @@ def test_erase_regions_through_the_mesh_fills_the_marks_and_charges_once(mesh: M
     }
     assert answer.timings.postprocess_ms > 0 and answer.timings.total_ms >= answer.timings.postprocess_ms
     assert balance(raw_channel, account).available == 4
-    with pytest.raises(grpc.RpcError) as caught:  # a retry with the same key: served already, not run again
-        erase_call(raw_channel, account, request)
-    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS and reasons(caught.value) == ["ALREADY_SERVED"]
+    again = erase_call(raw_channel, account, request)  # a retry with the same key: served already, replayed free
+    assert again.idempotent_replay and again.result.image == answer.result.image
     assert balance(raw_channel, account).available == 4
     # The key with other regions, or for a removal, is another request: refused, not charged.
     other = erase_pb2.EraseRegionsRequest(image=photo_png, regions=request.regions, idempotency_key="erase-once")
@@ -407,3 +407,42 @@ def test_png_round_trip_helper():
     array = np.random.default_rng(1).integers(0, 256, (7, 9, 3), dtype=np.uint8)
     assert np.array_equal(pixels(png(array)), array)
     assert io.BytesIO(png(array)).getvalue()[:4] == b"\x89PNG"
+
+
+def test_an_erase_of_isolated_dots_over_4_mp_is_refused_in_seconds_and_uncharged(mesh: Mesh, raw_channel, astronaut):
+    """Issue 28: one credit once bought 25 s of CPU and 444,889 regions (a dot every 3 px)."""
+    account = new_account(raw_channel, mesh.admin_token, credits=3)
+    photo = encode(astronaut.resize((2000, 2000)), "JPEG", quality=85)
+    dots = np.zeros((2000, 2000), bool)
+    dots[::3, ::3] = True
+    request = erase_pb2.EraseRegionsRequest(image=photo, regions=erase_pb2.EraseRegions(mask=mask_png(dots)))
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as caught:
+        erase_call(raw_channel, account, request)
+    took = time.monotonic() - started
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert "separate regions" in caught.value.details() and took < 10, took
+    # A mask that covers nearly all of a 4 MP picture: past the marked pixels one erase fills.
+    everything = np.ones((2100, 2100), bool)
+    everything[0, 0] = False
+    photo = encode(astronaut.resize((2100, 2100)), "JPEG", quality=85)
+    with pytest.raises(grpc.RpcError) as caught:
+        erase_call(
+            raw_channel,
+            account,
+            erase_pb2.EraseRegionsRequest(image=photo, regions=erase_pb2.EraseRegions(mask=mask_png(everything))),
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "pixels" in caught.value.details()
+    assert balance(raw_channel, account).available == 3
+    # A thousand separate marks are still one erase.
+    marks = np.zeros((2000, 2000), bool)
+    for n in range(1000):
+        y, x = divmod(n, 40)
+        marks[20 + y * 50 : 24 + y * 50, 20 + x * 48 : 26 + x * 48] = True
+    photo = encode(astronaut.resize((2000, 2000)), "JPEG", quality=85)
+    answer = erase_call(
+        raw_channel,
+        account,
+        erase_pb2.EraseRegionsRequest(image=photo, regions=erase_pb2.EraseRegions(mask=mask_png(marks))),
+    )
+    assert len(answer.regions) == 1000 and balance(raw_channel, account).available == 2

@@ -278,7 +278,7 @@ def test_preview_costs_its_price_and_the_ledger_shows_it(mesh, priced, astronaut
     assert commits == [1, 4] and history.balance.available == 10 - 1 - 4
 
 
-def test_auto_size_takes_what_the_balance_covers_and_a_replay_is_refused(mesh, priced, astronaut):
+def test_auto_size_takes_what_the_balance_covers_and_a_replay_gets_the_size_paid_for(mesh, priced, astronaut):
     account = new_account(priced, mesh.admin_token, credits=5)
     stub = cutout_pb2_grpc.CutoutStub(priced)
     photo = encode(astronaut.resize((1024, 1024)), "JPEG", quality=90)
@@ -287,11 +287,11 @@ def test_auto_size_takes_what_the_balance_covers_and_a_replay_is_refused(mesh, p
     second = remove(stub, photo, account.metadata, key="auto-2", size=options_pb2.SIZE_AUTO)  # 1 credit left
     assert (second.result.size, second.credits_charged) == (options_pb2.SIZE_PREVIEW, 1)
     assert second.result.width * second.result.height <= 250_000
-    # Retried with the same keys: already served at the size paid for, so refused, charged nothing.
-    for key in ("auto-1", "auto-2"):
-        with pytest.raises(grpc.RpcError) as caught:
-            remove(stub, photo, account.metadata, key=key, size=options_pb2.SIZE_AUTO)
-        assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    # Retried with the same keys: already served, so replayed at the size paid for, charged nothing.
+    for key, served in (("auto-1", first), ("auto-2", second)):
+        again = remove(stub, photo, account.metadata, key=key, size=options_pb2.SIZE_AUTO)
+        assert again.idempotent_replay and again.credits_charged == 0
+        assert (again.result.size, again.result.image) == (served.result.size, served.result.image)
     with pytest.raises(grpc.RpcError) as caught:
         remove(stub, photo, account.metadata, key="auto-3", size=options_pb2.SIZE_AUTO)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -315,8 +315,9 @@ def test_the_response_reports_box_charge_and_replay_on_streams_too(mesh, raw_cha
     first, second = (a.item for a in answers if a.WhichOneof("kind") == "item")
     assert reported_box(first.response.result) == box_of(alpha)
     assert (first.response.credits_charged, first.response.idempotent_replay) == (1, False)
-    # A replay of a served key is refused, not run again (issue 19).
-    assert second.WhichOneof("outcome") == "error" and second.error.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
+    # A replay of a served key is made again and handed over free (issue 28).
+    assert (second.response.credits_charged, second.response.idempotent_replay) == (0, True)
+    assert reported_box(second.response.result) == box_of(alpha)
     summaries = [a.summary.credits_charged for a in answers if a.WhichOneof("kind") == "summary"]
     assert summaries == [1, 0]
 

@@ -27,6 +27,7 @@ from PIL import Image
 
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2, rights_pb2
 from services.accounts.admin import admins_line
+from services.accounts.mail import CODE_HEADER, latest_code, messages_to
 from services.common.errors import error_details
 from services.common.telemetry import RPC_SERVER_DURATION
 from services.launcher import (
@@ -41,7 +42,7 @@ from services.launcher import (
     write_secret,
 )
 from services.retention import crypto
-from tests.conftest import Customer, encode, new_account
+from tests.conftest import Customer, encode, new_account, sign_up_code
 from tests.otlp_receiver import OtlpReceiver, value_of
 
 ERASE_INTERVAL_S = 1.5  # between an erasure's blob deletions: room to kill retention midway
@@ -229,8 +230,8 @@ def test_export_without_results_holds_their_metadata_only(cell, channel, photos)
 def test_after_an_email_correction_the_old_address_cannot_log_in_and_the_new_one_can(cell, channel):
     stub = cutout_pb2_grpc.CutoutStub(channel)
     customer = sign_up(channel, cell)
-    other = sign_up(channel, cell)
     new = "Corrected.Person+work@Example.ORG".replace("Person", secrets.token_hex(3))
+    canonical = new.lower().replace("+work", "")  # the sign-up rules: lower case, +tag dropped
 
     wrong = fails(
         stub.ChangeEmail,
@@ -238,12 +239,6 @@ def test_after_an_email_correction_the_old_address_cannot_log_in_and_the_new_one
         metadata=customer.metadata,
     )
     assert wrong.code() == grpc.StatusCode.UNAUTHENTICATED
-    taken = fails(
-        stub.ChangeEmail,
-        rights_pb2.ChangeEmailRequest(new_email=other.email.upper(), password=customer.password),
-        metadata=customer.metadata,
-    )
-    assert taken.code() == grpc.StatusCode.ALREADY_EXISTS and reason(taken) == "EMAIL_TAKEN"
     bad = fails(
         stub.ChangeEmail,
         rights_pb2.ChangeEmailRequest(new_email="two@@example.org", password=customer.password),
@@ -251,19 +246,92 @@ def test_after_an_email_correction_the_old_address_cannot_log_in_and_the_new_one
     )
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-    profile = stub.ChangeEmail(
-        rights_pb2.ChangeEmailRequest(new_email=new, password=customer.password), metadata=customer.metadata, timeout=30
-    )
-    canonical = new.lower().replace("+work", "")  # the sign-up rules: lower case, +tag dropped
-    assert profile.email == canonical
+    asked = change_email(stub, customer, new)
+    assert asked.email_verification_required and asked.email == customer.email, "nothing changes before the code"
+    profile = change_email(stub, customer, new, code=latest_code(cell.run_dir / "outbox", canonical) or "")
+    assert profile.email == canonical and not profile.email_verification_required
     old_login = fails(
         stub.CreateApiKey, account_pb2.CreateApiKeyRequest(email=customer.email, password=customer.password)
     )
     assert old_login.code() == grpc.StatusCode.UNAUTHENTICATED and reason(old_login) == "WRONG_CREDENTIALS"
     created = stub.CreateApiKey(account_pb2.CreateApiKeyRequest(email=new, password=customer.password), timeout=30)
     assert created.api_key.startswith("ck_")
-    # The old address is gone from the database file, not only from the row.
+    # The old address is gone from the database file, not only from the row, and from the outbox.
     assert customer.email.encode() not in cell.accounts_db.read_bytes()
+    assert not messages_to(cell.run_dir / "outbox", customer.email)
+
+
+def change_email(stub, customer: Customer, new: str, code: str = "") -> account_pb2.Profile:  # type: ignore[no-untyped-def]
+    return stub.ChangeEmail(
+        rights_pb2.ChangeEmailRequest(new_email=new, password=customer.password, code=code),
+        metadata=customer.metadata,
+        timeout=30,
+    )
+
+
+def test_change_email_answers_alike_for_a_taken_and_a_free_address_and_waits_for_the_code(cell, channel):
+    stub = cutout_pb2_grpc.CutoutStub(channel)
+    customer, other = sign_up(channel, cell), sign_up(channel, cell)
+    free = f"free-{secrets.token_hex(4)}@example.org"
+    answers = [change_email(stub, customer, address) for address in (other.email, free)]
+    # The same answer: nothing changed, a code (or, for the taken address, a notice) was mailed.
+    assert answers[0] == answers[1] and answers[0].email_verification_required
+    assert answers[0].email == customer.email
+    outbox = cell.run_dir / "outbox"
+    notice = messages_to(outbox, other.email)[-1]  # the taken address got a notice, no code
+    assert not notice[CODE_HEADER] and "already has a Cutout account" in notice.get_content()
+    # No code for the taken address exists to finish with; a guessed one is refused.
+    guessed = fails(
+        stub.ChangeEmail,
+        rights_pb2.ChangeEmailRequest(new_email=other.email, password=customer.password, code="123456"),
+        metadata=customer.metadata,
+    )
+    assert guessed.code() == grpc.StatusCode.UNAUTHENTICATED and reason(guessed) == "VERIFICATION_FAILED"
+    # The free address's code belongs to that address: not another one, not a wrong code.
+    code = latest_code(outbox, free)
+    assert code
+    for address, attempt in ((free, code + "0"), (f"x{free}", code)):
+        refused = fails(
+            stub.ChangeEmail,
+            rights_pb2.ChangeEmailRequest(new_email=address, password=customer.password, code=attempt),
+            metadata=customer.metadata,
+        )
+        assert reason(refused) == "VERIFICATION_FAILED"
+    assert stub.GetProfile(account_pb2.GetProfileRequest(), metadata=customer.metadata, timeout=30).email == (
+        customer.email
+    )
+    assert change_email(stub, customer, free, code=code).email == free
+
+
+def test_an_unproven_change_never_blocks_the_owner_of_the_address(cell, channel):
+    stub = cutout_pb2_grpc.CutoutStub(channel)
+    squatter = sign_up(channel, cell)
+    victim = f"victim-{secrets.token_hex(4)}@example.org"
+    password = "a long victim passphrase 42"
+    # The owner's sign-up waits for its code; a stranger asks to move their account there and
+    # signs the address up again with a password of their own.
+    stub.SignUp(account_pb2.SignUpRequest(email=victim, password=password, region="eu", age_confirmed=True))
+    owners_code = latest_code(cell.run_dir / "outbox", victim)
+    change_email(stub, squatter, victim)
+    stub.SignUp(
+        account_pb2.SignUpRequest(
+            email=victim, password="the stranger's own passphrase 7", region="eu", age_confirmed=True
+        )
+    )
+    assert latest_code(cell.run_dir / "outbox", victim) != owners_code
+    # The owner's code still opens the owner's account.
+    verified = stub.VerifySignUp(account_pb2.VerifySignUpRequest(email=victim, password=password, code=owners_code))
+    assert verified.profile.email == victim and verified.api_key
+    # The stranger's change can no longer finish, whatever code of that mailbox they try.
+    codes = [str(m[CODE_HEADER]) for m in messages_to(cell.run_dir / "outbox", victim) if m[CODE_HEADER]]
+    assert len(codes) == 3  # the owner's sign-up, the stranger's change, the stranger's sign-up
+    for code in codes:
+        refused = fails(
+            stub.ChangeEmail,
+            rights_pb2.ChangeEmailRequest(new_email=victim, password=squatter.password, code=code),
+            metadata=squatter.metadata,
+        )
+        assert reason(refused) == "VERIFICATION_FAILED"
 
 
 # -- restriction and objection -------------------------------------------------------------
@@ -827,7 +895,10 @@ def test_the_cli_exports_corrects_restricts_and_erases_and_its_admin_verbs_work(
     assert restricted.returncode == 0 and "processing restricted" in restricted.stdout, restricted.stderr
     assert cli("account", "restrict", "--off").returncode == 0
     new_email = f"cli-{secrets.token_hex(4)}@example.org"
-    corrected = cli("account", "email", new_email, "--password-stdin", stdin=customer.password + "\n")
+    asked = cli("account", "email", new_email, "--password-stdin", stdin=customer.password + "\n")
+    assert asked.returncode == 0 and "--code" in asked.stdout, asked.stderr  # a code went to the new address
+    code = sign_up_code(new_email)  # the code e-mailed to the new address (the session mesh's outbox)
+    corrected = cli("account", "email", new_email, "--code", code, "--password-stdin", stdin=customer.password + "\n")
     assert corrected.returncode == 0 and new_email in corrected.stdout, corrected.stderr
 
     assert cli("admin", "lookup", customer.account_id).returncode == 2, "no admin endpoint or token: refused"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import sqlmodel
 from sqlalchemy import func, select
 from sqlmodel import Session
 
@@ -20,7 +21,7 @@ from services.accounts import credentials
 from services.accounts.db import make_engine, migrate
 from services.accounts.ledger import Ledger, Outcome
 from services.accounts.mail import Outbox, latest_code, messages_to
-from services.accounts.models import ApiKey, PendingSignUp, Reservation, SignUpSource
+from services.accounts.models import ApiKey, EmailChange, PendingSignUp, Reservation, SignUpSource
 from services.accounts.server import sweep_all
 from services.accounts.settings import AccountsSettings
 from services.accounts.store import AccountStore
@@ -190,6 +191,19 @@ def test_unverified_sign_ups_go_after_signup_code_hours(cell, clock):
     assert caught.value.reason == "VERIFICATION_FAILED"
 
 
+def test_e_mail_changes_waiting_for_their_code_go_after_signup_code_hours(cell, clock):
+    account_id, _ = cell.account("before@example.com")
+    cell.store.request_email_change(account_id, "after@example.com")
+    code = latest_code(cell.settings.mail_outbox_dir, "after@example.com")
+    assert code is not None and cell.count(EmailChange.__table__) == 1  # type: ignore[attr-defined]
+    clock.advance(timedelta(hours=cell.settings.signup_code_hours))
+    assert "e-mail changes: 1" in cell.sweep()
+    assert cell.count(EmailChange.__table__) == 0  # type: ignore[attr-defined]
+    with pytest.raises(ServiceError) as caught:
+        cell.store.confirm_email_change(account_id, "after@example.com", code)
+    assert caught.value.reason == "VERIFICATION_FAILED"
+
+
 def test_sign_up_sources_go_after_the_free_grant_window(cell, clock):
     cell.sign_up("source@example.com", source="198.51.100.7")
     table = SignUpSource.__table__  # type: ignore[attr-defined]
@@ -264,7 +278,7 @@ def test_credential_helpers_keep_nothing_in_clear(cell):
     cell.sign_up("clear@example.com")
     code = latest_code(cell.settings.mail_outbox_dir, "clear@example.com")
     with Session(cell.engine) as session:
-        pending = session.get(PendingSignUp, "clear@example.com")
+        pending = session.exec(sqlmodel.select(PendingSignUp).where(PendingSignUp.email == "clear@example.com")).one()
     assert pending is not None and code is not None
     assert pending.code_hash == credentials.hash_api_key(code) and code not in pending.code_hash
     assert PASSWORD not in pending.password_hash

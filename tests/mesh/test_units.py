@@ -199,6 +199,13 @@ def _amounts(engine) -> dict[str, list[tuple[int, ...]]]:
         }
 
 
+NEWER_COLUMNS = (
+    "accounts ADD fingerprint_key VARCHAR(64) NOT NULL DEFAULT ''",
+    "reservations ADD replays INTEGER NOT NULL DEFAULT 0",
+    "reservations ADD kept_result_id VARCHAR(64) NOT NULL DEFAULT ''",
+)
+
+
 def _old_ledger(tmp_path):
     """A database at 0002 with a ledger written by the code of that time (whole credits):
     grants, a committed, a released and a held reservation, an expired grant written off."""
@@ -212,6 +219,9 @@ def _old_ledger(tmp_path):
         connection.execute(
             text("INSERT INTO accounts VALUES ('acc', 'e@example.com', '', '-', 'eu', 'free', 1, 0, '2030-01-01')")
         )
+        # Today's ledger reads the columns of 0006_replay: there while it writes, gone after.
+        for statement in NEWER_COLUMNS:
+            connection.execute(text(f"ALTER TABLE {statement}"))
     ledger.grant("acc", 10, "signup", start + timedelta(days=1))
     ledger.grant("acc", 7, "purchase", start + timedelta(days=30))
     committed = ledger.reserve("acc", "k1", 4, "h1")
@@ -223,6 +233,10 @@ def _old_ledger(tmp_path):
     ledger.commit("acc", ledger.reserve("acc", "k4", 1, "h4").reservation_id)
     ledger.settle("acc")
     ledger.reserve("acc", "k5", 2, "h5")  # held
+    with engine.begin() as connection:
+        for statement in NEWER_COLUMNS:
+            table, _, column, *_ = statement.split()
+            connection.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
     return engine, ledger, now
 
 
@@ -241,6 +255,7 @@ def test_migration_0003_multiplies_every_amount_by_1000_and_keeps_the_ledger_who
     after = _amounts(engine)
     assert after == {table: sorted(tuple(v * 1000 for v in row) for row in rows) for table, rows in before.items()}
 
+    migrate(engine)  # today's ledger reads today's schema (0006_replay's columns)
     ledger = Ledger(engine, hold_timeout=timedelta(seconds=300), clock=lambda: now[0])
     balance = ledger.balance("acc")
     assert (balance.available, balance.held, balance.expiring_next) == (

@@ -191,6 +191,23 @@ def test_a_replayed_key_is_refused_before_the_work_starts(outcome: int, code: gr
     assert started == [], "a replay never runs the model"
 
 
+def test_a_replay_is_made_and_handed_over_without_a_commit_or_release() -> None:
+    """Issue 28: a served key's replay holds nothing, so there is nothing to settle, whether it
+    is handed over or fails."""
+    accounts = FakeAccounts(outcome=accounts_pb2.RESERVE_OUTCOME_REPLAY)
+    handed: list[str] = []
+
+    async def deliver(response: str, handoff: Handoff) -> None:
+        handed.append(response)
+
+    assert asyncio.run(settled(accounts, result, deliver)) == "cut-out" and handed == ["cut-out"]
+    assert accounts.kinds() == ["reserve"]
+    failed = FakeAccounts(outcome=accounts_pb2.RESERVE_OUTCOME_REPLAY)
+    with pytest.raises(ServiceError):
+        asyncio.run(settled(failed, failing))
+    assert failed.kinds() == ["reserve"], "a failed replay releases nothing (it held nothing)"
+
+
 def test_size_auto_takes_full_when_the_balance_covers_it_else_preview() -> None:
     request = cutout_pb2.RemoveBackgroundRequest(
         image=b"x", options=options_pb2.RemoveBackgroundOptions(size=options_pb2.SIZE_AUTO)

@@ -30,9 +30,11 @@ type RemoveBackgroundRequest struct {
 	// JPEG, PNG or WebP bytes, at most 50 MiB and 25 megapixels.
 	Image   []byte                   `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
 	Options *RemoveBackgroundOptions `protobuf:"bytes,2,opt,name=options,proto3" json:"options,omitempty"`
-	// A retry with the same key is charged once: while the first call is charged
-	// (or being charged) it is served again without a new charge; a retry after a
-	// failure is charged anew. Empty: the server makes one up (no retry protection).
+	// A retry with the same key is charged once: while the first call runs it is
+	// ABORTED (IDEMPOTENCY_KEY_IN_USE); once it was served, the same request is made
+	// again and answered free (idempotent_replay, the same kept result), a few times per
+	// key (ALREADY_SERVED after); a retry after a failure is charged anew. Empty: the
+	// server makes one up (no retry protection).
 	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// Instead of `image`: an http(s) URL the gateway fetches the picture from (not both). The
 	// fetch is refused, uncharged, for addresses inside networks (loopback, private,

@@ -41,9 +41,11 @@ export type RemoveBackgroundRequest = Message<"cutout.v1.RemoveBackgroundRequest
   options?: RemoveBackgroundOptions | undefined;
 
   /**
-   * A retry with the same key is charged once: while the first call is charged
-   * (or being charged) it is served again without a new charge; a retry after a
-   * failure is charged anew. Empty: the server makes one up (no retry protection).
+   * A retry with the same key is charged once: while the first call runs it is
+   * ABORTED (IDEMPOTENCY_KEY_IN_USE); once it was served, the same request is made
+   * again and answered free (idempotent_replay, the same kept result), a few times per
+   * key (ALREADY_SERVED after); a retry after a failure is charged anew. Empty: the
+   * server makes one up (no retry protection).
    *
    * @generated from field: string idempotency_key = 3;
    */

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cutout/v1/rights.proto.
  */
 export const file_cutout_v1_rights: GenFile = /*@__PURE__*/
-  fileDesc("ChZjdXRvdXQvdjEvcmlnaHRzLnByb3RvEgljdXRvdXQudjEiLwoURXhwb3J0QWNjb3VudFJlcXVlc3QSFwoPaW5jbHVkZV9yZXN1bHRzGAEgASgIIhsKC0V4cG9ydENodW5rEgwKBGRhdGEYASABKAwiOQoSQ2hhbmdlRW1haWxSZXF1ZXN0EhEKCW5ld19lbWFpbBgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSIoChREZWxldGVBY2NvdW50UmVxdWVzdBIQCghwYXNzd29yZBgBIAEoCSI6ChVEZWxldGVBY2NvdW50UmVzcG9uc2USEgoKZXJhc3VyZV9pZBgBIAEoCRINCgVzdGF0ZRgCIAEoCSI/ChlBZG1pbkRlbGV0ZUFjY291bnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIlEKFU93bmVyQWNjZXNzTG9nUmVxdWVzdBIRCgVsaW1pdBgBIAEoDUICGAESEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkieQoMQWNjZXNzUmVjb3JkEiYKAmF0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgCIAEoCRIOCgZhY3Rpb24YAyABKAkSDwoHc2VydmljZRgEIAEoCRIRCglyZXN1bHRfaWQYBSABKAkiWwoWT3duZXJBY2Nlc3NMb2dSZXNwb25zZRIoCgdlbnRyaWVzGAEgAygLMhcuY3V0b3V0LnYxLkFjY2Vzc1JlY29yZBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki6gEKDUFjY291bnRFeHBvcnQSIwoHcHJvZmlsZRgBIAEoCzISLmN1dG91dC52MS5Qcm9maWxlEhUKDWFnZV9jb25maXJtZWQYAiABKAgSHwoEa2V5cxgDIAMoCzIRLmN1dG91dC52MS5BcGlLZXkSJgoGbGVkZ2VyGAQgAygLMhYuY3V0b3V0LnYxLkxlZGdlckVudHJ5EiMKB2JhbGFuY2UYBSABKAsyEi5jdXRvdXQudjEuQmFsYW5jZRIrCgphY2Nlc3NfbG9nGAYgAygLMhcuY3V0b3V0LnYxLkFjY2Vzc1JlY29yZDoCGAEiGgoUQWNjb3VudEV4cG9ydFJlcXVlc3Q6AhgBYgZwcm90bzM", [file_google_protobuf_timestamp, file_cutout_v1_account]);
+  fileDesc("ChZjdXRvdXQvdjEvcmlnaHRzLnByb3RvEgljdXRvdXQudjEiLwoURXhwb3J0QWNjb3VudFJlcXVlc3QSFwoPaW5jbHVkZV9yZXN1bHRzGAEgASgIIhsKC0V4cG9ydENodW5rEgwKBGRhdGEYASABKAwiRwoSQ2hhbmdlRW1haWxSZXF1ZXN0EhEKCW5ld19lbWFpbBgBIAEoCRIQCghwYXNzd29yZBgCIAEoCRIMCgRjb2RlGAMgASgJIigKFERlbGV0ZUFjY291bnRSZXF1ZXN0EhAKCHBhc3N3b3JkGAEgASgJIjoKFURlbGV0ZUFjY291bnRSZXNwb25zZRISCgplcmFzdXJlX2lkGAEgASgJEg0KBXN0YXRlGAIgASgJIj8KGUFkbWluRGVsZXRlQWNjb3VudFJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiUQoVT3duZXJBY2Nlc3NMb2dSZXF1ZXN0EhEKBWxpbWl0GAEgASgNQgIYARIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJ5CgxBY2Nlc3NSZWNvcmQSJgoCYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAIgASgJEg4KBmFjdGlvbhgDIAEoCRIPCgdzZXJ2aWNlGAQgASgJEhEKCXJlc3VsdF9pZBgFIAEoCSJbChZPd25lckFjY2Vzc0xvZ1Jlc3BvbnNlEigKB2VudHJpZXMYASADKAsyFy5jdXRvdXQudjEuQWNjZXNzUmVjb3JkEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLqAQoNQWNjb3VudEV4cG9ydBIjCgdwcm9maWxlGAEgASgLMhIuY3V0b3V0LnYxLlByb2ZpbGUSFQoNYWdlX2NvbmZpcm1lZBgCIAEoCBIfCgRrZXlzGAMgAygLMhEuY3V0b3V0LnYxLkFwaUtleRImCgZsZWRnZXIYBCADKAsyFi5jdXRvdXQudjEuTGVkZ2VyRW50cnkSIwoHYmFsYW5jZRgFIAEoCzISLmN1dG91dC52MS5CYWxhbmNlEisKCmFjY2Vzc19sb2cYBiADKAsyFy5jdXRvdXQudjEuQWNjZXNzUmVjb3JkOgIYASIaChRBY2NvdW50RXhwb3J0UmVxdWVzdDoCGAFiBnByb3RvMw", [file_google_protobuf_timestamp, file_cutout_v1_account]);
 
 /**
  * Export: everything held about the caller, as a zip archive streamed in chunks
@@ -59,6 +59,9 @@ export const ExportChunkSchema: GenMessage<ExportChunk> = /*@__PURE__*/
 
 /**
  * Correction of the e-mail address: normalised as at sign-up, unique; needs the password.
+ * Two steps, as at sign-up: without `code`, a code goes to new_email (a notice instead if
+ * the address has an account: the answer is the same, email_verification_required, and
+ * nothing changes yet); with the code from that e-mail, the address changes.
  *
  * @generated from message cutout.v1.ChangeEmailRequest
  */
@@ -72,6 +75,11 @@ export type ChangeEmailRequest = Message<"cutout.v1.ChangeEmailRequest"> & {
    * @generated from field: string password = 2;
    */
   password: string;
+
+  /**
+   * @generated from field: string code = 3;
+   */
+  code: string;
 };
 
 /**
