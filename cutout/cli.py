@@ -50,6 +50,8 @@ SUBJECTS = {
     "person": options_pb2.SUBJECT_PERSON,
     "any": options_pb2.SUBJECT_ANY,
 }
+# The edges' level: fine (the server's default, unless it sets another), balanced, fast.
+DETAILS = {"fine": options_pb2.DETAIL_FINE, "balanced": options_pb2.DETAIL_BALANCED, "fast": options_pb2.DETAIL_FAST}
 SIZES = {"preview": options_pb2.SIZE_PREVIEW, "full": options_pb2.SIZE_FULL, "auto": options_pb2.SIZE_AUTO}
 FITS = {"cover": options_pb2.BACKGROUND_FIT_COVER, "fit": options_pb2.BACKGROUND_FIT_FIT}
 EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
@@ -215,9 +217,16 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
         "--subject",
         choices=sorted(SUBJECTS),
         default="auto",
-        help="auto: the person model for portraits, else the general one; person: fastest; any: products, animals",
+        help="auto: the level's model (at --detail fast, the person model for portraits); person: fastest; "
+        "any: products, animals",
     )
     subject.add_argument("--model", default="", help="a model by name instead of --subject (e.g. u2netp)")
+    parser.add_argument(
+        "--detail",
+        choices=list(DETAILS),
+        help="the edges: fine (full U²-Net and matting, about 1.5 s of CPU), balanced, fast (tens of ms); "
+        "default: the server's",
+    )
     parser.add_argument("--zip", action="store_true", help="with --format pair: one .zip holding both files")
     parser.add_argument(
         "--size", choices=sorted(SIZES), default="full", help="preview (<= 0.25 MP, cheaper), full, or auto"
@@ -296,6 +305,7 @@ def _options(args: argparse.Namespace) -> options_pb2.RemoveBackgroundOptions:
         scale=args.scale,
         add_shadow=args.shadow,
         clean_edges=args.clean_edges,
+        detail=DETAILS[args.detail] if args.detail else options_pb2.DETAIL_UNSPECIFIED,
     )
     if args.background_image:
         options.background_image = args.background_image.read_bytes()

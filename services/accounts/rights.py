@@ -89,7 +89,7 @@ class Erasures:
         self.forget_mail = forget_mail  # deletes what the outbox keeps for an address
         self.clock = clock
         self._running: set[str] = set()
-        self._guard = threading.Lock()
+        self._guard = threading.Condition()
 
     def request(self, account_id: str, requested_by: str) -> ErasureState:
         """Step 1: revoke every key and record the erasure (idempotent)."""
@@ -116,10 +116,14 @@ class Erasures:
         with Session(self.engine) as session:
             return session.exec(select(Erasure.id).where(Erasure.account_id == account_id)).first() is not None
 
-    def run(self, erasure_id: str) -> str:
-        """Steps 2 and 3; returns the state ("done", or "pending" if another run has it)."""
+    def run(self, erasure_id: str, wait_s: float = 60.0) -> str:
+        """Steps 2 and 3; returns the state ("done", or "pending" if it could not finish now).
+
+        A run that finds another one on the same erasure (the pending sweep, a retried call)
+        waits up to `wait_s` for it and answers with the erasure's state then, instead of
+        saying "pending" about an erasure that is a moment from done."""
         with self._guard:
-            if erasure_id in self._running:
+            if not self._guard.wait_for(lambda: erasure_id not in self._running, timeout=wait_s):
                 return PENDING
             self._running.add(erasure_id)
         try:
@@ -127,6 +131,7 @@ class Erasures:
         finally:
             with self._guard:
                 self._running.discard(erasure_id)
+                self._guard.notify_all()
 
     def _run(self, erasure_id: str) -> str:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
@@ -187,7 +192,7 @@ class Erasures:
         finished = 0
         for erasure_id in pending:
             try:
-                finished += self.run(erasure_id) == DONE
+                finished += self.run(erasure_id, wait_s=0) == DONE  # one in progress: the next round
             except Exception as error:  # the next round tries again
                 log.warning("erasure %s still pending: %s", erasure_id, type(error).__name__)
         return finished
