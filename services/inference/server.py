@@ -85,11 +85,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         spec = output_spec.OutputSpec.from_proto(request.options, self.encoders)
         model, fallback, level = await self._models_for(request.options)
         # AUTO at a level that runs the general model at once still says what it saw.
-        classify = (
-            not request.options.model
-            and (request.options.subject or Subject.SUBJECT_AUTO) == (Subject.SUBJECT_AUTO)
-            and not level.person_first
-        )
+        auto = (request.options.subject or Subject.SUBJECT_AUTO) == Subject.SUBJECT_AUTO
+        classify = auto and not request.options.model and not level.person_first
         if level.clean_edges and spec.format != options_pb2.OUTPUT_FORMAT_MASK:
             spec = dataclasses.replace(spec, clean_edges=True)
         header = await self._cpu(imaging.open_image, request.image, self.limits)
