@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import psutil
 import requests
 
-from bench.load import unary_load
+from bench.load import funded_mesh, unary_load
 from cutout.v1 import cutout_pb2, options_pb2
 from services.edge.settings import EdgeSettings
-from services.launcher import ROOT, Mesh, demo_account
+from services.launcher import ROOT, Mesh
 
 CONCURRENCY = (1, 16)
 
@@ -111,24 +111,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer requests")
     args = parser.parse_args()
-    from bench.run import photos
+    from bench.run import FAST_MESH, photos
 
     data_dir = ROOT / ".data" / "bench-edge"
     photo = photos(data_dir)["1MP"]
-    mesh = Mesh(data_dir=data_dir)
-    mesh.start()
-    try:
-        api_key = demo_account(
-            mesh.gateway.address,
-            mesh.admin_token,
-            data_dir,
-            credits=1000,
-            ca_file=mesh.ca_file,
-            admin=mesh.admin_address,
-        )
+    with funded_mesh(data_dir, 1000, env=FAST_MESH) as (mesh, api_key):
         _, table = run(mesh, api_key, photo, args.quick)
-    finally:
-        mesh.stop()
     print(table)
     return 0
 

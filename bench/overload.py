@@ -28,14 +28,14 @@ from pathlib import Path
 import grpc
 from google.rpc import error_details_pb2
 
-from bench.load import gateway_channel, unary_load
-from bench.run import LEVEL, RESULTS, ProcessWatch, machine, percentile, photos
+from bench.load import funded_mesh, gateway_channel, unary_load
+from bench.run import FAST_MESH, RESULTS, ProcessWatch, machine, percentile, photos
 from cutout.client import CutoutClient
 from cutout.v1 import account_pb2, cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.errors import error_details
 from services.common.settings import API_KEY_METADATA
 from services.inference.model import fetch_models
-from services.launcher import ROOT, Mesh, demo_account
+from services.launcher import ROOT, Mesh
 
 CAPACITY_STEPS = (1, 2, 4, 8, 16)
 CREDITS = 50_000
@@ -74,7 +74,7 @@ class Overload:
 
 def capacity(mesh: Mesh, api_key: str, photo: bytes, steps: tuple[int, ...]) -> Capacity:
     request = cutout_pb2.RemoveBackgroundRequest(
-        image=photo, options=options_pb2.RemoveBackgroundOptions(format=options_pb2.OUTPUT_FORMAT_PNG, detail=LEVEL)
+        image=photo, options=options_pb2.RemoveBackgroundOptions(format=options_pb2.OUTPUT_FORMAT_PNG)
     )
     measured: dict[int, float] = {}
     asyncio.run(unary_load(mesh.gateway.address, mesh.ca_file, api_key, request, 2, 4))  # warm-up
@@ -104,7 +104,7 @@ async def offer(
     reasons: Counter[str] = Counter()
     other: Counter[str] = Counter()
     request = cutout_pb2.RemoveBackgroundRequest(
-        image=photo, options=options_pb2.RemoveBackgroundOptions(format=options_pb2.OUTPUT_FORMAT_PNG, detail=LEVEL)
+        image=photo, options=options_pb2.RemoveBackgroundOptions(format=options_pb2.OUTPUT_FORMAT_PNG)
     )
     arrivals = random.Random(19)
     async with gateway_channel(target, ca_file) as channel:
@@ -176,17 +176,8 @@ def main() -> int:
     fetch_models()
     data_dir = ROOT / ".data" / "bench-overload"
     photo = photos(data_dir)["1MP"]
-    mesh = Mesh(data_dir=data_dir, env=dict(item.split("=", 1) for item in args.env))
-    mesh.start()
-    try:
-        api_key = demo_account(
-            mesh.gateway.address,
-            mesh.admin_token,
-            data_dir,
-            credits=CREDITS,
-            ca_file=mesh.ca_file,
-            admin=mesh.admin_address,
-        )
+    env = {**FAST_MESH, **dict(item.split("=", 1) for item in args.env)}
+    with funded_mesh(data_dir, CREDITS, env=env) as (mesh, api_key):
         keys = extra_keys(mesh, data_dir, api_key, args.keys)
         if args.capacity:
             measured = Capacity({}, args.capacity, 0)
@@ -219,8 +210,6 @@ def main() -> int:
         result.held_after = str(_decimal(after.held_decimal))
         result.charged = str(_decimal(before.available_decimal) - _decimal(after.available_decimal))
         result.delivered = result.ok
-    finally:
-        mesh.stop()
 
     payload = {
         "machine": machine(),

@@ -181,21 +181,15 @@ def before_after(photo: Path, cutout: Path, out: Path = BEFORE_AFTER) -> Path:
 
 def demo_before_after(out: Path = BEFORE_AFTER) -> Path:
     """Starts the embedded mesh, runs `make up`'s demo removal, and draws its before/after."""
+    from bench.load import funded_mesh
     from services.common.assets import ASTRONAUT
-    from services.launcher import Mesh, demo_account, run_demo
+    from services.launcher import run_demo
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
-        mesh = Mesh(data_dir=data_dir)
-        mesh.start()
-        try:
-            key = demo_account(
-                mesh.gateway.address, mesh.admin_token, data_dir, ca_file=mesh.ca_file, admin=mesh.admin_address
-            )
+        with funded_mesh(data_dir) as (mesh, key):
             cutout = run_demo(mesh.gateway.address, data_dir, key, ca_file=mesh.ca_file)
             return before_after(ASTRONAUT.fetch(data_dir / "samples" / "astronaut.png"), cutout, out)
-        finally:
-            mesh.stop()
 
 
 def main() -> int:

@@ -31,7 +31,7 @@ import py_sod_metrics
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image, ImageOps
 
-from bench.load import unary_load
+from bench.load import funded_mesh, unary_load
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.assets import ASTRONAUT, BRICK, COFFEE, GRASS, GRAVEL, HOPPER, HORSE, LOGO, PAGE, WheelAsset
 from services.common.channels import channel_options
@@ -48,7 +48,7 @@ from services.inference.model import (
 from services.inference.profiles import ModelProfile, load_config
 from services.inference.settings import InferenceSettings
 from services.inference.triton_local import LocalTriton, model_counts
-from services.launcher import ROOT, Mesh, demo_account
+from services.launcher import ROOT, Mesh
 
 CANVAS = (640, 480)
 BACKGROUND_TINTS = {"brick": (1.0, 0.75, 0.6), "gravel": (0.9, 0.9, 0.85), "grass": (0.6, 0.9, 0.5), "page": (1, 1, 1)}
@@ -296,17 +296,7 @@ def main() -> int:
     fetch_models()
     data_dir = ROOT / ".data" / "bench-quality"
     samples = softedge.composites(data_dir / "samples")
-    mesh = Mesh(data_dir=data_dir)
-    mesh.start()
-    try:
-        api_key = demo_account(
-            mesh.gateway.address,
-            mesh.admin_token,
-            data_dir,
-            credits=5000,
-            ca_file=mesh.ca_file,
-            admin=mesh.admin_address,
-        )
+    with funded_mesh(data_dir, 5000) as (mesh, api_key):
         gateway, ca_file = mesh.gateway.address, mesh.ca_file
         levels, cutouts = edge_quality.levels(gateway, ca_file, api_key, samples)
         hard_set = evaluation_set(data_dir / "samples")
@@ -316,8 +306,6 @@ def main() -> int:
             "product": _one_megapixel(COFFEE, data_dir / "samples"),
         }
         costs = edge_quality.cost(gateway, ca_file, api_key, photos, ProcessWatch(mesh), args.repeats)
-    finally:
-        mesh.stop()
     steps = edge_quality.steps(samples, InferenceSettings())
     shown = edge_quality.sheet_indices(samples)
     edge_quality.contact_sheet(

@@ -37,13 +37,13 @@ from PIL import Image
 
 from bench import edge, plots, quality
 from bench.floor import FloorResult, measure_floor
-from bench.load import gateway_channel, unary_load
+from bench.load import funded_mesh, gateway_channel, unary_load
 from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.assets import ASTRONAUT
 from services.common.settings import API_KEY_METADATA
 from services.inference.model import PERSON_MODEL, fetch_models
 from services.inference.triton_local import model_counts
-from services.launcher import ROOT, Mesh, demo_account, run_demo
+from services.launcher import ROOT, Mesh
 from tools.docs import replace_section
 
 RESULTS = ROOT / "bench" / "results"
@@ -59,9 +59,10 @@ REFERENCES = ("pillow", "lean")  # bench/floor.py's in-process pipelines beside 
 ROLES = ("gateway", "accounts", "inference", "triton", "retention")
 CLIENT = "load generator"  # this process, while it drives the mesh
 STREAM_ITEMS = 200
-# The cases measure the fast level: the pipeline the floor and the in-process references run
-# (the person model, its mask upsampled). The finer levels' cost is bench/quality.py's.
-LEVEL = options_pb2.DETAIL_FAST
+# The benchmarks' meshes cut out at the fast level (the person model, its mask upsampled): the
+# pipeline the floor and the in-process references run, for gRPC and HTTP callers alike. The
+# finer levels' cost is bench/quality.py's, on a mesh with the service's own default.
+FAST_MESH = {"CUTOUT_INFERENCE_DEFAULT_DETAIL": "fast"}
 BENCH_CREDITS = 5000  # more than a full run spends (warm-ups included)
 
 
@@ -166,7 +167,7 @@ async def drive(
     target: str, ca_file: Path, api_key: str, photo: bytes, output_format: int, concurrency: int, requests: int
 ) -> list[float]:
     """`requests` calls, `concurrency` at a time; returns each latency in ms."""
-    options = options_pb2.RemoveBackgroundOptions(format=output_format, detail=LEVEL)
+    options = options_pb2.RemoveBackgroundOptions(format=output_format)
     request = cutout_pb2.RemoveBackgroundRequest(image=photo, options=options)
     return await unary_load(target, ca_file, api_key, request, concurrency, requests)
 
@@ -181,7 +182,7 @@ async def drive_stream(
     latencies: list[float] = []
 
     async def items() -> AsyncIterator[cutout_pb2.StreamRequest]:
-        yield cutout_pb2.StreamRequest(defaults=options_pb2.RemoveBackgroundOptions(format=output_format, detail=LEVEL))
+        yield cutout_pb2.StreamRequest(defaults=options_pb2.RemoveBackgroundOptions(format=output_format))
         for n in range(requests):
             taken[str(n)] = time.perf_counter()
             yield cutout_pb2.StreamRequest(item=cutout_pb2.StreamItem(id=str(n), image=photo))
@@ -406,18 +407,8 @@ def main() -> int:
     sizes = ["1MP"] if args.quick else args.sizes or list(SIZES)
     outputs = ["png"] if args.quick else args.outputs or list(FORMATS)
 
-    mesh = Mesh(data_dir=data_dir)
-    mesh.start()
     results: list[CaseResult] = []
-    try:
-        api_key = demo_account(
-            mesh.gateway.address,
-            mesh.admin_token,
-            data_dir,
-            credits=BENCH_CREDITS,
-            ca_file=mesh.ca_file,
-            admin=mesh.admin_address,
-        )
+    with funded_mesh(data_dir, BENCH_CREDITS, env=FAST_MESH) as (mesh, api_key):
         watch = ProcessWatch(mesh)
         for size in sizes:
             for output in outputs:
@@ -456,14 +447,9 @@ def main() -> int:
         models["http_edge"] = [asdict(case) for case in edge_cases]
         models_table += "\nThe HTTP edge beside the gRPC edge (1 MP PNG, full size):\n\n" + edge_table
         models["peak_rss_mib"] = peak
-        if not args.quick:  # the README's picture, from the same mesh as `make up`'s demo
-            cutout = run_demo(mesh.gateway.address, data_dir, api_key, ca_file=mesh.ca_file)
-            plots.before_after(ASTRONAUT.fetch(data_dir / "samples" / "astronaut.png"), cutout)
         models_table += (
             "\nPeak RSS over the two steps above, MiB: " + ", ".join(f"{r} {m}" for r, m in peak.items()) + "\n"
         )
-    finally:
-        mesh.stop()
 
     info = machine()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -480,6 +466,7 @@ def main() -> int:
         if models_table:
             update_docs(models_table, "models")
         plots.write_all(results_dir / f"{stamp}.json")
+        plots.demo_before_after()  # the README's picture: `make up`'s demo, on a mesh with its defaults
     print("\n" + table + "\n" + models_table)
     print(f"saved {results_dir / stamp}.json and .md")
     return 0
