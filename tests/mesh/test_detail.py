@@ -9,7 +9,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 import pytest
 from PIL import Image
 
@@ -32,7 +31,7 @@ from services.inference.settings import InferenceSettings
 from services.inference.triton_local import model_counts
 from tests.conftest import WithApiKey, decode, new_account
 from tests.mesh.test_credits import balance
-from tests.mesh.test_models import photo
+from tests.mesh.test_models import photo, rembg_probability
 
 LEVELS = {
     options_pb2.DETAIL_FAST: PERSON_MODEL,  # AUTO keeps the person model's confident portrait
@@ -55,16 +54,6 @@ def test_each_level_runs_its_model_once(mesh, gateway, astronaut_png, level):
     assert model_counts(mesh.triton, expected)[0] == before + 1
 
 
-def _u2net_in_process(image: Image.Image) -> np.ndarray:
-    """Full U²-Net run directly on the published file, as rembg prepares its input."""
-    session = ort.InferenceSession(str(U2NET.source()), providers=["CPUExecutionProvider"])
-    pixels = np.asarray(image.convert("RGB").resize((320, 320), Image.Resampling.LANCZOS), np.float64)
-    pixels = pixels / pixels.max()
-    tensor = ((pixels - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)).transpose(2, 0, 1)[None].astype(np.float32)
-    prediction = session.run(None, {session.get_inputs()[0].name: tensor})[0][0, 0]
-    return (prediction - prediction.min()) / (prediction.max() - prediction.min())
-
-
 @pytest.mark.parametrize("name", ["coffee", "chelsea"])
 def test_the_fine_level_is_full_u2net_then_matting_as_run_in_process(gateway, name):
     data = photo(name)
@@ -73,17 +62,18 @@ def test_the_fine_level_is_full_u2net_then_matting_as_run_in_process(gateway, na
     served = np.asarray(Image.open(io.BytesIO(response.result.image)).convert("L"), np.float32) / 255
     image = Image.open(io.BytesIO(data)).convert("RGB")
     settings = InferenceSettings()
+    probability = rembg_probability(U2NET.source(), image)
     reference = (
         matting.matte(
             image,
-            _u2net_in_process(image),
+            probability,
             side=settings.matting_side,
             band=settings.matting_band_px,
             max_iterations=settings.matting_max_iterations,
         ).astype(np.float32)
         / 255
     )
-    plain = matting.upsample(_u2net_in_process(image), image.size).astype(np.float32) / 255
+    plain = matting.upsample(probability, image.size).astype(np.float32) / 255
     assert np.abs(served - reference).mean() < 0.01, "the served alpha is the in-process pipeline's"
     # ... and it is the matted alpha, not the model's mask upsampled.
     assert np.abs(served - plain).mean() > 5 * np.abs(served - reference).mean()

@@ -48,14 +48,19 @@ def photo(name: str) -> bytes:
     return asset.fetch(CACHE / "samples" / Path(asset.member).name).read_bytes()
 
 
-def rembg_u2netp_mask(image: Image.Image) -> np.ndarray:
-    """U²-Net-p run directly on the published file with rembg's own pre- and post-processing."""
-    session = ort.InferenceSession(str(U2NETP.source()), providers=["CPUExecutionProvider"])
+def rembg_probability(model_file: Path, image: Image.Image) -> np.ndarray:
+    """A U²-Net file run directly with rembg's own preprocessing: the min-max normalised 320x320 map."""
+    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     pixels = np.asarray(image.convert("RGB").resize((320, 320), Image.Resampling.LANCZOS), np.float64)
     pixels = pixels / pixels.max()
     tensor = ((pixels - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)).transpose(2, 0, 1)[None].astype(np.float32)
     prediction = session.run(None, {session.get_inputs()[0].name: tensor})[0][0, 0]
-    prediction = (prediction - prediction.min()) / (prediction.max() - prediction.min())
+    return (prediction - prediction.min()) / (prediction.max() - prediction.min())
+
+
+def rembg_u2netp_mask(image: Image.Image) -> np.ndarray:
+    """U²-Net-p run directly on the published file with rembg's own pre- and post-processing."""
+    prediction = rembg_probability(U2NETP.source(), image)
     mask = Image.fromarray((prediction * 255).astype(np.uint8), "L").resize(image.size, Image.Resampling.LANCZOS)
     return np.asarray(mask) >= 128
 
