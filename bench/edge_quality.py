@@ -38,7 +38,7 @@ from cutout.v1 import cutout_pb2, cutout_pb2_grpc, options_pb2
 from services.common.channels import channel_options
 from services.common.settings import API_KEY_METADATA
 from services.common.tls import channel_credentials
-from services.inference import matting
+from services.inference import detail, matting
 from services.inference.model import FINE_MODEL, GENERAL_MODEL, MODEL_REPOSITORY, PERSON_MODEL, U2NET, U2NETP
 from services.inference.profiles import ModelProfile, load_config
 from services.inference.settings import InferenceSettings
@@ -106,14 +106,7 @@ def steps(samples: list[Composite], settings: InferenceSettings) -> list[Row]:
         FINE_MODEL: OnnxModel(FINE_MODEL, U2NET.path()).probability,
     }
 
-    def matte(image: Image.Image, probability: np.ndarray) -> np.ndarray:
-        return matting.matte(
-            image,
-            probability,
-            side=settings.matting_side,
-            band=settings.matting_band_px,
-            max_iterations=settings.matting_max_iterations,
-        )
+    matte = detail.bounded_matte(settings)
 
     rows: dict[str, Row] = {}
 

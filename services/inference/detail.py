@@ -10,10 +10,16 @@ hair for a few per cent of its time.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
 
 from cutout.v1 import options_pb2
 from services.common.errors import invalid_argument
+from services.inference import matting
 from services.inference.settings import InferenceSettings
 
 Detail = options_pb2.Detail
@@ -40,4 +46,14 @@ def level(options: options_pb2.RemoveBackgroundOptions, settings: InferenceSetti
     raise invalid_argument(
         f"detail {options.detail} is not a level; use DETAIL_FAST, DETAIL_BALANCED or DETAIL_FINE",
         field="options.detail",
+    )
+
+
+def bounded_matte(settings: InferenceSettings) -> Callable[[Image.Image, np.ndarray], np.ndarray]:
+    """matting.matte within the service's bounds (MATTING_SIDE, _BAND_PX, _MAX_ITERATIONS)."""
+    return functools.partial(
+        matting.matte,
+        side=settings.matting_side,
+        band=settings.matting_band_px,
+        max_iterations=settings.matting_max_iterations,
     )

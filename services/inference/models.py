@@ -153,9 +153,7 @@ class ModelCatalog:
 
     async def ready(self) -> bool:
         """Ready when the person and general models (both levels') are served and their servers say they are ready."""
-        required = tuple(
-            dict.fromkeys((self.settings.person_model, self.settings.general_model, self.settings.fine_model))
-        )
+        required = self.settings.configured_models
         if any(name not in self.models for name in required):
             await self.refresh()
         if any(name not in self.models for name in required):
@@ -203,7 +201,7 @@ class ModelCatalog:
         if name not in self.models and time.monotonic() - self._refreshed_at >= _REFRESH_INTERVAL_S:
             await self.refresh()
         if name not in self.models:
-            if name in (self.settings.person_model, self.settings.general_model, self.settings.fine_model):
+            if name in self.settings.configured_models:
                 raise unavailable_model(name)  # configured, so it is expected back
             served = ", ".join(sorted(self.models)) or "none right now"
             raise invalid_argument(f"unknown model {name!r}; this service runs: {served}", field="options.model")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from services.common.errors import ServiceError
 from services.common.server import ServiceSpec
 from services.common.telemetry import count, meter, stage, tracer
 from services.common.tls import Identity
-from services.inference import detail, imaging, inpainting, matting
+from services.inference import detail, imaging, inpainting
 from services.inference.models import ModelCatalog, ServedModel, looks_like_person, mask_confidence
 from services.inference.pixel_budget import PixelBudget
 from services.inference.settings import InferenceSettings
@@ -53,12 +52,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         )
         self.pool = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="pixels")
         self._in_pool = 0  # tasks submitted to `pool` and not finished
-        self.matting = functools.partial(
-            matting.matte,
-            side=settings.matting_side,
-            band=settings.matting_band_px,
-            max_iterations=settings.matting_max_iterations,
-        )
+        self.matte = detail.bounded_matte(settings)
         self.pixel_budget = PixelBudget(settings.max_pixels_in_flight)
 
     async def _cpu(self, fn: Callable[..., T], *args: object) -> T:
@@ -175,8 +169,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
         format_name = options_pb2.OutputFormat.Name(spec.format)
         stages = imaging.Stages()
-        matting = self.matting if level.matting else None
-        rendered, fraction = await self._cpu(imaging.finish, prepared, probability, spec, matting, stages)
+        matte = self.matte if level.matting else None
+        rendered, fraction = await self._cpu(imaging.finish, prepared, probability, spec, matte, stages)
         _record(stages, timings, {"cutout.output_format": format_name})
         timings.total_ms = _ms_since(started)
         count(_images, 1, {"cutout.output_format": format_name})

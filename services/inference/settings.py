@@ -72,5 +72,10 @@ class InferenceSettings(ServiceSettings):
     webp_quality: int = 90
 
     @property
+    def configured_models(self) -> tuple[str, ...]:
+        """The models the settings name (person, general, fine), each once: readiness waits for them."""
+        return tuple(dict.fromkeys((self.person_model, self.general_model, self.fine_model)))
+
+    @property
     def triton_urls(self) -> list[str]:
         return [url.strip() for url in self.triton_url.split(",") if url.strip()]

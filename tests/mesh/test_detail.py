@@ -61,18 +61,8 @@ def test_the_fine_level_is_full_u2net_then_matting_as_run_in_process(gateway, na
     assert response.result.model == FINE_MODEL
     served = np.asarray(Image.open(io.BytesIO(response.result.image)).convert("L"), np.float32) / 255
     image = Image.open(io.BytesIO(data)).convert("RGB")
-    settings = InferenceSettings()
     probability = rembg_probability(U2NET.source(), image)
-    reference = (
-        matting.matte(
-            image,
-            probability,
-            side=settings.matting_side,
-            band=settings.matting_band_px,
-            max_iterations=settings.matting_max_iterations,
-        ).astype(np.float32)
-        / 255
-    )
+    reference = detail.bounded_matte(InferenceSettings())(image, probability).astype(np.float32) / 255
     plain = matting.upsample(probability, image.size).astype(np.float32) / 255
     assert np.abs(served - reference).mean() < 0.01, "the served alpha is the in-process pipeline's"
     # ... and it is the matted alpha, not the model's mask upsampled.
